@@ -1,0 +1,189 @@
+"""Checkpoints: written atomically, verified on read, loaded strictly.
+
+Layout of ``<run>/checkpoints/step-00001000/``:
+  model.safetensors   denoiser weights, plus component heads under ``components.<name>.*``
+  optimizer.pt        optimizer state (torch.save)
+  rng.pt              torch CPU/CUDA RNG states and the trainer's generator state
+  meta.json           step, clock seconds, loader state, prediction kind, the keys components own,
+                      model config, track hash; written last, with the sha256 of every other file
+
+A checkpoint directory is built under a temporary name and renamed into place, and ``latest`` is
+replaced atomically after it, so a process killed at any point leaves either the previous or the
+new checkpoint, never a half-written one that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from speedrun.errors import SpeedrunError
+
+COMPONENT_PREFIX = "components."
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model: nn.Module,
+    heads: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    rng: dict[str, Any],
+) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically and point ``root/latest`` at it."""
+    final = step_dir(root, step)
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    component_keys = []
+    for name, head in heads.items():
+        for k, v in head.state_dict().items():
+            key = f"{COMPONENT_PREFIX}{name}.{k}"
+            tensors[key] = v.detach().contiguous().cpu()
+            component_keys.append(key)
+    save_file(tensors, str(tmp / "model.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(rng, tmp / "rng.pt")
+    files = {name: sha256_file(tmp / name) for name in ("model.safetensors", "optimizer.pt", "rng.pt")}
+    full_meta = {
+        **meta,
+        "format": FORMAT_VERSION,
+        "step": step,
+        "component_keys": sorted(component_keys),
+        "files": files,
+    }
+    atomic_write_text(tmp / "meta.json", json.dumps(full_meta, indent=2, sort_keys=True))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_text(root / "latest", final.name + "\n")
+    return final
+
+
+def read_meta(path: Path, verify: bool = True) -> dict[str, Any]:
+    """Read ``meta.json`` of a checkpoint directory; with ``verify``, re-hash every file it lists."""
+    meta_path = path / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise SpeedrunError(f"{path}: not a checkpoint (no meta.json)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpeedrunError(f"{meta_path}: corrupted ({exc}); delete this checkpoint directory") from None
+    if not isinstance(meta, dict) or "files" not in meta:
+        raise SpeedrunError(f"{meta_path}: corrupted (no file list); delete this checkpoint directory")
+    if verify:
+        for name, digest in meta["files"].items():
+            f = path / name
+            if not f.is_file() or sha256_file(f) != digest:
+                raise SpeedrunError(
+                    f"{f}: missing or corrupted (sha256 mismatch); delete {path} to resume from an earlier checkpoint"
+                )
+    return meta
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The checkpoint ``latest`` points to, or None when there is none yet."""
+    pointer = root / "latest"
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    if not path.is_dir():
+        raise SpeedrunError(f"{pointer}: points to {path.name}, which does not exist; delete {pointer} to start over")
+    return path
+
+
+def load_training_state(path: Path, device: torch.device) -> tuple[dict[str, torch.Tensor], dict, dict, dict]:
+    """(tensors, optimizer state, rng state, meta) of a verified checkpoint."""
+    meta = read_meta(path)
+    tensors = load_file(str(path / "model.safetensors"), device=str(device))
+    optim_state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
+    rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=False)
+    return tensors, optim_state, rng, meta
+
+
+def split_component_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict, dict[str, dict]]:
+    """Separate denoiser weights from ``components.<name>.*`` head weights."""
+    model_sd: dict[str, torch.Tensor] = {}
+    heads: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(COMPONENT_PREFIX):
+            name, _, rest = key[len(COMPONENT_PREFIX) :].partition(".")
+            heads.setdefault(name, {})[rest] = value
+        else:
+            model_sd[key] = value
+    return model_sd, heads
+
+
+def load_denoiser_strict(path: Path, model: nn.Module) -> dict[str, Any]:
+    """Load only the denoiser weights of checkpoint ``path`` into ``model`` with strict keys.
+
+    Keys the checkpoint declares as component-owned are dropped; any other unexpected or missing
+    key is an error naming it. Returns the checkpoint's meta.
+    """
+    meta = read_meta(path)
+    tensors = load_file(str(path / "model.safetensors"))
+    declared = set(meta.get("component_keys", []))
+    undeclared = sorted(k for k in tensors if k.startswith(COMPONENT_PREFIX) and k not in declared)
+    if undeclared:
+        raise SpeedrunError(f"{path}: component weights not declared in meta.json: {undeclared[:5]}")
+    weights = {k: v for k, v in tensors.items() if k not in declared}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise SpeedrunError(
+            f"{path}: weights do not match the track's architecture "
+            f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
+        )
+    bad_shapes = [k for k in expected if expected[k].shape != weights[k].shape]
+    if bad_shapes:
+        raise SpeedrunError(f"{path}: weights with the wrong shape for the track's architecture: {bad_shapes[:5]}")
+    model.load_state_dict(weights, strict=True)
+    return meta

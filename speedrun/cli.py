@@ -1,0 +1,226 @@
+"""The ``speedrun`` command line: parses arguments and dispatches; the work lives in the modules.
+
+User mistakes (``SpeedrunError``) print one paragraph and exit 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from speedrun.errors import SpeedrunError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Race text-to-image training recipes fairly: run, evaluate, verify and rank submissions.",
+)
+console = Console()
+err_console = Console(stderr=True)
+USER_ERROR = 2
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn ``SpeedrunError`` into a one-paragraph message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SpeedrunError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(USER_ERROR) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command("tracks")
+@_user_errors
+def tracks_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print the tracks as JSON."),
+) -> None:
+    """List the tracks with their budget, data, model and ranking."""
+    from speedrun.tracks import all_tracks
+
+    tracks = all_tracks()
+    if as_json:
+        print(json.dumps([{**t.model_dump(mode="json"), "content_hash": t.content_hash} for t in tracks], indent=2))
+        return
+    table = Table(title="Tracks")
+    for col in ("id", "version", "data", "model", "steps x batch", "eval", "rank by", "seeds", "hash"):
+        table.add_column(col)
+    for t in tracks:
+        table.add_row(
+            t.id,
+            str(t.version),
+            f"{t.data.dataset} {t.data.image_size}px {t.data.representation}",
+            t.model.config,
+            f"{t.train.steps:,} x {t.train.global_batch}",
+            f"{t.eval.samples:,} samples, {t.eval.sampler_steps} steps, cfg {t.eval.cfg_scale}",
+            f"{t.ranking.metric} ({t.ranking.direction})",
+            str(t.rules.seeds_required),
+            t.content_hash[:12],
+        )
+    console.print(table)
+
+
+@app.command("validate")
+@_user_errors
+def validate_cmd(
+    paths: Optional[list[Path]] = typer.Argument(None, help="Submission folders (default: all in submissions/)."),
+) -> None:
+    """Validate submission manifests and the tracks they target; never runs submission code."""
+    from speedrun.submission import discover_submissions, load_submission
+    from speedrun.tracks import REPO_ROOT, all_tracks
+
+    all_tracks()
+    targets = paths or discover_submissions(REPO_ROOT / "submissions")
+    failures = 0
+    for p in targets:
+        try:
+            sub = load_submission(p)
+        except SpeedrunError as exc:
+            failures += 1
+            err_console.print(f"[red]invalid:[/] {exc}", highlight=False, soft_wrap=True)
+            continue
+        console.print(f"[green]ok[/] {sub.path} (tracks: {', '.join(sub.manifest.tracks)})", highlight=False)
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command("schema")
+@_user_errors
+def schema_cmd(
+    out: Path = typer.Option(Path("schemas"), "--out", help="Folder for the JSON Schema files."),
+) -> None:
+    """Write the JSON Schemas of the track and submission manifest models (and results, when built)."""
+    from speedrun.schemas import write_schemas
+
+    for path in write_schemas(out):
+        console.print(f"wrote {path}")
+
+
+@app.command("prepare")
+@_user_errors
+def prepare_cmd(
+    track: str = typer.Option("tiny", "--track", "-t", help="Track whose data to prepare."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where prepared data lives (default ./data)."),
+) -> None:
+    """Prepare (or verify) a track's data: shards, text embeddings, evaluation reference."""
+    from speedrun.data.prepare import prepare
+    from speedrun.paths import data_root
+    from speedrun.tracks import load_track
+
+    root = prepare(load_track(track), data_root(data_dir))
+    console.print(f"data ready: {root}")
+
+
+@app.command("run")
+@_user_errors
+def run_cmd(
+    submission: Path = typer.Argument(..., help="Submission folder, e.g. submissions/baseline."),
+    track: Optional[str] = typer.Option(None, "--track", "-t", help="Track (default: the manifest's first)."),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Number of seeds (0..N-1 unless --seed)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Run exactly this seed."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes per node (torchrun when > 1)."),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help="Nodes (torchrun)."),
+    node_rank: int = typer.Option(0, "--node-rank", min=0, help="This node's rank (torchrun)."),
+    master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Rendezvous host (torchrun)."),
+    master_port: int = typer.Option(29500, "--master-port", help="Rendezvous port (torchrun)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue a killed seed from its checkpoint."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Prepared data (default ./data)."),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Checkpoints and logs (default ./runs)."),
+) -> None:
+    """Validate, prepare if needed, train, evaluate in a separate process, write results."""
+    from speedrun.run import RunOptions, run_submission
+
+    options = RunOptions(
+        track=track,
+        seeds=seeds,
+        seed=seed,
+        nproc=nproc,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        master_addr=master_addr,
+        master_port=master_port,
+        device=device,
+        resume=resume,
+        data_dir=data_dir,
+        runs_dir=runs_dir,
+    )
+    run_submission(submission, options, console=console)
+
+
+@app.command("eval")
+@_user_errors
+def eval_cmd(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint directory written by the trainer."),
+    track: str = typer.Option(..., "--track", "-t", help="Track whose protocol to apply."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Metrics JSON path (default: beside the checkpoint)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Prepared data (default ./data)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sampling batch (does not change results)."),
+) -> None:
+    """Evaluate a checkpoint with the track's fixed protocol (strict weight loading)."""
+    from speedrun.eval.run import evaluate_checkpoint
+
+    path = evaluate_checkpoint(checkpoint, track, out=out, device=device, data_dir=data_dir, batch_size=batch_size)
+    console.print(f"metrics: {path}")
+
+
+@app.command("verify")
+@_user_errors
+def verify_cmd(
+    paths: Optional[list[Path]] = typer.Argument(None, help="Submissions or results files (default: all)."),
+    rerun: bool = typer.Option(False, "--rerun", help="Re-run each submission on the smoke track and compare."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Check manifests, tracks and results (schema, digest, provenance, seeds) without running submission code."""
+    from speedrun.verify import verify_paths
+
+    problems = verify_paths(paths or [], rerun=rerun)
+    if as_json:
+        print(json.dumps([p.model_dump() for p in problems], indent=2))
+    else:
+        for p in problems:
+            console.print(f"{p.file}: {p.field}: {p.message}", highlight=False, soft_wrap=True)
+        if not problems:
+            console.print("[green]verify: no problems[/]")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command("leaderboard")
+@_user_errors
+def leaderboard_cmd(
+    track: Optional[str] = typer.Option(None, "--track", "-t", help="Only this track."),
+    md: bool = typer.Option(False, "--md", help="Print Markdown and write leaderboard/README.md."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML page into this folder."),
+    check: bool = typer.Option(False, "--check", help="Fail if committed leaderboard files are stale."),
+) -> None:
+    """Rank every results file by its track's rule, with confidence intervals and p-values."""
+    from speedrun.leaderboard import leaderboard_command
+
+    code = leaderboard_command(track=track, md=md, html=html, check=check, console=console)
+    if code:
+        raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""Public component API for submissions: subclass ``Component`` with a ``Params`` model."""
+
+from speedrun.components.base import Component, ComponentContext, Params, TrainBatch
+from speedrun.components.registry import Registry
+from speedrun.state import BlockHook, StepState
+
+__all__ = ["BlockHook", "Component", "ComponentContext", "Params", "Registry", "StepState", "TrainBatch"]

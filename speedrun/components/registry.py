@@ -1,0 +1,105 @@
+"""One registry of components: built-ins by lazy "module:Class" entries, custom ones per submission.
+
+Built-ins are imported only when a manifest names them. A submission's ``components.py`` is
+imported only by ``speedrun run`` (never by validate, verify or leaderboard); for those, the
+names it defines are read statically with ``ast``, so untrusted code never executes.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+from speedrun.components.base import Component, Params
+from speedrun.errors import SpeedrunError
+
+# name -> "module:Class"; the techniques of ../shared/REFERENCE.md section 4 register here.
+BUILTIN: dict[str, str] = {}
+
+
+class Registry:
+    """Maps manifest names to Component classes, with collision and type errors."""
+
+    def __init__(self, lazy: dict[str, str] | None = None) -> None:
+        self._lazy = dict(BUILTIN if lazy is None else lazy)
+        self._classes: dict[str, type[Component]] = {}
+
+    def names(self) -> list[str]:
+        return sorted(set(self._lazy) | set(self._classes))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._lazy or name in self._classes
+
+    def register(self, cls: type[Component], origin: str = "") -> type[Component]:
+        if not (isinstance(cls, type) and issubclass(cls, Component)):
+            raise SpeedrunError(f"{origin or cls!r}: a component must subclass speedrun.components.Component")
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or not name:
+            raise SpeedrunError(f"{origin or cls.__qualname__}: component class sets no 'name'")
+        if not (isinstance(cls.Params, type) and issubclass(cls.Params, Params)):
+            raise SpeedrunError(f"{origin or name}: Params must subclass speedrun.components.Params")
+        if name in self:
+            raise SpeedrunError(
+                f"{origin or cls.__qualname__}: component name '{name}' is already registered "
+                "(built-in or defined twice); pick another name"
+            )
+        self._classes[name] = cls
+        return cls
+
+    def get(self, name: str) -> type[Component]:
+        if name in self._classes:
+            return self._classes[name]
+        if name not in self._lazy:
+            raise SpeedrunError(f"unknown component '{name}'; known: {self.names() or 'none'}")
+        module_name, _, attr = self._lazy[name].partition(":")
+        cls = getattr(importlib.import_module(module_name), attr)
+        self._classes[name] = cls
+        return cls
+
+    def load_submission_components(self, path: Path) -> list[str]:
+        """Import a submission's ``components.py`` and register every Component subclass it defines.
+
+        This executes submission code: only ``speedrun run`` calls it.
+        """
+        module_name = f"speedrun_submission_{path.parent.name.replace('-', '_')}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise SpeedrunError(f"{path}: cannot be imported as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise SpeedrunError(f"{path}: importing it raised {type(exc).__name__}: {exc}") from exc
+        added = []
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, Component) and obj.__module__ == module_name:
+                self.register(obj, origin=f"{path}:{obj.__qualname__}")
+                added.append(obj.name)
+        return added
+
+
+def declared_component_names(path: Path) -> list[str]:
+    """Names of components a ``components.py`` defines, read with ``ast`` (no code runs).
+
+    A component is a class whose body assigns a string literal to ``name``.
+    """
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except SyntaxError as exc:
+        raise SpeedrunError(f"{path}: not valid Python (line {exc.lineno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpeedrunError(f"{path}: cannot read ({exc})") from None
+    names = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for stmt in node.body:
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
+            value = getattr(stmt, "value", None)
+            if any(isinstance(t, ast.Name) and t.id == "name" for t in targets) and isinstance(value, ast.Constant) and isinstance(value.value, str):
+                names.append(value.value)
+    return names

@@ -1,0 +1,77 @@
+"""Process-wide distributed state: the one place that knows about torch.distributed.
+
+``setup()`` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); a plain
+``python`` process is rank 0 of 1 and never initialises a process group.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: str | None = None) -> Dist:
+    """Initialise the process group if launched by torchrun; pick the device for this rank."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    want = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if want == "cuda" and not torch.cuda.is_available():
+        from speedrun.errors import SpeedrunError
+
+        raise SpeedrunError("--device cuda was asked for but no CUDA device is visible")
+    dev = torch.device("cuda", local_rank) if want == "cuda" else torch.device("cpu")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def all_reduce_mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Mean of ``value`` over ranks (a no-op for one process)."""
+    if not d.enabled:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / d.world_size
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter], d: Dist) -> None:
+    """Average gradients of parameters DDP does not own (component heads) across ranks."""
+    if not d.enabled:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= d.world_size
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()

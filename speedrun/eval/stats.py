@@ -1,0 +1,265 @@
+"""Feature statistics: streaming float64 moments, their .npz files, and the reference-stats cache.
+
+Every metric in this package reads its inputs from a ``StreamingMoments``: FID from the mean and
+covariance (or from the kept features when there are fewer samples than dimensions), CMMD and
+DINO-MMD from the kept features. The reference side is computed once per (images, extractor,
+protocol) and cached on disk; a cached file is trusted only after its content hash checks out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from speedrun.errors import SpeedrunError
+
+if TYPE_CHECKING:
+    from speedrun.eval.features import Extractor
+
+# Bumped whenever the .npz layout or the cache-key recipe changes, so old files miss, never mislead.
+STATS_FORMAT = 1
+
+
+class StreamingMoments:
+    """Mean and covariance of a stream of feature batches, in float64.
+
+    Holds the count, the sum and the co-moment matrix ``sum (x - mean)(x - mean)^T``. Batches are
+    merged with the pairwise update of Chan, Golub and LeVeque: each batch is centred on its own
+    mean before its outer products are summed, so no ``E[x x^T] - mu mu^T`` cancellation happens
+    even when |mean| is much larger than the spread. Any split of the same rows into batches gives
+    the same mean and covariance up to float64 round-off (relative 1e-12 or better).
+
+    Args:
+        dim: feature dimension.
+        keep_features: also keep every row (float64), as MMD and the few-sample FID need them.
+        meta: free JSON-serialisable description saved with the statistics.
+    """
+
+    def __init__(self, dim: int, *, keep_features: bool = False, meta: dict[str, Any] | None = None):
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        self.dim = int(dim)
+        self.keep_features = keep_features
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.count = 0
+        self._sum = np.zeros(self.dim, dtype=np.float64)
+        self._comoment = np.zeros((self.dim, self.dim), dtype=np.float64)
+        self._features: list[np.ndarray] = []
+
+    def update(self, features: Any) -> None:
+        """Add a batch of rows (B, dim); they are converted to float64 and must be finite."""
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected features of shape (B, {self.dim}), got {x.shape}")
+        if x.shape[0] == 0:
+            return
+        if not np.isfinite(x).all():
+            raise ValueError("features contain NaN or inf; the extractor produced invalid output")
+        n_b = x.shape[0]
+        sum_b = x.sum(axis=0)
+        centred = x - sum_b / n_b
+        comoment_b = centred.T @ centred
+        if self.count == 0:
+            self._comoment = comoment_b
+        else:
+            n_a = self.count
+            delta = sum_b / n_b - self._sum / n_a
+            self._comoment = self._comoment + comoment_b + np.outer(delta, delta) * (n_a * n_b / (n_a + n_b))
+        self.count += n_b
+        self._sum = self._sum + sum_b
+        if self.keep_features:
+            self._features.append(x.copy())
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Mean of all rows seen, (dim,) float64."""
+        if self.count == 0:
+            raise ValueError("no features seen yet")
+        return self._sum / self.count
+
+    @property
+    def cov(self) -> np.ndarray:
+        """Unbiased covariance (ddof=1) of all rows seen, (dim, dim) float64, exactly symmetric."""
+        if self.count < 2:
+            raise ValueError(f"covariance needs at least 2 rows, have {self.count}")
+        cov = self._comoment / (self.count - 1)
+        return (cov + cov.T) / 2
+
+    @property
+    def features(self) -> np.ndarray:
+        """All rows seen, in order, (count, dim) float64. Only with ``keep_features=True``."""
+        if not self.keep_features:
+            raise ValueError("these statistics were built with keep_features=False")
+        if not self._features:
+            return np.zeros((0, self.dim), dtype=np.float64)
+        if len(self._features) > 1:
+            self._features = [np.concatenate(self._features)]
+        return self._features[0]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The arrays that define these statistics (what ``save`` writes, minus the hash)."""
+        state = {
+            "format": np.asarray(STATS_FORMAT, dtype=np.int64),
+            "count": np.asarray(self.count, dtype=np.int64),
+            "sum": self._sum,
+            "comoment": self._comoment,
+            "meta": np.asarray(json.dumps(self.meta, sort_keys=True)),
+        }
+        if self.keep_features:
+            state["features"] = self.features
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, np.ndarray]) -> StreamingMoments:
+        """Rebuild from ``state_dict()`` output."""
+        if int(state["format"]) != STATS_FORMAT:
+            raise ValueError(f"statistics format {int(state['format'])}, expected {STATS_FORMAT}")
+        total = np.asarray(state["sum"], dtype=np.float64)
+        moments = cls(total.shape[0], keep_features="features" in state, meta=json.loads(str(state["meta"])))
+        moments.count = int(state["count"])
+        moments._sum = total
+        moments._comoment = np.asarray(state["comoment"], dtype=np.float64)
+        if moments.keep_features:
+            moments._features = [np.asarray(state["features"], dtype=np.float64)]
+            if moments._features[0].shape != (moments.count, moments.dim):
+                raise ValueError("kept features do not match count and dim")
+        return moments
+
+    def save(self, path: str | os.PathLike[str]) -> str:
+        """Write an .npz atomically (temp file + rename); returns the sha256 of its content.
+
+        The hash covers every array's name, dtype, shape and bytes and is stored inside the file
+        as ``sha256``; ``load`` recomputes it.
+        """
+        path = Path(path)
+        state = self.state_dict()
+        digest = _content_sha256(state)
+        buffer = io.BytesIO()
+        np.savez(buffer, sha256=np.asarray(digest), **state)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(buffer.getvalue())
+        os.replace(tmp, path)
+        return digest
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> StreamingMoments:
+        """Read a file written by ``save``; a missing, unreadable or altered file is a SpeedrunError."""
+        path = Path(path)
+        if not path.is_file():
+            raise SpeedrunError(f"statistics file {path} does not exist")
+        fix = "delete it and rerun to recompute the statistics"
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise SpeedrunError(f"statistics file {path} is corrupted ({exc}); {fix}") from exc
+        stored = arrays.pop("sha256", None)
+        if stored is None:
+            raise SpeedrunError(f"statistics file {path} has no content hash; {fix}")
+        actual = _content_sha256(arrays)
+        if str(stored) != actual:
+            raise SpeedrunError(
+                f"statistics file {path} is corrupted: content sha256 {actual} does not match the "
+                f"recorded {stored}; {fix}"
+            )
+        try:
+            return cls.from_state_dict(arrays)
+        except (KeyError, ValueError) as exc:
+            raise SpeedrunError(f"statistics file {path} is not a valid statistics file ({exc}); {fix}") from exc
+
+
+def _content_sha256(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def images_sha256(batches: Iterable[Any]) -> str:
+    """sha256 over uint8 images, one image at a time, so the batch split does not change it.
+
+    Args:
+        batches: (B, H, W, 3) uint8 arrays or tensors.
+    """
+    from speedrun.eval.features import as_uint8_images  # noqa: PLC0415 (features imports torch)
+
+    digest = hashlib.sha256()
+    for batch in batches:
+        images = as_uint8_images(batch, who="images_sha256").cpu().numpy()
+        for image in images:
+            digest.update(f"{image.shape}|".encode())
+            digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()
+
+
+def reference_stats(
+    images: Iterable[Any],
+    extractor: Extractor,
+    cache_dir: str | os.PathLike[str],
+    key_parts: dict[str, Any],
+    *,
+    images_hash: str | None = None,
+    keep_features: bool = False,
+) -> StreamingMoments:
+    """Feature statistics of a reference image set, computed once and cached.
+
+    The cache key is the sha256 of (images hash, extractor id, extractor weights sha256,
+    ``key_parts``, ``keep_features``, format version); the file is ``cache_dir/<key>.npz``. A cached
+    file is used only if its content hash and its recorded key both check out; otherwise a
+    SpeedrunError names it (it is never silently recomputed over, so corruption gets noticed).
+
+    Args:
+        images: (B, H, W, 3) uint8 batches. Without ``images_hash`` it must be re-iterable (a list,
+            or an object whose ``__iter__`` starts over): it is read once to hash it and, on a
+            cache miss, once more to extract features.
+        extractor: the feature extractor; its id and weights hash enter the key.
+        cache_dir: directory of cached .npz files (created if missing).
+        key_parts: JSON-serialisable protocol description (metric, image size, split, ...).
+        images_hash: the caller's sha256 of exactly these uint8 pixels, e.g. a split hash recorded
+            in the track; skips the hashing pass.
+        keep_features: keep every feature row (needed for MMD and few-sample FID).
+    """
+    if images_hash is None:
+        if iter(images) is images:
+            raise TypeError("reference_stats needs re-iterable images or an images_hash; got a one-shot iterator")
+        images_hash = images_sha256(images)
+    key_material = {
+        "format": STATS_FORMAT,
+        "images_sha256": images_hash,
+        "extractor": extractor.id,
+        "extractor_weights_sha256": extractor.weights_sha256,
+        "protocol": key_parts,
+        "keep_features": keep_features,
+    }
+    try:
+        encoded = json.dumps(key_material, sort_keys=True)
+    except TypeError as exc:
+        raise TypeError(f"key_parts must be JSON-serialisable: {exc}") from exc
+    key = hashlib.sha256(encoded.encode()).hexdigest()
+    path = Path(cache_dir) / f"{key}.npz"
+    if path.exists():
+        cached = StreamingMoments.load(path)
+        if cached.meta.get("key") != key:
+            raise SpeedrunError(
+                f"cached statistics {path} were recorded under key {cached.meta.get('key')!r}, not its "
+                "file name; the file was moved or edited: delete it and rerun to recompute"
+            )
+        return cached
+    moments = StreamingMoments(extractor.dim, keep_features=keep_features, meta={"key": key, **key_material})
+    for batch in images:
+        moments.update(extractor(batch))
+    if moments.count < 2:
+        raise SpeedrunError(f"reference set {key_parts} yielded {moments.count} images; statistics need at least 2")
+    moments.save(path)
+    return moments

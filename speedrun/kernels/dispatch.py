@@ -1,0 +1,139 @@
+"""The one dispatch point for the denoiser's hot path: attention and fused QK-norm + RoPE.
+
+The model calls only :func:`attention` and :func:`qk_norm_rope`; this module decides whether the
+plain torch reference or the Triton kernels run. Both backends share one contract, so swapping them
+changes speed, never results beyond floating-point rounding.
+
+Backend selection, strongest first:
+
+1. :func:`set_backend` called in this process;
+2. the environment variable ``SPEEDRUN_KERNELS`` (``auto``, ``torch`` or ``triton``);
+3. ``auto``: Triton on CUDA tensors when ``triton`` and the kernel modules import, torch otherwise.
+
+Asking for ``triton`` explicitly on a non-CUDA tensor, or where the kernels cannot be imported,
+is an error rather than a silent fallback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+
+from speedrun.errors import SpeedrunError
+from speedrun.model.rope import apply_rope
+
+Backend = Literal["auto", "torch", "triton"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
+ENV_VAR = "SPEEDRUN_KERNELS"
+
+_chosen: str | None = None  # set_backend's choice; None defers to the environment variable
+
+
+def set_backend(name: Backend | None) -> None:
+    """Choose the kernel backend for this process; ``None`` returns to the environment/default."""
+    global _chosen
+    if name is not None and name not in BACKENDS:
+        raise SpeedrunError(f"unknown kernel backend '{name}'; choose one of {list(BACKENDS)}")
+    _chosen = name
+
+
+def requested_backend() -> str:
+    """The backend asked for (``auto``, ``torch`` or ``triton``), before looking at the device."""
+    if _chosen is not None:
+        return _chosen
+    name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise SpeedrunError(f"{ENV_VAR}='{name}' is not a kernel backend; choose one of {list(BACKENDS)}")
+    return name
+
+
+@functools.cache
+def _triton_kernels() -> tuple[Callable, Callable] | ImportError:
+    """The two Triton entry points, or the ImportError that prevented loading them (cached)."""
+    try:
+        from speedrun.kernels.triton_attention import flash_attention
+        from speedrun.kernels.triton_rope import fused_qk_norm_rope
+    except ImportError as exc:
+        return exc
+    return flash_attention, fused_qk_norm_rope
+
+
+def active_backend(device: torch.device | str) -> Literal["torch", "triton"]:
+    """The backend that runs for tensors on ``device``."""
+    device = torch.device(device)
+    requested = requested_backend()
+    if requested == "torch":
+        return "torch"
+    kernels = _triton_kernels() if device.type == "cuda" else None
+    if requested == "auto":
+        return "triton" if isinstance(kernels, tuple) else "torch"
+    if device.type != "cuda":
+        raise SpeedrunError(f"kernel backend 'triton' needs CUDA tensors, got device '{device}'")
+    if isinstance(kernels, ImportError):
+        raise SpeedrunError(f"kernel backend 'triton' is unavailable: {kernels}")
+    return "triton"
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of ``q`` over ``k``/``v`` with a key padding mask.
+
+    Args:
+        q: ``(B, H, Nq, D)`` queries.
+        k: ``(B, H, Nk, D)`` keys.
+        v: ``(B, H, Nk, D)`` values.
+        key_mask: ``(B, Nk)`` bool, True where a key may be attended to.
+
+    Returns:
+        ``(B, H, Nq, D)``: ``softmax(q k^T / sqrt(D) + mask) v``. A sample whose keys are all masked
+        gets zeros (not NaN).
+    """
+    if active_backend(q.device) == "triton":
+        return _triton_kernels()[0](q, k, v, key_mask)
+    # A row with no valid key would softmax over -inf only (NaN): let it attend everywhere, then zero it.
+    any_valid = key_mask.any(dim=-1)
+    mask = (key_mask | ~any_valid[:, None])[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out * any_valid[:, None, None, None].to(out.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dimension with a learned scale, statistics in float32; returns ``x.dtype``."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (normed * weight.float()).to(x.dtype)
+
+
+def qk_norm_rope(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_weight: torch.Tensor,
+    k_weight: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head RMSNorm of image queries and keys, then 2-D RoPE.
+
+    Args:
+        q: ``(B, H, N, D)`` image queries.
+        k: ``(B, H, N, D)`` image keys.
+        q_weight: ``(D,)`` RMSNorm scale for queries.
+        k_weight: ``(D,)`` RMSNorm scale for keys.
+        cos: ``(N, D // 2)`` or ``(B, N, D // 2)`` table from :func:`speedrun.model.rope.rope_tables`.
+        sin: same shape as ``cos``.
+        eps: added to the mean square before the reciprocal square root.
+
+    Returns:
+        ``(q, k)`` with the shapes and dtypes of the inputs, equal to
+        ``apply_rope(rms_norm(x, w, eps), cos, sin)`` for each.
+    """
+    if active_backend(q.device) == "triton":
+        return _triton_kernels()[1](q, k, q_weight, k_weight, cos, sin, eps)
+    return (
+        apply_rope(rms_norm(q, q_weight, eps), cos, sin),
+        apply_rope(rms_norm(k, k_weight, eps), cos, sin),
+    )

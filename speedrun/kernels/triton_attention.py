@@ -1,0 +1,387 @@
+"""Flash attention for PRX image queries over [text, image] keys with a key padding mask (Triton).
+
+Forward: one program per (query block, batch*head) streams key blocks with an online softmax in
+fp32 and saves only the output and the per-row log-sum-exp. Backward (FlashAttention-2): a
+preprocess kernel computes delta = rowsum(dO * O); one kernel per key block accumulates dK and dV
+over all query blocks, another per query block accumulates dQ over all key blocks (no atomics, so
+grads are deterministic). Scores are kept in log2 units (scale * log2(e) folded into one factor)
+so the kernels use exp2.
+
+Triton decides between compiling and interpreting when this module is imported: on a machine
+without a GPU set ``TRITON_INTERPRET=1`` before importing it and pass CPU tensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+# Read once, at import, because that is when triton.jit chose to compile or interpret the kernels.
+_INTERPRET = triton.knobs.runtime.interpret
+
+# Module-level constexprs are the globals a Triton kernel may read.
+_LOG2E: tl.constexpr = 1.4426950408889634
+_LN2: tl.constexpr = 0.6931471805599453
+
+
+def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) candidates; one small fixed tile when
+    interpreting, because the interpreter cannot benchmark and pays per tile iteration."""
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+        for m, n, w, s in blocks
+    ]
+
+
+_FWD_CONFIGS = _configs(
+    [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3), (64, 32, 4, 4)]
+)
+# dK/dV: BLOCK_N keys stay resident while BLOCK_M query blocks stream past; dQ: the reverse.
+_BWD_KV_CONFIGS = _configs(
+    [(32, 64, 4, 2), (32, 128, 4, 2), (64, 64, 4, 2), (64, 128, 8, 2), (32, 64, 4, 3)]
+)
+_BWD_Q_CONFIGS = _configs(
+    [(64, 32, 4, 2), (128, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 3)]
+)
+_TUNE_KEY = ["Nq", "Nk", "HEAD_DIM"]
+
+
+@triton.jit
+def _key_valid(mask_ptr, b, offs_n, Nk, sm_b, HAS_MASK: tl.constexpr):
+    """True for keys inside the sequence that the padding mask lets queries attend to."""
+    valid = offs_n < Nk
+    if HAS_MASK:
+        valid = valid & (tl.load(mask_ptr + b * sm_b + offs_n, mask=valid, other=0) != 0)
+    return valid
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY)
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, Mask, Out, Lse,
+    sq_b, sq_h, sq_m, sq_d, sk_b, sk_h, sk_n, sk_d, sv_b, sv_h, sv_n, sv_d,
+    so_b, so_h, so_m, so_d, sm_b,
+    H, Nq, Nk, qk_scale,
+    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < Nq
+    q = tl.load(
+        Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_m + offs_d[None, :] * sq_d,
+        mask=row_ok[:, None],
+        other=0.0,
+    )
+    k_base = K + b * sk_b + h * sk_h
+    v_base = V + b * sv_b + h * sv_h
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for start_n in range(0, Nk, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        in_seq = offs_n < Nk
+        valid = _key_valid(Mask, b, offs_n, Nk, sm_b, HAS_MASK)
+        kt = tl.load(
+            k_base + offs_n[None, :] * sk_n + offs_d[:, None] * sk_d, mask=in_seq[None, :], other=0.0
+        )
+        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A block of fully padded text keys leaves m_new at -inf; shifting by 0 instead keeps
+        # exp2(-inf - shift) = 0 rather than NaN.
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - shift[:, None])
+        alpha = tl.exp2(m_i - shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        # Tail rows of V are zeroed: p is 0 there, but 0 * uninitialised memory may be NaN.
+        v = tl.load(
+            v_base + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d, mask=in_seq[:, None], other=0.0
+        )
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    # A row with no valid key (only possible for a sample whose every key is padding) has l = 0
+    # and acc = 0: dividing by 1 returns zeros, like the torch path in speedrun.kernels.dispatch,
+    # and its LSE stays -inf, which the backward's key mask turns into zero grads.
+    l_i = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_i[:, None]
+    tl.store(
+        Out + b * so_b + h * so_h + offs_m[:, None] * so_m + offs_d[None, :] * so_d,
+        out.to(Out.dtype.element_ty),
+        mask=row_ok[:, None],
+    )
+    # Natural-log LSE of the scaled scores, so it reads the same as other attention kernels'.
+    tl.store(Lse + pid_bh.to(tl.int64) * Nq + offs_m, (m_i + tl.log2(l_i)) * _LN2, mask=row_ok)
+
+
+@triton.jit
+def _attn_bwd_delta_kernel(
+    Out, dOut, Delta,
+    so_b, so_h, so_m, so_d, sdo_b, sdo_h, sdo_m, sdo_d,
+    H, Nq,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < Nq
+    o = tl.load(
+        Out + b * so_b + h * so_h + offs_m[:, None] * so_m + offs_d[None, :] * so_d,
+        mask=row_ok[:, None],
+        other=0.0,
+    ).to(tl.float32)
+    do = tl.load(
+        dOut + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_m + offs_d[None, :] * sdo_d,
+        mask=row_ok[:, None],
+        other=0.0,
+    ).to(tl.float32)
+    tl.store(Delta + pid_bh.to(tl.int64) * Nq + offs_m, tl.sum(o * do, 1), mask=row_ok)
+
+
+@triton.autotune(configs=_BWD_KV_CONFIGS, key=_TUNE_KEY)
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, Mask, dOut, Lse, Delta, dK, dV,
+    sq_b, sq_h, sq_m, sq_d, sk_b, sk_h, sk_n, sk_d, sv_b, sv_h, sv_n, sv_d,
+    sdo_b, sdo_h, sdo_m, sdo_d, sdk_b, sdk_h, sdk_n, sdk_d, sdv_b, sdv_h, sdv_n, sdv_d, sm_b,
+    H, Nq, Nk, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    in_seq = offs_n < Nk
+    valid = _key_valid(Mask, b, offs_n, Nk, sm_b, HAS_MASK)
+    k = tl.load(
+        K + b * sk_b + h * sk_h + offs_n[:, None] * sk_n + offs_d[None, :] * sk_d,
+        mask=in_seq[:, None],
+        other=0.0,
+    )
+    v = tl.load(
+        V + b * sv_b + h * sv_h + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d,
+        mask=in_seq[:, None],
+        other=0.0,
+    )
+    q_base = Q + b * sq_b + h * sq_h
+    do_base = dOut + b * sdo_b + h * sdo_h
+    row_base = pid_bh.to(tl.int64) * Nq
+
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    for start_m in range(0, Nq, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < Nq
+        q = tl.load(
+            q_base + offs_m[:, None] * sq_m + offs_d[None, :] * sq_d, mask=row_ok[:, None], other=0.0
+        )
+        do = tl.load(
+            do_base + offs_m[:, None] * sdo_m + offs_d[None, :] * sdo_d,
+            mask=row_ok[:, None],
+            other=0.0,
+        )
+        # +inf LSE on tail rows makes their probabilities exactly 0.
+        lse = tl.load(Lse + row_base + offs_m, mask=row_ok, other=float("inf")) * _LOG2E
+        delta = tl.load(Delta + row_base + offs_m, mask=row_ok, other=0.0)
+        # Work on transposed scores (keys x queries) so dK and dV accumulate without transposes.
+        st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+        pt = tl.where(valid[:, None], tl.exp2(st - lse[None, :]), 0.0)
+        dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
+        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+        dst = pt * (dpt - delta[None, :])
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
+
+    tl.store(
+        dK + b * sdk_b + h * sdk_h + offs_n[:, None] * sdk_n + offs_d[None, :] * sdk_d,
+        (dk * sm_scale).to(dK.dtype.element_ty),
+        mask=in_seq[:, None],
+    )
+    tl.store(
+        dV + b * sdv_b + h * sdv_h + offs_n[:, None] * sdv_n + offs_d[None, :] * sdv_d,
+        dv.to(dV.dtype.element_ty),
+        mask=in_seq[:, None],
+    )
+
+
+@triton.autotune(configs=_BWD_Q_CONFIGS, key=_TUNE_KEY)
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, Mask, dOut, Lse, Delta, dQ,
+    sq_b, sq_h, sq_m, sq_d, sk_b, sk_h, sk_n, sk_d, sv_b, sv_h, sv_n, sv_d,
+    sdo_b, sdo_h, sdo_m, sdo_d, sdq_b, sdq_h, sdq_m, sdq_d, sm_b,
+    H, Nq, Nk, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < Nq
+    q = tl.load(
+        Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_m + offs_d[None, :] * sq_d,
+        mask=row_ok[:, None],
+        other=0.0,
+    )
+    do = tl.load(
+        dOut + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_m + offs_d[None, :] * sdo_d,
+        mask=row_ok[:, None],
+        other=0.0,
+    )
+    row_base = pid_bh.to(tl.int64) * Nq
+    lse = tl.load(Lse + row_base + offs_m, mask=row_ok, other=float("inf")) * _LOG2E
+    delta = tl.load(Delta + row_base + offs_m, mask=row_ok, other=0.0)
+    k_base = K + b * sk_b + h * sk_h
+    v_base = V + b * sv_b + h * sv_h
+
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for start_n in range(0, Nk, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        in_seq = offs_n < Nk
+        valid = _key_valid(Mask, b, offs_n, Nk, sm_b, HAS_MASK)
+        k = tl.load(
+            k_base + offs_n[:, None] * sk_n + offs_d[None, :] * sk_d, mask=in_seq[:, None], other=0.0
+        )
+        vt = tl.load(
+            v_base + offs_n[None, :] * sv_n + offs_d[:, None] * sv_d, mask=in_seq[None, :], other=0.0
+        )
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        p = tl.where(valid[None, :], tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, vt, input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+
+    tl.store(
+        dQ + b * sdq_b + h * sdq_h + offs_m[:, None] * sdq_m + offs_d[None, :] * sdq_d,
+        (dq * sm_scale).to(dQ.dtype.element_ty),
+        mask=row_ok[:, None],
+    )
+
+
+def _check_inputs(q, k, v, key_mask) -> None:
+    if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
+        raise ValueError(
+            f"q must be (B, H, Nq, D) and k, v (B, H, Nk, D); got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    B, H, _, D = q.shape
+    if (k.shape[0], k.shape[1], k.shape[3]) != (B, H, D):
+        raise ValueError(f"k and v must share B, H and D with q {tuple(q.shape)}; got {tuple(k.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"q, k, v must share one of fp16/bf16/fp32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if D < 16 or D & (D - 1):
+        raise ValueError(f"head dim must be a power of two >= 16, got {D}")
+    if key_mask is not None and (key_mask.dtype != torch.bool or key_mask.shape != (B, k.shape[2])):
+        raise ValueError(
+            f"key_mask must be a bool tensor of shape ({B}, {k.shape[2]}); "
+            f"got {key_mask.dtype} {tuple(key_mask.shape)}"
+        )
+    if not (q.is_cuda or (_INTERPRET and q.device.type == "cpu")):
+        raise RuntimeError(
+            "Triton kernels need CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before "
+            "speedrun.kernels.triton_attention was imported"
+        )
+
+
+def _grid(n_rows: int, batch_heads: int, block: str):
+    return lambda meta: (triton.cdiv(n_rows, meta[block]), batch_heads)
+
+
+class _FlashAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, key_mask):
+        _check_inputs(q, k, v, key_mask)
+        B, H, Nq, D = q.shape
+        Nk = k.shape[2]
+        has_mask = key_mask is not None
+        # A bool tensor reinterpreted as bytes costs no copy; the kernel reads 0 / 1.
+        mask = key_mask.contiguous().view(torch.uint8) if has_mask else q.new_empty(0, dtype=torch.uint8)
+        # Tokens-major storage makes the usual out.transpose(1, 2).reshape(B, Nq, H * D) free.
+        out = torch.empty((B, Nq, H, D), device=q.device, dtype=q.dtype).transpose(1, 2)
+        lse = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
+        ctx.sm_scale = 1.0 / math.sqrt(D)
+        ctx.qk_scale = ctx.sm_scale / math.log(2.0)  # scores in log2 units for exp2
+        # TF32 would cost fp32 inputs ~3 decimal digits; the half types take the backend default.
+        ctx.precision = "ieee" if q.dtype == torch.float32 else None
+        ctx.has_mask = has_mask
+        _attn_fwd_kernel[_grid(Nq, B * H, "BLOCK_M")](
+            q, k, v, mask, out, lse,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), mask.stride(0) if has_mask else 0,
+            H, Nq, Nk, ctx.qk_scale,
+            HEAD_DIM=D, HAS_MASK=has_mask, PRECISION=ctx.precision,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, mask, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, mask, out, lse = ctx.saved_tensors
+        B, H, Nq, D = q.shape
+        Nk = k.shape[2]
+        delta = torch.empty_like(lse)
+        delta_block = 16 if _INTERPRET else 64
+        _attn_bwd_delta_kernel[(triton.cdiv(Nq, delta_block), B * H)](
+            out, dout, delta, *out.stride(), *dout.stride(), H, Nq,
+            HEAD_DIM=D, BLOCK_M=delta_block,
+        )  # fmt: skip
+        dq = torch.empty_like(q)
+        dk = torch.empty_like(k)
+        dv = torch.empty_like(v)
+        sm_b = mask.stride(0) if ctx.has_mask else 0
+        common = dict(HEAD_DIM=D, HAS_MASK=ctx.has_mask, PRECISION=ctx.precision)
+        _attn_bwd_dkdv_kernel[_grid(Nk, B * H, "BLOCK_N")](
+            q, k, v, mask, dout, lse, delta, dk, dv,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), sm_b,
+            H, Nq, Nk, ctx.qk_scale, ctx.sm_scale, **common,
+        )  # fmt: skip
+        _attn_bwd_dq_kernel[_grid(Nq, B * H, "BLOCK_M")](
+            q, k, v, mask, dout, lse, delta, dq,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), sm_b,
+            H, Nq, Nk, ctx.qk_scale, ctx.sm_scale, **common,
+        )  # fmt: skip
+        return dq, dk, dv, None
+
+
+def flash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Softmax attention of image queries over [text, image] keys, scale 1/sqrt(D).
+
+    Equal to ``F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])``
+    within the input dtype's rounding, with fp32 accumulation. Differentiable in q, k and v;
+    padded keys get zero grads.
+
+    Args:
+        q: (B, H, Nq, D) image queries, fp16/bf16/fp32, any strides; D a power of two >= 16.
+        k, v: (B, H, Nk, D) keys and values, text tokens first then image tokens, same dtype.
+        key_mask: (B, Nk) bool, True = attend, or None for no padding. A sample whose text is
+            entirely padding is fine. A sample with no valid key at all (impossible for image
+            queries, whose own keys are always valid) gets zeros and zero grads, not NaN.
+
+    Returns:
+        (B, H, Nq, D) tensor in the input dtype, stored tokens-major (a transposed view of a
+        contiguous (B, Nq, H, D) buffer).
+    """
+    return _FlashAttention.apply(q, k, v, key_mask)

@@ -1,0 +1,5 @@
+"""The reference denoiser: PRX configs, construction and the reference RoPE."""
+
+from speedrun.model.prx import MODEL_CONFIGS, BlockHooks, PRXBlock, PRXConfig, PRXDenoiser, build_model
+
+__all__ = ["MODEL_CONFIGS", "BlockHooks", "PRXBlock", "PRXConfig", "PRXDenoiser", "build_model"]

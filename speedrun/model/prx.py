@@ -1,0 +1,387 @@
+"""The PRX denoiser: a "simplified MMDiT" whose text stream is never updated.
+
+Functionally identical to diffusers' ``PRXTransformer2DModel`` (weights map one to one, see
+``speedrun.model.diffusers_interop``), with two additions the harness needs:
+
+* block hooks: callables run before and after each block on the image tokens, which may record
+  activations or shrink the token set (routing); RoPE follows the surviving tokens through
+  ``StepState.token_index``;
+* ``flops_per_step`` for throughput accounting.
+
+Conventions: ``t`` is in [0, 1] with t = 1 pure noise; the network sees ``t * time_scale`` (1000) in its
+sinusoidal embedding, exactly as diffusers' PRX pipeline feeds ``timestep / 1000`` to the transformer
+which multiplies by ``time_factor = 1000``. The output has the input's shape; what it means
+(velocity or x0) is the objective's business.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speedrun.errors import SpeedrunError
+from speedrun.kernels import dispatch
+from speedrun.model.rope import rope_tables
+from speedrun.state import BlockHook, StepState
+
+BlockHooks = Mapping[int, Sequence[tuple[BlockHook | None, BlockHook | None]]]
+"""``{block_index: [(before, after), ...]}``; pairs on one block run in sequence order."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PRXConfig:
+    """Architecture of a PRX denoiser. Defaults are diffusers' ``PRXTransformer2DModel`` defaults.
+
+    Attributes:
+        in_channels: channels of the denoised tensor (16 for Flux VAE latents, 3 for pixels).
+        patch_size: side of the square patch turned into one token.
+        hidden_size: token width; a multiple of ``num_heads``.
+        depth: number of blocks.
+        num_heads: attention heads; ``hidden_size // num_heads`` must be a multiple of 4 (2-D RoPE).
+        mlp_ratio: GeGLU hidden width is ``int(hidden_size * mlp_ratio)``.
+        text_dim: width of the text-encoder embeddings.
+        time_embed_dim: width of the sinusoidal timestep embedding.
+        time_scale: the embedding sees ``t * time_scale``.
+        time_max_period: longest period of the sinusoidal timestep embedding.
+        rope_theta: RoPE base.
+        bottleneck_dim: if set, patches enter through ``Linear(patch_dim, b) -> Linear(b, hidden)``
+            (pixel-space variant) instead of one ``Linear(patch_dim, hidden)``.
+        norm_eps: epsilon of every LayerNorm and of the q/k RMSNorms.
+    """
+
+    in_channels: int
+    patch_size: int
+    hidden_size: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    text_dim: int
+    time_embed_dim: int = 256
+    time_scale: float = 1000.0
+    time_max_period: float = 10000.0
+    rope_theta: float = 10000.0
+    bottleneck_dim: int | None = None
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "patch_size", "hidden_size", "depth", "num_heads", "text_dim", "time_embed_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"PRXConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.head_dim % 4:
+            raise ValueError(f"head dim {self.head_dim} must be a multiple of 4 for 2-D RoPE")
+        if self.time_embed_dim % 2:
+            raise ValueError(f"time_embed_dim must be even, got {self.time_embed_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.hidden_size * self.mlp_ratio)
+
+    @property
+    def patch_dim(self) -> int:
+        return self.in_channels * self.patch_size**2
+
+
+# DiT-style factories; keyword arguments override any field, e.g. MODEL_CONFIGS["tiny"](depth=4).
+MODEL_CONFIGS: dict[str, Callable[..., PRXConfig]] = {
+    "smoke": functools.partial(
+        PRXConfig, in_channels=3, patch_size=4, hidden_size=64, depth=2, num_heads=2, mlp_ratio=3.5, text_dim=384
+    ),
+    "tiny": functools.partial(
+        PRXConfig, in_channels=3, patch_size=4, hidden_size=128, depth=6, num_heads=4, mlp_ratio=3.5, text_dim=384
+    ),
+    "prx-1.2b": functools.partial(
+        PRXConfig,
+        in_channels=16,
+        patch_size=2,
+        hidden_size=1792,
+        depth=16,
+        num_heads=28,
+        mlp_ratio=3.5,
+        text_dim=2304,
+    ),
+}
+
+
+def build_model(name: str, **overrides) -> PRXDenoiser:
+    """A freshly initialised denoiser from ``MODEL_CONFIGS[name]`` with field ``overrides``.
+
+    Build under ``with torch.device("meta"):`` to count parameters or shard before materialising
+    (then ``to_empty(device=...)`` and ``init_weights()``).
+    """
+    if name not in MODEL_CONFIGS:
+        raise SpeedrunError(f"unknown model config '{name}'; known: {sorted(MODEL_CONFIGS)}")
+    try:
+        config = MODEL_CONFIGS[name](**overrides)
+    except (TypeError, ValueError) as exc:
+        raise SpeedrunError(f"model config '{name}' with overrides {overrides}: {exc}") from None
+    return PRXDenoiser(config)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, scale: float, max_period: float) -> torch.Tensor:
+    """``(B,) -> (B, dim)`` float32 sinusoidal embedding ``[cos(a), sin(a)]`` of angles ``t * scale * f_j``.
+
+    Frequencies ``f_j = max_period ** (-j / (dim / 2))`` for ``j < dim / 2`` (diffusers'
+    ``get_timestep_embedding`` with ``flip_sin_to_cos=True, downscale_freq_shift=0``).
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    angles = t.float()[:, None] * freqs[None, :] * scale
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """``(B, C, H, W) -> (B, N, C*p*p)``: tokens row-major over the patch grid, features ordered (c, py, px)."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(tokens: torch.Tensor, p: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`patchify` for an ``h x w`` image."""
+    b, _, d = tokens.shape
+    c = d // (p * p)
+    x = tokens.reshape(b, h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, h, w)
+
+
+class PRXBlock(nn.Module):
+    """One PRX block on image tokens; text tokens provide keys and values but are not updated.
+
+    ``x <- x + gate_a * Attn(modulate(LN(x)))`` then ``x <- x + gate_m * GeGLU(modulate(LN(x)))``, with
+    shift/scale/gate from ``Linear(silu(vec))`` (zero-initialised: every block starts as identity).
+    Image queries attend over ``[text keys (padding-masked); image keys]``.
+    """
+
+    def __init__(self, config: PRXConfig):
+        super().__init__()
+        h, d = config.hidden_size, config.head_dim
+        self.num_heads = config.num_heads
+        self.head_dim = d
+        self.eps = config.norm_eps
+        self.modulation = nn.Linear(h, 6 * h)
+        self.qkv = nn.Linear(h, 3 * h, bias=False)
+        self.q_norm = nn.Parameter(torch.ones(d))
+        self.k_norm = nn.Parameter(torch.ones(d))
+        self.text_kv = nn.Linear(h, 2 * h, bias=False)
+        self.text_k_norm = nn.Parameter(torch.ones(d))
+        self.attn_out = nn.Linear(h, h, bias=False)
+        self.mlp_gate = nn.Linear(h, config.mlp_hidden, bias=False)
+        self.mlp_up = nn.Linear(h, config.mlp_hidden, bias=False)
+        self.mlp_down = nn.Linear(config.mlp_hidden, h, bias=False)
+
+    def init_weights(self) -> None:
+        for linear in (self.qkv, self.text_kv, self.attn_out, self.mlp_gate, self.mlp_up, self.mlp_down):
+            linear.reset_parameters()
+        for weight in (self.q_norm, self.k_norm, self.text_k_norm):
+            nn.init.ones_(weight)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        text: torch.Tensor,
+        vec: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        text_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Image tokens ``x`` (B, N, h), projected text (B, L, h), conditioning ``vec`` (B, h),
+        RoPE tables (N, D/2) or (B, N, D/2) for exactly these N tokens, ``text_mask`` (B, L) bool."""
+        b, n, h = x.shape
+        heads, d = self.num_heads, self.head_dim
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.modulation(F.silu(vec))[:, None].chunk(6, dim=-1)
+
+        y = (1 + scale_a) * F.layer_norm(x, (h,), eps=self.eps) + shift_a
+        q, k, v = self.qkv(y).view(b, n, 3, heads, d).permute(2, 0, 3, 1, 4)
+        q, k = dispatch.qk_norm_rope(q, k, self.q_norm, self.k_norm, cos, sin, self.eps)
+        text_k, text_v = self.text_kv(text).view(b, text.shape[1], 2, heads, d).permute(2, 0, 3, 1, 4)
+        text_k = dispatch.rms_norm(text_k, self.text_k_norm, self.eps)
+        key_mask = torch.cat([text_mask, text_mask.new_ones(b, n)], dim=1)
+        attn = dispatch.attention(q, torch.cat([text_k, k], dim=2), torch.cat([text_v, v], dim=2), key_mask)
+        x = x + gate_a * self.attn_out(attn.transpose(1, 2).reshape(b, n, h))
+
+        y = (1 + scale_m) * F.layer_norm(x, (h,), eps=self.eps) + shift_m
+        mlp = self.mlp_down(F.gelu(self.mlp_gate(y), approximate="tanh") * self.mlp_up(y))
+        return x + gate_m * mlp
+
+
+class PRXDenoiser(nn.Module):
+    """PRX denoiser ``(x_t, t, text, text_mask) -> prediction`` with per-block hooks.
+
+    Attributes:
+        config: the :class:`PRXConfig` it was built from.
+        blocks: the ``nn.ModuleList`` of :class:`PRXBlock`; hook indices refer to it (0-based).
+    """
+
+    def __init__(self, config: PRXConfig):
+        super().__init__()
+        self.config = config
+        h = config.hidden_size
+        if config.bottleneck_dim is None:
+            self.img_in: nn.Module = nn.Linear(config.patch_dim, h)
+        else:
+            self.img_in = nn.Sequential(nn.Linear(config.patch_dim, config.bottleneck_dim), nn.Linear(config.bottleneck_dim, h))
+        self.time_in = nn.Sequential(nn.Linear(config.time_embed_dim, h), nn.SiLU(), nn.Linear(h, h))
+        self.text_in = nn.Linear(config.text_dim, h)
+        self.blocks = nn.ModuleList(PRXBlock(config) for _ in range(config.depth))
+        self.final_modulation = nn.Linear(h, 2 * h)
+        self.final_linear = nn.Linear(h, config.patch_dim)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter: torch's default Linear init (as diffusers), adaLN
+        modulations and the final projection zero, so a fresh model outputs exactly zero."""
+        for part in (self.img_in, self.time_in, self.text_in, self.final_modulation):
+            for module in part.modules():
+                if isinstance(module, nn.Linear):
+                    module.reset_parameters()
+        for block in self.blocks:
+            block.init_weights()
+        nn.init.zeros_(self.final_linear.weight)
+        nn.init.zeros_(self.final_linear.bias)
+
+    def grid(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """Token rows and columns for an ``(H, W)`` input."""
+        h, w = image_hw
+        p = self.config.patch_size
+        if h % p or w % p:
+            raise ValueError(f"image size {h}x{w} is not divisible by patch size {p}")
+        return h // p, w // p
+
+    def num_tokens(self, image_hw: tuple[int, int]) -> int:
+        """Image tokens for an ``(H, W)`` input."""
+        gh, gw = self.grid(image_hw)
+        return gh * gw
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        *,
+        hooks: BlockHooks | None = None,
+        state: StepState | None = None,
+    ) -> torch.Tensor:
+        """Denoise.
+
+        Args:
+            x: ``(B, C, H, W)`` noisy input.
+            t: ``(B,)`` times in [0, 1], t = 1 is pure noise.
+            text: ``(B, L, text_dim)`` text-encoder embeddings.
+            text_mask: ``(B, L)`` bool, True for real tokens; None means all real. Padded tokens
+                have no influence on the output.
+            hooks: ``{i: [(before, after), ...]}``. For block ``i`` each ``before(tokens, state)`` runs
+                in order, then the block, then each ``after(tokens, state)``; ``tokens`` are image tokens
+                ``(B, N, hidden)``. A hook that keeps only some tokens sets ``state.token_index``
+                ``(B, N_kept)`` (indices into the full row-major grid) and the blocks take RoPE for exactly
+                those positions; the full token set must be restored (``token_index`` None) by the end.
+            state: the step's :class:`StepState`, passed to hooks; a fresh one if None.
+
+        Returns:
+            ``(B, C, H, W)`` prediction.
+        """
+        cfg = self.config
+        b, c, height, width = x.shape
+        if c != cfg.in_channels:
+            raise ValueError(f"input has {c} channels, the model expects {cfg.in_channels}")
+        if t.shape != (b,):
+            raise ValueError(f"t must have shape ({b},), got {tuple(t.shape)}")
+        if text.dim() != 3 or text.shape[0] != b or text.shape[2] != cfg.text_dim:
+            raise ValueError(f"text must be (B={b}, L, {cfg.text_dim}), got {tuple(text.shape)}")
+        if text_mask is None:
+            text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+        elif text_mask.shape != text.shape[:2]:
+            raise ValueError(f"text_mask must be {tuple(text.shape[:2])}, got {tuple(text_mask.shape)}")
+        state = StepState() if state is None else state
+        if state.token_index is not None:
+            raise ValueError("state.token_index must be None when a forward starts (a routing hook leaked it)")
+        hooks = hooks or {}
+
+        grid_h, grid_w = self.grid((height, width))
+        tokens = self.img_in(patchify(x, cfg.patch_size))
+        text_tokens = self.text_in(text)  # projected once; the blocks never update it
+        vec = self.time_in(timestep_embedding(t, cfg.time_embed_dim, cfg.time_scale, cfg.time_max_period).to(tokens.dtype))
+        cos, sin = rope_tables(grid_h, grid_w, cfg.head_dim, cfg.rope_theta, x.device)
+        text_mask = text_mask.to(torch.bool)
+
+        for i, block in enumerate(self.blocks):
+            pairs = hooks.get(i, ())
+            for before, _ in pairs:
+                if before is not None:
+                    tokens = before(tokens, state)
+            index = state.token_index
+            if index is None:
+                block_cos, block_sin = cos, sin
+            else:
+                if index.shape != tokens.shape[:2]:
+                    raise ValueError(
+                        f"block {i}: state.token_index {tuple(index.shape)} does not match tokens {tuple(tokens.shape[:2])}"
+                    )
+                block_cos, block_sin = cos[index], sin[index]
+            tokens = block(tokens, text_tokens, vec, block_cos, block_sin, text_mask)
+            for _, after in pairs:
+                if after is not None:
+                    tokens = after(tokens, state)
+
+        if state.token_index is not None or tokens.shape[1] != grid_h * grid_w:
+            raise ValueError("after the last block every image token must be back in order (token_index None)")
+        shift, scale = self.final_modulation(F.silu(vec))[:, None].chunk(2, dim=-1)
+        tokens = (1 + scale) * F.layer_norm(tokens, (cfg.hidden_size,), eps=cfg.norm_eps) + shift
+        return unpatchify(self.final_linear(tokens), cfg.patch_size, height, width)
+
+    def flops_per_step(self, batch: int, image_hw: tuple[int, int], text_len: int) -> int:
+        """Training FLOPs of one step on ``batch`` samples, all tokens kept: 3 x forward matmul FLOPs.
+
+        Each matmul of an ``(m, k)`` by a ``(k, n)`` matrix counts ``2 m n k``; the backward pass counts
+        twice the forward. With N image tokens, L text tokens, hidden h, patch features P = C p^2,
+        GeGLU width M, timestep embedding width E and depth d, the forward per sample is
+
+            2 N P h              patch embedding (P b + b h instead of P h with a bottleneck b)
+          + 2 L T h              text projection (T = text_dim)
+          + 2 (E h + h h)        timestep MLP
+          + d [ 2 h 6h           block modulation
+              + 2 N h 3h         image qkv
+              + 2 L h 2h         text kv
+              + 2 N (L + N) h    q k^T over text + image keys (all heads)
+              + 2 N (L + N) h    probabilities x values
+              + 2 N h h          attention output
+              + 3 (2 N h M) ]    GeGLU gate, up and down
+          + 2 h 2h + 2 N h P     final modulation and projection
+
+        Norms, RoPE, softmax and activations are elementwise and not counted.
+        """
+        cfg = self.config
+        n, length = self.num_tokens(image_hw), text_len
+        h, p_dim, m = cfg.hidden_size, cfg.patch_dim, cfg.mlp_hidden
+        embed = p_dim * h if cfg.bottleneck_dim is None else p_dim * cfg.bottleneck_dim + cfg.bottleneck_dim * h
+        forward = (
+            2 * n * embed
+            + 2 * length * cfg.text_dim * h
+            + 2 * (cfg.time_embed_dim * h + h * h)
+            + cfg.depth
+            * (
+                2 * h * 6 * h
+                + 2 * n * h * 3 * h
+                + 2 * length * h * 2 * h
+                + 2 * 2 * n * (length + n) * h
+                + 2 * n * h * h
+                + 3 * 2 * n * h * m
+            )
+            + 2 * h * 2 * h
+            + 2 * n * h * p_dim
+        )
+        return 3 * batch * forward

@@ -1,0 +1,31 @@
+"""Where prepared data, runs and caches live; each can be moved by a flag or an environment variable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from speedrun.tracks import REPO_ROOT
+
+
+def _root(explicit: Path | None, env: str, default: str) -> Path:
+    if explicit is not None:
+        return Path(explicit)
+    if os.environ.get(env):
+        return Path(os.environ[env])
+    return REPO_ROOT / default
+
+
+def data_root(explicit: Path | None = None) -> Path:
+    """Prepared datasets: ``--data-dir``, else ``$SPEEDRUN_DATA_DIR``, else ``<repo>/data``."""
+    return _root(explicit, "SPEEDRUN_DATA_DIR", "data")
+
+
+def runs_root(explicit: Path | None = None) -> Path:
+    """Checkpoints and logs: ``--runs-dir``, else ``$SPEEDRUN_RUNS_DIR``, else ``<repo>/runs``."""
+    return _root(explicit, "SPEEDRUN_RUNS_DIR", "runs")
+
+
+def cache_root(explicit: Path | None = None) -> Path:
+    """Reference statistics and other derived caches: ``$SPEEDRUN_CACHE_DIR``, else ``<repo>/cache``."""
+    return _root(explicit, "SPEEDRUN_CACHE_DIR", "cache")

@@ -1,0 +1,219 @@
+"""The results file of one run: ``submissions/<name>/results/<track>/<run-id>.json``.
+
+Every field is documented in the schema (``speedrun schema`` writes ``results.schema.json``). The
+``digest`` is the sha256 of the canonical JSON of every other field, so any edit is detected; the
+provenance hashes tie the numbers to the exact files that produced them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from speedrun.checkpoint import atomic_write_text, sha256_file
+from speedrun.errors import SpeedrunError, format_validation_error
+from speedrun.tracks import REPO_ROOT, canonical_hash
+
+SCHEMA_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Failure(_Model):
+    step: int | None = Field(description="Step at which the run stopped (diverged or failed).")
+    reason: str = Field(description="Why it stopped, in words.")
+    last_finite_loss: float | None = Field(None, description="Last finite training loss before divergence.")
+
+
+class EvalPoint(_Model):
+    step: int = Field(description="Training step of the evaluated checkpoint.")
+    metrics: dict[str, float | None] = Field(description="Metric name -> value (None: unavailable).")
+    unavailable: dict[str, str] = Field(default_factory=dict, description="Metric -> why it is unavailable.")
+    samples: int = Field(description="Generated samples the metrics used.")
+
+
+class Timing(_Model):
+    train_clock_s: float = Field(description="Harness clock: timed training incl. data loading, excl. eval/ckpt.")
+    warmup_s: float = Field(description="Untimed warmup/compile steps (then undone).")
+    data_s: float = Field(description="Part of the clock spent waiting for batches.")
+    checkpoint_s: float = Field(description="Checkpoint writing (clock paused).")
+    validation_s: float = Field(description="Validation-loss passes (clock paused).")
+    eval_s: float = Field(description="Separate-process evaluation (sampling + metrics).")
+    wall_s: float = Field(description="Whole run, start to results file.")
+    gpu_hours: float = Field(description="train_clock_s x devices / 3600.")
+
+
+class Speed(_Model):
+    batches_per_second: float | None = Field(description="Median over steady-state windows of the clock.")
+    images_per_second: float | None = Field(description="batches_per_second x global batch.")
+    flops_per_step: int = Field(description="Model FLOPs of one training step (3 x forward matmul FLOPs).")
+    mfu: float | None = Field(description="flops_per_step x batches/s / (peak FLOP/s x devices); None on CPU.")
+    peak_memory_bytes: int | None = Field(description="Peak CUDA memory allocated on rank 0.")
+
+
+class Hardware(_Model):
+    device_type: str
+    device_names: list[str]
+    device_count: int
+    driver: str | None
+    cpu: str
+    cpu_count: int
+
+
+class Software(_Model):
+    python: str
+    torch: str
+    triton: str | None
+    cuda: str | None
+    packages_sha256: str = Field(description="sha256 of the sorted installed 'name==version' list.")
+
+
+class Provenance(_Model):
+    manifest_sha256: str = Field(description="sha256 of submission.toml.")
+    submission_files: dict[str, str] = Field(description="Every file of the submission folder (results excluded).")
+    harness_sha256: str = Field(description="sha256 over the speedrun/ source tree.")
+    track_hash: str = Field(description="Track.content_hash of the base track.")
+    overrides: dict[str, Any] = Field(description="Manifest overrides applied to the track.")
+    dataset_manifest_sha256: str | None = Field(description="sha256 of the prepared data manifest.")
+    reference_stats_sha256: dict[str, str] = Field(default_factory=dict, description="Metric -> reference statistics hash.")
+    extractor_weights: dict[str, str] = Field(default_factory=dict, description="Extractor id -> weights sha256.")
+
+
+class RunResult(_Model):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run_id: str = Field(description="'seed<N>' : one results file per seed.")
+    submission: str
+    track: str
+    track_version: int
+    seed: int
+    status: Literal["ok", "diverged", "failed"]
+    failure: Failure | None = None
+    steps: int = Field(description="Optimizer steps completed.")
+    metrics: dict[str, float | None] = Field(description="Final evaluation's metrics.")
+    unavailable: dict[str, str] = Field(default_factory=dict, description="Metric -> why it is unavailable.")
+    evals: list[EvalPoint] = Field(description="Every evaluation, in step order.")
+    val_loss_curve: list[dict[str, float]] = Field(description="[{step, val_loss}] from the trainer.")
+    speed: Speed
+    timing: Timing
+    kernels: str = Field(description="Attention/RoPE dispatch used: torch or triton.")
+    world_size: int
+    hardware: Hardware
+    software: Software
+    provenance: Provenance
+    created_at: str
+    digest: str = Field(description="sha256 of the canonical JSON of every other field.")
+
+
+def compute_digest(data: dict[str, Any]) -> str:
+    return canonical_hash({k: v for k, v in data.items() if k != "digest"})
+
+
+def finalize(data: dict[str, Any]) -> RunResult:
+    """Validate ``data`` (without digest) and seal it with its digest."""
+    data = {**data, "digest": ""}
+    RunResult.model_validate(data)  # fail before hashing
+    as_json = json.loads(RunResult.model_validate(data).model_dump_json())
+    as_json["digest"] = compute_digest(as_json)
+    return RunResult.model_validate(as_json)
+
+
+def write_result(path: Path, result: RunResult) -> Path:
+    atomic_write_text(path, result.model_dump_json(indent=2) + "\n")
+    return path
+
+
+def load_result(path: Path, check_digest: bool = True) -> RunResult:
+    """Parse and validate a results file; a digest mismatch means it was edited."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpeedrunError(f"{path}: no such results file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpeedrunError(f"{path}: not valid JSON ({exc}); re-run the seed to regenerate it") from None
+    try:
+        result = RunResult.model_validate(data)
+    except ValidationError as exc:
+        raise SpeedrunError(format_validation_error(str(path), exc)) from None
+    if check_digest and compute_digest(data) != result.digest:
+        raise SpeedrunError(f"{path}: field 'digest' does not match the content: the file was edited after the run")
+    return result
+
+
+# ------------------------------------------------------------------ provenance helpers
+def tree_sha256(root: Path, pattern: str = "**/*.py") -> str:
+    """sha256 over (relative path, file sha256) of every matching file, sorted."""
+    h = hashlib.sha256()
+    for p in sorted(root.glob(pattern)):
+        if p.is_file() and "__pycache__" not in p.parts:
+            h.update(f"{p.relative_to(root).as_posix()}\0{sha256_file(p)}\n".encode())
+    return h.hexdigest()
+
+
+def harness_sha256() -> str:
+    return tree_sha256(REPO_ROOT / "speedrun")
+
+
+def submission_file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file in the submission folder except its results and caches."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if p.is_file() and rel.parts[0] != "results" and "__pycache__" not in rel.parts:
+            out[rel.as_posix()] = sha256_file(p)
+    return out
+
+
+def hardware_info(device: torch.device, world_size: int) -> Hardware:
+    names, driver = [], None
+    if device.type == "cuda":
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        try:
+            import subprocess
+
+            driver = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=10,
+            ).stdout.strip().splitlines()[0]
+        except Exception:  # nvidia-smi is optional; the device names still identify the card
+            driver = None
+    return Hardware(
+        device_type=device.type,
+        device_names=names or [platform.processor() or platform.machine()],
+        device_count=world_size,
+        driver=driver,
+        cpu=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count() or 1,
+    )
+
+
+def software_info() -> Software:
+    pkgs = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return Software(
+        python=sys.version.split()[0],
+        torch=torch.__version__,
+        triton=triton_version,
+        cuda=torch.version.cuda,
+        packages_sha256=hashlib.sha256("\n".join(pkgs).encode()).hexdigest(),
+    )
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

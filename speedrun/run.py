@@ -1,0 +1,230 @@
+"""``speedrun run``: validate, prepare, train each seed, evaluate in a separate process, write results.
+
+A finished seed (valid results file) is skipped; a killed seed resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from speedrun.checkpoint import sha256_file
+from speedrun.errors import SpeedrunError
+from speedrun.paths import data_root, runs_root
+from speedrun.results import (
+    EvalPoint,
+    Failure,
+    Provenance,
+    Speed,
+    Timing,
+    finalize,
+    hardware_info,
+    harness_sha256,
+    load_result,
+    now_iso,
+    software_info,
+    submission_file_hashes,
+    write_result,
+)
+from speedrun.submission import MANIFEST, Submission, load_submission
+from speedrun.tracks import Track, load_track
+from speedrun.worker import SUMMARY, train_seed
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    track: str | None = None
+    seeds: int = 1
+    seed: int | None = None
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    device: str | None = None
+    resume: bool = True
+    data_dir: Path | None = None
+    runs_dir: Path | None = None
+    progress: bool = True
+
+
+def run_dir_for(submission: Submission, track: Track, seed: int, runs_dir: Path | None) -> Path:
+    return runs_root(runs_dir) / submission.name / track.id / f"seed{seed}"
+
+
+def _train(submission: Submission, track: Track, seed: int, run_dir: Path, o: RunOptions) -> dict:
+    if o.nproc == 1 and o.nnodes == 1:
+        return train_seed(
+            submission, track, seed, run_dir, data_dir=o.data_dir, device=o.device, resume=o.resume, progress=o.progress
+        )
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nproc-per-node={o.nproc}", f"--nnodes={o.nnodes}", f"--node-rank={o.node_rank}",
+        f"--master-addr={o.master_addr}", f"--master-port={o.master_port}",
+        "-m", "speedrun.worker", str(submission.path), "--track", track.id, "--seed", str(seed),
+        "--run-dir", str(run_dir),
+    ]
+    if o.data_dir:
+        cmd += ["--data-dir", str(o.data_dir)]
+    if o.device:
+        cmd += ["--device", o.device]
+    if not o.resume:
+        cmd.append("--no-resume")
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0:
+        raise SpeedrunError(f"training of seed {seed} failed under torchrun (exit {proc.returncode}); see the log above")
+    if o.node_rank != 0:
+        return {}
+    return json.loads((run_dir / SUMMARY).read_text())
+
+
+def _evaluate(checkpoint: Path, track: Track, out: Path, o: RunOptions) -> dict:
+    """Evaluate in a separate process so nothing of the training process (or its code) leaks in."""
+    cmd = [sys.executable, "-m", "speedrun.cli", "eval", str(checkpoint), "--track", track.id, "--out", str(out)]
+    if o.device:
+        cmd += ["--device", o.device]
+    if o.data_dir:
+        cmd += ["--data-dir", str(o.data_dir)]
+    proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if proc.returncode != 0:
+        raise SpeedrunError(f"evaluation of {checkpoint} failed (exit {proc.returncode}); see the message above")
+    return json.loads(out.read_text())
+
+
+def run_one_seed(submission: Submission, track: Track, seed: int, o: RunOptions, console: Console) -> Path | None:
+    results_path = submission.results_dir(track.id) / f"seed{seed}.json"
+    if results_path.exists():
+        try:
+            load_result(results_path)
+            console.print(f"seed {seed}: already finished ({results_path}), skipped")
+            return results_path
+        except SpeedrunError as exc:
+            raise SpeedrunError(f"{exc}. Move it away to re-run seed {seed}.") from None
+    wall0 = time.perf_counter()
+    run_dir = run_dir_for(submission, track, seed, o.runs_dir)
+    console.print(f"[bold]seed {seed}[/]: training {submission.name} on {track.id} -> {run_dir}")
+    summary = _train(submission, track, seed, run_dir, o)
+    if not summary:
+        return None
+    evals: list[dict] = []
+    eval_s = 0.0
+    if summary["status"] == "ok":
+        for name in summary["eval_checkpoints"]:
+            ckpt = run_dir / "checkpoints" / name
+            out = run_dir / "eval" / f"{name}.json"
+            if out.exists():
+                evals.append(json.loads(out.read_text()))
+                continue
+            console.print(f"seed {seed}: evaluating {name}")
+            t0 = time.perf_counter()
+            evals.append(_evaluate(ckpt, track, out, o))
+            eval_s += time.perf_counter() - t0
+    result = assemble_result(submission, track, seed, summary, evals, eval_s, time.perf_counter() - wall0, o)
+    write_result(results_path, result)
+    console.print(f"seed {seed}: {result.status}; results -> {results_path}")
+    return results_path
+
+
+def assemble_result(submission, track, seed, summary, evals, eval_s, wall_s, o: RunOptions):
+    from speedrun.data.source import dataset_manifest_sha256
+
+    base = load_track(track.id)
+    device = torch.device("cuda" if (o.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda" else "cpu")
+    world = summary["world_size"]
+    final = evals[-1] if evals else {"metrics": {}, "unavailable": {}}
+    failure = None
+    if summary["status"] != "ok":
+        failure = {"step": summary["diverged_at"], "reason": summary["reason"], "last_finite_loss": summary["last_finite_loss"]}
+    ref_hashes: dict[str, str] = {}
+    weights: dict[str, str] = {}
+    for e in evals:
+        ref_hashes.update(e.get("reference_stats_sha256", {}))
+        weights.update(e.get("extractor_weights", {}))
+    data = {
+        "run_id": f"seed{seed}",
+        "submission": submission.name,
+        "track": track.id,
+        "track_version": track.version,
+        "seed": seed,
+        "status": summary["status"],
+        "failure": failure,
+        "steps": summary["steps"],
+        "metrics": final["metrics"],
+        "unavailable": final.get("unavailable", {}),
+        "evals": [
+            EvalPoint(step=e["step"], metrics=e["metrics"], unavailable=e.get("unavailable", {}), samples=e["samples"])
+            for e in evals
+        ],
+        "val_loss_curve": summary["val_loss_curve"],
+        "speed": Speed(
+            batches_per_second=summary["batches_per_second"],
+            images_per_second=summary["images_per_second"],
+            flops_per_step=summary["flops_per_step"],
+            mfu=summary["mfu"],
+            peak_memory_bytes=summary["peak_memory_bytes"],
+        ),
+        "timing": Timing(
+            train_clock_s=summary["clock_seconds"],
+            warmup_s=summary["warmup_seconds"],
+            data_s=summary["data_seconds"],
+            checkpoint_s=summary["checkpoint_seconds"],
+            validation_s=summary["validation_seconds"],
+            eval_s=eval_s,
+            wall_s=wall_s,
+            gpu_hours=summary["clock_seconds"] * world / 3600 if device.type == "cuda" else 0.0,
+        ),
+        "kernels": summary["kernels"],
+        "world_size": world,
+        "hardware": hardware_info(device, world),
+        "software": software_info(),
+        "provenance": Provenance(
+            manifest_sha256=sha256_file(submission.path / MANIFEST),
+            submission_files=submission_file_hashes(submission.path),
+            harness_sha256=harness_sha256(),
+            track_hash=base.content_hash,
+            overrides=submission.manifest.flat_overrides(),
+            dataset_manifest_sha256=dataset_manifest_sha256(track, data_root(o.data_dir)),
+            reference_stats_sha256=ref_hashes,
+            extractor_weights=weights,
+        ),
+        "created_at": now_iso(),
+    }
+    return finalize(data)
+
+
+def run_submission(path: Path, o: RunOptions, console: Console) -> list[Path]:
+    from speedrun.data.prepare import prepare
+
+    submission = load_submission(path)
+    track = submission.track(o.track)
+    if o.node_rank == 0:
+        prepare(track, data_root(o.data_dir))
+    seeds = [o.seed] if o.seed is not None else list(range(o.seeds))
+    written = [p for s in seeds if (p := run_one_seed(submission, track, s, o, console)) is not None]
+    if written:
+        print_summary(written, console)
+    return written
+
+
+def print_summary(paths: list[Path], console: Console) -> None:
+    table = Table(title="Results")
+    for col in ("run", "status", "steps", "metrics", "batches/s", "train clock", "eval"):
+        table.add_column(col)
+    for p in paths:
+        r = load_result(p)
+        metrics = ", ".join(f"{k} {v:.4g}" if v is not None else f"{k} n/a" for k, v in r.metrics.items())
+        speed = f"{r.speed.batches_per_second:.2f}" if r.speed.batches_per_second else "-"
+        table.add_row(
+            f"{r.submission}/{r.track}/{r.run_id}", r.status, str(r.steps), metrics or "-", speed,
+            f"{r.timing.train_clock_s:.0f}s", f"{r.timing.eval_s:.0f}s",
+        )
+    console.print(table)

@@ -1,0 +1,193 @@
+"""Submission manifests: ``submissions/<name>/submission.toml``, validated without running its code.
+
+A manifest names the entry, its authors, the tracks it targets (the first is the default for
+``speedrun run``), its components with their parameters, and overrides of the fields its tracks
+allow. Validation reads ``components.py`` only as text (``ast``), never imports it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from speedrun.components.registry import Registry, declared_component_names
+from speedrun.errors import SpeedrunError, format_validation_error
+from speedrun.tracks import TRACKS_DIR, Track, load_track, read_toml
+
+SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+MANIFEST = "submission.toml"
+CUSTOM_COMPONENTS = "components.py"
+MAX_COMPONENTS = 16
+MAX_OVERRIDE_DEPTH = 4
+
+
+class ComponentEntry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="Registry name of a built-in or of a class in components.py.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The component's Params.")
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not SLUG.match(v):
+            raise ValueError("a component name is lowercase letters, digits, '_' and '-'")
+        return v
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="Slug equal to the submission's folder name.")
+    authors: list[str] = Field(min_length=1, max_length=64)
+    tracks: list[str] = Field(min_length=1, max_length=16, description="First is the default.")
+    description: str = Field(min_length=1, max_length=20_000)
+    components: list[ComponentEntry] = Field(default_factory=list, max_length=MAX_COMPONENTS)
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Nested tables of track fields, e.g. [overrides.optim] lr = 2e-4."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not SLUG.match(v):
+            raise ValueError("a submission name is lowercase letters, digits, '_' and '-', at most 64, no paths")
+        return v
+
+    @field_validator("authors")
+    @classmethod
+    def _authors(cls, v: list[str]) -> list[str]:
+        if any(not a.strip() or len(a) > 200 for a in v):
+            raise ValueError("each author is a non-empty name of at most 200 characters")
+        return v
+
+    @field_validator("tracks")
+    @classmethod
+    def _track_ids(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("a track is listed twice")
+        return v
+
+    def flat_overrides(self) -> dict[str, Any]:
+        """``{"optim.lr": 2e-4, ...}`` from the nested override tables."""
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, node: Any, depth: int) -> None:
+            if depth > MAX_OVERRIDE_DEPTH:
+                raise SpeedrunError(f"overrides nest deeper than {MAX_OVERRIDE_DEPTH} levels at '{prefix}'")
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    walk(f"{prefix}.{key}" if prefix else key, value, depth + 1)
+            else:
+                flat[prefix] = node
+
+        walk("", self.overrides, 0)
+        return flat
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated submission folder."""
+
+    path: Path
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def custom_components(self) -> Path | None:
+        p = self.path / CUSTOM_COMPONENTS
+        return p if p.is_file() else None
+
+    def results_dir(self, track_id: str) -> Path:
+        return self.path / "results" / track_id
+
+    def track(self, track_id: str | None = None, tracks_dir: Path = TRACKS_DIR) -> Track:
+        """The effective track (overrides applied); default: the manifest's first track."""
+        track_id = track_id or self.manifest.tracks[0]
+        if track_id not in self.manifest.tracks:
+            raise SpeedrunError(
+                f"{self.path / MANIFEST}: submission '{self.name}' does not target track '{track_id}' "
+                f"(field 'tracks' = {self.manifest.tracks})"
+            )
+        return load_track(track_id, tracks_dir).with_overrides(self.manifest.flat_overrides())
+
+
+def _check_inside(folder: Path) -> None:
+    """Reject symlinks that leave the submission folder (a manifest may not reach outside)."""
+    root = folder.resolve()
+    for p in folder.rglob("*"):
+        if p.is_symlink():
+            target = p.resolve()
+            if root != target and root not in target.parents:
+                raise SpeedrunError(f"{p}: symlink points outside the submission folder ({target})")
+
+
+def load_submission(path: Path | str, tracks_dir: Path = TRACKS_DIR, registry: Registry | None = None) -> Submission:
+    """Validate a submission folder (or its ``submission.toml``) without running any of its code.
+
+    Checks: the manifest parses and matches the schema; the name equals the folder name; every
+    track exists and allows every override; every component is a built-in or is defined in
+    ``components.py``; built-in parameters validate against the component's ``Params``.
+    """
+    path = Path(path)
+    folder = path.parent if path.name == MANIFEST else path
+    manifest_path = folder / MANIFEST
+    if not folder.is_dir():
+        raise SpeedrunError(f"{folder}: no such submission folder")
+    if not manifest_path.is_file():
+        raise SpeedrunError(f"{folder}: no {MANIFEST} in this folder (see CONTRIBUTING.md)")
+    _check_inside(folder)
+    data = read_toml(manifest_path)
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise SpeedrunError(format_validation_error(str(manifest_path), exc)) from None
+    if manifest.name != folder.resolve().name:
+        raise SpeedrunError(
+            f"{manifest_path}: field 'name' is '{manifest.name}' but the folder is '{folder.resolve().name}'"
+        )
+    overrides = manifest.flat_overrides()
+    for track_id in manifest.tracks:
+        try:
+            track = load_track(track_id, tracks_dir)
+            track.with_overrides(overrides)
+        except SpeedrunError as exc:
+            raise SpeedrunError(f"{manifest_path}: field 'tracks': {exc}") from None
+    _check_components(manifest, folder, registry or Registry())
+    return Submission(path=folder, manifest=manifest)
+
+
+def _check_components(manifest: Manifest, folder: Path, registry: Registry) -> None:
+    manifest_path = folder / MANIFEST
+    custom_file = folder / CUSTOM_COMPONENTS
+    custom = declared_component_names(custom_file) if custom_file.is_file() else []
+    seen: set[str] = set()
+    for i, entry in enumerate(manifest.components):
+        where = f"{manifest_path}: field 'components.{i}'"
+        if entry.name in seen:
+            raise SpeedrunError(f"{where}: component '{entry.name}' is listed twice")
+        seen.add(entry.name)
+        if entry.name in custom:
+            if entry.name in registry:
+                raise SpeedrunError(f"{custom_file}: component '{entry.name}' collides with a built-in")
+            continue  # its Params are validated when `speedrun run` imports components.py
+        if entry.name not in registry:
+            known = sorted(set(registry.names()) | set(custom))
+            raise SpeedrunError(f"{where}: unknown component '{entry.name}'; known: {known or 'none'}")
+        cls = registry.get(entry.name)
+        try:
+            cls.Params.model_validate(entry.params)
+        except ValidationError as exc:
+            raise SpeedrunError(format_validation_error(f"{where} ({entry.name}).params", exc)) from None
+
+
+def discover_submissions(root: Path) -> list[Path]:
+    """Every folder under ``root`` holding a submission.toml, sorted."""
+    return sorted(p.parent for p in root.glob(f"*/{MANIFEST}"))

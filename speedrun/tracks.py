@@ -1,0 +1,282 @@
+"""Tracks: frozen, versioned race definitions loaded from ``tracks/<id>.toml``.
+
+A track fixes everything that decides a score: data, architecture, clock budget, sampler, metrics
+and ranking. Submissions may change only the fields listed in ``rules.allowed_overrides``.
+Every model here is frozen and rejects unknown keys, so a typo in a track file is an error, never a
+silently ignored setting. ``Track.content_hash`` is recorded in every result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from speedrun.errors import SpeedrunError, format_validation_error
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TRACKS_DIR = REPO_ROOT / "tracks"
+TRACK_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+METRICS = ("fid", "cmmd", "dino_mmd", "val_loss", "prompt_adherence")
+# Fields a submission may ever be allowed to override; a track lists its subset. Everything else
+# (data, model, budget, batch, evaluation, ranking) is fixed by construction.
+OVERRIDABLE = frozenset(
+    {
+        "optim.lr",
+        "optim.betas",
+        "optim.eps",
+        "optim.weight_decay",
+        "optim.warmup_steps",
+        "optim.grad_clip",
+        "train.caption_dropout",
+        "train.compile",
+        "train.timesteps.mean",
+        "train.timesteps.std",
+        "train.timesteps.shift",
+        "train.timesteps.uniform_fraction",
+    }
+)
+
+
+class _Frozen(BaseModel):
+    # strict: a TOML string is never coerced to a number or a bool ("1e-3", "true" are type errors);
+    # tuple fields opt out with Field(strict=False) so TOML arrays fill them (their items stay strict).
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class DataSpec(_Frozen):
+    """What the model trains on and what the evaluator compares against."""
+
+    dataset: Literal["shapes", "mjv6"]
+    source: str = Field(description="Procedural generator id, or the HF dataset id@revision.")
+    image_size: int = Field(gt=0, description="Square image side in pixels.")
+    representation: Literal["pixels", "flux-vae"]
+    vae: str | None = Field(None, description="HF repo@revision of the VAE for latent tracks.")
+    train_examples: int = Field(gt=0)
+    validation_examples: int = Field(gt=0)
+    reference_examples: int = Field(gt=0, description="Held-out real images for metric statistics.")
+    text_encoder: str = Field(description="Text encoder key in speedrun.data.text.")
+    text_max_tokens: int = Field(gt=0)
+    split_hashes: dict[str, str] = Field(
+        default_factory=dict,
+        description="sha256 of each split's definition (captions and images); empty until pinned.",
+    )
+
+    @model_validator(mode="after")
+    def _vae_matches_representation(self) -> DataSpec:
+        if self.representation == "flux-vae" and not self.vae:
+            raise ValueError("representation 'flux-vae' needs data.vae (repo@revision)")
+        if self.representation == "pixels" and self.vae:
+            raise ValueError("representation 'pixels' takes no data.vae")
+        return self
+
+
+class ModelSpec(_Frozen):
+    config: str = Field(description="Key of speedrun.model.MODEL_CONFIGS.")
+
+
+class OptimSpec(_Frozen):
+    name: Literal["adamw"] = "adamw"
+    lr: float = Field(gt=0)
+    betas: tuple[float, float] = Field(strict=False)
+    eps: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_steps: int = Field(ge=0, description="Linear LR warmup, then constant.")
+    grad_clip: float = Field(gt=0, description="Max global grad norm.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError("each beta must be in [0, 1)")
+        return v
+
+
+class TimestepSpec(_Frozen):
+    """Logit-normal t = sigmoid(N(mean, std)), shifted, with a uniform fraction, clamped."""
+
+    mean: float = 0.0
+    std: float = Field(1.0, gt=0)
+    shift: float = Field(1.0, gt=0)
+    uniform_fraction: float = Field(0.1, ge=0, le=1)
+    t_min: float = Field(1e-3, ge=0, lt=1)
+    t_max: float = Field(1.0, gt=0, le=1, description="Exclusive upper clamp.")
+
+
+class TrainSpec(_Frozen):
+    steps: int = Field(gt=0, description="Step budget.")
+    max_seconds: float | None = Field(None, gt=0, description="Optional timed budget (clock s).")
+    global_batch: int = Field(gt=0)
+    caption_dropout: float = Field(ge=0, le=1)
+    precision: Literal["fp32", "bf16"] = Field(description="bf16 = autocast on CUDA, fp32 master.")
+    ema: bool = False
+    compile: bool = False
+    untimed_warmup_steps: int = Field(ge=0, description="Run, then model and optimizer reset.")
+    checkpoint_every: int = Field(gt=0)
+    timesteps: TimestepSpec = TimestepSpec()
+
+
+class ValLossSpec(_Frozen):
+    """Deterministic stratified validation loss (MLPerf Flux style)."""
+
+    samples: int = Field(gt=0, description="Fixed held-out validation examples.")
+    timesteps: int = Field(8, gt=0, description="Fixed, evenly spaced timesteps per sample.")
+    seed: int = 0
+    interval: int = Field(gt=0, description="Trainer logs it every this many steps.")
+
+
+class EvalSpec(_Frozen):
+    interval: int = Field(gt=0, description="Evaluate every this many steps (and at the end).")
+    samples: int = Field(gt=0)
+    sampler: Literal["euler"] = "euler"
+    sampler_steps: int = Field(gt=0)
+    cfg_scale: float = Field(ge=0)
+    seed: int
+    reference_split: Literal["reference"] = "reference"
+    metrics: tuple[str, ...] = Field(strict=False)
+    extractors: Literal["pretrained", "random-init"] = Field(
+        "pretrained", description="random-init is allowed only for the smoke track's plumbing."
+    )
+    batch_size: int = Field(gt=0, description="Fixed feature-extraction batch size.")
+    val_loss: ValLossSpec
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [m for m in v if m not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; allowed: {list(METRICS)}")
+        if len(set(v)) != len(v):
+            raise ValueError("metrics listed twice")
+        return v
+
+
+class RankingSpec(_Frozen):
+    metric: str
+    direction: Literal["min", "max"]
+
+
+class RulesSpec(_Frozen):
+    allowed_overrides: tuple[str, ...] = Field((), strict=False)
+    seeds_required: int = Field(gt=0, description="Seeds a leaderboard entry needs.")
+
+    @field_validator("allowed_overrides")
+    @classmethod
+    def _overridable(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [f for f in v if f not in OVERRIDABLE]
+        if bad:
+            raise ValueError(f"{bad} can never be overridden; overridable: {sorted(OVERRIDABLE)}")
+        return v
+
+
+class Track(_Frozen):
+    id: str
+    version: int = Field(ge=1)
+    description: str
+    data: DataSpec
+    model: ModelSpec
+    optim: OptimSpec
+    train: TrainSpec
+    eval: EvalSpec
+    ranking: RankingSpec
+    rules: RulesSpec
+
+    @field_validator("id")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not TRACK_ID.match(v):
+            raise ValueError("a track id is lowercase letters, digits and '-', at most 64")
+        return v
+
+    @model_validator(mode="after")
+    def _ranking_is_a_metric(self) -> Track:
+        if self.ranking.metric not in self.eval.metrics:
+            raise ValueError(
+                f"ranking.metric '{self.ranking.metric}' is not in eval.metrics {list(self.eval.metrics)}"
+            )
+        return self
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of the canonical JSON of every field: stable across processes and formatting."""
+        return canonical_hash(self.model_dump(mode="json"))
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Track:
+        """A copy with dotted-path ``overrides`` applied; each must be in ``rules.allowed_overrides``."""
+        forbidden = [k for k in overrides if k not in self.rules.allowed_overrides]
+        if forbidden:
+            raise SpeedrunError(
+                f"track '{self.id}' does not allow overriding {forbidden}; "
+                f"allowed: {list(self.rules.allowed_overrides) or 'nothing'}"
+            )
+        data = self.model_dump(mode="python")
+        for key, value in overrides.items():
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+        try:
+            return Track.model_validate(data)
+        except ValidationError as exc:
+            raise SpeedrunError(format_validation_error(f"overrides on track '{self.id}'", exc)) from None
+
+
+def canonical_hash(obj: Any) -> str:
+    """sha256 hex of ``obj`` as sorted, compact JSON."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file, turning every failure into an error that names the file."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpeedrunError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise SpeedrunError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(raw) > 1_000_000:
+        raise SpeedrunError(f"{path}: {len(raw)} bytes is too large for a manifest (limit 1 MB)")
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SpeedrunError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpeedrunError(f"{path}: invalid TOML ({exc})") from None
+    except RecursionError:
+        raise SpeedrunError(f"{path}: nested too deeply") from None
+
+
+def load_track_file(path: Path) -> Track:
+    data = read_toml(path)
+    try:
+        track = Track.model_validate(data)
+    except ValidationError as exc:
+        raise SpeedrunError(format_validation_error(str(path), exc)) from None
+    if track.id != path.stem:
+        raise SpeedrunError(f"{path}: field 'id' is '{track.id}' but the file is named '{path.stem}'")
+    return track
+
+
+def available_tracks(tracks_dir: Path = TRACKS_DIR) -> list[str]:
+    return sorted(p.stem for p in tracks_dir.glob("*.toml"))
+
+
+def load_track(track_id: str, tracks_dir: Path = TRACKS_DIR) -> Track:
+    """Load ``tracks/<track_id>.toml``; an unknown id is an error listing the known ones."""
+    if not isinstance(track_id, str) or not TRACK_ID.match(track_id):
+        raise SpeedrunError(f"{track_id!r} is not a valid track id; known: {available_tracks(tracks_dir)}")
+    path = tracks_dir / f"{track_id}.toml"
+    if not path.is_file():
+        raise SpeedrunError(f"no track '{track_id}'; known: {available_tracks(tracks_dir)}")
+    return load_track_file(path)
+
+
+def all_tracks(tracks_dir: Path = TRACKS_DIR) -> list[Track]:
+    return [load_track(t, tracks_dir) for t in available_tracks(tracks_dir)]

@@ -1,0 +1,540 @@
+"""The fixed reference trainer every submission runs on.
+
+Read top to bottom: build (model, components, objective, optimizer), an untimed warmup that is then
+undone, the timed loop (clock, logging, validation loss, checkpoints, divergence), and the summary.
+The trainer knows components only through ``speedrun.components.Component``; it never names a
+technique.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from speedrun import distributed
+from speedrun.checkpoint import latest_checkpoint, load_training_state, save_checkpoint, split_component_tensors
+from speedrun.clock import Clock, Paused
+from speedrun.components.base import Component, ComponentContext, TrainBatch
+from speedrun.errors import SpeedrunError
+from speedrun.flow import Objective, RectifiedFlowObjective, apply_caption_dropout, validation_loss
+from speedrun.kernels import dispatch
+from speedrun.model import build_model
+from speedrun.state import StepState
+from speedrun.tracks import Track
+
+# Windows of this many timed steps give one batches/s reading; the reported figure is their median,
+# which ignores the first window (allocator and cache warm-up) when there are at least three.
+SPEED_WINDOW = 20
+# Peak dense bf16 tensor FLOP/s per device, for MFU; None where no meaningful peak is known (CPU).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOptions:
+    """Run-level settings; everything that decides the score comes from the Track instead."""
+
+    run_dir: Path
+    seed: int
+    device: str | None = None
+    resume: bool = True
+    progress: bool = True
+    stop_after: int | None = None
+    """Stop (with a checkpoint) after this step; for tests of resume. None: run the budget."""
+
+
+@dataclass
+class TrainSummary:
+    status: str
+    steps: int
+    final_loss: float | None
+    last_finite_loss: float | None
+    diverged_at: int | None
+    reason: str | None
+    clock_seconds: float
+    warmup_seconds: float
+    checkpoint_seconds: float
+    validation_seconds: float
+    data_seconds: float
+    batches_per_second: float | None
+    images_per_second: float | None
+    flops_per_step: int
+    mfu: float | None
+    peak_memory_bytes: int | None
+    kernels: str
+    world_size: int
+    eval_checkpoints: list[str] = field(default_factory=list)
+    val_loss_curve: list[dict[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def lr_lambda(warmup_steps: int) -> Callable[[int], float]:
+    """Linear warmup from 1/warmup to 1 over ``warmup_steps``, then constant."""
+    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def build_optimizer(track: Track, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    o = track.optim
+    return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+
+
+def check_optimizer_coverage(optimizer: torch.optim.Optimizer, modules: list[nn.Module]) -> None:
+    """Every trainable parameter of the denoiser and heads is in the optimizer exactly once."""
+    in_optim = [p for g in optimizer.param_groups for p in g["params"]]
+    ids = [id(p) for p in in_optim]
+    if len(ids) != len(set(ids)):
+        raise RuntimeError("a parameter appears twice in the optimizer")
+    expected = {id(p) for m in modules for p in m.parameters() if p.requires_grad}
+    if set(ids) != expected:
+        raise RuntimeError(
+            f"optimizer covers {len(set(ids) & expected)} of {len(expected)} trainable parameters "
+            f"and {len(set(ids) - expected)} foreign ones"
+        )
+
+
+def check_fp32_master(modules: list[nn.Module]) -> None:
+    """Master weights stay fp32 under autocast (bf16-stored weights cost +3.7 FID in PRX)."""
+    bad = [n for m in modules for n, p in m.named_parameters() if p.dtype != torch.float32]
+    if bad:
+        raise RuntimeError(f"master weights must be fp32; found other dtypes in {bad[:5]}")
+
+
+def collect_hooks(components: list[Component]) -> dict[int, list[tuple[Any, Any]]]:
+    """Hooks on the same block compose in manifest order."""
+    hooks: dict[int, list[tuple[Any, Any]]] = {}
+    for comp in components:
+        for index, pair in comp.hooks().items():
+            hooks.setdefault(index, []).append(pair)
+    return hooks
+
+
+def choose_objective(track: Track, components: list[Component]) -> Objective:
+    replacing = [(c.name, c.objective()) for c in components]
+    replacing = [(n, o) for n, o in replacing if o is not None]
+    if len(replacing) > 1:
+        raise SpeedrunError(f"components {[n for n, _ in replacing]} each replace the objective; at most one may")
+    return replacing[0][1] if replacing else RectifiedFlowObjective(track.train.timesteps)
+
+
+def device_peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def median_speed(step_seconds: list[float]) -> float | None:
+    """Median batches/s over consecutive windows of SPEED_WINDOW steps (first window dropped if ≥3)."""
+    windows = [step_seconds[i : i + SPEED_WINDOW] for i in range(0, len(step_seconds), SPEED_WINDOW)]
+    windows = [w for w in windows if len(w) == SPEED_WINDOW] or ([step_seconds] if step_seconds else [])
+    if len(windows) >= 3:
+        windows = windows[1:]
+    rates = [len(w) / sum(w) for w in windows if sum(w) > 0]
+    return statistics.median(rates) if rates else None
+
+
+class Trainer:
+    """One seed of one submission on one track. ``run()`` returns a ``TrainSummary``."""
+
+    def __init__(
+        self,
+        track: Track,
+        data: Any,
+        components: list[Component],
+        options: TrainOptions,
+        log_header: dict[str, Any] | None = None,
+    ) -> None:
+        self.track = track
+        self.data = data
+        self.components = components
+        self.opt = options
+        self.dist = distributed.setup(options.device)
+        self.device = self.dist.device
+        self.run_dir = options.run_dir
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.log_header = log_header or {}
+        if track.train.global_batch % self.dist.world_size:
+            raise SpeedrunError(
+                f"track '{track.id}': global batch {track.train.global_batch} does not divide "
+                f"over {self.dist.world_size} processes"
+            )
+        self.local_batch = track.train.global_batch // self.dist.world_size
+        self.autocast = self.device.type == "cuda" and track.train.precision == "bf16"
+        self._build()
+
+    # ---------------------------------------------------------------- build
+    def _build(self) -> None:
+        torch.manual_seed(self.opt.seed)  # identical init on every rank
+        self.model = build_model(self.track.model.config, text_dim=self.data.text_dim).to(self.device)
+        self.ctx = ComponentContext(model=self.model, track=self.track, device=self.device, seed=self.opt.seed)
+        for comp in self.components:
+            comp.setup(self.ctx)
+        self.heads: dict[str, nn.Module] = self.ctx.trainable
+        self.hooks = collect_hooks(self.components)
+        self.objective = choose_objective(self.track, self.components)
+        check_fp32_master([self.model, *self.heads.values()])
+        self.initial_state = {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "heads": {n: copy.deepcopy(h.state_dict()) for n, h in self.heads.items()},
+        }
+        self.forward_model: nn.Module = self.model
+        if self.track.train.compile and self.device.type == "cuda":
+            self.forward_model = torch.compile(self.model)
+        if self.dist.enabled:
+            self.forward_model = nn.parallel.DistributedDataParallel(
+                self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self._new_optimizer()
+        self.null_text, self.null_mask = (t.to(self.device) for t in self.data.null_embedding())
+        self.kernels = dispatch.active_backend(self.device)
+
+    def _new_optimizer(self) -> None:
+        params = [p for m in (self.model, *self.heads.values()) for p in m.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.track, params)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.track.optim.warmup_steps))
+        check_optimizer_coverage(self.optimizer, [self.model, *self.heads.values()])
+
+    def _reset_after_warmup(self) -> None:
+        """Warmup buys nothing: restore the initial weights and start a fresh optimizer."""
+        self.model.load_state_dict(self.initial_state["model"])
+        for name, head in self.heads.items():
+            head.load_state_dict(self.initial_state["heads"][name])
+        self._new_optimizer()
+
+    def _generator(self) -> torch.Generator:
+        """Training randomness (noise, timesteps, caption dropout) from (seed, rank)."""
+        g = torch.Generator(device="cpu")
+        g.manual_seed(self.opt.seed * 1_000_003 + self.dist.rank)
+        return g
+
+    # ---------------------------------------------------------------- one step
+    def _step(self, step: int, batch: Any, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        x0 = batch.x.to(self.device, non_blocking=True)
+        text = batch.text.to(self.device, non_blocking=True)
+        mask = batch.text_mask.to(self.device, non_blocking=True)
+        b = x0.shape[0]
+        # Draw on CPU from one generator so runs are identical whatever the device.
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        t = self.objective.sample_t(b, gen, torch.device("cpu")).to(self.device)
+        text, mask = apply_caption_dropout(
+            text, mask, self.null_text, self.null_mask, self.track.train.caption_dropout, gen
+        )
+        x_t, target = self.objective.input_and_target(x0, noise, t)
+        state = StepState(step=step, seed=self.opt.seed, rank=self.dist.rank, training=True, x_t=x_t, t=t)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            pred = self.forward_model(x_t, t, text, mask, hooks=self.hooks, state=state)
+            loss = self.objective.loss(pred.float(), target, x_t, t)
+            train_batch = TrainBatch(x0=x0, noise=noise, text=text, text_mask=mask, images_uint8=getattr(batch, "images", None))
+            terms: dict[str, torch.Tensor] = {}
+            for comp in self.components:
+                for name, value in comp.losses(train_batch, pred, state).items():
+                    if name in terms or name == "loss":
+                        raise SpeedrunError(f"component '{comp.name}' returns loss term '{name}' twice")
+                    terms[name] = value.float()
+        total = loss + sum(terms.values()) if terms else loss
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        distributed.all_reduce_grads([p for h in self.heads.values() for p in h.parameters()], self.dist)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.track.optim.grad_clip)
+        return total.detach(), {"loss_fm": loss.detach(), **{k: v.detach() for k, v in terms.items()}}, grad_norm.detach()
+
+    # ---------------------------------------------------------------- validation loss
+    def _validation_loss(self) -> dict[str, Any]:
+        spec = self.track.eval.val_loss
+        val = self.data.validation(spec.samples)
+        self.model.eval()
+        state = StepState(step=-1, seed=self.opt.seed, training=False)
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                pred = self.model(x, t, text, mask, state=state).float()
+            return self.objective.velocity(pred, x, t)
+
+        with torch.no_grad():
+            result = validation_loss(
+                model_fn,
+                val.x.to(self.device),
+                val.text.to(self.device),
+                val.text_mask.to(self.device),
+                timesteps=spec.timesteps,
+                seed=spec.seed,
+            )
+        self.model.train()
+        return result
+
+    # ---------------------------------------------------------------- the run
+    def run(self) -> TrainSummary:
+        track, d = self.track, self.dist
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.run_dir / "train.jsonl"
+        flops_per_step = self.model.flops_per_step(
+            track.train.global_batch, (track.data.image_size, track.data.image_size), track.data.text_max_tokens
+        ) if hasattr(self.model, "flops_per_step") else 0
+        gen = self._generator()
+        loader = self.data.loader(
+            batch_size=track.train.global_batch, seed=self.opt.seed, rank=d.rank, world_size=d.world_size
+        )
+        start_step, clock_offset, val_curve, eval_ckpts, times = 0, 0.0, [], [], {}
+        resumed_from = None
+        ckpt = latest_checkpoint(self.ckpt_dir) if self.opt.resume else None
+        warmup_seconds = 0.0
+        if ckpt is None:
+            warmup_seconds = self._untimed_warmup(loader, gen)
+        else:
+            start_step, clock_offset, val_curve, eval_ckpts, times, warmup_seconds = self._restore(ckpt, loader, gen)
+            resumed_from = ckpt.name
+        self.model.train()
+        clock = Clock(self.device, offset=clock_offset)
+        mode = "a" if resumed_from else "w"
+        log = open(log_path, mode) if d.is_main else None
+        if log is not None:
+            header = {
+                "event": "start",
+                "resumed_from": resumed_from,
+                "start_step": start_step,
+                "track": track.id,
+                "track_hash": track.content_hash,
+                "seed": self.opt.seed,
+                "world_size": d.world_size,
+                "device": str(self.device),
+                "kernels": self.kernels,
+                "python": sys.version.split()[0],
+                "torch": torch.__version__,
+                "platform": platform.platform(),
+                "components": [c.name for c in self.components],
+                **self.log_header,
+            }
+            log.write(json.dumps(header) + "\n")
+            log.flush()
+        step_seconds: list[float] = list(times.get("step_seconds", []))
+        ckpt_seconds = float(times.get("checkpoint_seconds", 0.0))
+        val_seconds = float(times.get("validation_seconds", 0.0))
+        data_seconds = float(times.get("data_seconds", 0.0))
+        last_finite = times.get("last_finite_loss")
+        status, reason, diverged_at, loss_value = "ok", None, None, None
+        end = track.train.steps if self.opt.stop_after is None else min(track.train.steps, self.opt.stop_after)
+        progress = _progress(self.opt.progress and d.is_main, start_step, track.train.steps)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        it = iter(loader)
+        clock.start()
+        completed = start_step
+        try:
+            for step in range(start_step, end):
+                t0 = clock.elapsed
+                batch = next(it)
+                t_data = clock.elapsed
+                total, terms, grad_norm = self._step(step, batch, gen)
+                loss_value = float(distributed.all_reduce_mean(total, d))
+                gn = float(grad_norm)
+                if not (math.isfinite(loss_value) and math.isfinite(gn)):
+                    status, diverged_at = "diverged", step
+                    reason = f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} at step {step}"
+                    self.optimizer.zero_grad(set_to_none=True)
+                    break
+                self.optimizer.step()
+                self.scheduler.step()
+                t1 = clock.elapsed
+                step_seconds.append(t1 - t0)
+                data_seconds += t_data - t0
+                last_finite = loss_value
+                completed = step + 1
+                if log is not None:
+                    record = {
+                        "step": step,
+                        "loss": loss_value,
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "grad_norm": gn,
+                        "step_s": t1 - t0,
+                        "clock_s": t1,
+                        **{k: float(v) for k, v in terms.items()},
+                    }
+                    log.write(json.dumps(record) + "\n")
+                done = step + 1
+                if done % track.eval.val_loss.interval == 0 or done == track.train.steps:
+                    with Paused(clock):
+                        v0 = time.perf_counter()
+                        val = self._validation_loss()
+                        val_seconds += time.perf_counter() - v0
+                        val_curve.append({"step": done, "val_loss": val["overall"]})
+                        if log is not None:
+                            log.write(json.dumps({"event": "val_loss", "step": done, **val}) + "\n")
+                if track.train.max_seconds is not None and clock.elapsed >= track.train.max_seconds:
+                    end = done
+                is_eval = done % track.eval.interval == 0 or done == track.train.steps
+                if done % track.train.checkpoint_every == 0 or is_eval or done == end:
+                    with Paused(clock):
+                        c0 = time.perf_counter()
+                        times = {
+                            "step_seconds": step_seconds,
+                            "checkpoint_seconds": ckpt_seconds,
+                            "validation_seconds": val_seconds,
+                            "data_seconds": data_seconds,
+                            "last_finite_loss": last_finite,
+                        }
+                        if is_eval:
+                            eval_ckpts.append(f"step-{done:08d}")
+                        self._checkpoint(done, clock.elapsed, loader, gen, val_curve, eval_ckpts, times, warmup_seconds)
+                        ckpt_seconds += time.perf_counter() - c0
+                        if log is not None:
+                            log.flush()
+                progress(done, loss_value, median_speed(step_seconds[-SPEED_WINDOW:]))
+                if done >= end:
+                    break
+        finally:
+            clock.pause()
+            if log is not None:
+                log.close()
+            progress(None, None, None)
+        speed = median_speed(step_seconds)
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        peak_flops = device_peak_flops(self.device)
+        mfu = (flops_per_step * speed) / (peak_flops * d.world_size) if speed and peak_flops and flops_per_step else None
+        summary = TrainSummary(
+            status=status,
+            steps=completed,
+            final_loss=loss_value,
+            last_finite_loss=last_finite,
+            diverged_at=diverged_at,
+            reason=reason,
+            clock_seconds=clock.elapsed,
+            warmup_seconds=warmup_seconds,
+            checkpoint_seconds=ckpt_seconds,
+            validation_seconds=val_seconds,
+            data_seconds=data_seconds,
+            batches_per_second=speed,
+            images_per_second=speed * track.train.global_batch if speed else None,
+            flops_per_step=flops_per_step,
+            mfu=mfu,
+            peak_memory_bytes=peak,
+            kernels=self.kernels,
+            world_size=d.world_size,
+            eval_checkpoints=eval_ckpts,
+            val_loss_curve=val_curve,
+        )
+        if d.is_main:
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"event": "end", **summary.to_json()}) + "\n")
+        return summary
+
+    def _untimed_warmup(self, loader: Any, gen: torch.Generator) -> float:
+        """Run the warmup steps (compilation, allocator, caches), then undo everything they did."""
+        n = self.track.train.untimed_warmup_steps
+        if n == 0:
+            return 0.0
+        t0 = time.perf_counter()
+        loader_state = loader.state_dict()
+        gen_state = gen.get_state()
+        it = iter(loader)
+        for step in range(n):
+            self._step(step, next(it), gen)
+            self.optimizer.step()
+            self.scheduler.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._reset_after_warmup()
+        loader.load_state_dict(loader_state)
+        gen.set_state(gen_state)
+        return time.perf_counter() - t0
+
+    def _checkpoint(self, step, clock_s, loader, gen, val_curve, eval_ckpts, times, warmup_seconds) -> None:
+        if not self.dist.is_main:
+            distributed.barrier(self.dist)
+            return
+        rng = {"torch": torch.get_rng_state(), "generator": gen.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        meta = {
+            "track": self.track.id,
+            "track_hash": self.track.content_hash,
+            "model_config": self.track.model.config,
+            "text_dim": self.data.text_dim,
+            "prediction": self.objective.prediction,
+            "seed": self.opt.seed,
+            "clock_seconds": clock_s,
+            "warmup_seconds": warmup_seconds,
+            "loader": loader.state_dict(),
+            "world_size": self.dist.world_size,
+            "val_loss_curve": val_curve,
+            "eval_checkpoints": eval_ckpts,
+            "times": times,
+        }
+        save_checkpoint(self.ckpt_dir, step, self.model, self.heads, self.optimizer, meta, rng)
+        distributed.barrier(self.dist)
+
+    def _restore(self, path: Path, loader: Any, gen: torch.Generator):
+        tensors, optim_state, rng, meta = load_training_state(path, self.device)
+        if meta.get("track_hash") != self.track.content_hash:
+            raise SpeedrunError(
+                f"{path}: written for another version of track '{self.track.id}'; "
+                f"start over with --no-resume or delete {self.run_dir}"
+            )
+        if meta.get("world_size") != self.dist.world_size:
+            raise SpeedrunError(
+                f"{path}: written by {meta.get('world_size')} processes, resuming with {self.dist.world_size}; "
+                "resume with the same --nproc"
+            )
+        model_sd, head_sds = split_component_tensors(tensors)
+        self.model.load_state_dict(model_sd, strict=True)
+        for name, head in self.heads.items():
+            head.load_state_dict(head_sds.get(name, {}), strict=True)
+        self.optimizer.load_state_dict(optim_state)
+        step = int(meta["step"])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(self.track.optim.warmup_steps), last_epoch=step - 1
+        )
+        loader.load_state_dict(meta["loader"])
+        torch.set_rng_state(rng["torch"])
+        gen.set_state(rng["generator"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        return (
+            step,
+            float(meta["clock_seconds"]),
+            list(meta.get("val_loss_curve", [])),
+            list(meta.get("eval_checkpoints", [])),
+            dict(meta.get("times", {})),
+            float(meta.get("warmup_seconds", 0.0)),
+        )
+
+
+def _progress(enabled: bool, start: int, total: int) -> Callable[[int | None, float | None, float | None], None]:
+    """A rich progress bar; call with step=None to close it."""
+    if not enabled:
+        return lambda *_: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+    task = bar.add_task("train", total=total, completed=start, info="")
+    bar.start()
+
+    def update(step: int | None, loss: float | None, speed: float | None) -> None:
+        if step is None:
+            bar.stop()
+            return
+        info = f"loss {loss:.4f}" if loss is not None else ""
+        if speed:
+            info += f"  {speed:.2f} batch/s"
+        bar.update(task, completed=step, info=info)
+
+    return update

@@ -1,0 +1,112 @@
+"""The training process of one seed: what ``speedrun run`` runs in-process or under torchrun.
+
+``python -m speedrun.worker SUBMISSION --track T --seed S --run-dir DIR`` builds the components
+(importing the submission's ``components.py`` here and only here), trains, and writes
+``DIR/train_summary.json`` atomically on rank 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from speedrun.checkpoint import atomic_write_text
+from speedrun.components.base import Component
+from speedrun.components.registry import Registry
+from speedrun.errors import SpeedrunError, format_validation_error
+from speedrun.submission import Submission, load_submission
+from speedrun.tracks import Track
+
+SUMMARY = "train_summary.json"
+
+
+def build_components(submission: Submission) -> list[Component]:
+    """Instantiate the manifest's components in order (imports components.py if present)."""
+    from pydantic import ValidationError
+
+    registry = Registry()
+    if submission.custom_components is not None:
+        registry.load_submission_components(submission.custom_components)
+    out = []
+    for i, entry in enumerate(submission.manifest.components):
+        cls = registry.get(entry.name)
+        try:
+            params = cls.Params.model_validate(entry.params)
+        except ValidationError as exc:
+            raise SpeedrunError(
+                format_validation_error(f"{submission.path}/submission.toml: components.{i} ({entry.name}).params", exc)
+            ) from None
+        out.append(cls(params))
+    return out
+
+
+def train_seed(
+    submission: Submission,
+    track: Track,
+    seed: int,
+    run_dir: Path,
+    data_dir: Path | None = None,
+    device: str | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict:
+    """Train one seed and return (and, on rank 0, write) the summary."""
+    from speedrun import distributed
+    from speedrun.data.source import TrainData
+    from speedrun.paths import data_root
+    from speedrun.train import Trainer, TrainOptions
+
+    data = TrainData.open(track, data_root(data_dir))
+    components = build_components(submission)
+    options = TrainOptions(
+        run_dir=run_dir, seed=seed, device=device, resume=resume, progress=progress, stop_after=stop_after
+    )
+    header = {
+        "submission": submission.name,
+        "manifest": submission.manifest.model_dump(mode="json"),
+        "effective_track": track.model_dump(mode="json"),
+    }
+    trainer = Trainer(track, data, components, options, log_header=header)
+    summary = trainer.run().to_json()
+    if trainer.dist.is_main:
+        atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2))
+    distributed.teardown()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m speedrun.worker")
+    parser.add_argument("submission", type=Path)
+    parser.add_argument("--track", required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--no-resume", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--stop-after", type=int, default=None)
+    args = parser.parse_args(argv)
+    try:
+        sub = load_submission(args.submission)
+        train_seed(
+            sub,
+            sub.track(args.track),
+            args.seed,
+            args.run_dir,
+            data_dir=args.data_dir,
+            device=args.device,
+            resume=not args.no_resume,
+            progress=not args.no_progress,
+            stop_after=args.stop_after,
+        )
+    except SpeedrunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
