@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from speedrun.errors import SpeedrunError
 
@@ -36,7 +37,8 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except SpeedrunError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # Text, not a markup string: a message quoting user input such as "[/]" must print verbatim
+            err_console.print(Text.assemble(("error:", "bold red"), f" {exc}"), highlight=False, soft_wrap=True)
             raise typer.Exit(USER_ERROR) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
@@ -59,7 +61,7 @@ def tracks_cmd(
         return
     table = Table(title="Tracks")
     for col in ("id", "version", "data", "model", "steps x batch", "eval", "rank by", "seeds", "hash"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("id", "model", "hash"))  # never cut at 80 columns (pipes)
     for t in tracks:
         table.add_row(
             t.id,
@@ -92,9 +94,11 @@ def validate_cmd(
             sub = load_submission(p)
         except SpeedrunError as exc:
             failures += 1
-            err_console.print(f"[red]invalid:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(Text.assemble(("invalid:", "red"), f" {exc}"), highlight=False, soft_wrap=True)
             continue
-        console.print(f"[green]ok[/] {sub.path} (tracks: {', '.join(sub.manifest.tracks)})", highlight=False)
+        tracks = ", ".join(sub.manifest.tracks)
+        line = Text.assemble(("ok", "green"), f" {sub.path} (tracks: {tracks})")
+        console.print(line, highlight=False, soft_wrap=True)
     if failures:
         raise typer.Exit(1)
 
@@ -108,7 +112,7 @@ def schema_cmd(
     from speedrun.schemas import write_schemas
 
     for path in write_schemas(out):
-        console.print(f"wrote {path}")
+        console.print(Text(f"wrote {path}"), highlight=False, soft_wrap=True)  # whole paths, even in pipes
 
 
 @app.command("prepare")

@@ -19,11 +19,16 @@ def format_validation_error(source: str, exc: Exception) -> str:
         return f"{source}: {exc}"
     lines = []
     for err in errors():
-        loc = ".".join(str(part) for part in err.get("loc", ())) or "(top level)"
+        # repr() any key with a newline or control character so the message stays one printable line
+        loc = ".".join(str(p) if str(p).isprintable() else repr(p) for p in err.get("loc", ())) or "(top level)"
         msg = err.get("msg", "invalid value")
         if err.get("type") == "extra_forbidden":
             msg = "unknown field (not part of the schema)"
         value = err.get("input")
+        # "missing" and table-level checks get the whole enclosing table as input: not worth showing
+        if isinstance(value, dict) and err.get("type") in ("missing", "value_error"):
+            lines.append(f"field '{loc}': {msg}")
+            continue
         shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."

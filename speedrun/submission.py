@@ -18,7 +18,7 @@ from speedrun.components.registry import Registry, declared_component_names
 from speedrun.errors import SpeedrunError, format_validation_error
 from speedrun.tracks import TRACKS_DIR, Track, load_track, read_toml
 
-SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # use fullmatch: "$" would accept a trailing "\n"
 MANIFEST = "submission.toml"
 CUSTOM_COMPONENTS = "components.py"
 MAX_COMPONENTS = 16
@@ -34,7 +34,7 @@ class ComponentEntry(BaseModel):
     @field_validator("name")
     @classmethod
     def _slug(cls, v: str) -> str:
-        if not SLUG.match(v):
+        if not SLUG.fullmatch(v):
             raise ValueError("a component name is lowercase letters, digits, '_' and '-'")
         return v
 
@@ -54,7 +54,7 @@ class Manifest(BaseModel):
     @field_validator("name")
     @classmethod
     def _slug(cls, v: str) -> str:
-        if not SLUG.match(v):
+        if not SLUG.fullmatch(v):
             raise ValueError("a submission name is lowercase letters, digits, '_' and '-', at most 64, no paths")
         return v
 
@@ -78,10 +78,12 @@ class Manifest(BaseModel):
 
         def walk(prefix: str, node: Any, depth: int) -> None:
             if depth > MAX_OVERRIDE_DEPTH:
-                raise SpeedrunError(f"overrides nest deeper than {MAX_OVERRIDE_DEPTH} levels at '{prefix}'")
+                raise SpeedrunError(f"overrides nest deeper than {MAX_OVERRIDE_DEPTH} levels at {prefix!r}")
             if isinstance(node, dict):
                 for key, value in node.items():
                     walk(f"{prefix}.{key}" if prefix else key, value, depth + 1)
+            elif prefix in flat:  # [overrides.optim] lr and [overrides] "optim.lr" overlap
+                raise SpeedrunError(f"override {prefix!r} is given twice")
             else:
                 flat[prefix] = node
 
@@ -124,7 +126,10 @@ def _check_inside(folder: Path) -> None:
     root = folder.resolve()
     for p in folder.rglob("*"):
         if p.is_symlink():
-            target = p.resolve()
+            try:
+                target = p.resolve()
+            except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+                raise SpeedrunError(f"{p}: symlink loop inside the submission folder") from None
             if root != target and root not in target.parents:
                 raise SpeedrunError(f"{p}: symlink points outside the submission folder ({target})")
 
@@ -153,13 +158,19 @@ def load_submission(path: Path | str, tracks_dir: Path = TRACKS_DIR, registry: R
         raise SpeedrunError(
             f"{manifest_path}: field 'name' is '{manifest.name}' but the folder is '{folder.resolve().name}'"
         )
-    overrides = manifest.flat_overrides()
+    try:
+        overrides = manifest.flat_overrides()
+    except SpeedrunError as exc:
+        raise SpeedrunError(f"{manifest_path}: field 'overrides': {exc}") from None
     for track_id in manifest.tracks:
         try:
             track = load_track(track_id, tracks_dir)
-            track.with_overrides(overrides)
         except SpeedrunError as exc:
             raise SpeedrunError(f"{manifest_path}: field 'tracks': {exc}") from None
+        try:
+            track.with_overrides(overrides)
+        except SpeedrunError as exc:
+            raise SpeedrunError(f"{manifest_path}: field 'overrides': {exc}") from None
     _check_components(manifest, folder, registry or Registry())
     return Submission(path=folder, manifest=manifest)
 

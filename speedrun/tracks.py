@@ -21,7 +21,7 @@ from speedrun.errors import SpeedrunError, format_validation_error
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRACKS_DIR = REPO_ROOT / "tracks"
-TRACK_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+TRACK_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")  # use fullmatch: "$" would accept a trailing "\n"
 METRICS = ("fid", "cmmd", "dino_mmd", "val_loss", "prompt_adherence")
 # Fields a submission may ever be allowed to override; a track lists its subset. Everything else
 # (data, model, budget, batch, evaluation, ranking) is fixed by construction.
@@ -189,7 +189,7 @@ class Track(_Frozen):
     @field_validator("id")
     @classmethod
     def _slug(cls, v: str) -> str:
-        if not TRACK_ID.match(v):
+        if not TRACK_ID.fullmatch(v):
             raise ValueError("a track id is lowercase letters, digits and '-', at most 64")
         return v
 
@@ -242,7 +242,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise SpeedrunError(f"{path}: cannot read ({exc.strerror})") from None
     if len(raw) > 1_000_000:
-        raise SpeedrunError(f"{path}: {len(raw)} bytes is too large for a manifest (limit 1 MB)")
+        raise SpeedrunError(f"{path}: {len(raw)} bytes is too large (limit 1 MB)")
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -270,11 +270,11 @@ def available_tracks(tracks_dir: Path = TRACKS_DIR) -> list[str]:
 
 def load_track(track_id: str, tracks_dir: Path = TRACKS_DIR) -> Track:
     """Load ``tracks/<track_id>.toml``; an unknown id is an error listing the known ones."""
-    if not isinstance(track_id, str) or not TRACK_ID.match(track_id):
+    if not isinstance(track_id, str) or not TRACK_ID.fullmatch(track_id):
         raise SpeedrunError(f"{track_id!r} is not a valid track id; known: {available_tracks(tracks_dir)}")
     path = tracks_dir / f"{track_id}.toml"
     if not path.is_file():
-        raise SpeedrunError(f"no track '{track_id}'; known: {available_tracks(tracks_dir)}")
+        raise SpeedrunError(f"no track {track_id!r}; known: {available_tracks(tracks_dir)}")
     return load_track_file(path)
 
 

@@ -27,7 +27,7 @@ from speedrun.checkpoint import latest_checkpoint, load_training_state, save_che
 from speedrun.clock import Clock, Paused
 from speedrun.components.base import Component, ComponentContext, TrainBatch
 from speedrun.errors import SpeedrunError
-from speedrun.flow import Objective, RectifiedFlowObjective, apply_caption_dropout, validation_loss
+from speedrun.flow import Objective, RectifiedFlowObjective, apply_caption_dropout, caption_drop_mask, validation_loss
 from speedrun.kernels import dispatch
 from speedrun.model import build_model
 from speedrun.state import StepState
@@ -214,9 +214,9 @@ class Trainer:
         self._new_optimizer()
 
     def _generator(self) -> torch.Generator:
-        """Training randomness (noise, timesteps, caption dropout) from (seed, rank)."""
+        """Training randomness (noise, timesteps, caption dropout) of the global batch, from the seed."""
         g = torch.Generator(device="cpu")
-        g.manual_seed(self.opt.seed * 1_000_003 + self.dist.rank)
+        g.manual_seed(self.opt.seed)
         return g
 
     # ---------------------------------------------------------------- one step
@@ -224,13 +224,14 @@ class Trainer:
         x0 = batch.x.to(self.device, non_blocking=True)
         text = batch.text.to(self.device, non_blocking=True)
         mask = batch.text_mask.to(self.device, non_blocking=True)
-        b = x0.shape[0]
-        # Draw on CPU from one generator so runs are identical whatever the device.
-        noise = torch.randn(x0.shape, generator=gen).to(self.device)
-        t = self.objective.sample_t(b, gen, torch.device("cpu")).to(self.device)
-        text, mask = apply_caption_dropout(
-            text, mask, self.null_text, self.null_mask, self.track.train.caption_dropout, gen
-        )
+        # Randomness is drawn on CPU for the whole global batch from one generator seeded by the
+        # run seed, and each rank takes its slice: N processes see exactly what 1 process sees.
+        g = self.track.train.global_batch
+        rows = slice(self.dist.rank * self.local_batch, (self.dist.rank + 1) * self.local_batch)
+        noise = torch.randn((g, *x0.shape[1:]), generator=gen)[rows].to(self.device)
+        t = self.objective.sample_t(g, gen, torch.device("cpu"))[rows].to(self.device)
+        drop = caption_drop_mask(g, self.track.train.caption_dropout, gen)[rows].to(self.device)
+        text, mask = apply_caption_dropout(text, mask, self.null_text, self.null_mask, drop)
         x_t, target = self.objective.input_and_target(x0, noise, t)
         state = StepState(step=step, seed=self.opt.seed, rank=self.dist.rank, training=True, x_t=x_t, t=t)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
@@ -345,6 +346,7 @@ class Trainer:
                     reason = f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} at step {step}"
                     self.optimizer.zero_grad(set_to_none=True)
                     break
+                lr = self.optimizer.param_groups[0]["lr"]
                 self.optimizer.step()
                 self.scheduler.step()
                 t1 = clock.elapsed
@@ -356,7 +358,7 @@ class Trainer:
                     record = {
                         "step": step,
                         "loss": loss_value,
-                        "lr": self.scheduler.get_last_lr()[0],
+                        "lr": lr,
                         "grad_norm": gn,
                         "step_s": t1 - t0,
                         "clock_s": t1,

@@ -6,3 +6,41 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+# Triton decides compile-or-interpret when triton.language is first imported, which other test
+# modules trigger through torch._dynamo; so it is set here, before any collection. Without a GPU
+# the Triton kernels can only run interpreted (fp32/fp16 correct, bf16 tl.dot is not).
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+from speedrun.tracks import Track, load_track  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smoke_data_root(tmp_path_factory: pytest.TempPathFactory):
+    """The smoke track's data prepared once per test session with the real offline MiniLM."""
+    from speedrun.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("data")
+    prepare(load_track("smoke"), root, progress=False)
+    return root
+
+
+def _track_variant(base: str = "smoke", **sections: dict) -> Track:
+    data = load_track(base).model_dump(mode="python")
+    for section, updates in sections.items():
+        data[section] = {**data[section], **updates}
+    return Track.model_validate(data)
+
+
+@pytest.fixture
+def track_variant():
+    """``track_variant(base="smoke", train={"steps": 6})``: a track with some fields replaced.
+
+    Only for tests: real runs take tracks from tracks/*.toml.
+    """
+    return _track_variant

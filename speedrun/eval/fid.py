@@ -4,11 +4,14 @@
 
 Three entry points, by what you have:
 
-- ``frechet_distance(mu1, sigma1, mu2, sigma2)``: from statistics. The trace term uses the symmetric
-  eigendecomposition: tr sqrt(S1 S2) = sum sqrt(eig(S1^1/2 S2 S1^1/2)), which is exact for any
-  positive semi-definite pair and several times faster than ``scipy.linalg.sqrtm``. Use it when
-  both covariances come from more samples than dimensions; with fewer, their zero eigenvalues come
-  out as +-1e-16 round-off whose square roots (1e-8 each, times ~d of them) bias the result.
+- ``frechet_distance(mu1, sigma1, mu2, sigma2)``: from statistics. The trace term uses a symmetric
+  eigenproblem: for any factor S1 = F F^T, F^T S2 F is symmetric PSD with the eigenvalues of
+  S1 S2, so tr sqrt(S1 S2) = sum sqrt(max(eigvalsh(F^T S2 F), 0)). F = S1^1/2 from eigh(S1) is the
+  textbook choice; we take the Cholesky factor when S1 is positive definite (same eigenvalues,
+  ~10x cheaper than eigh at d = 2048) and fall back to eigh when it is singular. Exact for any
+  PSD pair and many times faster than ``scipy.linalg.sqrtm``. Use it when both covariances come
+  from more samples than dimensions; with fewer, their zero eigenvalues come out as +-1e-16
+  round-off whose square roots (1e-8 each, times ~d of them) bias the result.
 - ``frechet_distance_from_features(x, y)``: from raw features, for n < d. With A, B the centred
   features scaled by 1/sqrt(n-1), S1 = A^T A and S2 = B^T B, and tr sqrt(S1 S2) is the nuclear
   norm ||A B^T||_* (sum of singular values of an n x m matrix): no square root of round-off.
@@ -70,8 +73,8 @@ def fid_from_moments(a: StreamingMoments, b: StreamingMoments) -> float:
     """FD between two ``StreamingMoments``, by the exact route for their sample counts.
 
     - Both have more samples than dimensions (count - 1 >= dim): ``frechet_distance`` on mean/cov.
-    - One side is rank-deficient: tr sqrt(S_full S_few) = ||B S_full^1/2||_* with B that side's
-      scaled centred features, so it must have been built with ``keep_features=True``.
+    - One side is rank-deficient: tr sqrt(S_full S_few) = ||B F||_* with F F^T = S_full and B that
+      side's scaled centred features, so it must have been built with ``keep_features=True``.
     - Both are rank-deficient: ``frechet_distance_from_features``; both need kept features.
 
     Raises:
@@ -93,18 +96,26 @@ def fid_from_moments(a: StreamingMoments, b: StreamingMoments) -> float:
     full, few = (b, a) if few_a else (a, b)
     scaled, _ = _scaled_centred(few.features)
     diff = full.mean - few.mean
-    trace_sqrt = np.linalg.svd(scaled @ _sqrt_psd(full.cov), compute_uv=False).sum()
+    trace_sqrt = np.linalg.svd(scaled @ _psd_factor(full.cov), compute_uv=False).sum()
     return float(diff @ diff + np.trace(full.cov) + np.sum(scaled * scaled) - 2.0 * trace_sqrt)
 
 
 def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """tr sqrt(S1 S2) = sum sqrt(eig(S1^1/2 S2 S1^1/2)); the latter matrix is symmetric PSD."""
-    root = _sqrt_psd(sigma1)
-    middle = root @ sigma2 @ root
+    """tr sqrt(S1 S2) = sum sqrt(eig(F^T S2 F)) for S1 = F F^T; F^T S2 F is symmetric PSD."""
+    factor = _psd_factor(sigma1)
+    middle = factor.T @ sigma2 @ factor
     # Symmetrise away the round-off asymmetry of the triple product; eigvalsh reads one triangle.
     middle = (middle + middle.T) / 2
     eigenvalues = np.linalg.eigvalsh(middle)
     return float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
+
+
+def _psd_factor(sigma: np.ndarray) -> np.ndarray:
+    """F with F F^T = sigma: the Cholesky factor if sigma is positive definite, else sigma^1/2."""
+    try:
+        return np.linalg.cholesky(sigma)
+    except np.linalg.LinAlgError:
+        return _sqrt_psd(sigma)
 
 
 def _sqrt_psd(sigma: np.ndarray) -> np.ndarray:

@@ -174,7 +174,7 @@ class StreamingMoments:
         try:
             return cls.from_state_dict(arrays)
         except (KeyError, ValueError) as exc:
-            raise SpeedrunError(f"statistics file {path} is not a valid statistics file ({exc}); {fix}") from exc
+            raise SpeedrunError(f"statistics file {path} is not valid ({exc}); {fix}") from exc
 
 
 def _content_sha256(arrays: dict[str, np.ndarray]) -> str:
@@ -232,7 +232,7 @@ def reference_stats(
     """
     if images_hash is None:
         if iter(images) is images:
-            raise TypeError("reference_stats needs re-iterable images or an images_hash; got a one-shot iterator")
+            raise TypeError("reference_stats needs re-iterable images or an images_hash, got a one-shot iterator")
         images_hash = images_sha256(images)
     key_material = {
         "format": STATS_FORMAT,
@@ -260,6 +260,6 @@ def reference_stats(
     for batch in images:
         moments.update(extractor(batch))
     if moments.count < 2:
-        raise SpeedrunError(f"reference set {key_parts} yielded {moments.count} images; statistics need at least 2")
+        raise SpeedrunError(f"reference set {key_parts} has {moments.count} images; statistics need at least 2")
     moments.save(path)
     return moments

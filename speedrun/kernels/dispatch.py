@@ -16,7 +16,6 @@ is an error rather than a silent fallback.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Callable, Literal
 
@@ -31,6 +30,7 @@ BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
 ENV_VAR = "SPEEDRUN_KERNELS"
 
 _chosen: str | None = None  # set_backend's choice; None defers to the environment variable
+_kernels: tuple[Callable, Callable] | ImportError | None = None  # filled by _triton_kernels()
 
 
 def set_backend(name: Backend | None) -> None:
@@ -51,15 +51,22 @@ def requested_backend() -> str:
     return name
 
 
-@functools.cache
 def _triton_kernels() -> tuple[Callable, Callable] | ImportError:
-    """The two Triton entry points, or the ImportError that prevented loading them (cached)."""
-    try:
-        from speedrun.kernels.triton_attention import flash_attention
-        from speedrun.kernels.triton_rope import fused_qk_norm_rope
-    except ImportError as exc:
-        return exc
-    return flash_attention, fused_qk_norm_rope
+    """The two Triton entry points, or the ImportError that prevented loading them.
+
+    Imported on first use only (never for CPU tensors) and kept in a module global rather than
+    ``functools.cache``, which torch.compile traces through with a warning.
+    """
+    global _kernels
+    if _kernels is None:
+        try:
+            from speedrun.kernels.triton_attention import flash_attention
+            from speedrun.kernels.triton_rope import fused_qk_norm_rope
+        except ImportError as exc:
+            _kernels = exc
+        else:
+            _kernels = (flash_attention, fused_qk_norm_rope)
+    return _kernels
 
 
 def active_backend(device: torch.device | str) -> Literal["torch", "triton"]:

@@ -52,12 +52,10 @@ _TUNE_KEY = ["Nq", "Nk", "HEAD_DIM"]
 
 
 @triton.jit
-def _key_valid(mask_ptr, b, offs_n, Nk, sm_b, HAS_MASK: tl.constexpr):
-    """True for keys inside the sequence that the padding mask lets queries attend to."""
-    valid = offs_n < Nk
-    if HAS_MASK:
-        valid = valid & (tl.load(mask_ptr + b * sm_b + offs_n, mask=valid, other=0) != 0)
-    return valid
+def _key_valid(mask_ptr, b, offs_n, Nk):
+    """True for keys inside the sequence that the (B, Nk) byte padding mask lets queries attend to."""
+    in_seq = offs_n < Nk
+    return tl.load(mask_ptr + b * Nk + offs_n, mask=in_seq, other=0) != 0
 
 
 @triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY)
@@ -65,9 +63,9 @@ def _key_valid(mask_ptr, b, offs_n, Nk, sm_b, HAS_MASK: tl.constexpr):
 def _attn_fwd_kernel(
     Q, K, V, Mask, Out, Lse,
     sq_b, sq_h, sq_m, sq_d, sk_b, sk_h, sk_n, sk_d, sv_b, sv_h, sv_n, sv_d,
-    so_b, so_h, so_m, so_d, sm_b,
+    so_b, so_h, so_m, so_d,
     H, Nq, Nk, qk_scale,
-    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
@@ -91,7 +89,7 @@ def _attn_fwd_kernel(
     for start_n in range(0, Nk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         in_seq = offs_n < Nk
-        valid = _key_valid(Mask, b, offs_n, Nk, sm_b, HAS_MASK)
+        valid = _key_valid(Mask, b, offs_n, Nk)
         kt = tl.load(
             k_base + offs_n[None, :] * sk_n + offs_d[:, None] * sk_d, mask=in_seq[None, :], other=0.0
         )
@@ -157,9 +155,9 @@ def _attn_bwd_delta_kernel(
 def _attn_bwd_dkdv_kernel(
     Q, K, V, Mask, dOut, Lse, Delta, dK, dV,
     sq_b, sq_h, sq_m, sq_d, sk_b, sk_h, sk_n, sk_d, sv_b, sv_h, sv_n, sv_d,
-    sdo_b, sdo_h, sdo_m, sdo_d, sdk_b, sdk_h, sdk_n, sdk_d, sdv_b, sdv_h, sdv_n, sdv_d, sm_b,
+    sdo_b, sdo_h, sdo_m, sdo_d, sdk_b, sdk_h, sdk_n, sdk_d, sdv_b, sdv_h, sdv_n, sdv_d,
     H, Nq, Nk, qk_scale, sm_scale,
-    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
@@ -169,7 +167,7 @@ def _attn_bwd_dkdv_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     in_seq = offs_n < Nk
-    valid = _key_valid(Mask, b, offs_n, Nk, sm_b, HAS_MASK)
+    valid = _key_valid(Mask, b, offs_n, Nk)
     k = tl.load(
         K + b * sk_b + h * sk_h + offs_n[:, None] * sk_n + offs_d[None, :] * sk_d,
         mask=in_seq[:, None],
@@ -183,10 +181,12 @@ def _attn_bwd_dkdv_kernel(
     q_base = Q + b * sq_b + h * sq_h
     do_base = dOut + b * sdo_b + h * sdo_h
     row_base = pid_bh.to(tl.int64) * Nq
+    # A tile of padded text keys gets zero grads without visiting any query.
+    q_end = tl.where(tl.max(valid.to(tl.int32), 0) > 0, Nq, 0)
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
-    for start_m in range(0, Nq, BLOCK_M):
+    for start_m in range(0, q_end, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < Nq
         q = tl.load(
@@ -225,9 +225,9 @@ def _attn_bwd_dkdv_kernel(
 def _attn_bwd_dq_kernel(
     Q, K, V, Mask, dOut, Lse, Delta, dQ,
     sq_b, sq_h, sq_m, sq_d, sk_b, sk_h, sk_n, sk_d, sv_b, sv_h, sv_n, sv_d,
-    sdo_b, sdo_h, sdo_m, sdo_d, sdq_b, sdq_h, sdq_m, sdq_d, sm_b,
+    sdo_b, sdo_h, sdo_m, sdo_d, sdq_b, sdq_h, sdq_m, sdq_d,
     H, Nq, Nk, qk_scale, sm_scale,
-    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
@@ -257,7 +257,7 @@ def _attn_bwd_dq_kernel(
     for start_n in range(0, Nk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         in_seq = offs_n < Nk
-        valid = _key_valid(Mask, b, offs_n, Nk, sm_b, HAS_MASK)
+        valid = _key_valid(Mask, b, offs_n, Nk)
         k = tl.load(
             k_base + offs_n[:, None] * sk_n + offs_d[None, :] * sk_d, mask=in_seq[:, None], other=0.0
         )
@@ -295,6 +295,9 @@ def _check_inputs(q, k, v, key_mask) -> None:
             f"key_mask must be a bool tensor of shape ({B}, {k.shape[2]}); "
             f"got {key_mask.dtype} {tuple(key_mask.shape)}"
         )
+    devices = {t.device for t in (q, k, v) + (() if key_mask is None else (key_mask,))}
+    if len(devices) != 1:
+        raise ValueError(f"q, k, v and key_mask must be on one device; got {sorted(map(str, devices))}")
     if not (q.is_cuda or (_INTERPRET and q.device.type == "cpu")):
         raise RuntimeError(
             "Triton kernels need CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before "
@@ -312,9 +315,11 @@ class _FlashAttention(torch.autograd.Function):
         _check_inputs(q, k, v, key_mask)
         B, H, Nq, D = q.shape
         Nk = k.shape[2]
-        has_mask = key_mask is not None
-        # A bool tensor reinterpreted as bytes costs no copy; the kernel reads 0 / 1.
-        mask = key_mask.contiguous().view(torch.uint8) if has_mask else q.new_empty(0, dtype=torch.uint8)
+        # Bool reinterpreted as bytes (no copy); the kernels read 0 / 1. Without a mask an all-ones
+        # one (B * Nk bytes) keeps a single kernel variant.
+        if key_mask is None:
+            key_mask = torch.ones((B, Nk), dtype=torch.bool, device=q.device)
+        mask = key_mask.contiguous().view(torch.uint8)
         # Tokens-major storage makes the usual out.transpose(1, 2).reshape(B, Nq, H * D) free.
         out = torch.empty((B, Nq, H, D), device=q.device, dtype=q.dtype).transpose(1, 2)
         lse = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
@@ -322,12 +327,11 @@ class _FlashAttention(torch.autograd.Function):
         ctx.qk_scale = ctx.sm_scale / math.log(2.0)  # scores in log2 units for exp2
         # TF32 would cost fp32 inputs ~3 decimal digits; the half types take the backend default.
         ctx.precision = "ieee" if q.dtype == torch.float32 else None
-        ctx.has_mask = has_mask
         _attn_fwd_kernel[_grid(Nq, B * H, "BLOCK_M")](
             q, k, v, mask, out, lse,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), mask.stride(0) if has_mask else 0,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             H, Nq, Nk, ctx.qk_scale,
-            HEAD_DIM=D, HAS_MASK=has_mask, PRECISION=ctx.precision,
+            HEAD_DIM=D, PRECISION=ctx.precision,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, mask, out, lse)
         return out
@@ -346,16 +350,15 @@ class _FlashAttention(torch.autograd.Function):
         dq = torch.empty_like(q)
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
-        sm_b = mask.stride(0) if ctx.has_mask else 0
-        common = dict(HEAD_DIM=D, HAS_MASK=ctx.has_mask, PRECISION=ctx.precision)
+        common = dict(HEAD_DIM=D, PRECISION=ctx.precision)
         _attn_bwd_dkdv_kernel[_grid(Nk, B * H, "BLOCK_N")](
             q, k, v, mask, dout, lse, delta, dk, dv,
-            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), sm_b,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
             H, Nq, Nk, ctx.qk_scale, ctx.sm_scale, **common,
         )  # fmt: skip
         _attn_bwd_dq_kernel[_grid(Nq, B * H, "BLOCK_M")](
             q, k, v, mask, dout, lse, delta, dq,
-            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), sm_b,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
             H, Nq, Nk, ctx.qk_scale, ctx.sm_scale, **common,
         )  # fmt: skip
         return dq, dk, dv, None

@@ -25,20 +25,20 @@ _TILE_ELEMENTS = 4096
 
 
 @triton.jit
-def _load_pairs(ptr, base, rows, row_ok, sx_n, sx_d, HEAD_DIM: tl.constexpr):
+def _load_pairs(ptr, base, rows, row_ok, sx_n, sx_d, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
     """Load a (rows, HEAD_DIM) tile as fp32 and split it into its even and odd columns."""
     cols = tl.arange(0, HEAD_DIM)
     x = tl.load(
         ptr + base + rows[:, None] * sx_n + cols[None, :] * sx_d, mask=row_ok[:, None], other=0.0
     ).to(tl.float32)
-    return tl.split(tl.reshape(x, (rows.shape[0], HEAD_DIM // 2, 2)))
+    return tl.split(tl.reshape(x, (BLOCK_N, HEAD_DIM // 2, 2)))
 
 
 @triton.jit
-def _store_pairs(ptr, base, rows, row_ok, even, odd, HEAD_DIM: tl.constexpr):
+def _store_pairs(ptr, base, rows, row_ok, even, odd, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
     """Interleave even/odd columns back into a contiguous (rows, HEAD_DIM) tile and store it."""
     cols = tl.arange(0, HEAD_DIM)
-    x = tl.reshape(tl.join(even, odd), (rows.shape[0], HEAD_DIM))
+    x = tl.reshape(tl.join(even, odd), (BLOCK_N, HEAD_DIM))
     tl.store(
         ptr + base + rows[:, None] * HEAD_DIM + cols[None, :],
         x.to(ptr.dtype.element_ty),
@@ -49,14 +49,14 @@ def _store_pairs(ptr, base, rows, row_ok, even, odd, HEAD_DIM: tl.constexpr):
 @triton.jit
 def _norm_rope_fwd_tile(
     x_ptr, y_ptr, w_ptr, x_base, y_base, rows, row_ok, cos, sin, sx_n, sx_d, eps,
-    HEAD_DIM: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    xe, xo = _load_pairs(x_ptr, x_base, rows, row_ok, sx_n, sx_d, HEAD_DIM)
+    xe, xo = _load_pairs(x_ptr, x_base, rows, row_ok, sx_n, sx_d, HEAD_DIM, BLOCK_N)
     we, wo = tl.split(tl.reshape(tl.load(w_ptr + tl.arange(0, HEAD_DIM)).to(tl.float32), (HEAD_DIM // 2, 2)))
     rstd = tl.rsqrt((tl.sum(xe * xe, 1) + tl.sum(xo * xo, 1)) / HEAD_DIM + eps)
     ye = xe * rstd[:, None] * we[None, :]
     yo = xo * rstd[:, None] * wo[None, :]
-    _store_pairs(y_ptr, y_base, rows, row_ok, cos * ye - sin * yo, sin * ye + cos * yo, HEAD_DIM)
+    _store_pairs(y_ptr, y_base, rows, row_ok, cos * ye - sin * yo, sin * ye + cos * yo, HEAD_DIM, BLOCK_N)
 
 
 @triton.jit
@@ -80,11 +80,11 @@ def _norm_rope_fwd_kernel(
     out_base = pid_bh.to(tl.int64) * N * HEAD_DIM
     _norm_rope_fwd_tile(
         q_ptr, qo_ptr, qw_ptr, b.to(tl.int64) * sq_b + h * sq_h, out_base,
-        rows, row_ok, cos, sin, sq_n, sq_d, eps, HEAD_DIM,
+        rows, row_ok, cos, sin, sq_n, sq_d, eps, HEAD_DIM, BLOCK_N,
     )  # fmt: skip
     _norm_rope_fwd_tile(
         k_ptr, ko_ptr, kw_ptr, b.to(tl.int64) * sk_b + h * sk_h, out_base,
-        rows, row_ok, cos, sin, sk_n, sk_d, eps, HEAD_DIM,
+        rows, row_ok, cos, sin, sk_n, sk_d, eps, HEAD_DIM, BLOCK_N,
     )  # fmt: skip
 
 
@@ -92,10 +92,10 @@ def _norm_rope_fwd_kernel(
 def _norm_rope_bwd_tile(
     x_ptr, dy_ptr, dx_ptr, w_ptr, dw_ptr, x_base, dy_base, dx_base, dw_base,
     rows, row_ok, cos, sin, sx_n, sx_d, sdy_n, sdy_d, eps,
-    HEAD_DIM: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    xe, xo = _load_pairs(x_ptr, x_base, rows, row_ok, sx_n, sx_d, HEAD_DIM)
-    dye, dyo = _load_pairs(dy_ptr, dy_base, rows, row_ok, sdy_n, sdy_d, HEAD_DIM)
+    xe, xo = _load_pairs(x_ptr, x_base, rows, row_ok, sx_n, sx_d, HEAD_DIM, BLOCK_N)
+    dye, dyo = _load_pairs(dy_ptr, dy_base, rows, row_ok, sdy_n, sdy_d, HEAD_DIM, BLOCK_N)
     we, wo = tl.split(tl.reshape(tl.load(w_ptr + tl.arange(0, HEAD_DIM)).to(tl.float32), (HEAD_DIM // 2, 2)))
     rstd = tl.rsqrt((tl.sum(xe * xe, 1) + tl.sum(xo * xo, 1)) / HEAD_DIM + eps)
     # The rotation is orthogonal: the grad of its input is the inverse rotation of the grad.
@@ -113,7 +113,7 @@ def _norm_rope_bwd_tile(
     proj = (tl.sum(ge * xhe, 1) + tl.sum(go * xho, 1)) / HEAD_DIM
     dxe = rstd[:, None] * (ge - xhe * proj[:, None])
     dxo = rstd[:, None] * (go - xho * proj[:, None])
-    _store_pairs(dx_ptr, dx_base, rows, row_ok, dxe, dxo, HEAD_DIM)
+    _store_pairs(dx_ptr, dx_base, rows, row_ok, dxe, dxo, HEAD_DIM, BLOCK_N)
 
 
 @triton.jit
@@ -143,12 +143,12 @@ def _norm_rope_bwd_kernel(
     _norm_rope_bwd_tile(
         q_ptr, dqo_ptr, dq_ptr, qw_ptr, dqw_ptr,
         b64 * sq_b + h * sq_h, b64 * sdq_b + h * sdq_h, dx_base, dw_base,
-        rows, row_ok, cos, sin, sq_n, sq_d, sdq_n, sdq_d, eps, HEAD_DIM,
+        rows, row_ok, cos, sin, sq_n, sq_d, sdq_n, sdq_d, eps, HEAD_DIM, BLOCK_N,
     )  # fmt: skip
     _norm_rope_bwd_tile(
         k_ptr, dko_ptr, dk_ptr, kw_ptr, dkw_ptr,
         b64 * sk_b + h * sk_h, b64 * sdk_b + h * sdk_h, dx_base, dw_base,
-        rows, row_ok, cos, sin, sk_n, sk_d, sdk_n, sdk_d, eps, HEAD_DIM,
+        rows, row_ok, cos, sin, sk_n, sk_d, sdk_n, sdk_d, eps, HEAD_DIM, BLOCK_N,
     )  # fmt: skip
 
 
@@ -167,8 +167,8 @@ def _check_inputs(q, k, q_weight, k_weight, cos, sin) -> None:
     if D < 2 or D & (D - 1):
         raise ValueError(f"head dim must be a power of two >= 2, got {D}")
     for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
-        if w.shape != (D,):
-            raise ValueError(f"{name} must have shape ({D},), got {tuple(w.shape)}")
+        if w.shape != (D,) or w.device != q.device:
+            raise ValueError(f"{name} must have shape ({D},) on {q.device}, got {tuple(w.shape)} on {w.device}")
     if cos.shape != sin.shape or cos.shape not in ((N, D // 2), (B, N, D // 2)):
         raise ValueError(
             f"cos and sin must both have shape ({N}, {D // 2}) or ({B}, {N}, {D // 2}); "

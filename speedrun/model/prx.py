@@ -98,8 +98,10 @@ MODEL_CONFIGS: dict[str, Callable[..., PRXConfig]] = {
     "smoke": functools.partial(
         PRXConfig, in_channels=3, patch_size=4, hidden_size=64, depth=2, num_heads=2, mlp_ratio=3.5, text_dim=384
     ),
+    # 1.35M parameters, ~4.7 steps/s at batch 32 on 2 CPU cores; head dim 32 keeps the Triton
+    # kernels (power-of-two head dims) usable if the track is run on a GPU.
     "tiny": functools.partial(
-        PRXConfig, in_channels=3, patch_size=4, hidden_size=128, depth=6, num_heads=4, mlp_ratio=3.5, text_dim=384
+        PRXConfig, in_channels=3, patch_size=4, hidden_size=96, depth=6, num_heads=3, mlp_ratio=3.5, text_dim=384
     ),
     "prx-1.2b": functools.partial(
         PRXConfig,
@@ -233,7 +235,8 @@ class PRXDenoiser(nn.Module):
         if config.bottleneck_dim is None:
             self.img_in: nn.Module = nn.Linear(config.patch_dim, h)
         else:
-            self.img_in = nn.Sequential(nn.Linear(config.patch_dim, config.bottleneck_dim), nn.Linear(config.bottleneck_dim, h))
+            b = config.bottleneck_dim
+            self.img_in = nn.Sequential(nn.Linear(config.patch_dim, b), nn.Linear(b, h))
         self.time_in = nn.Sequential(nn.Linear(config.time_embed_dim, h), nn.SiLU(), nn.Linear(h, h))
         self.text_in = nn.Linear(config.text_dim, h)
         self.blocks = nn.ModuleList(PRXBlock(config) for _ in range(config.depth))
@@ -314,7 +317,8 @@ class PRXDenoiser(nn.Module):
         grid_h, grid_w = self.grid((height, width))
         tokens = self.img_in(patchify(x, cfg.patch_size))
         text_tokens = self.text_in(text)  # projected once; the blocks never update it
-        vec = self.time_in(timestep_embedding(t, cfg.time_embed_dim, cfg.time_scale, cfg.time_max_period).to(tokens.dtype))
+        t_embed = timestep_embedding(t, cfg.time_embed_dim, cfg.time_scale, cfg.time_max_period)
+        vec = self.time_in(t_embed.to(tokens.dtype))
         cos, sin = rope_tables(grid_h, grid_w, cfg.head_dim, cfg.rope_theta, x.device)
         text_mask = text_mask.to(torch.bool)
 
@@ -329,7 +333,8 @@ class PRXDenoiser(nn.Module):
             else:
                 if index.shape != tokens.shape[:2]:
                     raise ValueError(
-                        f"block {i}: state.token_index {tuple(index.shape)} does not match tokens {tuple(tokens.shape[:2])}"
+                        f"block {i}: state.token_index {tuple(index.shape)} does not match "
+                        f"tokens {tuple(tokens.shape[:2])}"
                     )
                 block_cos, block_sin = cos[index], sin[index]
             tokens = block(tokens, text_tokens, vec, block_cos, block_sin, text_mask)

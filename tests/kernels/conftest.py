@@ -1,16 +1,20 @@
 """Kernel tests: run the Triton kernels through the interpreter on CPU when no GPU is present.
 
-``triton.jit`` picks compile-or-interpret when a kernel is *decorated*, i.e. when
-``speedrun.kernels.triton_rope`` / ``triton_attention`` are first imported, so ``TRITON_INTERPRET``
-must be set before that import (importing triton itself earlier is harmless: the flag is read
-lazily). pytest imports this conftest before it collects the modules beside it, and nothing in
-``speedrun`` imports the kernel modules eagerly (``speedrun.kernels.dispatch`` imports them lazily,
-and only for CUDA tensors); if a test collected earlier did import them, the kernels would already
-be compiled-mode objects and would fail on CPU, so that is turned into an explicit error here.
+Triton picks compile-or-interpret when a function is decorated with ``triton.jit``, and its own
+language helpers (``tl.zeros`` and friends) are decorated when ``triton.language`` is first
+imported. So ``TRITON_INTERPRET=1`` must be in the environment before *anything* imports triton
+(importing torch alone does not; torch._dynamo, which torchvision and clean-fid pull in, does).
 
-The variable is set for the whole pytest process, as it must be. On a machine without a GPU nothing
-else runs Triton (torch.compile's CPU backend emits C++), so other test directories are unaffected.
-With a GPU nothing is set and the same tests run compiled.
+Setting it here works when this directory runs on its own (``pytest tests/kernels``). In a full
+run, test modules collected earlier may already have imported triton in compiled mode; the
+kernel tests then fail with an explanation instead of an obscure interpreter error. The fix is to
+set the variable in the first conftest pytest loads (``tests/conftest.py``), e.g.::
+
+    if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
+That is safe for the rest of the suite: on a machine without a GPU nothing else runs Triton
+(torch.compile's CPU backend emits C++). With a GPU nothing is set and the same tests run compiled.
 """
 
 import os
@@ -19,19 +23,26 @@ import sys
 import pytest
 import torch
 
-_KERNEL_MODULES = ("speedrun.kernels.triton_rope", "speedrun.kernels.triton_attention")
+CUDA = torch.cuda.is_available()
+# Recorded before this file touches the environment: was triton already loaded in compiled mode?
+_TRITON_COMPILED_MODE = "triton.language" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
 
-if not torch.cuda.is_available():
-    _stale = [name for name in _KERNEL_MODULES if name in sys.modules]
-    if _stale and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError(
-            f"{_stale} were imported before tests/kernels/conftest.py could set TRITON_INTERPRET=1; "
-            "their kernels are compiled-mode and cannot run on CPU. Import them lazily elsewhere."
-        )
+if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _interpreter_ready() -> None:
+    if not CUDA and _TRITON_COMPILED_MODE:
+        pytest.fail(
+            "triton was imported before tests/kernels/conftest.py could set TRITON_INTERPRET=1, so "
+            "its kernels cannot run on this GPU-less machine; set it in tests/conftest.py (see "
+            "tests/kernels/conftest.py)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture
 def device() -> torch.device:
     """CUDA when present (compiled kernels), else CPU (interpreted kernels)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cuda" if CUDA else "cpu")

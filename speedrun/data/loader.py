@@ -1,0 +1,173 @@
+"""The training data loader: a seeded, resumable, rank-partitioned stream of batches.
+
+The example stream is the concatenation of per-epoch permutations of the split, epoch ``e``
+permuted by ``numpy.random.Generator(PCG64([seed, e]))`` and nothing else. Global batch ``k`` is
+stream positions ``[k*B, (k+1)*B)`` (batches run across epoch boundaries, nothing is dropped),
+and rank ``r`` of ``W`` takes the contiguous slice ``[r*B/W, (r+1)*B/W)`` of every global batch.
+``position`` counts global examples consumed, so a loader rebuilt from ``state_dict()`` — with
+any number of ranks — continues with exactly the batches the old one would have produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from speedrun.data.shards import SplitDataset
+from speedrun.errors import SpeedrunError
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One batch in model space.
+
+    Attributes:
+        x: float32 (B, C, H, W): pixels mapped to [-1, 1] by x/127.5 - 1, or latents as stored.
+        text: float32 (B, L, D) text token embeddings, zero at padding.
+        text_mask: bool (B, L), True for real tokens.
+        index: int64 (B,) example indices within the split.
+    """
+
+    x: torch.Tensor
+    text: torch.Tensor
+    text_mask: torch.Tensor
+    index: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+def from_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1] (x/127.5 - 1)."""
+    images = torch.as_tensor(images)
+    if images.dtype != torch.uint8:
+        raise ValueError(f"from_uint8 needs uint8 images, got {images.dtype}")
+    return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3): clamp(round((x+1)*127.5), 0, 255).
+
+    The one place model outputs become images: rounded and clamped once, never rescaled again.
+    """
+    return ((x.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def load_batch(split: SplitDataset, indices: np.ndarray, device: str | torch.device = "cpu") -> Batch:
+    """Rows ``indices`` of ``split`` as a Batch on ``device`` (in that order).
+
+    Stored dtypes (uint8 pixels, float16 latents and text) travel to the device before the float32
+    conversion, which halves or quarters host-to-device traffic.
+    """
+    rows = split.gather(indices)
+    x = torch.from_numpy(rows["x"]).to(device, non_blocking=True)
+    x = from_uint8(x) if split.representation == "pixels" else x.float()
+    return Batch(
+        x=x,
+        text=torch.from_numpy(rows["text"]).to(device, non_blocking=True).float(),
+        text_mask=torch.from_numpy(rows["mask"]).to(device, non_blocking=True),
+        index=torch.from_numpy(rows["index"]).to(device, non_blocking=True),
+    )
+
+
+class Loader:
+    """Infinite iterator of this rank's share of every global batch (see module doc).
+
+    Args:
+        split: the split to stream (usually ``dataset.split("train")``).
+        batch_size: the global batch size; must be divisible by ``world_size``.
+        seed: the run seed; epoch permutations depend on (seed, epoch) only.
+        rank, world_size: this process's slice of each global batch.
+        position: global examples already consumed (to resume).
+        device: where batches are placed.
+    """
+
+    def __init__(
+        self,
+        split: SplitDataset,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        position: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if len(split) == 0:
+            raise SpeedrunError(f"split '{split.name}' is empty; nothing to load")
+        if batch_size <= 0 or world_size <= 0 or batch_size % world_size:
+            raise SpeedrunError(f"global batch {batch_size} must be a positive multiple of the world size {world_size}")
+        if not 0 <= rank < world_size:
+            raise SpeedrunError(f"rank {rank} is outside [0, {world_size})")
+        if seed < 0 or position < 0:
+            raise SpeedrunError(f"seed ({seed}) and position ({position}) must be >= 0")
+        self.split = split
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.position = position
+        self.device = device
+        self._local = batch_size // world_size
+        self._perm_epoch = -1
+        self._perm = np.empty(0, dtype=np.int64)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next example comes from."""
+        return self.position // len(self.split)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The order of the split's examples in ``epoch``."""
+        if epoch != self._perm_epoch:
+            generator = np.random.Generator(np.random.PCG64([self.seed, epoch]))
+            self._perm = generator.permutation(len(self.split))
+            self._perm_epoch = epoch
+        return self._perm
+
+    def indices(self, position: int, count: int) -> np.ndarray:
+        """Example indices at stream positions ``[position, position + count)``."""
+        n = len(self.split)
+        out = np.empty(count, dtype=np.int64)
+        done = 0
+        while done < count:
+            epoch, offset = divmod(position + done, n)
+            take = min(count - done, n - offset)
+            out[done : done + take] = self.permutation(epoch)[offset : offset + take]
+            done += take
+        return out
+
+    def __iter__(self) -> Loader:
+        return self
+
+    def __next__(self) -> Batch:
+        indices = self.indices(self.position + self.rank * self._local, self._local)
+        batch = load_batch(self.split, indices, self.device)
+        self.position += self.batch_size
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: position plus what it is only valid with."""
+        return {
+            "position": self.position,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "split": self.split.name,
+            "num_examples": len(self.split),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from ``state_dict()``; the seed, global batch and split must match."""
+        mine = self.state_dict()
+        for key in ("seed", "batch_size", "split", "num_examples"):
+            if state.get(key) != mine[key]:
+                raise SpeedrunError(
+                    f"loader state has {key}={state.get(key)!r} but this loader has {mine[key]!r}; "
+                    "a run resumes only with the data and batch it started with"
+                )
+        position = state.get("position")
+        if not isinstance(position, int) or position < 0:
+            raise SpeedrunError(f"loader state has an invalid position {position!r}")
+        self.position = position

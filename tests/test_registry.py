@@ -1,0 +1,228 @@
+"""The component registry: registration, collision and type errors, lazy built-ins, static discovery."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from speedrun.components import Component, Params
+from speedrun.components.registry import BUILTIN, Registry, declared_component_names
+from speedrun.errors import SpeedrunError
+
+
+class AlphaParams(Params):
+    weight: float = 1.0
+
+
+class Alpha(Component):
+    name = "alpha"
+    Params = AlphaParams
+
+
+class Beta(Component):
+    name = "beta"
+
+
+class AlphaAgain(Component):
+    name = "alpha"
+
+
+def test_register_and_get() -> None:
+    reg = Registry(lazy={})
+    assert reg.register(Alpha) is Alpha
+    reg.register(Beta)
+    assert reg.names() == ["alpha", "beta"]
+    assert "alpha" in reg and "gamma" not in reg
+    assert reg.get("alpha") is Alpha and reg.get("beta") is Beta
+    assert Beta.Params is Params  # the default Params takes no fields and forbids unknown ones
+
+
+def test_registries_are_independent() -> None:
+    a, b = Registry(lazy={}), Registry(lazy={})
+    a.register(Alpha)
+    assert "alpha" in a and "alpha" not in b
+    assert "alpha" not in BUILTIN
+    assert Registry().names() == sorted(BUILTIN)
+
+
+def test_same_name_twice_is_a_collision() -> None:
+    reg = Registry(lazy={})
+    reg.register(Alpha)
+    with pytest.raises(SpeedrunError) as info:
+        reg.register(AlphaAgain)
+    msg = str(info.value)
+    assert "AlphaAgain" in msg and "component name 'alpha' is already registered" in msg
+    assert reg.get("alpha") is Alpha  # the first registration stands
+    with pytest.raises(SpeedrunError, match="already registered"):
+        reg.register(Alpha)  # the very same class twice, too
+
+
+def test_custom_colliding_with_lazy_builtin() -> None:
+    reg = Registry(lazy={"alpha": "speedrun.no_such_module:Alpha"})
+    with pytest.raises(SpeedrunError) as info:
+        reg.register(Alpha, origin="submissions/x/components.py:Alpha")
+    msg = str(info.value)
+    assert msg.startswith("submissions/x/components.py:Alpha: component name 'alpha' is already registered")
+    assert "built-in" in msg
+
+
+def test_lazy_builtins_import_only_when_asked() -> None:
+    reg = Registry(lazy={"ghost": "speedrun.no_such_module:Ghost", "base": "speedrun.components.base:Component"})
+    assert reg.names() == ["base", "ghost"] and "ghost" in reg  # no import needed for either
+    assert "speedrun.no_such_module" not in sys.modules
+    assert reg.get("base") is Component
+    with pytest.raises(ModuleNotFoundError):  # a broken built-in entry is a harness bug, not a user error
+        reg.get("ghost")
+
+
+@pytest.mark.parametrize(
+    "obj,expected",
+    [
+        (Alpha(AlphaParams()), "must subclass speedrun.components.Component"),
+        (lambda: None, "must subclass speedrun.components.Component"),
+        (int, "must subclass speedrun.components.Component"),
+        (AlphaParams, "must subclass speedrun.components.Component"),
+        ("alpha", "must subclass speedrun.components.Component"),
+    ],
+    ids=["instance", "function", "builtin-type", "params-class", "string"],
+)
+def test_register_rejects_non_components(obj: object, expected: str) -> None:
+    with pytest.raises(SpeedrunError, match=expected):
+        Registry(lazy={}).register(obj)  # type: ignore[arg-type]
+
+
+def test_register_rejects_missing_name() -> None:
+    class Nameless(Component):
+        pass
+
+    class EmptyName(Component):
+        name = ""
+
+    for cls in (Nameless, EmptyName):
+        with pytest.raises(SpeedrunError) as info:
+            Registry(lazy={}).register(cls)
+        assert cls.__name__ in str(info.value) and "sets no 'name'" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [BaseModel, dict, 3, "Params"], ids=["pydantic-model", "dict", "int", "string"])
+def test_register_rejects_params_not_a_params_subclass(bad: object) -> None:
+    class NotPydantic(BaseModel):
+        weight: float = 1.0
+
+    cls = type("Odd", (Component,), {"name": "odd", "Params": NotPydantic if bad is BaseModel else bad})
+    with pytest.raises(SpeedrunError) as info:
+        Registry(lazy={}).register(cls, origin="x.py:Odd")
+    assert str(info.value) == "x.py:Odd: Params must subclass speedrun.components.Params"
+
+
+def test_unknown_name_lists_known_names() -> None:
+    reg = Registry(lazy={"zeta": "speedrun.no_such_module:Zeta"})
+    reg.register(Beta)
+    reg.register(Alpha)
+    with pytest.raises(SpeedrunError) as info:
+        reg.get("gamma")
+    assert str(info.value) == "unknown component 'gamma'; known: ['alpha', 'beta', 'zeta']"
+    with pytest.raises(SpeedrunError, match="unknown component 'gamma'; known: none"):
+        Registry(lazy={}).get("gamma")
+
+
+# --------------------------------------------------------------------------------------------------
+# A submission's components.py: imported only by ``speedrun run``; read with ast otherwise
+
+CUSTOM = '''
+from typing import ClassVar
+
+from speedrun.components import Component, Params
+from speedrun.components.base import Component as Imported  # imported, not defined here
+
+
+class GammaParams(Params):
+    scale: float = 2.0
+
+
+class Gamma(Component):
+    name = "gamma"
+    Params = GammaParams
+
+
+class Delta(Component):
+    name: ClassVar[str] = "delta"
+
+
+class Helper:
+    """Not a component, yet it assigns a string to name: found statically, ignored on import."""
+    name = "helper"
+
+
+NAME = "epsilon"
+
+
+class Computed(Component):
+    name = NAME  # not a literal: invisible to the static reader
+
+
+name = "module-level"
+'''
+
+
+def _write(tmp_path: Path, text: str, folder: str = "sub") -> Path:
+    path = tmp_path / folder / "components.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_declared_component_names_reads_without_running(tmp_path: Path) -> None:
+    marker = tmp_path / "ran.marker"
+    path = _write(tmp_path, f"open({str(marker)!r}, 'w').write('x')\nraise SystemExit(3)\n" + CUSTOM)
+    assert declared_component_names(path) == ["gamma", "delta", "helper"]
+    assert not marker.exists()
+
+
+def test_declared_component_names_errors_name_the_file(tmp_path: Path) -> None:
+    bad = _write(tmp_path, "class A(Component):\n    name = 'a'\n  oops\n", "syntax")
+    with pytest.raises(SpeedrunError) as info:
+        declared_component_names(bad)
+    assert str(info.value).startswith(f"{bad}: not valid Python (line 3")
+    binary = tmp_path / "bin" / "components.py"
+    binary.parent.mkdir()
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(SpeedrunError, match=r"components.py: cannot read"):
+        declared_component_names(binary)
+
+
+def test_load_submission_components_registers_defined_classes(tmp_path: Path) -> None:
+    path = _write(tmp_path, CUSTOM, "my-sub")
+    reg = Registry(lazy={})
+    added = reg.load_submission_components(path)
+    assert sorted(added) == ["delta", "epsilon", "gamma"]  # Imported and Helper are not registered
+    gamma = reg.get("gamma")
+    assert gamma.__name__ == "Gamma" and gamma.Params(scale=3.0).scale == 3.0
+    assert reg.names() == ["delta", "epsilon", "gamma"]
+
+
+def test_load_submission_components_collisions_and_failures(tmp_path: Path) -> None:
+    path = _write(tmp_path, CUSTOM, "clash")
+    reg = Registry(lazy={"gamma": "speedrun.no_such_module:Gamma"})
+    with pytest.raises(SpeedrunError) as info:
+        reg.load_submission_components(path)
+    assert f"{path}:Gamma: component name 'gamma' is already registered" in str(info.value)
+
+    failing = _write(tmp_path, "raise RuntimeError('boom')\n", "failing")
+    with pytest.raises(SpeedrunError) as info:
+        Registry(lazy={}).load_submission_components(failing)
+    assert str(info.value) == f"{failing}: importing it raised RuntimeError: boom"
+
+    twice = _write(tmp_path, CUSTOM.replace('name: ClassVar[str] = "delta"', 'name = "gamma"'), "twice")
+    with pytest.raises(SpeedrunError, match="component name 'gamma' is already registered"):
+        Registry(lazy={}).load_submission_components(twice)
+
+
+def test_component_defaults_do_nothing() -> None:
+    comp = Alpha(AlphaParams(weight=0.5))
+    assert comp.params.weight == 0.5
+    assert comp.hooks() == {} and comp.objective() is None
+    with pytest.raises(ValidationError, match="extra"):
+        AlphaParams(weight=1.0, extra=1)  # Params forbid unknown keys

@@ -1,0 +1,247 @@
+"""The fixed trainer: warmup undone, exact resume, clock, divergence, hooks, optimizer coverage, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from speedrun.clock import Clock, Paused
+from speedrun.components import Component, ComponentContext, Params, StepState, TrainBatch
+from speedrun.data.source import TrainData
+from speedrun.train import Trainer, TrainOptions, check_fp32_master, check_optimizer_coverage, median_speed
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "train.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r and "event" not in r]
+
+
+def train(track, data_root, run_dir, components=(), seed=0, **opts):
+    data = TrainData.open(track, data_root)
+    options = TrainOptions(run_dir=run_dir, seed=seed, device="cpu", progress=False, **opts)
+    trainer = Trainer(track, data, list(components), options)
+    return trainer, trainer.run()
+
+
+# ---------------------------------------------------------------- test-only components
+class AlignParams(Params):
+    block: int = 1
+    weight: float = 0.5
+
+
+class FeatureAlign(Component):
+    """Cosine alignment of block ``block``'s output tokens (through a head) with a fixed target."""
+
+    name = "test-align"
+    Params = AlignParams
+
+    def setup(self, ctx: ComponentContext) -> None:
+        hidden = ctx.model.config.hidden_size
+        self.head = ctx.add_trainable("align", nn.Linear(hidden, 8))
+        self.teacher = ctx.add_frozen("teacher", nn.Linear(3 * 16, 8))
+
+    def hooks(self):
+        def record(tokens: torch.Tensor, state: StepState) -> torch.Tensor:
+            state.records["align"] = (tokens, state.token_index)
+            return tokens
+
+        return {self.params.block: (None, record)}
+
+    def losses(self, batch: TrainBatch, prediction: torch.Tensor, state: StepState):
+        tokens, visible = state.records["align"]
+        b = batch.x0.shape[0]
+        patches = batch.x0.unfold(2, 4, 4).unfold(3, 4, 4).permute(0, 2, 3, 1, 4, 5).reshape(b, -1, 48)
+        with torch.no_grad():
+            target = self.teacher(patches)
+        if visible is not None:
+            target = target.gather(1, visible[..., None].expand(-1, -1, target.shape[-1]))
+        cos = nn.functional.cosine_similarity(self.head(tokens), target, dim=-1)
+        return {"align": -self.params.weight * cos.mean()}
+
+
+class DropParams(Params):
+    start: int = 0
+    end: int = 1
+    keep: float = 0.5
+
+
+class TokenDrop(Component):
+    """Keeps a random ``keep`` fraction of image tokens from block ``start`` through ``end``."""
+
+    name = "test-drop"
+    Params = DropParams
+
+    def hooks(self):
+        def gather(tokens: torch.Tensor, state: StepState) -> torch.Tensor:
+            if not state.training:
+                return tokens
+            b, n, _ = tokens.shape
+            g = torch.Generator().manual_seed(state.seed * 7919 + state.step)
+            keep = int(round(self.params.keep * n))
+            idx = torch.rand(b, n, generator=g).argsort(dim=1)[:, :keep].sort(dim=1).values
+            state.records["full"] = tokens
+            state.token_index = idx
+            return tokens.gather(1, idx[..., None].expand(-1, -1, tokens.shape[-1]))
+
+        def scatter(tokens: torch.Tensor, state: StepState) -> torch.Tensor:
+            if state.token_index is None:
+                return tokens
+            full = state.records.pop("full").clone()
+            full.scatter_(1, state.token_index[..., None].expand(-1, -1, tokens.shape[-1]), tokens)
+            state.token_index = None
+            return full
+
+        return {self.params.start: (gather, None), self.params.end: (None, scatter)}
+
+
+class NanAt(Component):
+    name = "test-nan"
+
+    def losses(self, batch, prediction, state):
+        bad = float("nan") if state.step == 3 else 0.0
+        return {"poison": prediction.sum() * 0 + bad}
+
+
+# ---------------------------------------------------------------- tests
+def test_warmup_buys_nothing(smoke_data_root, tmp_path, track_variant):
+    """Untimed warmup steps are undone: the timed losses equal a run without warmup, bit for bit."""
+    cold = track_variant(train={"steps": 5, "untimed_warmup_steps": 0})
+    warm = track_variant(train={"steps": 5, "untimed_warmup_steps": 3})
+    _, s0 = train(cold, smoke_data_root, tmp_path / "cold")
+    _, s1 = train(warm, smoke_data_root, tmp_path / "warm")
+    assert losses(tmp_path / "cold") == losses(tmp_path / "warm")
+    assert s0.warmup_seconds == 0 and s1.warmup_seconds > 0
+
+
+def test_resume_equals_uninterrupted(smoke_data_root, tmp_path, track_variant):
+    track = track_variant(train={"steps": 8, "checkpoint_every": 4, "untimed_warmup_steps": 1})
+    _, full = train(track, smoke_data_root, tmp_path / "full")
+    _, part = train(track, smoke_data_root, tmp_path / "cut", stop_after=4)
+    assert part.steps == 4
+    _, rest = train(track, smoke_data_root, tmp_path / "cut")
+    assert rest.steps == 8
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    assert rest.val_loss_curve == full.val_loss_curve
+
+
+def test_loss_decreases_on_smoke(smoke_data_root, tmp_path, track_variant):
+    track = track_variant(train={"steps": 40, "checkpoint_every": 40}, eval={"val_loss": {"samples": 16, "timesteps": 8, "seed": 0, "interval": 5}})
+    _, summary = train(track, smoke_data_root, tmp_path / "run")
+    curve = [p["val_loss"] for p in summary.val_loss_curve]
+    assert summary.status == "ok" and len(curve) == 8
+    assert curve[-1] < 0.8 * curve[0], curve
+
+
+def test_component_hooks_heads_and_losses(smoke_data_root, tmp_path, track_variant):
+    track = track_variant(train={"steps": 4, "checkpoint_every": 4})
+    align = FeatureAlign(AlignParams(block=1))
+    trainer, summary = train(track, smoke_data_root, tmp_path / "run", components=[align, TokenDrop(DropParams())])
+    assert summary.status == "ok"
+    rows = [json.loads(x) for x in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "step" in r and "event" not in r]
+    assert all("align" in r and r["align"] < 0.5 for r in steps)
+    assert all(math.isclose(r["loss"], r["loss_fm"] + r["align"], rel_tol=1e-5) for r in steps)
+    # The head trained, the teacher did not, and both are out of the denoiser's state dict.
+    assert align.head.weight.grad is not None
+    assert all(p.grad is None and not p.requires_grad for p in align.teacher.parameters())
+    assert not any(k.startswith("components") for k in trainer.model.state_dict())
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "run" / "checkpoints" / "step-00000004" / "model.safetensors"))
+    assert {k for k in saved if k.startswith("components.")} == {"components.align.weight", "components.align.bias"}
+
+
+def test_token_drop_keep_all_equals_plain(smoke_data_root, tmp_path, track_variant):
+    track = track_variant(train={"steps": 3, "checkpoint_every": 3})
+    train(track, smoke_data_root, tmp_path / "plain")
+    train(track, smoke_data_root, tmp_path / "drop", components=[TokenDrop(DropParams(keep=1.0))])
+    torch.testing.assert_close(losses(tmp_path / "drop"), losses(tmp_path / "plain"), rtol=1e-6, atol=1e-6)
+
+
+def test_divergence_stops_within_one_step(smoke_data_root, tmp_path, track_variant):
+    track = track_variant(train={"steps": 10, "checkpoint_every": 10})
+    _, summary = train(track, smoke_data_root, tmp_path / "run", components=[NanAt(Params())])
+    assert summary.status == "diverged"
+    assert summary.diverged_at == 3 and summary.steps == 3
+    assert summary.last_finite_loss is not None and math.isfinite(summary.last_finite_loss)
+    assert "non-finite loss at step 3" in summary.reason
+
+
+def test_optimizer_coverage_checks():
+    a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+    ok = torch.optim.AdamW([*a.parameters(), *b.parameters()])
+    check_optimizer_coverage(ok, [a, b])
+    with pytest.raises(RuntimeError, match="covers 2 of 4"):
+        check_optimizer_coverage(torch.optim.AdamW(a.parameters()), [a, b])
+    with pytest.raises(RuntimeError, match="twice"):
+        check_optimizer_coverage(torch.optim.AdamW([a.weight, a.weight, a.bias]), [a])
+    frozen = nn.Linear(2, 2).requires_grad_(False)
+    check_optimizer_coverage(torch.optim.AdamW(a.parameters()), [a, frozen])
+
+
+def test_trainer_optimizer_covers_model_and_heads(smoke_data_root, tmp_path, track_variant):
+    track = track_variant(train={"steps": 1, "checkpoint_every": 1})
+    align = FeatureAlign(AlignParams())
+    trainer, _ = train(track, smoke_data_root, tmp_path / "run", components=[align])
+    in_optim = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    expected = {id(p) for p in trainer.model.parameters()} | {id(p) for p in align.head.parameters()}
+    assert in_optim == expected
+    g = trainer.optimizer.param_groups[0]
+    assert (g["betas"], g["eps"], g["weight_decay"]) == (track.optim.betas, track.optim.eps, track.optim.weight_decay)
+
+
+def test_fp32_master_weights_checked():
+    check_fp32_master([nn.Linear(2, 2)])
+    with pytest.raises(RuntimeError, match="fp32"):
+        check_fp32_master([nn.Linear(2, 2).to(torch.bfloat16)])
+
+
+def test_clock_pauses_and_median_speed():
+    clock = Clock(torch.device("cpu"))
+    clock.start()
+    time.sleep(0.05)
+    with Paused(clock):
+        time.sleep(0.2)
+    time.sleep(0.05)
+    clock.pause()
+    assert 0.09 < clock.elapsed < 0.2
+    # 3+ windows: the first (warm-up) window is dropped, the median of the rest is taken.
+    steps = [1.0] * 20 + [0.1] * 20 + [0.2] * 20 + [0.1] * 20
+    assert median_speed(steps) == pytest.approx(10.0)
+
+
+def test_lr_warmup_then_constant(smoke_data_root, tmp_path, track_variant):
+    track = track_variant(train={"steps": 8, "checkpoint_every": 8}, optim={"warmup_steps": 4})
+    train(track, smoke_data_root, tmp_path / "run")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    lr = track.optim.lr
+    assert lrs == pytest.approx([lr * 0.25, lr * 0.5, lr * 0.75, lr, lr, lr, lr, lr])
+
+
+@pytest.mark.slow
+def test_two_process_gloo_matches_one_process(smoke_data_root, tmp_path, track_variant):
+    """DDP over 2 gloo processes gives the same losses as 1 process at the same global batch."""
+    env = {**os.environ, "SPEEDRUN_DATA_DIR": str(smoke_data_root), "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "speedrun.worker", str(REPO / "submissions" / "baseline"), "--track", "smoke",
+            "--seed", "0", "--device", "cpu", "--no-progress", "--stop-after", "4"]
+    one = subprocess.run([*base, "--run-dir", str(tmp_path / "one")], env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517",
+         "-m", "speedrun.worker", *base[3:], "--run-dir", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True,
+    )
+    assert two.returncode == 0, two.stderr
+    torch.testing.assert_close(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,285 @@
+"""``speedrun verify``: digests, provenance staleness, track versions, seed rule, no submission imports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+import speedrun.verify as verify_mod
+from speedrun.checkpoint import sha256_file
+from speedrun.data.shards import MANIFEST_NAME
+from speedrun.data.source import dataset_dir, dataset_manifest_sha256
+from speedrun.results import finalize, harness_sha256, submission_file_hashes, write_result
+from speedrun.tracks import TRACKS_DIR, load_track
+from speedrun.verify import Problem, verify_paths
+
+MANIFEST = """\
+name = "alpha"
+authors = ["A. Tester"]
+tracks = ["smoke", "tiny"]
+description = "A fixture submission."
+components = []
+"""
+
+
+def seal(folder: Path, track_id: str, seed: int, *, tracks_dir: Path, data_dir: Path, **fields) -> Path:
+    """Write a results file for ``folder`` as ``speedrun run`` would, with the current real hashes."""
+    track = load_track(track_id, tracks_dir)
+    fid = fields.pop("fid", 10.0 + seed)
+    metrics = {"fid": fid, "val_loss": 0.5, "prompt_adherence": None}
+    evals = [{"step": track.train.steps, "metrics": metrics, "unavailable": {}, "samples": track.eval.samples}]
+    data = {
+        "run_id": f"seed{seed}",
+        "submission": folder.name,
+        "track": track.id,
+        "track_version": track.version,
+        "seed": seed,
+        "status": "ok",
+        "failure": None,
+        "steps": track.train.steps,
+        "metrics": metrics,
+        "unavailable": {"prompt_adherence": "no CLIP weights offline"},
+        "evals": evals,
+        "val_loss_curve": [{"step": 10.0, "val_loss": 0.7}, {"step": 20.0, "val_loss": 0.5}],
+        "speed": {
+            "batches_per_second": 4.0,
+            "images_per_second": 4.0 * track.train.global_batch,
+            "flops_per_step": 1000,
+            "mfu": None,
+            "peak_memory_bytes": None,
+        },
+        "timing": {
+            "train_clock_s": 5.0, "warmup_s": 1.0, "data_s": 0.5, "checkpoint_s": 0.1,
+            "validation_s": 0.2, "eval_s": 2.0, "wall_s": 9.0, "gpu_hours": 0.0,
+        },
+        "kernels": "torch",
+        "world_size": 1,
+        "hardware": {
+            "device_type": "cpu", "device_names": ["x86_64"], "device_count": 1, "driver": None,
+            "cpu": "x86_64", "cpu_count": 2,
+        },
+        "software": {"python": "3.11", "torch": "2", "triton": None, "cuda": None, "packages_sha256": "0" * 64},
+        "provenance": {
+            "manifest_sha256": sha256_file(folder / "submission.toml"),
+            "submission_files": submission_file_hashes(folder),
+            "harness_sha256": harness_sha256(),
+            "track_hash": track.content_hash,
+            "overrides": {},
+            "dataset_manifest_sha256": dataset_manifest_sha256(track, data_dir),
+        },
+        "created_at": "2025-01-01T00:00:00+00:00",
+    }
+    data.update(fields)
+    path = folder / "results" / track.id / f"seed{seed}.json"
+    write_result(path, finalize(data))
+    return path
+
+
+class Repo:
+    """A fake repository: the real tracks, one submission ``alpha``, an empty data dir."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tracks = root / "tracks"
+        self.data = root / "data"
+        self.sub = root / "submissions" / "alpha"
+        shutil.copytree(TRACKS_DIR, self.tracks)
+        self.sub.mkdir(parents=True)
+        self.data.mkdir()
+        (self.sub / "submission.toml").write_text(MANIFEST)
+        (self.sub / "NOTES.md").write_text("Why it works.\n")
+        self.notes: list[str] = []
+
+    def seal(self, track_id: str = "smoke", seed: int = 0, **fields) -> Path:
+        return seal(self.sub, track_id, seed, tracks_dir=self.tracks, data_dir=self.data, **fields)
+
+    def verify(self, paths: list[Path] | None = None, **kw) -> list[Problem]:
+        return verify_paths(paths or [], repo_root=self.root, data_dir=self.data, info=self.notes.append, **kw)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    return Repo(tmp_path / "repo")
+
+
+def fields(problems: list[Problem]) -> list[str]:
+    return [p.field for p in problems]
+
+
+def test_fresh_results_pass_and_unprepared_data_is_a_note(repo: Repo) -> None:
+    repo.seal("smoke", 0)
+    assert repo.verify() == []
+    assert repo.notes == ["cannot check the dataset manifest of track 'smoke': data not prepared"]
+
+
+def test_results_from_other_prepared_data_are_stale(repo: Repo) -> None:
+    manifest = dataset_dir(load_track("smoke", repo.tracks), repo.data) / MANIFEST_NAME
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text('{"shards": ["a"]}')
+    repo.seal()
+    assert repo.verify() == [] and repo.notes == []
+    manifest.write_text('{"shards": ["b"]}')
+    assert fields(repo.verify()) == ["provenance.dataset_manifest_sha256", "seeds"]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        ("metrics", "fid", 1.0),
+        ("seed", None, 7),
+        ("status", None, "diverged"),
+        ("speed", "batches_per_second", 99.0),
+        ("timing", "gpu_hours", 0.5),
+        ("provenance", "harness_sha256", "0" * 64),
+        ("created_at", None, "2030-01-01T00:00:00+00:00"),
+        ("digest", None, "f" * 64),
+    ],
+    ids=lambda e: ".".join(str(p) for p in e[:2] if p),
+)
+def test_any_edited_field_fails_the_digest(repo: Repo, edit: tuple) -> None:
+    path = repo.seal()
+    data = json.loads(path.read_text())
+    key, sub, value = edit
+    if sub is None:
+        data[key] = value
+    else:
+        data[key][sub] = value
+    path.write_text(json.dumps(data, indent=2))
+    problems = repo.verify()
+    assert fields(problems) == ["digest", "seeds"]  # and the edited seed no longer counts
+    assert problems[0].file == "submissions/alpha/results/smoke/seed0.json"
+    assert "edited" in problems[0].message
+
+
+@pytest.mark.parametrize("change", ["edited", "added", "removed"])
+def test_a_submission_file_changed_after_the_run_makes_it_stale(repo: Repo, change: str) -> None:
+    repo.seal()
+    if change == "edited":
+        (repo.sub / "NOTES.md").write_text("Why it works, revised.\n")
+        name = "NOTES.md"
+    elif change == "added":
+        (repo.sub / "helper.py").write_text("X = 1\n")
+        name = "helper.py"
+    else:
+        (repo.sub / "NOTES.md").unlink()
+        name = "NOTES.md"
+    problems = repo.verify()
+    stale = [p for p in problems if p.field == "provenance.submission_files"]
+    said = {"edited": "changed", "added": "was added", "removed": "was removed"}[change]
+    assert len(stale) == 1 and f"'{name}' {said}" in stale[0].message
+    # A stale result no longer counts toward the entry, so the seed rule fails too.
+    assert fields(problems) == ["provenance.submission_files", "seeds"]
+
+
+def test_an_edited_manifest_makes_the_run_stale(repo: Repo) -> None:
+    repo.seal()
+    (repo.sub / "submission.toml").write_text(MANIFEST + "# a comment\n")
+    assert "provenance.manifest_sha256" in fields(repo.verify())
+
+
+def test_a_result_for_an_older_track_version_is_rejected(repo: Repo) -> None:
+    repo.seal()
+    smoke = repo.tracks / "smoke.toml"
+    smoke.write_text(smoke.read_text().replace("version = 1", "version = 2", 1))
+    problems = [p for p in repo.verify() if p.field == "track_version"]
+    assert len(problems) == 1
+    assert "version 1" in problems[0].message and "version 2" in problems[0].message
+
+
+def test_a_track_edited_without_a_version_bump_is_detected(repo: Repo) -> None:
+    repo.seal()
+    smoke = repo.tracks / "smoke.toml"
+    smoke.write_text(smoke.read_text().replace("cfg_scale = 3.5", "cfg_scale = 5.0"))
+    assert "provenance.track_hash" in fields(repo.verify())
+
+
+def test_harness_change_makes_results_stale_and_names_speedrun(repo: Repo, monkeypatch) -> None:
+    repo.seal()
+    monkeypatch.setattr(verify_mod, "harness_sha256", lambda: "e" * 64)
+    problems = [p for p in repo.verify() if p.field == "provenance.harness_sha256"]
+    assert len(problems) == 1 and "speedrun/" in problems[0].message and "re-run" in problems[0].message
+
+
+def test_verify_never_imports_submission_code(repo: Repo) -> None:
+    marker = repo.root / "imported"
+    (repo.sub / "components.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('x')\n"
+        "raise SystemExit('components.py must not be imported by verify')\n\n"
+        "class Evil:\n    name = 'evil'\n"
+    )
+    (repo.sub / "submission.toml").write_text(MANIFEST.replace("components = []", '[[components]]\nname = "evil"'))
+    repo.seal()
+    assert repo.verify() == []
+    assert not marker.exists()
+    assert not any(m.startswith("speedrun_submission_") for m in sys.modules)
+
+
+def test_entry_needs_the_tracks_seed_count(repo: Repo) -> None:
+    for seed in (0, 1):
+        repo.seal("tiny", seed)
+    problems = repo.verify()
+    assert fields(problems) == ["seeds"]
+    assert problems[0].file == "submissions/alpha/results/tiny" and "needs 3" in problems[0].message
+    repo.seal("tiny", 2)
+    assert repo.verify() == []
+
+
+def test_a_result_must_sit_at_its_own_path(repo: Repo) -> None:
+    path = repo.seal("smoke", 1)
+    path.rename(path.with_name("seed0.json"))
+    assert fields(repo.verify()) == ["run_id", "seeds"]
+
+
+def test_invalid_manifest_and_track_name_file_and_field(repo: Repo) -> None:
+    (repo.sub / "submission.toml").write_text(MANIFEST + 'colour = "blue"\n')
+    tiny = repo.tracks / "tiny.toml"
+    tiny.write_text(tiny.read_text().replace("cfg_scale = ", "cfg_scale = -", 1))
+    found = {(p.file, p.field) for p in repo.verify()}
+    assert ("tracks/tiny.toml", "eval.cfg_scale") in found
+    assert ("submissions/alpha/submission.toml", "colour") in found
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"metrics": {"fid": 3.0, "val_loss": 0.5, "prompt_adherence": None}}, "metrics"),
+        ({"steps": 10}, "steps"),
+        ({"timing": {"train_clock_s": 5.0, "warmup_s": 1.0, "data_s": 0.5, "checkpoint_s": 0.1,
+                     "validation_s": 0.2, "eval_s": 2.0, "wall_s": 9.0, "gpu_hours": 1.0}}, "timing.gpu_hours"),
+        ({"status": "diverged"}, "failure"),
+    ],
+    ids=["metrics", "steps", "gpu_hours", "failure"],
+)
+def test_derived_fields_are_recomputed(repo: Repo, change: dict, field: str) -> None:
+    repo.seal(**change)
+    assert field in fields(repo.verify())
+
+
+def test_explicit_paths(repo: Repo) -> None:
+    path = repo.seal("tiny", 0)
+    # One results file: its own checks only, the three-seed entry rule is for whole submissions.
+    assert repo.verify([path]) == []
+    assert fields(repo.verify([repo.sub])) == ["seeds"]
+    assert fields(repo.verify([repo.root / "nowhere.txt"])) == ["(path)"]
+
+
+@pytest.mark.parametrize("rerun_fid, ok", [(10.5, True), (20.0, False)])
+def test_rerun_compares_with_the_recorded_smoke_result(repo: Repo, monkeypatch, rerun_fid: float, ok: bool) -> None:
+    recorded = repo.seal("smoke", 0, fid=10.0)
+    before = recorded.read_bytes()
+    calls = []
+
+    def fake_run_submission(path, options, console):
+        calls.append((Path(path), options))
+        return [seal(Path(path), "smoke", 0, tracks_dir=repo.tracks, data_dir=repo.data, fid=rerun_fid)]
+
+    monkeypatch.setattr("speedrun.run.run_submission", fake_run_submission)
+    problems = repo.verify(rerun=True)
+    (copy, options), = calls
+    assert copy != repo.sub and copy.name == "alpha" and options.track == "smoke"
+    assert recorded.read_bytes() == before
+    assert fields(problems) == ([] if ok else ["metrics.fid"])
