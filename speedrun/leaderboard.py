@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from speedrun.checkpoint import atomic_write_text
+from speedrun.fileio import atomic_write_text
 from speedrun.errors import SpeedrunError
 from speedrun.results import RunResult, load_result
 from speedrun.tracks import REPO_ROOT, Track, all_tracks

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,12 +18,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from speedrun.checkpoint import sha256_file
+from speedrun.fileio import sha256_file
 from speedrun.errors import SpeedrunError
 from speedrun.paths import data_root, runs_root
 from speedrun.results import (
     EvalPoint,
-    Failure,
     Provenance,
     Speed,
     Timing,
@@ -130,6 +130,11 @@ def run_one_seed(submission: Submission, track: Track, seed: int, o: RunOptions,
             eval_s += time.perf_counter() - t0
     result = assemble_result(submission, track, seed, summary, evals, eval_s, time.perf_counter() - wall0, o)
     write_result(results_path, result)
+    if evals and evals[-1].get("grid"):
+        # The final sample grid travels with the results for the leaderboard page.
+        grid = run_dir / "eval" / evals[-1]["grid"]
+        if grid.is_file():
+            shutil.copyfile(grid, results_path.with_suffix(".png"))
     console.print(f"seed {seed}: {result.status}; results -> {results_path}")
     return results_path
 

@@ -26,6 +26,7 @@ from speedrun import distributed
 from speedrun.checkpoint import latest_checkpoint, load_training_state, save_checkpoint, split_component_tensors
 from speedrun.clock import Clock, Paused
 from speedrun.components.base import Component, ComponentContext, TrainBatch
+from speedrun.data.loader import to_uint8
 from speedrun.errors import SpeedrunError
 from speedrun.flow import Objective, RectifiedFlowObjective, apply_caption_dropout, caption_drop_mask, validation_loss
 from speedrun.kernels import dispatch
@@ -237,7 +238,8 @@ class Trainer:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             pred = self.forward_model(x_t, t, text, mask, hooks=self.hooks, state=state)
             loss = self.objective.loss(pred.float(), target, x_t, t)
-            train_batch = TrainBatch(x0=x0, noise=noise, text=text, text_mask=mask, images_uint8=getattr(batch, "images", None))
+            images = to_uint8(x0) if self.track.data.representation == "pixels" else None
+            train_batch = TrainBatch(x0=x0, noise=noise, text=text, text_mask=mask, images_uint8=images)
             terms: dict[str, torch.Tensor] = {}
             for comp in self.components:
                 for name, value in comp.losses(train_batch, pred, state).items():

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from speedrun.checkpoint import sha256_file
+from speedrun.fileio import sha256_file
 from speedrun.data.source import dataset_manifest_sha256
 from speedrun.errors import SpeedrunError
 from speedrun.paths import data_root

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from speedrun.checkpoint import atomic_write_text
+from speedrun.fileio import atomic_write_text
 from speedrun.components.base import Component
 from speedrun.components.registry import Registry
 from speedrun.errors import SpeedrunError, format_validation_error

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import speedrun.verify as verify_mod
-from speedrun.checkpoint import sha256_file
+from speedrun.fileio import sha256_file
 from speedrun.data.shards import MANIFEST_NAME
 from speedrun.data.source import dataset_dir, dataset_manifest_sha256
 from speedrun.results import finalize, harness_sha256, submission_file_hashes, write_result

@@ -66,7 +66,11 @@ class ComponentContext:
 
 @dataclass
 class TrainBatch:
-    """One training batch as components see it (model space, already on the device)."""
+    """One training batch as components see it (model space, already on the device).
+
+    ``images_uint8`` (B, H, W, 3) are the real images for teachers on pixel tracks; None on latent
+    tracks, where a component that needs pixels must decode ``x0`` itself.
+    """
 
     x0: torch.Tensor
     noise: torch.Tensor

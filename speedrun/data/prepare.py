@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from speedrun.data import shapes
+from speedrun.fileio import atomic_write_json
 from speedrun.data.shards import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -44,7 +45,7 @@ from speedrun.data.shards import (
     TextEncoderInfo,
     VaeInfo,
     atomic_save_npy,
-    atomic_write_json,
+
     check_files,
     combine_digests,
     example_digest,

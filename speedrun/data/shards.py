@@ -41,6 +41,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from speedrun.errors import SpeedrunError, format_validation_error
+from speedrun.fileio import atomic_write, sha256_file, write_durably
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -49,7 +50,6 @@ NULL_DIR = "null"
 SPLITS = ("train", "validation", "reference")
 # Fields every shard has, gathered by the loader.
 ROW_FIELDS = ("x", "text", "mask", "index")
-_HASH_CHUNK = 4 << 20  # bytes read at a time when hashing a file
 # Open shards kept memory-mapped per split; a large split has thousands of shards and each map
 # holds a file descriptor.
 MAX_OPEN_SHARDS = 256
@@ -111,41 +111,9 @@ class Manifest(_Model):
 # Atomic writes and hashing
 
 
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _write_durably(path: Path, write) -> None:
-    with open(path, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
-    tmp = _temp_name(path)
-    _write_durably(tmp, lambda handle: handle.write(data))
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
-
-
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     """``np.save`` to ``path`` via a temporary file and ``os.replace``."""
-    tmp = _temp_name(path)
-    _write_durably(tmp, lambda handle: np.save(handle, np.ascontiguousarray(array), allow_pickle=False))
-    os.replace(tmp, path)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    atomic_write(path, lambda handle: np.save(handle, np.ascontiguousarray(array), allow_pickle=False))
 
 
 def file_entry(path: Path) -> FileEntry:
@@ -192,16 +160,16 @@ def write_shard(
     files = {}
     for key, array in arrays.items():
         path = tmp / f"{key}.npy"
-        _write_durably(path, lambda h, a=array: np.save(h, np.ascontiguousarray(a), allow_pickle=False))
+        write_durably(path, lambda h, a=array: np.save(h, np.ascontiguousarray(a), allow_pickle=False))
         files[path.name] = file_entry(path)
     for key, document in documents.items():
         path = tmp / f"{key}.json"
         payload = json.dumps(document, ensure_ascii=False).encode()
-        _write_durably(path, lambda h, p=payload: h.write(p))
+        write_durably(path, lambda h, p=payload: h.write(p))
         files[path.name] = file_entry(path)
     entry = ShardEntry(name=name, start=start, count=len(arrays["index"]), files=files)
     payload = entry.model_dump_json(indent=1).encode()
-    _write_durably(tmp / SHARD_ENTRY_NAME, lambda h: h.write(payload))
+    write_durably(tmp / SHARD_ENTRY_NAME, lambda h: h.write(payload))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from speedrun.errors import SpeedrunError
+from speedrun.fileio import sha256_file as file_sha256
 
 WEIGHTS_DIR_ENV = "SPEEDRUN_WEIGHTS_DIR"
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
@@ -131,11 +132,6 @@ def fid_helper_weights_file() -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 hex digest of a file, read in 1 MiB chunks."""
-    return _file_digests(Path(path), "sha256")[0]
 
 
 def _file_digests(path: Path, *algorithms: str) -> list[str]:

@@ -1,0 +1,57 @@
+"""File writes that readers never see half-done, and file hashes: the one copy of each helper."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+HASH_CHUNK = 4 << 20  # bytes read at a time when hashing
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def temp_name(path: Path) -> Path:
+    """A hidden sibling of ``path`` unique to this process."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_durably(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Create ``path`` with ``write(handle)`` and fsync it before returning."""
+    with open(path, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Readers see the old file or the whole new one: write a temporary file, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        write_durably(tmp, write)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
