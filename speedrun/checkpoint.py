@@ -38,19 +38,22 @@ def step_dir(root: Path, step: int) -> Path:
 def save_checkpoint(
     root: Path,
     step: int,
-    model: nn.Module,
+    model_state: dict[str, torch.Tensor],
     heads: dict[str, nn.Module],
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict[str, Any],
     meta: dict[str, Any],
     rng: dict[str, Any],
 ) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically and point ``root/latest`` at it."""
+    """Write checkpoint ``step`` under ``root`` atomically and point ``root/latest`` at it.
+
+    ``model_state`` and ``optimizer_state`` are full (unsharded) state dicts.
+    """
     final = step_dir(root, step)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
     component_keys = []
     for name, head in heads.items():
         for k, v in head.state_dict().items():
@@ -58,7 +61,7 @@ def save_checkpoint(
             tensors[key] = v.detach().contiguous().cpu()
             component_keys.append(key)
     save_file(tensors, str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(rng, tmp / "rng.pt")
     files = {name: sha256_file(tmp / name) for name in ("model.safetensors", "optimizer.pt", "rng.pt")}
     full_meta = {

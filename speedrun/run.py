@@ -55,6 +55,7 @@ class RunOptions:
     data_dir: Path | None = None
     runs_dir: Path | None = None
     progress: bool = True
+    parallel: str = "auto"
 
 
 def run_dir_for(submission: Submission, track: Track, seed: int, runs_dir: Path | None) -> Path:
@@ -71,7 +72,7 @@ def _train(submission: Submission, track: Track, seed: int, run_dir: Path, o: Ru
         f"--nproc-per-node={o.nproc}", f"--nnodes={o.nnodes}", f"--node-rank={o.node_rank}",
         f"--master-addr={o.master_addr}", f"--master-port={o.master_port}",
         "-m", "speedrun.worker", str(submission.path), "--track", track.id, "--seed", str(seed),
-        "--run-dir", str(run_dir),
+        "--run-dir", str(run_dir), "--parallel", o.parallel,
     ]
     if o.data_dir:
         cmd += ["--data-dir", str(o.data_dir)]

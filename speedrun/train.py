@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 from torch import nn
@@ -52,6 +52,8 @@ class TrainOptions:
     progress: bool = True
     stop_after: int | None = None
     """Stop (with a checkpoint) after this step; for tests of resume. None: run the budget."""
+    parallel: Literal["auto", "ddp", "fsdp"] = "auto"
+    """How several processes share the work: "auto" = FSDP2 for prx-1.2b, DDP otherwise."""
 
 
 @dataclass
@@ -190,16 +192,66 @@ class Trainer:
             "model": copy.deepcopy(self.model.state_dict()),
             "heads": {n: copy.deepcopy(h.state_dict()) for n, h in self.heads.items()},
         }
+        self.parallel = self._parallel_mode()
+        if self.parallel == "fsdp":
+            # FSDP2: each block is one communication unit; parameters become sharded DTensors.
+            from torch.distributed.fsdp import fully_shard
+
+            for block in self.model.blocks:
+                fully_shard(block)
+            fully_shard(self.model)
         self.forward_model: nn.Module = self.model
         if self.track.train.compile and self.device.type == "cuda":
             self.forward_model = torch.compile(self.model)
-        if self.dist.enabled:
+        if self.parallel == "ddp":
             self.forward_model = nn.parallel.DistributedDataParallel(
                 self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self._new_optimizer()
         self.null_text, self.null_mask = (t.to(self.device) for t in self.data.null_embedding())
         self.kernels = dispatch.active_backend(self.device)
+
+    def _parallel_mode(self) -> str:
+        if not self.dist.enabled:
+            return "single"
+        if self.opt.parallel == "auto":
+            return "fsdp" if self.track.model.config == "prx-1.2b" else "ddp"
+        return self.opt.parallel
+
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        """Full (unsharded) denoiser weights on CPU; a collective under FSDP (call on every rank)."""
+        if self.parallel == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return self.model.state_dict()
+
+    def _load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.parallel == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True, strict=True))
+        else:
+            self.model.load_state_dict(state, strict=True)
+
+    def _optim_state(self) -> dict[str, Any]:
+        if self.parallel == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            return get_optimizer_state_dict(
+                self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
+        return self.optimizer.state_dict()
+
+    def _load_optim_state(self, state: dict[str, Any]) -> None:
+        if self.parallel == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(
+                self.model, self.optimizer, state, options=StateDictOptions(full_state_dict=True)
+            )
+        else:
+            self.optimizer.load_state_dict(state)
 
     def _new_optimizer(self) -> None:
         params = [p for m in (self.model, *self.heads.values()) for p in m.parameters() if p.requires_grad]
@@ -209,7 +261,7 @@ class Trainer:
 
     def _reset_after_warmup(self) -> None:
         """Warmup buys nothing: restore the initial weights and start a fresh optimizer."""
-        self.model.load_state_dict(self.initial_state["model"])
+        self._load_model_state(self.initial_state["model"])
         for name, head in self.heads.items():
             head.load_state_dict(self.initial_state["heads"][name])
         self._new_optimizer()
@@ -252,6 +304,8 @@ class Trainer:
         distributed.all_reduce_grads([p for h in self.heads.values() for p in h.parameters()], self.dist)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.track.optim.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+            grad_norm = grad_norm.full_tensor()
         return total.detach(), {"loss_fm": loss.detach(), **{k: v.detach() for k, v in terms.items()}}, grad_norm.detach()
 
     # ---------------------------------------------------------------- validation loss
@@ -455,6 +509,7 @@ class Trainer:
         return time.perf_counter() - t0
 
     def _checkpoint(self, step, clock_s, loader, gen, val_curve, eval_ckpts, times, warmup_seconds) -> None:
+        model_state, optim_state = self._model_state(), self._optim_state()
         if not self.dist.is_main:
             distributed.barrier(self.dist)
             return
@@ -476,7 +531,7 @@ class Trainer:
             "eval_checkpoints": eval_ckpts,
             "times": times,
         }
-        save_checkpoint(self.ckpt_dir, step, self.model, self.heads, self.optimizer, meta, rng)
+        save_checkpoint(self.ckpt_dir, step, model_state, self.heads, optim_state, meta, rng)
         distributed.barrier(self.dist)
 
     def _restore(self, path: Path, loader: Any, gen: torch.Generator):
@@ -492,10 +547,10 @@ class Trainer:
                 "resume with the same --nproc"
             )
         model_sd, head_sds = split_component_tensors(tensors)
-        self.model.load_state_dict(model_sd, strict=True)
+        self._load_model_state(model_sd)
         for name, head in self.heads.items():
             head.load_state_dict(head_sds.get(name, {}), strict=True)
-        self.optimizer.load_state_dict(optim_state)
+        self._load_optim_state(optim_state)
         step = int(meta["step"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.track.optim.warmup_steps), last_epoch=step - 1

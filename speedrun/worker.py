@@ -52,6 +52,7 @@ def train_seed(
     resume: bool = True,
     progress: bool = True,
     stop_after: int | None = None,
+    parallel: str = "auto",
 ) -> dict:
     """Train one seed and return (and, on rank 0, write) the summary."""
     from speedrun import distributed
@@ -62,7 +63,8 @@ def train_seed(
     data = TrainData.open(track, data_root(data_dir))
     components = build_components(submission)
     options = TrainOptions(
-        run_dir=run_dir, seed=seed, device=device, resume=resume, progress=progress, stop_after=stop_after
+        run_dir=run_dir, seed=seed, device=device, resume=resume, progress=progress, stop_after=stop_after,
+        parallel=parallel,
     )
     header = {
         "submission": submission.name,
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-resume", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--stop-after", type=int, default=None)
+    parser.add_argument("--parallel", choices=["auto", "ddp", "fsdp"], default="auto")
     args = parser.parse_args(argv)
     try:
         sub = load_submission(args.submission)
@@ -101,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             resume=not args.no_resume,
             progress=not args.no_progress,
             stop_after=args.stop_after,
+            parallel=args.parallel,
         )
     except SpeedrunError as exc:
         print(f"error: {exc}", file=sys.stderr)

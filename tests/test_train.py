@@ -231,17 +231,24 @@ def test_lr_warmup_then_constant(smoke_data_root, tmp_path, track_variant):
 
 
 @pytest.mark.slow
-def test_two_process_gloo_matches_one_process(smoke_data_root, tmp_path, track_variant):
-    """DDP over 2 gloo processes gives the same losses as 1 process at the same global batch."""
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_process_gloo_matches_one_process(smoke_data_root, tmp_path, parallel):
+    """DDP or FSDP2 over 2 gloo processes gives the losses of 1 process at the same global batch,
+    and a 2-process run resumes exactly from its checkpoint."""
     env = {**os.environ, "SPEEDRUN_DATA_DIR": str(smoke_data_root), "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "speedrun.worker", str(REPO / "submissions" / "baseline"), "--track", "smoke",
             "--seed", "0", "--device", "cpu", "--no-progress", "--stop-after", "4"]
     one = subprocess.run([*base, "--run-dir", str(tmp_path / "one")], env=env, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517",
-         "-m", "speedrun.worker", *base[3:], "--run-dir", str(tmp_path / "two")],
-        env=env, capture_output=True, text=True,
-    )
-    assert two.returncode == 0, two.stderr
+    def torchrun(stop_after: int) -> None:
+        args = [a if a != "4" else str(stop_after) for a in base[3:]]
+        two = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517",
+             "-m", "speedrun.worker", *args, "--run-dir", str(tmp_path / "two"), "--parallel", parallel],
+            env=env, capture_output=True, text=True,
+        )
+        assert two.returncode == 0, two.stderr[-3000:]
+
+    torchrun(2)
+    torchrun(4)  # resumes from the step-2 checkpoint
     torch.testing.assert_close(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5, atol=1e-6)

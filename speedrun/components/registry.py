@@ -17,7 +17,13 @@ from speedrun.components.base import Component, Params
 from speedrun.errors import SpeedrunError
 
 # name -> "module:Class"; the techniques of ../shared/REFERENCE.md section 4 register here.
-BUILTIN: dict[str, str] = {}
+BUILTIN: dict[str, str] = {
+    "repa": "speedrun.components.repa:REPA",
+    "irepa": "speedrun.components.irepa:IREPA",
+    "tread": "speedrun.components.tread:TREAD",
+    "contrastive-fm": "speedrun.components.contrastive_fm:ContrastiveFM",
+    "xpred": "speedrun.components.xpred:XPrediction",
+}
 
 
 class Registry:

@@ -1,0 +1,130 @@
+"""REPA: align one block's image tokens, through a trainable projector, with a frozen vision teacher.
+
+Loss term ``repa = -weight * mean over (batch, tokens) of cos(proj(h), y)`` where ``h`` are the output
+tokens of block ``layer`` (1-based) and ``y`` the teacher's patch tokens of the real image on the same
+grid (see :mod:`speedrun.components.teachers`). The projector is REPA's MLP
+``Linear(h, P) - SiLU - Linear(P, P) - SiLU - Linear(P, D)`` (REPA and this harness use P = 2048,
+PRX 1024); it is trained with the denoiser and dropped at evaluation. Under token routing (TREAD)
+only the tokens still flowing at the hook are compared, each with the teacher token at its position.
+
+Limitation: the teacher needs real images, which the trainer passes only on pixel tracks; on latent
+tracks (prx-256) setup raises a SpeedrunError.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from speedrun.components.base import Component, ComponentContext, Params, TrainBatch
+from speedrun.components.teachers import Teacher, TeacherName, teacher_for
+from speedrun.errors import SpeedrunError
+from speedrun.state import StepState
+
+# PRX aligns block 8 of 16; a shallower denoiser gets the same relative depth.
+DEFAULT_LAYER_OF_16 = 8
+
+
+class AlignParams(Params):
+    """Parameters shared by REPA and iREPA."""
+
+    teacher: TeacherName = Field("dinov2-vitl14-reg", description="Frozen vision teacher (timm weights).")
+    layer: int | None = Field(
+        None,
+        ge=1,
+        description="1-based block whose output is aligned; None: block 8 of 16 scaled to the depth, round(depth/2).",
+    )
+    stop_step: int | None = Field(None, ge=0, description="No alignment loss from this step on; None: never stop.")
+    random_init_teacher: bool = Field(False, description="A small random-init teacher (tests, benchmarks only).")
+
+
+class REPAParams(AlignParams):
+    weight: float = Field(0.5, ge=0, description="lambda of the alignment loss.")
+    projector_dim: int = Field(2048, gt=0, description="Hidden width P of the projector MLP.")
+
+
+def resolve_layer(layer: int | None, depth: int, component: str) -> int:
+    """The 1-based block to align: ``layer`` checked against ``depth``, or the scaled default."""
+    if layer is None:
+        return max(1, math.floor(depth * DEFAULT_LAYER_OF_16 / 16 + 0.5))
+    if not 1 <= layer <= depth:
+        raise SpeedrunError(f"component '{component}': layer {layer} is outside the denoiser's blocks 1..{depth}")
+    return layer
+
+
+def gather_tokens(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """``x`` (B, N, D) at positions ``index`` (B, K) along the token axis; ``x`` itself when None."""
+    if index is None:
+        return x
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def negative_cosine(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``-mean(cos(pred, target))`` over every token of every sample, in float32."""
+    cos = (F.normalize(pred.float(), dim=-1) * F.normalize(target.float(), dim=-1)).sum(dim=-1)
+    return -cos.mean()
+
+
+class REPA(Component):
+    """Representation alignment (Yu et al. 2024) as PRX part 2 uses it."""
+
+    name = "repa"
+    Params = REPAParams
+    params: AlignParams
+
+    def setup(self, ctx: ComponentContext) -> None:
+        cfg = ctx.model.config
+        self.block = resolve_layer(self.params.layer, cfg.depth, self.name)
+        self.patch = cfg.patch_size
+        teacher = teacher_for(ctx, self.name, self.params.teacher, self.params.random_init_teacher)
+        self.teacher: Teacher = ctx.add_frozen(f"{self.name}-teacher", teacher)
+        self.grid = teacher.grid
+        self.weight = self.resolve_weight(ctx)
+        self.projector = ctx.add_trainable(self.name, self.build_projector(cfg.hidden_size, teacher.dim))
+
+    def resolve_weight(self, ctx: ComponentContext) -> float:
+        return self.params.weight
+
+    def build_projector(self, hidden: int, dim: int) -> nn.Module:
+        p = self.params.projector_dim
+        return nn.Sequential(nn.Linear(hidden, p), nn.SiLU(), nn.Linear(p, p), nn.SiLU(), nn.Linear(p, dim))
+
+    def project(self, tokens: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """Projected tokens ``(B, K, D)`` for the ``K`` tokens present (all, or those at ``index``)."""
+        return self.projector(tokens)
+
+    def targets(self, features: torch.Tensor) -> torch.Tensor:
+        """Teacher tokens ``(B, N, D)`` -> alignment targets over the full grid."""
+        return features.float()
+
+    def active(self, step: int) -> bool:
+        return self.params.stop_step is None or step < self.params.stop_step
+
+    def hooks(self):
+        def record(tokens: torch.Tensor, state: StepState) -> torch.Tensor:
+            if state.training and self.active(state.step):
+                state.records[self.name] = (tokens, state.token_index)
+            return tokens
+
+        return {self.block - 1: (None, record)}
+
+    def losses(self, batch: TrainBatch, prediction: torch.Tensor, state: StepState) -> dict[str, torch.Tensor]:
+        if not self.active(state.step):
+            return {}
+        if self.name not in state.records:
+            raise RuntimeError(f"component '{self.name}': its hook on block {self.block} did not run this step")
+        tokens, index = state.records.pop(self.name)
+        if batch.images_uint8 is None:
+            raise SpeedrunError(f"component '{self.name}': the batch carries no pixel images for the teacher")
+        rows, cols = batch.x0.shape[-2] // self.patch, batch.x0.shape[-1] // self.patch
+        if (rows, cols) != self.grid:
+            raise SpeedrunError(
+                f"component '{self.name}': the denoiser's token grid {rows}x{cols} differs from the teacher's "
+                f"{self.grid[0]}x{self.grid[1]} set up from the track"
+            )
+        target = gather_tokens(self.targets(self.teacher(batch.images_uint8)), index)
+        return {self.name: self.weight * negative_cosine(self.project(tokens, index), target)}

@@ -1,0 +1,80 @@
+"""x-prediction: the network outputs the clean sample; the loss is still taken on velocity.
+
+Same input and times as the track's rectified flow (``x_t = (1 - t) x0 + t noise``). The network's
+output is read as ``x0_hat``; its implied velocity ``v_hat = (x_t - x0_hat) / max(t, t_clamp)`` is
+compared with ``v = noise - x0`` by MSE (JiT-style; PRX part 3). The objective's ``prediction`` is
+``"x0"``: the trainer writes it into every checkpoint and the evaluator converts outputs with
+:func:`speedrun.flow.velocity_from_prediction`, so no submission code runs at evaluation.
+
+``t_clamp`` must equal the evaluator's clamp (0.05, the default of ``velocity_from_prediction``),
+because checkpoints record the prediction kind but not the clamp.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+
+from speedrun.components.base import Component, ComponentContext, Params
+from speedrun.flow import Objective, PredictionKind, interpolate, sample_timesteps, velocity_from_prediction, velocity_target
+from speedrun.tracks import TimestepSpec
+
+EVAL_T_CLAMP: float = inspect.signature(velocity_from_prediction).parameters["t_clamp"].default
+
+
+class XPredParams(Params):
+    t_clamp: float = Field(EVAL_T_CLAMP, gt=0, lt=1, description="Lower clamp of t in the x0 -> velocity conversion.")
+
+    @field_validator("t_clamp")
+    @classmethod
+    def _matches_evaluator(cls, v: float) -> float:
+        if v != EVAL_T_CLAMP:
+            raise ValueError(
+                f"the evaluator converts x0 predictions with t_clamp = {EVAL_T_CLAMP}; another value would train "
+                "one conversion and sample with another"
+            )
+        return v
+
+
+class XPredObjective(Objective):
+    """Predict ``x0``; MSE between ``(x_t - x0_hat) / max(t, t_clamp)`` and ``noise - x0``."""
+
+    prediction: PredictionKind = "x0"
+
+    def __init__(self, timestep_spec: TimestepSpec, t_clamp: float = EVAL_T_CLAMP) -> None:
+        self.timestep_spec = timestep_spec
+        self.t_clamp = t_clamp
+
+    def sample_t(self, n: int, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+        return sample_timesteps(n, self.timestep_spec, generator, device)
+
+    def input_and_target(
+        self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_t, v)``: the target is the velocity, the space the loss is taken in."""
+        return interpolate(x0, noise, t), velocity_target(x0, noise)
+
+    def velocity(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return velocity_from_prediction("x0", pred, x_t, t, self.t_clamp)
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(self.velocity(pred.float(), x_t.float(), t.float()), target.float())
+
+
+class XPrediction(Component):
+    """Replaces the objective with :class:`XPredObjective` on the track's timestep distribution."""
+
+    name = "xpred"
+    Params = XPredParams
+    params: XPredParams
+
+    def setup(self, ctx: ComponentContext) -> None:
+        self.timesteps: TimestepSpec = ctx.track.train.timesteps
+
+    def objective(self) -> Objective:
+        if not hasattr(self, "timesteps"):
+            raise RuntimeError("component 'xpred': objective() needs setup() first (it reads the track's timesteps)")
+        return XPredObjective(self.timesteps, self.params.t_clamp)
