@@ -14,8 +14,10 @@ new checkpoint, never a half-written one that looks complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ from speedrun.fileio import atomic_write_text, sha256_file
 
 COMPONENT_PREFIX = "components."
 FORMAT_VERSION = 1
+META_DIGEST = "meta_sha256"
+STEP_NAME = re.compile(r"step-\d{8}")
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -50,36 +54,67 @@ def save_checkpoint(
     """
     final = step_dir(root, step)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
-    component_keys = []
-    for name, head in heads.items():
-        for k, v in head.state_dict().items():
-            key = f"{COMPONENT_PREFIX}{name}.{k}"
-            tensors[key] = v.detach().contiguous().cpu()
-            component_keys.append(key)
-    save_file(tensors, str(tmp / "model.safetensors"))
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save(rng, tmp / "rng.pt")
-    files = {name: sha256_file(tmp / name) for name in ("model.safetensors", "optimizer.pt", "rng.pt")}
-    full_meta = {
-        **meta,
-        "format": FORMAT_VERSION,
-        "step": step,
-        "component_keys": sorted(component_keys),
-        "files": files,
-    }
-    atomic_write_text(tmp / "meta.json", json.dumps(full_meta, indent=2, sort_keys=True))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    # One process (rank 0) writes a run's checkpoints, so any temporary directory here is the
+    # leftover of a killed writer: never read, but as large as a checkpoint, so removed.
+    for stale in root.glob(".step-*.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
+        component_keys = []
+        for name, head in heads.items():
+            for k, v in head.state_dict().items():
+                key = f"{COMPONENT_PREFIX}{name}.{k}"
+                tensors[key] = v.detach().contiguous().cpu()
+                component_keys.append(key)
+        save_file(tensors, str(tmp / "model.safetensors"))
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        torch.save(rng, tmp / "rng.pt")
+        files = {name: sha256_file(tmp / name) for name in ("model.safetensors", "optimizer.pt", "rng.pt")}
+        full_meta = {
+            **meta,
+            "format": FORMAT_VERSION,
+            "step": step,
+            "component_keys": sorted(component_keys),
+            "files": files,
+        }
+        # meta.json hashes itself too: a flipped byte in the step or loader state is caught on read.
+        full_meta[META_DIGEST] = _meta_digest(full_meta)
+        atomic_write_text(tmp / "meta.json", json.dumps(full_meta, indent=2, sort_keys=True))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except (OSError, SpeedrunError) as exc:
+        # Disk full (or similar) mid-write: drop the partial copy; the previous checkpoint and
+        # ``latest`` were not touched, so the run resumes from there.
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = exc.__cause__ if isinstance(exc, SpeedrunError) else exc  # fileio wraps the OSError
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
+        raise SpeedrunError(
+            f"{final}: cannot write this checkpoint ({reason}); the partial copy was removed and "
+            f"{_previous(root)}: fix that (e.g. free disk space) and run the same command again"
+        ) from exc
     atomic_write_text(root / "latest", final.name + "\n")
     return final
+
+
+def _previous(root: Path) -> str:
+    """Words for the checkpoint a run would resume from now."""
+    try:
+        path = latest_checkpoint(root)
+    except SpeedrunError:
+        path = None
+    if path is None:
+        return "there is no earlier checkpoint, so the run will start over"
+    return f"the last good checkpoint {path} is intact and the run will resume from it"
+
+
+def _meta_digest(meta: dict[str, Any]) -> str:
+    body = {k: v for k, v in meta.items() if k != META_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def read_meta(path: Path, verify: bool = True) -> dict[str, Any]:
@@ -90,9 +125,14 @@ def read_meta(path: Path, verify: bool = True) -> dict[str, Any]:
     except FileNotFoundError:
         raise SpeedrunError(f"{path}: not a checkpoint (no meta.json)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SpeedrunError(f"{meta_path}: corrupted ({exc}); delete this checkpoint directory") from None
-    if not isinstance(meta, dict) or "files" not in meta:
-        raise SpeedrunError(f"{meta_path}: corrupted (no file list); delete this checkpoint directory")
+        raise SpeedrunError(f"{meta_path}: corrupted ({exc}); delete {path} to resume from an earlier checkpoint") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+        raise SpeedrunError(f"{meta_path}: corrupted (no file list); delete {path} to resume from an earlier checkpoint")
+    if META_DIGEST in meta and meta[META_DIGEST] != _meta_digest(meta):
+        raise SpeedrunError(
+            f"{meta_path}: corrupted (its content does not match its sha256); delete {path} to resume "
+            "from an earlier checkpoint"
+        )
     if verify:
         for name, digest in meta["files"].items():
             f = path / name
@@ -104,14 +144,25 @@ def read_meta(path: Path, verify: bool = True) -> dict[str, Any]:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The checkpoint ``latest`` points to, or None when there is none yet."""
+    """The checkpoint to resume from: the one ``latest`` points to, or None when there is none yet.
+
+    Without a usable pointer (a process killed between renaming a checkpoint into place and
+    updating ``latest``, or a corrupted checkpoint deleted as its error message advises) the newest
+    ``step-*`` directory is used: only complete checkpoints are ever renamed to that name, and each
+    is re-hashed when read.
+    """
     pointer = root / "latest"
-    if not pointer.is_file():
-        return None
-    path = root / pointer.read_text().strip()
-    if not path.is_dir():
-        raise SpeedrunError(f"{pointer}: points to {path.name}, which does not exist; delete {pointer} to start over")
-    return path
+    if pointer.is_file():
+        name = pointer.read_bytes().decode("utf-8", "replace").strip()
+        if not STEP_NAME.fullmatch(name):
+            raise SpeedrunError(
+                f"{pointer}: corrupted (it should name a step-NNNNNNNN directory); delete it to resume "
+                "from the newest checkpoint directory"
+            )
+        if (root / name).is_dir():
+            return root / name
+    steps = sorted(p for p in root.glob("step-*") if STEP_NAME.fullmatch(p.name) and p.is_dir())
+    return steps[-1] if steps else None
 
 
 def load_training_state(path: Path, device: torch.device) -> tuple[dict[str, torch.Tensor], dict, dict, dict]:
@@ -119,7 +170,8 @@ def load_training_state(path: Path, device: torch.device) -> tuple[dict[str, tor
     meta = read_meta(path)
     tensors = load_file(str(path / "model.safetensors"), device=str(device))
     optim_state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
-    rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=False)
+    # weights_only: a checkpoint directory copied from elsewhere cannot run code when resumed.
+    rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
     return tensors, optim_state, rng, meta
 
 

@@ -43,7 +43,17 @@ def setup(device: str | None = None) -> Dist:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and restart != "0":
+            # torchrun's agent keeps one store across restarts (--max-restarts), so a restarted
+            # group would read the dead attempt's keys (gloo peer addresses, NCCL ids) and fail to
+            # connect (cf. pytorch/pytorch#167288): give each attempt its own key prefix.
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False)
+            prefixed = dist.PrefixStore(f"speedrun-attempt-{restart}", store)
+            dist.init_process_group(backend=backend, store=prefixed, rank=rank, world_size=world_size)
+        else:
+            dist.init_process_group(backend=backend)
     return Dist(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
 
 

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from speedrun.errors import SpeedrunError
+
 HASH_CHUNK = 4 << 20  # bytes read at a time when hashing
 
 
@@ -33,13 +35,22 @@ def write_durably(path: Path, write: Callable[[BinaryIO], Any]) -> None:
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Readers see the old file or the whole new one: write a temporary file, then ``os.replace``."""
+    """Readers see the old file or the whole new one: write a temporary file, then ``os.replace``.
+
+    A failed write (disk full, permissions) removes the temporary file, leaves ``path`` as it was
+    and raises ``SpeedrunError`` naming the file: it is the user's to fix, not a harness bug.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_durably(tmp, write)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise SpeedrunError(
+            f"{path}: cannot write it ({exc.strerror or exc}); the file is unchanged: "
+            "fix that (e.g. free disk space) and run the command again"
+        ) from exc
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from speedrun.checkpoint import read_meta
 from speedrun.fileio import sha256_file
 from speedrun.errors import SpeedrunError
 from speedrun.paths import data_root, runs_root
@@ -98,7 +99,18 @@ def _evaluate(checkpoint: Path, track: Track, out: Path, o: RunOptions) -> dict:
     proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if proc.returncode != 0:
         raise SpeedrunError(f"evaluation of {checkpoint} failed (exit {proc.returncode}); see the message above")
-    return json.loads(out.read_text())
+    return _read_eval(out)
+
+
+def _read_eval(path: Path) -> dict:
+    """A metrics file ``speedrun eval`` wrote earlier for this run (written atomically)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SpeedrunError(f"{path}: unreadable or corrupted ({exc}); delete it to evaluate that checkpoint again") from None
+    if not isinstance(report, dict) or not {"step", "metrics", "samples"} <= report.keys():
+        raise SpeedrunError(f"{path}: not a metrics file of `speedrun eval`; delete it to evaluate that checkpoint again")
+    return report
 
 
 def run_one_seed(submission: Submission, track: Track, seed: int, o: RunOptions, console: Console) -> Path | None:
@@ -123,13 +135,21 @@ def run_one_seed(submission: Submission, track: Track, seed: int, o: RunOptions,
             ckpt = run_dir / "checkpoints" / name
             out = run_dir / "eval" / f"{name}.json"
             if out.exists():
-                evals.append(json.loads(out.read_text()))
-                continue
+                report = _read_eval(out)
+                # Reuse it only if it scored these very weights (not those of an earlier run that
+                # was started over with --no-resume in the same run directory).
+                if report.get("model_sha256") == read_meta(ckpt, verify=False)["files"].get("model.safetensors"):
+                    evals.append(report)
+                    continue
             console.print(f"seed {seed}: evaluating {name}")
             t0 = time.perf_counter()
             evals.append(_evaluate(ckpt, track, out, o))
             eval_s += time.perf_counter() - t0
     result = assemble_result(submission, track, seed, summary, evals, eval_s, time.perf_counter() - wall0, o)
+    # A results write killed midway leaves only a hidden temporary file (never read); remove it so
+    # it is not committed with the results.
+    for stale in results_path.parent.glob(f".{results_path.name}.tmp-*"):
+        stale.unlink(missing_ok=True)
     write_result(results_path, result)
     if evals and evals[-1].get("grid"):
         # The final sample grid travels with the results for the leaderboard page.

@@ -9,11 +9,15 @@ technique.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import math
+import os
 import platform
+import signal
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +150,57 @@ def median_speed(step_seconds: list[float]) -> float | None:
         windows = windows[1:]
     rates = [len(w) / sum(w) for w in windows if sum(w) > 0]
     return statistics.median(rates) if rates else None
+
+
+class TrainingInterrupted(SpeedrunError):
+    """SIGTERM/SIGINT stopped training at a step boundary, after writing a checkpoint."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopRequest:
+    """SIGTERM and SIGINT ask the trainer to stop at the end of the current step, with a checkpoint.
+
+    Handlers are installed only in the main thread. The first signal restores the previous
+    handlers, so a second Ctrl-C interrupts at once (KeyboardInterrupt). A signal that arrives when
+    the loop can no longer act on it (after the last step) is re-delivered on exit.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.handled = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
+        if self.signum is not None and not self.handled and exc[0] is None:
+            signal.raise_signal(self.signum)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
 
 
 class Trainer:
@@ -328,12 +383,48 @@ class Trainer:
                 val.text_mask.to(self.device),
                 timesteps=spec.timesteps,
                 seed=spec.seed,
+                batch_size=self.local_batch,  # memory as in a training step; the value does not depend on it
             )
         self.model.train()
         return result
 
     # ---------------------------------------------------------------- the run
     def run(self) -> TrainSummary:
+        """Train to the budget (or ``stop_after``), resuming from the last checkpoint if asked.
+
+        Stops early with status ``diverged`` on a non-finite loss or gradient norm, and with status
+        ``interrupted`` (checkpoint written, ``stop_signal`` set) on SIGTERM/SIGINT. Out of memory
+        and a full disk become a ``SpeedrunError`` naming the checkpoint the run can resume from.
+        """
+        self.stop_signal: int | None = None
+        try:
+            with StopRequest() as self._stop:
+                return self._run()
+        except torch.OutOfMemoryError as exc:
+            first = (str(exc).strip().splitlines() or ["out of memory"])[0][:300]
+            raise SpeedrunError(
+                f"out of memory on {self.device} at the track's global batch {self.track.train.global_batch} "
+                f"({self.local_batch} per process): {first}. The batch is fixed by the track: spread it over more "
+                f"processes (--nproc) or use a device with more memory; {self._resume_words()}"
+            ) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise SpeedrunError(
+                f"{exc.filename or self.run_dir}: cannot write ({exc.strerror}); free disk space, then "
+                f"{self._resume_words()}"
+            ) from None
+
+    def _resume_words(self) -> str:
+        try:
+            ckpt = latest_checkpoint(self.ckpt_dir) if self.opt.resume else None
+        except SpeedrunError:
+            ckpt = None
+        if ckpt is None:
+            return "run the same command again (no checkpoint yet: it starts over)"
+        return f"run the same command again to resume from the last good checkpoint {ckpt}"
+
+    def _run(self) -> TrainSummary:
         track, d = self.track, self.dist
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.run_dir / "train.jsonl"
@@ -346,6 +437,7 @@ class Trainer:
         )
         start_step, clock_offset, val_curve, eval_ckpts, times = 0, 0.0, [], [], {}
         resumed_from = None
+        self._resume_log_bytes: int | None = None
         ckpt = latest_checkpoint(self.ckpt_dir) if self.opt.resume else None
         warmup_seconds = 0.0
         if ckpt is None:
@@ -356,6 +448,12 @@ class Trainer:
         self.model.train()
         clock = Clock(self.device, offset=clock_offset)
         mode = "a" if resumed_from else "w"
+        if resumed_from and d.is_main and log_path.is_file() and self._resume_log_bytes is not None:
+            # Lines written after the checkpoint (possibly cut mid-line by a kill) describe steps
+            # that are about to be re-run: drop them so the log reads as one uninterrupted run.
+            with open(log_path, "r+b") as f:
+                if f.seek(0, os.SEEK_END) > self._resume_log_bytes:
+                    f.truncate(self._resume_log_bytes)
         log = open(log_path, mode) if d.is_main else None
         if log is not None:
             header = {
@@ -395,7 +493,11 @@ class Trainer:
                 batch = next(it)
                 t_data = clock.elapsed
                 total, terms, grad_norm = self._step(step, batch, gen)
-                loss_value = float(distributed.all_reduce_mean(total, d))
+                # One all-reduce carries the loss and "a stop signal arrived here", so every rank
+                # agrees on the step after which it stops (signals reach ranks at different times).
+                flag = torch.tensor(float(self._stop.requested), device=total.device)
+                reduced = distributed.all_reduce_mean(torch.stack([total.float(), flag]), d)
+                loss_value, stopping = float(reduced[0]), bool(reduced[1] > 0)
                 gn = float(grad_norm)
                 if not (math.isfinite(loss_value) and math.isfinite(gn)):
                     status, diverged_at = "diverged", step
@@ -433,7 +535,7 @@ class Trainer:
                 if track.train.max_seconds is not None and clock.elapsed >= track.train.max_seconds:
                     end = done
                 is_eval = done % track.eval.interval == 0 or done == track.train.steps
-                if done % track.train.checkpoint_every == 0 or is_eval or done == end:
+                if done % track.train.checkpoint_every == 0 or is_eval or done == end or stopping:
                     with Paused(clock):
                         c0 = time.perf_counter()
                         times = {
@@ -445,11 +547,23 @@ class Trainer:
                         }
                         if is_eval:
                             eval_ckpts.append(f"step-{done:08d}")
-                        self._checkpoint(done, clock.elapsed, loader, gen, val_curve, eval_ckpts, times, warmup_seconds)
-                        ckpt_seconds += time.perf_counter() - c0
+                        log_bytes = None
                         if log is not None:
+                            # The log as of this checkpoint; a resume truncates it back to here.
                             log.flush()
+                            log_bytes = os.fstat(log.fileno()).st_size
+                        self._checkpoint(
+                            done, clock.elapsed, loader, gen, val_curve, eval_ckpts, times, warmup_seconds,
+                            log_bytes=log_bytes,
+                        )
+                        ckpt_seconds += time.perf_counter() - c0
                 progress(done, loss_value, median_speed(step_seconds[-SPEED_WINDOW:]))
+                if stopping:
+                    self._stop.handled = True
+                    self.stop_signal = self._stop.signum or signal.SIGTERM  # another rank's signal
+                    status = "interrupted"
+                    reason = f"stopped by {signal.Signals(self.stop_signal).name} after {done} steps"
+                    break
                 if done >= end:
                     break
         finally:
@@ -508,7 +622,7 @@ class Trainer:
         gen.set_state(gen_state)
         return time.perf_counter() - t0
 
-    def _checkpoint(self, step, clock_s, loader, gen, val_curve, eval_ckpts, times, warmup_seconds) -> None:
+    def _checkpoint(self, step, clock_s, loader, gen, val_curve, eval_ckpts, times, warmup_seconds, log_bytes=None) -> None:
         model_state, optim_state = self._model_state(), self._optim_state()
         if not self.dist.is_main:
             distributed.barrier(self.dist)
@@ -530,6 +644,7 @@ class Trainer:
             "val_loss_curve": val_curve,
             "eval_checkpoints": eval_ckpts,
             "times": times,
+            "log_bytes": log_bytes,
         }
         save_checkpoint(self.ckpt_dir, step, model_state, self.heads, optim_state, meta, rng)
         distributed.barrier(self.dist)
@@ -552,6 +667,7 @@ class Trainer:
             head.load_state_dict(head_sds.get(name, {}), strict=True)
         self._load_optim_state(optim_state)
         step = int(meta["step"])
+        self._resume_log_bytes = meta.get("log_bytes")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.track.optim.warmup_steps), last_epoch=step - 1
         )

@@ -58,7 +58,7 @@ def train_seed(
     from speedrun import distributed
     from speedrun.data.source import TrainData
     from speedrun.paths import data_root
-    from speedrun.train import Trainer, TrainOptions
+    from speedrun.train import Trainer, TrainingInterrupted, TrainOptions
 
     data = TrainData.open(track, data_root(data_dir))
     components = build_components(submission)
@@ -73,10 +73,38 @@ def train_seed(
     }
     trainer = Trainer(track, data, components, options, log_header=header)
     summary = trainer.run().to_json()
+    if summary["status"] == "interrupted":
+        # Not a result: no summary file, so `speedrun run` never evaluates or records this seed.
+        distributed.teardown()
+        raise TrainingInterrupted(
+            f"training of seed {seed} {summary['reason']}; checkpoint step-{summary['steps']:08d} is in "
+            f"{run_dir / 'checkpoints'}. `{resume_command(submission, track, seed, run_dir, data_dir, trainer.dist.world_size)}` "
+            "resumes it",
+            trainer.stop_signal,
+        )
     if trainer.dist.is_main:
         atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2))
     distributed.teardown()
     return summary
+
+
+def resume_command(
+    submission: Submission, track: Track, seed: int, run_dir: Path, data_dir: Path | None, world_size: int
+) -> str:
+    """The ``speedrun run`` command line that continues this seed from its last checkpoint."""
+    from shlex import quote
+
+    from speedrun.paths import runs_root
+
+    cmd = f"speedrun run {quote(str(submission.path))} --track {track.id} --seed {seed}"
+    runs = run_dir.parents[2] if len(run_dir.parents) > 2 else run_dir
+    if runs.resolve() != runs_root().resolve():
+        cmd += f" --runs-dir {quote(str(runs))}"
+    if data_dir is not None:
+        cmd += f" --data-dir {quote(str(data_dir))}"
+    if world_size > 1:
+        cmd += f" --nproc {world_size}"
+    return cmd
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-after", type=int, default=None)
     parser.add_argument("--parallel", choices=["auto", "ddp", "fsdp"], default="auto")
     args = parser.parse_args(argv)
+    from speedrun.train import TrainingInterrupted
+
     try:
         sub = load_submission(args.submission)
         train_seed(
@@ -106,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             stop_after=args.stop_after,
             parallel=args.parallel,
         )
+    except TrainingInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 128 + exc.signum  # the shell's convention for "ended by this signal"
     except SpeedrunError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

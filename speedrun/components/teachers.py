@@ -142,8 +142,8 @@ def weights_file(spec: TeacherSpec) -> Path:
         local = Path(base) / spec.timm_name / WEIGHTS_FILE
         if local.is_file():
             return local
-    from huggingface_hub import hf_hub_download  # noqa: PLC0415 (hub client only when needed)
-    from huggingface_hub.errors import HfHubHTTPError  # noqa: PLC0415
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
 
     try:
         return Path(hf_hub_download(spec.hub_id, WEIGHTS_FILE, revision=spec.revision))
@@ -164,14 +164,12 @@ def build_network(
 ) -> nn.Module:
     """The timm network for ``input_size`` pixels, from ``weights`` (position embeddings resampled by
     timm when the size differs from pretraining) or random-init when ``weights`` is None."""
-    import timm  # noqa: PLC0415 (heavy; only teachers need it)
+    import timm
 
     kwargs: dict[str, Any] = {"num_classes": 0, "img_size": input_size, **(arch or {})}
     if weights is None:
         return timm.create_model(spec.timm_name, pretrained=False, **kwargs)
-    return timm.create_model(
-        spec.timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, **kwargs
-    )
+    return timm.create_model(spec.timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, **kwargs)
 
 
 def load_teacher(name: str, grid: tuple[int, int], *, random_init: bool = False) -> Teacher:

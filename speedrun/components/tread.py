@@ -100,7 +100,8 @@ class TREAD(Component):
         if index is None or index.shape != tokens.shape[:2]:
             raise SpeedrunError("component 'tread': the routed token set changed inside the span")
         state.token_index = None
-        return full.scatter(1, index[..., None].expand(-1, -1, tokens.shape[-1]), tokens)
+        # Under autocast the stream's dtype may differ before and after the span; keep the later one.
+        return full.to(tokens.dtype).scatter(1, index[..., None].expand(-1, -1, tokens.shape[-1]), tokens)
 
     def hooks(self):
         first, last = self.start - 1, self.end - 1

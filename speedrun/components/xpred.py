@@ -19,7 +19,14 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from speedrun.components.base import Component, ComponentContext, Params
-from speedrun.flow import Objective, PredictionKind, interpolate, sample_timesteps, velocity_from_prediction, velocity_target
+from speedrun.flow import (
+    Objective,
+    PredictionKind,
+    interpolate,
+    sample_timesteps,
+    velocity_from_prediction,
+    velocity_target,
+)
 from speedrun.tracks import TimestepSpec
 
 EVAL_T_CLAMP: float = inspect.signature(velocity_from_prediction).parameters["t_clamp"].default

@@ -1,0 +1,68 @@
+"""The shipped submissions: they validate, train on the smoke track offline, and one runs end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from speedrun.checkpoint import load_denoiser_strict
+from speedrun.model import build_model
+from speedrun.results import load_result
+from speedrun.run import RunOptions, run_submission
+from speedrun.submission import load_submission
+from speedrun.worker import build_components, train_seed
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = ["repa-dinov2", "repa-dinov3", "irepa-dinov2", "tread", "contrastive-fm", "xpred", "custom-example"]
+HEADS = {
+    "repa-dinov2": {"repa"},
+    "repa-dinov3": {"repa"},
+    "irepa-dinov2": {"irepa"},
+    "custom-example": {"deep_supervision"},
+}
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_submission_validates_and_trains_on_smoke(name, smoke_data_root, tmp_path):
+    """What ``speedrun run`` trains, cut to 1 timed step (after the track's 2 untimed warmup steps)."""
+    sub = load_submission(REPO / "submissions" / name)
+    assert "smoke" in sub.manifest.tracks
+    assert [c.name for c in build_components(sub)] == [c.name for c in sub.manifest.components]
+    summary = train_seed(
+        sub,
+        sub.track("smoke"),
+        0,
+        tmp_path / "run",
+        data_dir=smoke_data_root,
+        device="cpu",
+        progress=False,
+        stop_after=1,
+    )
+    assert summary["status"] == "ok" and summary["steps"] == 1
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000001"
+    meta = load_denoiser_strict(ckpt, build_model("smoke", text_dim=meta_text_dim(ckpt)))
+    assert {k.split(".")[1] for k in meta["component_keys"]} == HEADS.get(name, set())
+    assert meta["prediction"] == ("x0" if name == "xpred" else "velocity")
+
+
+def meta_text_dim(ckpt: Path) -> int:
+    return json.loads((ckpt / "meta.json").read_text())["text_dim"]
+
+
+@pytest.mark.slow
+def test_speedrun_run_end_to_end_offline(smoke_data_root, tmp_path):
+    """``speedrun run submissions/xpred --track smoke``: train, evaluate in a separate process
+    (converting x0 predictions without submission code), write a valid results file."""
+    folder = tmp_path / "xpred"
+    shutil.copytree(REPO / "submissions" / "xpred", folder)  # results/ is written beside the manifest
+    options = RunOptions(
+        track="smoke", data_dir=smoke_data_root, runs_dir=tmp_path / "runs", device="cpu", progress=False
+    )
+    [path] = run_submission(folder, options, Console(quiet=True))
+    result = load_result(path)
+    assert result.status == "ok" and result.steps == 20 and result.submission == "xpred"
+    assert result.metrics["val_loss"] is not None and result.metrics["fid"] is not None

@@ -1,0 +1,145 @@
+"""Process death: SIGKILL at every stage of `speedrun run`, SIGTERM/SIGINT, then resume to the same numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import sys
+
+from fault_helpers import (
+    copy_submission,
+    log_rows,
+    run,
+    small_track,
+    speedrun_run_cmd,
+    stable,
+    subprocess_env,
+    train_in_process,
+)
+
+from speedrun.checkpoint import latest_checkpoint, read_meta
+from speedrun.components import Component
+from speedrun.results import load_result
+
+KILLED = -signal.SIGKILL
+
+
+def test_sigkill_at_every_stage_then_resume_matches_uninterrupted(reference_run, smoke_data_root, fault_cache, tmp_path):
+    """One seed of `speedrun run` (CPU, smoke), stopped seven times, ends identical to an uninterrupted run.
+
+    SIGTERM inside step 3 (graceful: checkpoint step 4, message with the resume command, which is
+    then used verbatim), SIGKILL inside step 6, SIGKILL with checkpoint 10 half written, SIGKILL
+    between renaming checkpoint 20 into place and moving ``latest``, SIGKILL of the evaluator
+    while it samples, SIGKILL with the results file half written; the last run completes.
+    """
+    sub = copy_submission(tmp_path)
+    runs = tmp_path / "runs"
+    run_dir = runs / "baseline" / "smoke" / "seed0"
+    ckpts = run_dir / "checkpoints"
+    results = sub / "results" / "smoke" / "seed0.json"
+    cmd = speedrun_run_cmd(sub, runs, smoke_data_root)
+
+    def attempt(fault: str | None, command: list[str] = cmd):
+        proc = run(command, subprocess_env(fault_cache, fault))
+        return proc, proc.stdout + proc.stderr
+
+    # SIGTERM inside step 3: the step ends, checkpoint 4 is written, the message says how to resume.
+    proc, out = attempt("sigterm-step:3")
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out and "stopped by SIGTERM after 4 steps" in out, out
+    assert latest_checkpoint(ckpts).name == "step-00000004" and not results.exists()
+    hint = re.search(r"`(speedrun run [^`]+)`", out).group(1)
+    resume_cmd = [sys.executable, "-m", "speedrun.cli", *shlex.split(hint)[1:], "--device", "cpu"]
+    assert f"--runs-dir {runs}" in hint and "--seed 0" in hint and "--track smoke" in hint
+
+    # SIGKILL inside step 6 (after backward, before the optimizer step), resuming from checkpoint 4.
+    proc, out = attempt("kill-step:6", resume_cmd)
+    assert proc.returncode == KILLED, out
+    assert latest_checkpoint(ckpts).name == "step-00000004"
+
+    # SIGKILL while checkpoint 10 is written: only a hidden, half-written temporary directory.
+    proc, out = attempt("kill-ckpt:10")
+    assert proc.returncode == KILLED, out
+    assert [p.name for p in ckpts.glob(".step-00000010.tmp-*")] and not (ckpts / "step-00000010").exists()
+    assert latest_checkpoint(ckpts).name == "step-00000004"
+
+    # SIGKILL after checkpoint 20 is in place but before `latest` moves: resume from 10 (re-doing 10-20).
+    proc, out = attempt("kill-latest:20")
+    assert proc.returncode == KILLED, out
+    assert (ckpts / "latest").read_text().strip() == "step-00000010" and (ckpts / "step-00000020").is_dir()
+    assert not list(ckpts.glob(".step-*.tmp-*")), "the killed writer's temporary directory is cleaned up"
+
+    # SIGKILL of the `speedrun eval` child mid-sampling: the parent reports it, nothing is recorded.
+    proc, out = attempt("kill-eval:20")
+    assert proc.returncode == 2 and "evaluation of" in out and "Traceback" not in out, out
+    assert not (run_dir / "eval" / "step-00000020.json").exists() and not results.exists()
+
+    # SIGKILL with half of the results file written: only a hidden temporary file exists.
+    proc, out = attempt("kill-results:0")
+    assert proc.returncode == KILLED, out
+    assert not results.exists() and list(results.parent.glob(".seed0.json.tmp-*"))
+
+    # The last run resumes and completes.
+    proc, out = attempt(None)
+    assert proc.returncode == 0, out
+    assert not list(results.parent.glob(".*")), "no temporary file left beside the results"
+    for ckpt in ckpts.glob("step-*"):
+        read_meta(ckpt)  # every checkpoint directory is complete and verifies
+    load_result(results)
+    assert stable(results) == stable(reference_run["results"])
+    assert log_rows(run_dir) == log_rows(reference_run["run_dir"])
+    # Running again is a no-op: the finished seed is skipped, its results untouched.
+    before = results.read_bytes()
+    proc, out = attempt(None)
+    assert proc.returncode == 0 and "already finished" in out, out
+    assert results.read_bytes() == before
+
+
+class RaiseSignal(Component):
+    """Test-only: delivers ``signum`` to this process inside training step ``at``."""
+
+    name = "test-raise-signal"
+
+    def __init__(self, signum: int, at: int) -> None:
+        self.signum, self.at = signum, at
+
+    def losses(self, batch, prediction, state):
+        if state.step == self.at:
+            signal.raise_signal(self.signum)
+        return {}
+
+
+def test_sigint_checkpoints_at_end_of_step_and_resumes_exactly(smoke_data_root, small_reference, tmp_path):
+    """Ctrl-C inside step 2: the step finishes, a checkpoint of 3 steps is written, status interrupted;
+    resuming gives the uninterrupted losses. The test process's own SIGINT handler is restored."""
+    before = signal.getsignal(signal.SIGINT)
+    track = small_track()
+    run_dir = tmp_path / "run"
+    trainer, summary = train_in_process(track, smoke_data_root, run_dir, components=[RaiseSignal(signal.SIGINT, 2)])
+    assert summary.status == "interrupted" and summary.steps == 3
+    assert trainer.stop_signal == signal.SIGINT and "stopped by SIGINT after 3 steps" in summary.reason
+    assert latest_checkpoint(run_dir / "checkpoints").name == "step-00000003"
+    assert signal.getsignal(signal.SIGINT) is before
+    _, rest = train_in_process(track, smoke_data_root, run_dir)
+    assert rest.status == "ok" and rest.steps == 6
+    assert log_rows(run_dir) == log_rows(small_reference)
+
+
+def test_sigterm_in_worker_exits_143_with_resume_command(smoke_data_root, fault_cache, tmp_path):
+    """`python -m speedrun.worker` (what torchrun runs) stops on SIGTERM with exit 128+15 and no summary."""
+    sub = copy_submission(tmp_path)
+    run_dir = tmp_path / "runs" / "baseline" / "smoke" / "seed0"
+    cmd = [sys.executable, "-m", "speedrun.worker", str(sub), "--track", "smoke", "--seed", "0", "--device", "cpu",
+           "--run-dir", str(run_dir), "--data-dir", str(smoke_data_root), "--no-progress", "--stop-after", "4"]
+    proc = run(cmd, subprocess_env(fault_cache, "sigterm-step:1"))
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert "interrupted: training of seed 0 stopped by SIGTERM after 2 steps" in proc.stderr
+    assert f"speedrun run {sub} --track smoke --seed 0 --runs-dir {tmp_path / 'runs'}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (run_dir / "train_summary.json").exists()
+    meta = read_meta(latest_checkpoint(run_dir / "checkpoints"))
+    assert meta["step"] == 2
+    rows = [json.loads(x) for x in (run_dir / "train.jsonl").read_text().splitlines()]
+    assert rows[-1]["event"] == "end" and rows[-1]["status"] == "interrupted"

@@ -1,0 +1,161 @@
+"""Resource limits: a full disk mid-write and out-of-memory at the track's batch give one clear message,
+keep the last good checkpoint intact, and the run resumes to the uninterrupted numbers."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+
+import pytest
+import torch
+from fault_helpers import (
+    POISON,
+    copy_submission,
+    log_rows,
+    small_track,
+    snapshot,
+    train_in_process,
+    write_submission,
+)
+from typer.testing import CliRunner
+
+import speedrun.checkpoint
+import speedrun.fileio
+from speedrun.checkpoint import latest_checkpoint, read_meta
+from speedrun.cli import app
+from speedrun.errors import SpeedrunError
+from speedrun.model import PRXDenoiser
+
+ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def half_then_full(write):
+    """Wrap a writer ``write(obj, path)`` so it writes half the bytes to ``path`` then fails with ENOSPC."""
+
+    def failing(obj, path, *args, **kwargs):
+        write(obj, path, *args, **kwargs)
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    return failing
+
+
+def failing_from_step(monkeypatch, target: str, step: int) -> None:
+    """Make one checkpoint writer fail with ENOSPC for checkpoints from ``step`` on."""
+    marker = f"step-{step:08d}"
+
+    def applies(path) -> bool:
+        return marker in str(path)
+
+    if target == "model":
+        real = speedrun.checkpoint.save_file
+        fail = half_then_full(real)
+        monkeypatch.setattr(speedrun.checkpoint, "save_file", lambda t, p, *a, **k: (fail if applies(p) else real)(t, p, *a, **k))
+    elif target == "optimizer":
+        real = torch.save
+        fail = half_then_full(real)
+        monkeypatch.setattr(torch, "save", lambda o, p, *a, **k: (fail if applies(p) else real)(o, p, *a, **k))
+    else:  # meta.json, through the atomic write helper
+        real = speedrun.fileio.write_durably
+
+        def write_durably(path, write):
+            if applies(path) and "meta.json" in str(path):
+                buffer = io.BytesIO()
+                write(buffer)
+                path.write_bytes(buffer.getvalue()[:10])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            return real(path, write)
+
+        monkeypatch.setattr(speedrun.fileio, "write_durably", write_durably)
+
+
+@pytest.mark.parametrize("target", ["model", "optimizer", "meta"])
+def test_disk_full_while_checkpointing_keeps_last_good_and_resumes(smoke_data_root, small_reference, tmp_path,
+                                                                   monkeypatch, target):
+    track = small_track()
+    run_dir = tmp_path / "run"
+    ckpts = run_dir / "checkpoints"
+    with monkeypatch.context() as m:
+        failing_from_step(m, target, 4)
+        with pytest.raises(SpeedrunError) as err:
+            train_in_process(track, smoke_data_root, run_dir)
+    text = str(err.value)
+    assert "No space left on device" in text and str(ckpts / "step-00000004") in text, text
+    assert f"the last good checkpoint {ckpts / 'step-00000002'} is intact" in text, text
+    assert not list(ckpts.glob(".*")) and not (ckpts / "step-00000004").exists(), "partial checkpoint removed"
+    assert latest_checkpoint(ckpts).name == "step-00000002"
+    read_meta(ckpts / "step-00000002")  # every file still matches its hash
+    _, summary = train_in_process(track, smoke_data_root, run_dir)
+    assert summary.status == "ok" and log_rows(run_dir) == log_rows(small_reference)
+
+
+def test_disk_full_while_writing_results_via_cli(smoke_data_root, tmp_path, monkeypatch):
+    """`speedrun run`: the results write fails (ENOSPC, half written): exit 2, one line, no file, no
+    temporary left; the same command afterwards writes it."""
+    sub = write_submission(tmp_path, "poison", [{"name": "poison"}], POISON)  # diverges: no evaluation
+    results = sub / "results" / "smoke" / "seed0.json"
+    args = ["run", str(sub), "--device", "cpu", "--data-dir", str(smoke_data_root), "--runs-dir", str(tmp_path / "runs")]
+    real = speedrun.fileio.write_durably
+
+    def write_durably(path, write):
+        if path.name.startswith(".seed0.json.tmp-"):
+            buffer = io.BytesIO()
+            write(buffer)
+            path.write_bytes(buffer.getvalue()[:100])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, write)
+
+    with monkeypatch.context() as m:
+        m.setattr(speedrun.fileio, "write_durably", write_durably)
+        failed = CliRunner().invoke(app, args)
+    assert failed.exit_code == 2 and isinstance(failed.exception, SystemExit), failed.output
+    assert "Traceback" not in failed.output
+    assert f"{results}: cannot write it (No space left on device); the file is unchanged" in failed.output
+    assert not results.parent.exists() or not list(results.parent.iterdir())
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert results.is_file()
+
+
+def oom_from_step(monkeypatch, step: int) -> None:
+    real = PRXDenoiser.forward
+
+    def forward(self, *args, state=None, **kwargs):
+        if state is not None and state.training and state.step >= step:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(self, *args, state=state, **kwargs)
+
+    monkeypatch.setattr(PRXDenoiser, "forward", forward)
+
+
+def test_out_of_memory_keeps_last_checkpoint_and_resumes(smoke_data_root, small_reference, tmp_path, monkeypatch):
+    track = small_track()
+    run_dir = tmp_path / "run"
+    ckpts = run_dir / "checkpoints"
+    with monkeypatch.context() as m:
+        oom_from_step(m, 3)
+        with pytest.raises(SpeedrunError) as err:
+            train_in_process(track, smoke_data_root, run_dir)
+    text = str(err.value)
+    assert "out of memory on cpu at the track's global batch 8 (8 per process)" in text, text
+    assert "Tried to allocate 20.00 GiB" in text and "--nproc" in text
+    assert f"resume from the last good checkpoint {ckpts / 'step-00000002'}" in text, text
+    before = snapshot(ckpts)
+    _, summary = train_in_process(track, smoke_data_root, run_dir)
+    assert summary.status == "ok" and log_rows(run_dir) == log_rows(small_reference)
+    assert {k: v for k, v in snapshot(ckpts).items() if k.startswith("step-00000002/")} == {
+        k: v for k, v in before.items() if k.startswith("step-00000002/")
+    }
+
+
+def test_out_of_memory_via_cli_is_one_message(smoke_data_root, tmp_path, monkeypatch):
+    sub = copy_submission(tmp_path)
+    oom_from_step(monkeypatch, 0)
+    result = CliRunner().invoke(app, ["run", str(sub), "--track", "smoke", "--device", "cpu",
+                                      "--data-dir", str(smoke_data_root), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "error: out of memory on cpu" in result.output and "Traceback" not in result.output
+    assert "no checkpoint yet" in result.output
+    assert not (sub / "results").exists()

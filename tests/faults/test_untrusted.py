@@ -1,0 +1,309 @@
+"""Untrusted entries: validate, verify and leaderboard run no submission code, manifests cannot reach
+outside the repository, oversized or deeply nested input is refused fast, and any input ends in
+success or one clear SpeedrunError, never another exception or a CLI traceback."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from fault_helpers import make_result, tmp_repo, write_submission
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rich.console import Console
+from typer.testing import CliRunner
+
+from speedrun.cli import app
+from speedrun.errors import SpeedrunError
+from speedrun.leaderboard import leaderboard_command
+from speedrun.results import load_result, write_result
+from speedrun.submission import load_submission
+from speedrun.tracks import load_track
+from speedrun.verify import verify_paths
+
+HYPOTHESIS = settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+BASE = {"name": "x", "authors": ["a"], "tracks": ["smoke"], "description": "d"}
+
+
+def toml_key(key: str) -> str:
+    return json.dumps(key, ensure_ascii=False)  # a TOML basic string is a valid quoted key
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (int, float, str)):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+
+
+def toml_document(doc: dict) -> str:
+    return "".join(f"{toml_key(k)} = {toml_value(v)}\n" for k, v in doc.items())
+
+
+def marker_code(marker) -> str:
+    return f'''
+from pathlib import Path
+
+Path({str(marker)!r}).write_text("submission code ran")
+
+from speedrun.components import Component
+
+
+class Evil(Component):
+    name = "evil"
+'''
+
+
+def test_validate_verify_leaderboard_never_import_components_py(tmp_path):
+    repo = tmp_repo(tmp_path / "repo")
+    marker = tmp_path / "marker"
+    sub = write_submission(repo / "submissions", "evil", [{"name": "evil"}], marker_code(marker))
+    write_result(sub / "results" / "smoke" / "seed0.json", make_result("evil"))
+    assert load_submission(sub).manifest.components[0].name == "evil"
+    runner = CliRunner()
+    assert runner.invoke(app, ["validate", str(sub)]).exit_code == 0
+    verify_paths([sub], repo_root=repo, info=lambda _: None)
+    runner.invoke(app, ["verify", str(sub), "--json"])
+    leaderboard_command(console=Console(file=open(os.devnull, "w")), repo_root=repo)
+    leaderboard_command(html=tmp_path / "html", console=Console(file=open(os.devnull, "w")), repo_root=repo)
+    assert not marker.exists(), "a command imported the submission's components.py"
+    assert not any("evil" in name for name in sys.modules)
+
+
+def manifest_text(**fields) -> str:
+    return toml_document({**BASE, **fields})
+
+
+ESCAPES = {
+    "name with ..": ({"name": "../../etc"}, "field 'name'"),
+    "absolute name": ({"name": "/etc/passwd"}, "field 'name'"),
+    "track with ..": ({"tracks": ["../../../etc/passwd"]}, "field 'tracks'"),
+    "absolute track": ({"tracks": ["/etc/passwd"]}, "field 'tracks'"),
+    "track with NUL": ({"tracks": ["smoke\u0000"]}, "field 'tracks'"),
+    "component with ..": ({"components": [{"name": "../../speedrun/train"}]}, "field 'components.0.name'"),
+    "override path": ({"overrides": {"../../etc": 1}}, "field 'overrides'"),
+}
+
+
+@pytest.mark.parametrize("label", list(ESCAPES))
+def test_manifest_strings_cannot_escape(tmp_path, label):
+    fields, where = ESCAPES[label]
+    folder = tmp_path / "x"
+    folder.mkdir()
+    (folder / "submission.toml").write_text(manifest_text(**fields))
+    with pytest.raises(SpeedrunError) as err:
+        load_submission(folder)
+    assert where in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("link", ["components.py", "submission.toml", "results", "data/secret"])
+def test_symlinks_out_of_the_submission_are_refused(tmp_path, link):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "file").write_text("x = 1\n")
+    folder = tmp_path / "x"
+    folder.mkdir()
+    if link != "submission.toml":
+        (folder / "submission.toml").write_text(manifest_text())
+    target = outside if link == "results" else outside / "file"
+    (folder / link).parent.mkdir(parents=True, exist_ok=True)
+    (folder / link).symlink_to(target)
+    with pytest.raises(SpeedrunError, match="symlink points outside the submission folder"):
+        load_submission(folder)
+
+
+@pytest.mark.parametrize("track", ["../smoke", "/etc/passwd", "smoke/../../x", "SMOKE", "smoke\n"])
+def test_track_ids_cannot_name_files_outside_tracks(track):
+    with pytest.raises(SpeedrunError, match="not a valid track id"):
+        load_track(track)
+
+
+def timed_refusal(tmp_path, text: str, match: str) -> float:
+    folder = tmp_path / "x"
+    folder.mkdir(exist_ok=True)
+    (folder / "submission.toml").write_text(text)
+    t0 = time.perf_counter()
+    with pytest.raises(SpeedrunError, match=match):
+        load_submission(folder)
+    return time.perf_counter() - t0
+
+
+def test_huge_manifest_refused_fast(tmp_path):
+    text = manifest_text() + "padding = '" + "a" * 1_100_000 + "'\n"
+    assert timed_refusal(tmp_path, text, "too large") < 1.0
+
+
+@pytest.mark.parametrize(
+    "nesting",
+    [
+        "description = " + "[" * 100_000 + "]" * 100_000,
+        "[overrides]\nx = " + "{a = " * 50_000 + "1" + "}" * 50_000,
+        "[overrides]\n" + "x" + ".a" * 2_000 + " = 1",
+        "[[components]]\nname = 'repa'\nparams = " + "[" * 50_000 + "]" * 50_000,
+    ],
+    ids=["arrays", "inline tables", "dotted keys", "component params"],
+)
+def test_deeply_nested_manifest_refused_fast(tmp_path, nesting):
+    text = manifest_text() + nesting + "\n"
+    assert timed_refusal(tmp_path, text, "nested too deeply|nest deeper than") < 1.0
+
+
+# ---------------------------------------------------------------- known gaps (outside this issue's files)
+def _read_toml_in_subprocess(tmp_path, text: str) -> subprocess.CompletedProcess:
+    """read_toml under a 1 GB address-space limit and a 5 s timeout (the bug below eats memory and time)."""
+    path = tmp_path / "submission.toml"
+    path.write_text(text)
+    code = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30));"
+        "from speedrun.tracks import read_toml; from speedrun.errors import SpeedrunError\n"
+        f"try:\n    read_toml(__import__('pathlib').Path({str(path)!r}))\n"
+        "except SpeedrunError as e:\n    print('SpeedrunError', e); sys.exit(0)\n"
+        "print('parsed'); sys.exit(3)"
+    )
+    try:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=5)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess([], 124, "", "timed out")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "speedrun.tracks.read_toml hands any <1 MB text to tomllib, whose dotted keys cost O(depth^2) time "
+    "and memory: 'x.a.a.a...= 1' 100k deep exhausts memory (validate/verify of a PR can be OOM-killed). "
+    "Fix: refuse keys of more than ~64 dotted parts before parsing."))
+def test_quadratic_dotted_key_refused_fast(tmp_path):
+    proc = _read_toml_in_subprocess(tmp_path, "x" + ".a" * 100_000 + " = 1\n")
+    assert proc.returncode == 0 and "nested too deeply" in proc.stdout, proc.stdout + proc.stderr[-500:]
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
+    "speedrun.tracks.read_toml catches TOMLDecodeError but tomllib raises ValueError for an integer "
+    "of more than 4300 digits, so `speedrun validate` prints a traceback. Fix: catch ValueError too."))
+def test_huge_integer_literal_is_a_speedrun_error(tmp_path):
+    timed_refusal(tmp_path, manifest_text() + "x = " + "9" * 5000 + "\n", "invalid TOML")
+
+
+@pytest.mark.xfail(strict=True, raises=RecursionError, reason=(
+    "speedrun.errors.format_validation_error repr()s the offending value; a table nested ~1000 deep where "
+    "a string is expected ('name.a.a.a... = 1') raises RecursionError. Fix: reprlib with a depth limit."))
+def test_deep_value_in_a_scalar_field_is_a_speedrun_error(tmp_path):
+    text = "name" + ".a" * 3000 + ' = 1\nauthors = ["a"]\ntracks = ["smoke"]\ndescription = "d"\n'
+    timed_refusal(tmp_path, text, "field 'name'")
+
+
+# ---------------------------------------------------------------- property-based
+text = st.text(max_size=20)
+scalars = st.one_of(
+    st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(), text,
+    st.sampled_from(["smoke", "tiny", "x", "baseline", "", "../x", "repa", "optim.lr"]),
+)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+                      max_leaves=12)
+fields = st.sampled_from(["name", "authors", "tracks", "description", "components", "overrides", "extra"])
+manifests = st.one_of(
+    st.dictionaries(text | fields, values, max_size=8),  # anything
+    st.builds(lambda over: {**BASE, **over}, st.dictionaries(fields, values, max_size=3)),  # a valid one, mutated
+    st.builds(lambda over: {**BASE, "overrides": over}, st.dictionaries(
+        st.sampled_from(["optim", "train", "optim.lr", "data", "eval"]), values, max_size=3)),
+    st.builds(lambda comps: {**BASE, "components": comps}, st.lists(st.fixed_dictionaries(
+        {"name": st.sampled_from(["repa", "tread", "xpred", "evil", "../x"]), "params": values}), max_size=3)),
+)
+
+
+def check_manifest(tmp_path, text: str | bytes) -> None:
+    folder = tmp_path / "x"
+    folder.mkdir(exist_ok=True)
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    (folder / "submission.toml").write_bytes(raw)
+    try:
+        load_submission(folder)
+    except SpeedrunError as exc:
+        assert str(exc).strip(), "an empty error message"
+
+
+@HYPOTHESIS
+@given(doc=manifests)
+def test_random_manifests_validate_or_speedrun_error(tmp_path, doc):
+    check_manifest(tmp_path, toml_document(doc))
+
+
+@HYPOTHESIS
+@given(raw=st.text(max_size=300) | st.binary(max_size=300))
+def test_random_manifest_text_validate_or_speedrun_error(tmp_path, raw):
+    check_manifest(tmp_path, raw)
+
+
+VALID_RESULT = json.loads(make_result("x").model_dump_json())
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+def mutate(data: dict, path: list[str], value) -> dict:
+    """``data`` with the field at ``path`` (following existing keys only) replaced by ``value``."""
+    out = json.loads(json.dumps(data))
+    node = out
+    for key in path[:-1]:
+        if not isinstance(node.get(key), dict):
+            break
+        node = node[key]
+    node[path[-1]] = value
+    return out
+
+
+field_paths = st.lists(st.sampled_from(sorted({*VALID_RESULT, *VALID_RESULT["speed"], *VALID_RESULT["timing"],
+                                              *VALID_RESULT["provenance"], "speed", "timing", "provenance"})),
+                       min_size=1, max_size=2)
+
+
+def check_result_file(tmp_path, text: str) -> None:
+    path = tmp_path / "seed0.json"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        load_result(path)
+    except SpeedrunError as exc:
+        assert str(path) in str(exc)
+
+
+@HYPOTHESIS
+@given(path=field_paths, value=json_values)
+def test_mutated_results_load_or_speedrun_error(tmp_path, path, value):
+    check_result_file(tmp_path, json.dumps(mutate(VALID_RESULT, path, value), allow_nan=True))
+
+
+@HYPOTHESIS
+@given(doc=json_values, cut=st.integers(0, 5000))
+def test_random_results_json_load_or_speedrun_error(tmp_path, doc, cut):
+    check_result_file(tmp_path, json.dumps(doc))
+    check_result_file(tmp_path, json.dumps(VALID_RESULT)[:cut])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=manifests, path=field_paths, value=json_values)
+def test_cli_validate_and_verify_never_show_a_traceback(tmp_path_factory, doc, path, value):
+    """Through the CLI: exit 0 (valid), 1 (problems listed) or 2 (one error line); no traceback."""
+    root = tmp_path_factory.mktemp("cli")
+    folder = root / "x"
+    (folder / "results" / "smoke").mkdir(parents=True)
+    (folder / "submission.toml").write_text(toml_document(doc), errors="surrogatepass")
+    results = folder / "results" / "smoke" / "seed0.json"
+    results.write_text(json.dumps(mutate(VALID_RESULT, path, value)), errors="surrogatepass")
+    runner = CliRunner()
+    for args in (["validate", str(folder)], ["verify", str(folder)], ["verify", str(results), "--json"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code in (0, 1, 2), (args, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit), (args, repr(result.exception))
+        assert "Traceback" not in result.output
