@@ -143,3 +143,16 @@ def test_sigterm_in_worker_exits_143_with_resume_command(smoke_data_root, fault_
     assert meta["step"] == 2
     rows = [json.loads(x) for x in (run_dir / "train.jsonl").read_text().splitlines()]
     assert rows[-1]["event"] == "end" and rows[-1]["status"] == "interrupted"
+
+
+def test_resume_drops_log_lines_written_after_the_checkpoint(smoke_data_root, small_reference, tmp_path):
+    """Whatever a killed process flushed past its last checkpoint (whole records, or half of one when
+    the buffer filled mid-line) is cut on resume: train.jsonl reads as one uninterrupted run."""
+    run_dir = tmp_path / "run"
+    train_in_process(small_track(), smoke_data_root, run_dir, stop_after=4)
+    with open(run_dir / "train.jsonl", "a") as log:
+        log.write('{"step": 4, "loss": 9.9, "lr": 0.001, "grad_norm": 1.0}\n{"step": 5, "lo')
+    train_in_process(small_track(), smoke_data_root, run_dir)
+    rows = [json.loads(line) for line in (run_dir / "train.jsonl").read_text().splitlines()]  # every line parses
+    assert [r["resumed_from"] for r in rows if r.get("event") == "start"] == [None, "step-00000004"]
+    assert log_rows(run_dir) == log_rows(small_reference)
