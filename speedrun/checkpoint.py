@@ -78,7 +78,7 @@ def save_checkpoint(
             "component_keys": sorted(component_keys),
             "files": files,
         }
-        # meta.json hashes itself too: a flipped byte in the step or loader state is caught on read.
+        # meta.json hashes its own fields too: a flipped bit in the step or loader state is caught on read.
         full_meta[META_DIGEST] = _meta_digest(full_meta)
         atomic_write_text(tmp / "meta.json", json.dumps(full_meta, indent=2, sort_keys=True))
         for f in tmp.iterdir():
@@ -113,7 +113,12 @@ def _previous(root: Path) -> str:
 
 
 def _meta_digest(meta: dict[str, Any]) -> str:
-    body = {k: v for k, v in meta.items() if k != META_DIGEST}
+    """sha256 of the fields nothing else checks (step, loader and RNG bookkeeping, prediction kind...).
+
+    ``files`` is checked against the files it hashes and ``component_keys`` against the weights
+    (strict loading), so tools that re-save the weights and update those two stay valid.
+    """
+    body = {k: v for k, v in meta.items() if k not in (META_DIGEST, "files", "component_keys")}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
