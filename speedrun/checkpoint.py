@@ -130,9 +130,13 @@ def read_meta(path: Path, verify: bool = True) -> dict[str, Any]:
     except FileNotFoundError:
         raise SpeedrunError(f"{path}: not a checkpoint (no meta.json)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SpeedrunError(f"{meta_path}: corrupted ({exc}); delete {path} to resume from an earlier checkpoint") from None
+        raise SpeedrunError(
+            f"{meta_path}: corrupted ({exc}); delete {path} to resume from an earlier checkpoint"
+        ) from None
     if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
-        raise SpeedrunError(f"{meta_path}: corrupted (no file list); delete {path} to resume from an earlier checkpoint")
+        raise SpeedrunError(
+            f"{meta_path}: corrupted (no file list); delete {path} to resume from an earlier checkpoint"
+        )
     if META_DIGEST in meta and meta[META_DIGEST] != _meta_digest(meta):
         raise SpeedrunError(
             f"{meta_path}: corrupted (its content does not match its sha256); delete {path} to resume "

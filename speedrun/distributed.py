@@ -49,7 +49,8 @@ def setup(device: str | None = None) -> Dist:
             # torchrun's agent keeps one store across restarts (--max-restarts), so a restarted
             # group would read the dead attempt's keys (gloo peer addresses, NCCL ids) and fail to
             # connect (cf. pytorch/pytorch#167288): give each attempt its own key prefix.
-            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False)
+            host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+            store = dist.TCPStore(host, port, world_size, is_master=False)
             prefixed = dist.PrefixStore(f"speedrun-attempt-{restart}", store)
             dist.init_process_group(backend=backend, store=prefixed, rank=rank, world_size=world_size)
         else:

@@ -104,12 +104,13 @@ def _evaluate(checkpoint: Path, track: Track, out: Path, o: RunOptions) -> dict:
 
 def _read_eval(path: Path) -> dict:
     """A metrics file ``speedrun eval`` wrote earlier for this run (written atomically)."""
+    again = "delete it to evaluate that checkpoint again"
     try:
         report = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SpeedrunError(f"{path}: unreadable or corrupted ({exc}); delete it to evaluate that checkpoint again") from None
+        raise SpeedrunError(f"{path}: unreadable or corrupted ({exc}); {again}") from None
     if not isinstance(report, dict) or not {"step", "metrics", "samples"} <= report.keys():
-        raise SpeedrunError(f"{path}: not a metrics file of `speedrun eval`; delete it to evaluate that checkpoint again")
+        raise SpeedrunError(f"{path}: not a metrics file of `speedrun eval`; {again}")
     return report
 
 

@@ -163,9 +163,11 @@ class TrainingInterrupted(SpeedrunError):
 class StopRequest:
     """SIGTERM and SIGINT ask the trainer to stop at the end of the current step, with a checkpoint.
 
-    Handlers are installed only in the main thread. The first signal restores the previous
-    handlers, so a second Ctrl-C interrupts at once (KeyboardInterrupt). A signal that arrives when
-    the loop can no longer act on it (after the last step) is re-delivered on exit.
+    Handlers are installed only in the main thread and never for a signal the process ignores
+    (``nohup``, background jobs). A signal restores its previous handler, so a second Ctrl-C
+    interrupts at once (KeyboardInterrupt), while torchrun's SIGTERM after a Ctrl-C still waits for
+    the checkpoint. A signal that arrives when the loop can no longer act on it (after the last
+    step) is re-delivered on exit.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -177,17 +179,19 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            for s in self.SIGNALS:
+                if signal.getsignal(s) is not signal.SIG_IGN:
+                    self._previous[s] = signal.signal(s, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        self._restore()
+        self.signum = self.signum or signum
+        self._restore([signum])
 
-    def _restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
+    def _restore(self, signums: Any = None) -> None:
+        for s in list(self._previous if signums is None else signums):
+            previous = self._previous.pop(s)
+            signal.signal(s, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
 
     def __exit__(self, *exc: Any) -> None:
         self._restore()
@@ -197,10 +201,6 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return self.signum is not None
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else ""
 
 
 class Trainer:
@@ -622,7 +622,9 @@ class Trainer:
         gen.set_state(gen_state)
         return time.perf_counter() - t0
 
-    def _checkpoint(self, step, clock_s, loader, gen, val_curve, eval_ckpts, times, warmup_seconds, log_bytes=None) -> None:
+    def _checkpoint(
+        self, step, clock_s, loader, gen, val_curve, eval_ckpts, times, warmup_seconds, log_bytes=None
+    ) -> None:
         model_state, optim_state = self._model_state(), self._optim_state()
         if not self.dist.is_main:
             distributed.barrier(self.dist)

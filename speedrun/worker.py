@@ -76,10 +76,10 @@ def train_seed(
     if summary["status"] == "interrupted":
         # Not a result: no summary file, so `speedrun run` never evaluates or records this seed.
         distributed.teardown()
+        resume = resume_command(submission, track, seed, run_dir, data_dir, trainer.dist.world_size)
         raise TrainingInterrupted(
             f"training of seed {seed} {summary['reason']}; checkpoint step-{summary['steps']:08d} is in "
-            f"{run_dir / 'checkpoints'}. `{resume_command(submission, track, seed, run_dir, data_dir, trainer.dist.world_size)}` "
-            "resumes it",
+            f"{run_dir / 'checkpoints'}. `{resume}` resumes it",
             trainer.stop_signal,
         )
     if trainer.dist.is_main:

@@ -99,7 +99,7 @@ def speedrun_run_cmd(submission: Path, runs_dir: Path, data_dir: Path, seed: int
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, env=env, check=False, capture_output=True, text=True, timeout=timeout)
 
 
 def log_rows(run_dir: Path) -> tuple[list[tuple], list[tuple]]:

@@ -50,7 +50,9 @@ CHECKPOINT_DAMAGE = {
 }
 
 
-def test_corrupted_checkpoint_is_reported_untouched_and_earlier_one_resumes(smoke_data_root, small_reference, tmp_path):
+def test_corrupted_checkpoint_is_reported_untouched_and_earlier_one_resumes(
+    smoke_data_root, small_reference, tmp_path
+):
     """Each damage to checkpoint 4 stops the resume with a message naming the file and the fix;
     nothing in the run directory changes; following the advice resumes from checkpoint 2 and ends
     with the uninterrupted losses."""
@@ -127,7 +129,9 @@ class FakeExtractor:
         return images.reshape(len(images), -1)[:, :4].astype(np.float64)
 
 
-@pytest.mark.parametrize("damage", [flip_byte, truncate, lambda p: p.write_bytes(b"")], ids=["flipped", "truncated", "empty"])
+@pytest.mark.parametrize(
+    "damage", [flip_byte, truncate, lambda p: p.write_bytes(b"")], ids=["flipped", "truncated", "empty"]
+)
 def test_corrupted_reference_statistics_detected_not_recomputed(tmp_path, damage):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (8, 4, 4, 3), dtype=np.uint8) for _ in range(2)]
@@ -145,7 +149,9 @@ def test_corrupted_reference_statistics_detected_not_recomputed(tmp_path, damage
 RESULTS_DAMAGE = {
     "truncated": (truncate, "not valid JSON"),
     # One bit: '"steps": 20' becomes '"steps": 21', still valid JSON, caught by the digest only.
-    "bit flipped": (lambda p: flip_byte(p, p.read_bytes().index(b'"steps": 20') + 10, 0x01), "does not match the content"),
+    "bit flipped": (
+        lambda p: flip_byte(p, p.read_bytes().index(b'"steps": 20') + 10, 0x01), "does not match the content"
+    ),
     "number edited": (lambda p: replace_in(p, '"fid": 100.0', '"fid": 10.0'), "does not match the content"),
     "not UTF-8": (lambda p: p.write_bytes(b"\xff\xfe{"), "not valid JSON"),
 }

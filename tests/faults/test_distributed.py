@@ -40,9 +40,9 @@ def torchrun(sub, run_dir, data_root, max_restarts: int) -> list[str]:
     # the dead attempt's gloo addresses and fail to connect about half the time.
     return [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-        f"--master-port={free_port()}", f"--max-restarts={max_restarts}", "-m", "speedrun.worker", str(sub), "--track", "smoke", "--seed", "0",
-        "--device", "cpu", "--run-dir", str(run_dir), "--data-dir", str(data_root), "--no-progress",
-        "--stop-after", "12",
+        f"--master-port={free_port()}", f"--max-restarts={max_restarts}",
+        "-m", "speedrun.worker", str(sub), "--track", "smoke", "--seed", "0", "--device", "cpu",
+        "--run-dir", str(run_dir), "--data-dir", str(data_root), "--no-progress", "--stop-after", "12",
     ]
 
 
@@ -54,7 +54,8 @@ def test_rank_death_restarts_from_checkpoint_with_same_losses(smoke_data_root, f
     env = subprocess_env(fault_cache)
     clean = run(torchrun(sub, tmp_path / "clean", smoke_data_root, 0), env)
     assert clean.returncode == 0, clean.stderr[-3000:]
-    faulty = run(torchrun(sub, tmp_path / "faulty", smoke_data_root, 1), {**env, "DIE_ONCE_MARKER": str(marker)})
+    faulty_env = {**env, "DIE_ONCE_MARKER": str(marker)}
+    faulty = run(torchrun(sub, tmp_path / "faulty", smoke_data_root, 1), faulty_env)
     assert faulty.returncode == 0, faulty.stderr[-3000:]
     assert marker.exists(), "rank 1 never died: the fault was not injected"
     log = (tmp_path / "faulty" / "train.jsonl").read_text()

@@ -27,7 +27,7 @@ def diverge(tmp_path, smoke_data_root, kind: str):
 def test_non_finite_stops_within_one_step_with_diverged_result(tmp_path, smoke_data_root, kind, what):
     """The step that goes non-finite is not applied; the results file records status, step, reason
     and the last finite loss; no evaluation runs."""
-    repo, sub, path = diverge(tmp_path, smoke_data_root, kind)
+    _, _, path = diverge(tmp_path, smoke_data_root, kind)
     result = load_result(path)
     assert result.status == "diverged" and result.steps == 3
     assert result.failure.step == 3 and result.failure.reason == f"non-finite {what} at step 3"
@@ -40,7 +40,7 @@ def test_non_finite_stops_within_one_step_with_diverged_result(tmp_path, smoke_d
 
 
 def test_leaderboard_lists_diverged_entry_unranked(tmp_path, smoke_data_root):
-    repo, sub, path = diverge(tmp_path, smoke_data_root, "nan")
+    repo, _, _ = diverge(tmp_path, smoke_data_root, "nan")
     ok = repo / "submissions" / "steady"
     write_result(ok / "results" / "smoke" / "seed0.json", make_result("steady"))
     table = build_board(repo).tables["smoke"]

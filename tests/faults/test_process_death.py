@@ -8,6 +8,7 @@ import shlex
 import signal
 import sys
 
+import pytest
 from fault_helpers import (
     copy_submission,
     log_rows,
@@ -22,11 +23,14 @@ from fault_helpers import (
 from speedrun.checkpoint import latest_checkpoint, read_meta
 from speedrun.components import Component
 from speedrun.results import load_result
+from speedrun.train import StopRequest
 
 KILLED = -signal.SIGKILL
 
 
-def test_sigkill_at_every_stage_then_resume_matches_uninterrupted(reference_run, smoke_data_root, fault_cache, tmp_path):
+def test_sigkill_at_every_stage_then_resume_matches_uninterrupted(
+    reference_run, smoke_data_root, fault_cache, tmp_path
+):
     """One seed of `speedrun run` (CPU, smoke), stopped seven times, ends identical to an uninterrupted run.
 
     SIGTERM inside step 3 (graceful: checkpoint step 4, message with the resume command, which is
@@ -156,3 +160,20 @@ def test_resume_drops_log_lines_written_after_the_checkpoint(smoke_data_root, sm
     rows = [json.loads(line) for line in (run_dir / "train.jsonl").read_text().splitlines()]  # every line parses
     assert [r["resumed_from"] for r in rows if r.get("event") == "start"] == [None, "step-00000004"]
     assert log_rows(run_dir) == log_rows(small_reference)
+
+
+def test_second_ctrl_c_interrupts_at_once_and_ignored_signals_stay_ignored():
+    with StopRequest() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.requested and stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        stop.handled = True
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as under nohup
+    try:
+        with StopRequest() as stop:
+            signal.raise_signal(signal.SIGTERM)
+            assert not stop.requested
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)

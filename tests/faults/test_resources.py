@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,8 +36,8 @@ def half_then_full(write):
 
     def failing(obj, path, *args, **kwargs):
         write(obj, path, *args, **kwargs)
-        data = open(path, "rb").read()
-        open(path, "wb").write(data[: len(data) // 2])
+        data = Path(path).read_bytes()
+        Path(path).write_bytes(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     return failing
@@ -52,7 +53,9 @@ def failing_from_step(monkeypatch, target: str, step: int) -> None:
     if target == "model":
         real = speedrun.checkpoint.save_file
         fail = half_then_full(real)
-        monkeypatch.setattr(speedrun.checkpoint, "save_file", lambda t, p, *a, **k: (fail if applies(p) else real)(t, p, *a, **k))
+        monkeypatch.setattr(
+            speedrun.checkpoint, "save_file", lambda t, p, *a, **k: (fail if applies(p) else real)(t, p, *a, **k)
+        )
     elif target == "optimizer":
         real = torch.save
         fail = half_then_full(real)
@@ -96,7 +99,8 @@ def test_disk_full_while_writing_results_via_cli(smoke_data_root, tmp_path, monk
     temporary left; the same command afterwards writes it."""
     sub = write_submission(tmp_path, "poison", [{"name": "poison"}], POISON)  # diverges: no evaluation
     results = sub / "results" / "smoke" / "seed0.json"
-    args = ["run", str(sub), "--device", "cpu", "--data-dir", str(smoke_data_root), "--runs-dir", str(tmp_path / "runs")]
+    args = ["run", str(sub), "--device", "cpu", "--data-dir", str(smoke_data_root),
+            "--runs-dir", str(tmp_path / "runs")]
     real = speedrun.fileio.write_durably
 
     def write_durably(path, write):

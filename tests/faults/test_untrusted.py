@@ -4,9 +4,9 @@ success or one clear SpeedrunError, never another exception or a CLI traceback."
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -76,8 +76,8 @@ def test_validate_verify_leaderboard_never_import_components_py(tmp_path):
     assert runner.invoke(app, ["validate", str(sub)]).exit_code == 0
     verify_paths([sub], repo_root=repo, info=lambda _: None)
     runner.invoke(app, ["verify", str(sub), "--json"])
-    leaderboard_command(console=Console(file=open(os.devnull, "w")), repo_root=repo)
-    leaderboard_command(html=tmp_path / "html", console=Console(file=open(os.devnull, "w")), repo_root=repo)
+    leaderboard_command(console=Console(file=io.StringIO()), repo_root=repo)
+    leaderboard_command(html=tmp_path / "html", console=Console(file=io.StringIO()), repo_root=repo)
     assert not marker.exists(), "a command imported the submission's components.py"
     assert not any("evil" in name for name in sys.modules)
 
@@ -173,7 +173,7 @@ def _read_toml_in_subprocess(tmp_path, text: str) -> subprocess.CompletedProcess
         "print('parsed'); sys.exit(3)"
     )
     try:
-        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=5)
+        return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=5)
     except subprocess.TimeoutExpired:
         return subprocess.CompletedProcess([], 124, "", "timed out")
 
