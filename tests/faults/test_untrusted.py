@@ -202,6 +202,24 @@ def test_deep_value_in_a_scalar_field_is_a_speedrun_error(tmp_path):
     timed_refusal(tmp_path, text, "field 'name'")
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "speedrun.leaderboard._sample_grids inlines results/<track>/seedN.png into the HTML page following "
+    "symlinks, so a pull request adding seed0.png -> ~/.ssh/id_rsa publishes that file. Fix: skip (or "
+    "refuse) a grid that is a symlink or resolves outside the submission folder."))
+def test_leaderboard_html_does_not_follow_symlinks_out_of_the_submission(tmp_path):
+    import base64
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"-----BEGIN PRIVATE KEY----- not for the leaderboard")
+    repo = tmp_repo(tmp_path / "repo")
+    sub = write_submission(repo / "submissions", "sneaky", [])
+    write_result(sub / "results" / "smoke" / "seed0.json", make_result("sneaky"))
+    (sub / "results" / "smoke" / "seed0.png").symlink_to(secret)
+    leaderboard_command(html=tmp_path / "html", console=Console(file=io.StringIO()), repo_root=repo)
+    page = (tmp_path / "html" / "index.html").read_text()
+    assert base64.b64encode(secret.read_bytes()).decode() not in page
+
+
 # ---------------------------------------------------------------- property-based
 text = st.text(max_size=20)
 scalars = st.one_of(
