@@ -22,10 +22,8 @@ from speedrun.components.base import Component, ComponentContext, Params
 from speedrun.flow import (
     Objective,
     PredictionKind,
-    interpolate,
-    sample_timesteps,
+    RectifiedFlowObjective,
     velocity_from_prediction,
-    velocity_target,
 )
 from speedrun.tracks import TimestepSpec
 
@@ -46,23 +44,17 @@ class XPredParams(Params):
         return v
 
 
-class XPredObjective(Objective):
-    """Predict ``x0``; MSE between ``(x_t - x0_hat) / max(t, t_clamp)`` and ``noise - x0``."""
+class XPredObjective(RectifiedFlowObjective):
+    """Predict ``x0``; MSE between ``(x_t - x0_hat) / max(t, t_clamp)`` and ``noise - x0``.
+
+    Times and ``(x_t, v)`` are the rectified-flow ones; only the output's meaning and the loss change.
+    """
 
     prediction: PredictionKind = "x0"
 
     def __init__(self, timestep_spec: TimestepSpec, t_clamp: float = EVAL_T_CLAMP) -> None:
-        self.timestep_spec = timestep_spec
+        super().__init__(timestep_spec)
         self.t_clamp = t_clamp
-
-    def sample_t(self, n: int, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
-        return sample_timesteps(n, self.timestep_spec, generator, device)
-
-    def input_and_target(
-        self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x_t, v)``: the target is the velocity, the space the loss is taken in."""
-        return interpolate(x0, noise, t), velocity_target(x0, noise)
 
     def velocity(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return velocity_from_prediction("x0", pred, x_t, t, self.t_clamp)
