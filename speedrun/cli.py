@@ -1,6 +1,7 @@
 """The ``speedrun`` command line: parses arguments and dispatches; the work lives in the modules.
 
-User mistakes (``SpeedrunError``) print one paragraph and exit 2; no traceback.
+User mistakes (``SpeedrunError``) print one paragraph and exit 2; no traceback. An interrupted
+run exits 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from speedrun.errors import SpeedrunError
+from speedrun.errors import SpeedrunError, TrainingInterrupted
 
 app = typer.Typer(
     add_completion=False,
@@ -36,6 +37,9 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except TrainingInterrupted as exc:
+            err_console.print(Text.assemble(("interrupted:", "bold yellow"), f" {exc}"), highlight=False, soft_wrap=True)
+            raise typer.Exit(128 + exc.signum) from None
         except SpeedrunError as exc:
             # Text, not a markup string: a message quoting user input such as "[/]" must print verbatim
             err_console.print(Text.assemble(("error:", "bold red"), f" {exc}"), highlight=False, soft_wrap=True)

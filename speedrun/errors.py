@@ -7,9 +7,27 @@ Everything else is a bug in the harness and keeps its traceback.
 
 from __future__ import annotations
 
+import reprlib
+
 
 class SpeedrunError(Exception):
     """A clear, user-facing error. The message names the file, field or value at fault."""
+
+
+class TrainingInterrupted(SpeedrunError):
+    """SIGTERM/SIGINT stopped training at a step boundary, after writing a checkpoint.
+
+    Commands exit ``128 + signum`` (130 for Ctrl-C, 143 for SIGTERM), the shell's convention.
+    """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+# Bounded repr: a value nested 1000 deep must not raise RecursionError while we describe it.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 3, 60, 60, 4, 4
 
 
 def format_validation_error(source: str, exc: Exception) -> str:
@@ -29,8 +47,6 @@ def format_validation_error(source: str, exc: Exception) -> str:
         if isinstance(value, dict) and err.get("type") in ("missing", "value_error"):
             lines.append(f"field '{loc}': {msg}")
             continue
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
+        shown = _REPR.repr(value)
         lines.append(f"field '{loc}': {msg} (got {shown})")
     return f"{source}: " + "; ".join(lines)

@@ -323,7 +323,8 @@ def _sample_grids(rows: pd.DataFrame) -> list[tuple[str, str]]:
     for name, group in rows.groupby("submission", sort=True):
         for path in group["path"]:
             png = Path(path).with_suffix(".png")
-            if png.is_file():
+            # A pull request controls this path: never follow a link out of it into the page.
+            if png.is_file() and not png.is_symlink():
                 uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
                 grids.append((f"{name} / {png.stem}", uri))
                 break

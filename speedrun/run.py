@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from rich.table import Table
 
 from speedrun.checkpoint import read_meta
 from speedrun.fileio import sha256_file
-from speedrun.errors import SpeedrunError
+from speedrun.errors import SpeedrunError, TrainingInterrupted
 from speedrun.paths import data_root, runs_root
 from speedrun.results import (
     EvalPoint,
@@ -82,6 +83,11 @@ def _train(submission: Submission, track: Track, seed: int, run_dir: Path, o: Ru
     if not o.resume:
         cmd.append("--no-resume")
     proc = subprocess.run(cmd)
+    if proc.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        raise TrainingInterrupted(
+            f"training of seed {seed} was interrupted; its last checkpoint in {run_dir} resumes with the same command",
+            proc.returncode - 128,
+        )
     if proc.returncode != 0:
         raise SpeedrunError(f"training of seed {seed} failed under torchrun (exit {proc.returncode}); see the log above")
     if o.node_rank != 0:

@@ -233,6 +233,11 @@ def canonical_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+_MAX_KEY_PARTS = 64
+_KEY_PART = r"""(?:[A-Za-z0-9_-]++|"[^"\n]*"|'[^'\n]*')"""
+_DEEP_DOTTED_KEY = re.compile(rf"(?<![A-Za-z0-9_-])(?:{_KEY_PART}[ \t]*\.[ \t]*){{{_MAX_KEY_PARTS},}}")
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file, turning every failure into an error that names the file."""
     try:
@@ -244,10 +249,19 @@ def read_toml(path: Path) -> dict[str, Any]:
     if len(raw) > 1_000_000:
         raise SpeedrunError(f"{path}: {len(raw)} bytes is too large (limit 1 MB)")
     try:
-        return tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise SpeedrunError(f"{path}: not UTF-8 text") from None
+    # tomllib spends O(parts^2) time and memory on one dotted key: refuse absurd ones before parsing.
+    deep = _DEEP_DOTTED_KEY.search(text)
+    if deep is not None:
+        line = text.count("\n", 0, deep.start()) + 1
+        raise SpeedrunError(f"{path}: line {line}: a key nested too deeply (more than {_MAX_KEY_PARTS} dotted parts)")
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        raise SpeedrunError(f"{path}: invalid TOML ({exc})") from None
+    except ValueError as exc:  # e.g. an integer literal beyond Python's 4300-digit conversion limit
         raise SpeedrunError(f"{path}: invalid TOML ({exc})") from None
     except RecursionError:
         raise SpeedrunError(f"{path}: nested too deeply") from None

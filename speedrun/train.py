@@ -31,7 +31,7 @@ from speedrun.checkpoint import latest_checkpoint, load_training_state, save_che
 from speedrun.clock import Clock, Paused
 from speedrun.components.base import Component, ComponentContext, TrainBatch
 from speedrun.data.loader import to_uint8
-from speedrun.errors import SpeedrunError
+from speedrun.errors import SpeedrunError, TrainingInterrupted
 from speedrun.flow import Objective, RectifiedFlowObjective, apply_caption_dropout, caption_drop_mask, validation_loss
 from speedrun.kernels import dispatch
 from speedrun.model import build_model
@@ -150,14 +150,6 @@ def median_speed(step_seconds: list[float]) -> float | None:
         windows = windows[1:]
     rates = [len(w) / sum(w) for w in windows if sum(w) > 0]
     return statistics.median(rates) if rates else None
-
-
-class TrainingInterrupted(SpeedrunError):
-    """SIGTERM/SIGINT stopped training at a step boundary, after writing a checkpoint."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.signum = signum
 
 
 class StopRequest:

@@ -15,7 +15,7 @@ from pathlib import Path
 from speedrun.fileio import atomic_write_text
 from speedrun.components.base import Component
 from speedrun.components.registry import Registry
-from speedrun.errors import SpeedrunError, format_validation_error
+from speedrun.errors import SpeedrunError, TrainingInterrupted, format_validation_error
 from speedrun.submission import Submission, load_submission
 from speedrun.tracks import Track
 
@@ -58,7 +58,7 @@ def train_seed(
     from speedrun import distributed
     from speedrun.data.source import TrainData
     from speedrun.paths import data_root
-    from speedrun.train import Trainer, TrainingInterrupted, TrainOptions
+    from speedrun.train import Trainer, TrainOptions
 
     data = TrainData.open(track, data_root(data_dir))
     components = build_components(submission)
@@ -120,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-after", type=int, default=None)
     parser.add_argument("--parallel", choices=["auto", "ddp", "fsdp"], default="auto")
     args = parser.parse_args(argv)
-    from speedrun.train import TrainingInterrupted
 
     try:
         sub = load_submission(args.submission)

@@ -177,3 +177,15 @@ def test_second_ctrl_c_interrupts_at_once_and_ignored_signals_stay_ignored():
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_in_speedrun_run_exits_143_not_2(smoke_data_root, fault_cache, tmp_path):
+    """`speedrun run` itself, stopped by SIGTERM, exits 128+15 (not the user-error code 2) and writes no results."""
+    sub = copy_submission(tmp_path)
+    cmd = [sys.executable, "-m", "speedrun.cli", "run", str(sub), "--track", "smoke", "--seed", "0", "--device", "cpu",
+           "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(smoke_data_root)]
+    proc = run(cmd, subprocess_env(fault_cache, "sigterm-step:1"))
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert "interrupted: training of seed 0 stopped by SIGTERM after 2 steps" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (sub / "results").exists() or not any((sub / "results").rglob("*.json"))
