@@ -34,8 +34,8 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from speedrun.fileio import atomic_write_text
 from speedrun.errors import SpeedrunError
+from speedrun.fileio import atomic_write_text
 from speedrun.results import RunResult, load_result
 from speedrun.tracks import REPO_ROOT, Track, all_tracks
 

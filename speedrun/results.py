@@ -20,8 +20,8 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from speedrun.fileio import atomic_write_text, sha256_file
 from speedrun.errors import SpeedrunError, format_validation_error
+from speedrun.fileio import atomic_write_text, sha256_file
 from speedrun.tracks import REPO_ROOT, canonical_hash
 
 SCHEMA_VERSION = 1

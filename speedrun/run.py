@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from speedrun.checkpoint import read_meta
-from speedrun.fileio import sha256_file
 from speedrun.errors import SpeedrunError, TrainingInterrupted
+from speedrun.fileio import sha256_file
 from speedrun.paths import data_root, runs_root
 from speedrun.results import (
     EvalPoint,

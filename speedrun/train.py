@@ -31,7 +31,7 @@ from speedrun.checkpoint import latest_checkpoint, load_training_state, save_che
 from speedrun.clock import Clock, Paused
 from speedrun.components.base import Component, ComponentContext, TrainBatch
 from speedrun.data.loader import to_uint8
-from speedrun.errors import SpeedrunError, TrainingInterrupted
+from speedrun.errors import SpeedrunError
 from speedrun.flow import Objective, RectifiedFlowObjective, apply_caption_dropout, caption_drop_mask, validation_loss
 from speedrun.kernels import dispatch
 from speedrun.model import build_model

@@ -29,9 +29,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from speedrun.fileio import sha256_file
 from speedrun.data.source import dataset_manifest_sha256
 from speedrun.errors import SpeedrunError
+from speedrun.fileio import sha256_file
 from speedrun.paths import data_root
 from speedrun.results import RunResult, harness_sha256, load_result, submission_file_hashes
 from speedrun.submission import MANIFEST, Submission, discover_submissions, load_submission

@@ -12,10 +12,10 @@ import json
 import sys
 from pathlib import Path
 
-from speedrun.fileio import atomic_write_text
 from speedrun.components.base import Component
 from speedrun.components.registry import Registry
 from speedrun.errors import SpeedrunError, TrainingInterrupted, format_validation_error
+from speedrun.fileio import atomic_write_text
 from speedrun.submission import Submission, load_submission
 from speedrun.tracks import Track
 

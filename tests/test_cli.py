@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 from click.testing import Result
 from pydantic import BaseModel
+from test_submission import CASES, CUSTOM, Case, assert_names_case, make_submission, manifest
+from test_tracks import TRACK_CASES, _content, write_track
 from typer.testing import CliRunner
 
 import speedrun.tracks
 from speedrun.cli import app
 from speedrun.submission import ComponentEntry, Manifest
 from speedrun.tracks import REPO_ROOT, TRACKS_DIR, Track, all_tracks, load_track
-from test_submission import CASES, CUSTOM, Case, assert_names_case, make_submission, manifest
-from test_tracks import TRACK_CASES, _content, write_track
 
 runner = CliRunner()
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import speedrun.verify as verify_mod
-from speedrun.fileio import sha256_file
 from speedrun.data.shards import MANIFEST_NAME
 from speedrun.data.source import dataset_dir, dataset_manifest_sha256
+from speedrun.fileio import sha256_file
 from speedrun.results import finalize, harness_sha256, submission_file_hashes, write_result
 from speedrun.tracks import TRACKS_DIR, load_track
 from speedrun.verify import Problem, verify_paths

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from speedrun.data import shapes
-from speedrun.fileio import atomic_write_json
 from speedrun.data.shards import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -45,7 +44,6 @@ from speedrun.data.shards import (
     TextEncoderInfo,
     VaeInfo,
     atomic_save_npy,
-
     check_files,
     combine_digests,
     example_digest,
@@ -58,6 +56,7 @@ from speedrun.data.shards import (
 from speedrun.data.text import TextEncoder, get_text_encoder, text_encoder_class
 from speedrun.data.vae import FluxVAE, load_flux_vae, parse_ref
 from speedrun.errors import SpeedrunError
+from speedrun.fileio import atomic_write_json
 from speedrun.paths import data_root
 from speedrun.tracks import Track, canonical_hash
 

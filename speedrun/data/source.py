@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speedrun.fileio import sha256_file
 from speedrun.data.loader import Batch, Loader, load_batch
 from speedrun.data.shards import MANIFEST_NAME, PreparedDataset, open_dataset
 from speedrun.errors import SpeedrunError
+from speedrun.fileio import sha256_file
 from speedrun.tracks import Track
 
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from speedrun.checkpoint import load_denoiser_strict, read_meta
-from speedrun.fileio import atomic_write_text, sha256_file
 from speedrun.errors import SpeedrunError
+from speedrun.fileio import atomic_write_text, sha256_file
 from speedrun.flow import euler_sample, validation_loss, velocity_from_prediction
 from speedrun.model import build_model
 from speedrun.paths import cache_root, data_root

@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from speedrun.checkpoint import load_denoiser_strict, read_meta
-from speedrun.fileio import sha256_file
 from speedrun.data.source import TrainData
 from speedrun.errors import SpeedrunError
 from speedrun.eval.run import evaluate_checkpoint, sample_noise
+from speedrun.fileio import sha256_file
 from speedrun.model import build_model
 from speedrun.train import Trainer, TrainOptions
 
