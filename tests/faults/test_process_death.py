@@ -51,7 +51,7 @@ def test_sigkill_at_every_stage_then_resume_matches_uninterrupted(
 
     # SIGTERM inside step 3: the step ends, checkpoint 4 is written, the message says how to resume.
     proc, out = attempt("sigterm-step:3")
-    assert proc.returncode == 2, out
+    assert proc.returncode == 128 + signal.SIGTERM, out  # the shell convention, not "user error" 2
     assert "Traceback" not in out and "stopped by SIGTERM after 4 steps" in out, out
     assert latest_checkpoint(ckpts).name == "step-00000004" and not results.exists()
     hint = re.search(r"`(speedrun run [^`]+)`", out).group(1)
@@ -178,14 +178,3 @@ def test_second_ctrl_c_interrupts_at_once_and_ignored_signals_stay_ignored():
     finally:
         signal.signal(signal.SIGTERM, previous)
 
-
-def test_sigterm_in_speedrun_run_exits_143_not_2(smoke_data_root, fault_cache, tmp_path):
-    """`speedrun run` itself, stopped by SIGTERM, exits 128+15 (not the user-error code 2) and writes no results."""
-    sub = copy_submission(tmp_path)
-    cmd = [sys.executable, "-m", "speedrun.cli", "run", str(sub), "--track", "smoke", "--seed", "0", "--device", "cpu",
-           "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(smoke_data_root)]
-    proc = run(cmd, subprocess_env(fault_cache, "sigterm-step:1"))
-    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
-    assert "interrupted: training of seed 0 stopped by SIGTERM after 2 steps" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not (sub / "results").exists() or not any((sub / "results").rglob("*.json"))
