@@ -9,25 +9,18 @@ import json
 from pathlib import Path
 
 import torch
+from model_helpers import randomized
 
 from speedrun.components import ComponentContext, StepState, TrainBatch
 from speedrun.data.loader import to_uint8
 from speedrun.data.source import TrainData
-from speedrun.model import PRXDenoiser, build_model
+from speedrun.model import build_model
 from speedrun.tracks import load_track
 from speedrun.train import Trainer, TrainOptions, collect_hooks
 
 TEXT_DIM = 384
 TEXT_LEN = 5
 
-
-def randomized(model: PRXDenoiser, seed: int = 0, std: float = 0.1) -> PRXDenoiser:
-    """Every weight replaced by noise, so the zero-initialised modulations and output do something."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
-    return model
 
 
 def make_ctx(track_id: str = "smoke", track=None, seed: int = 0, **model_overrides) -> ComponentContext:

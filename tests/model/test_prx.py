@@ -3,24 +3,17 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import randomized
 from torch.utils.flop_counter import FlopCounterMode
 
 from speedrun.errors import SpeedrunError
 from speedrun.kernels import dispatch
-from speedrun.model import MODEL_CONFIGS, PRXDenoiser, build_model
+from speedrun.model import MODEL_CONFIGS, build_model
 from speedrun.model.rope import apply_rope, rope_tables
 from speedrun.state import StepState
 
 TEXT_LEN = 6
 
-
-def randomized(model: PRXDenoiser, seed: int = 0, std: float = 0.1) -> PRXDenoiser:
-    """Replace every weight by noise so zero-initialised modulations and the output layer do something."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
-    return model
 
 
 def inputs(batch=2, hw=(16, 16), text_dim=384, seed=1):
