@@ -259,9 +259,7 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise SpeedrunError(f"{path}: line {line}: a key nested too deeply (more than {_MAX_KEY_PARTS} dotted parts)")
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpeedrunError(f"{path}: invalid TOML ({exc})") from None
-    except ValueError as exc:  # e.g. an integer literal beyond Python's 4300-digit conversion limit
+    except ValueError as exc:  # TOMLDecodeError, or an integer beyond Python's 4300-digit conversion limit
         raise SpeedrunError(f"{path}: invalid TOML ({exc})") from None
     except RecursionError:
         raise SpeedrunError(f"{path}: nested too deeply") from None
