@@ -420,9 +420,6 @@ class Trainer:
         track, d = self.track, self.dist
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.run_dir / "train.jsonl"
-        flops_per_step = self.model.flops_per_step(
-            track.train.global_batch, (track.data.image_size, track.data.image_size), track.data.text_max_tokens
-        ) if hasattr(self.model, "flops_per_step") else 0
         gen = self._generator()
         loader = self.data.loader(
             batch_size=track.train.global_batch, seed=self.opt.seed, rank=d.rank, world_size=d.world_size
@@ -477,6 +474,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         it = iter(loader)
+        flops_per_step: int | None = None
         clock.start()
         completed = start_step
         try:
@@ -484,6 +482,8 @@ class Trainer:
                 t0 = clock.elapsed
                 batch = next(it)
                 t_data = clock.elapsed
+                if flops_per_step is None:
+                    flops_per_step = self._flops_per_step(tuple(batch.x.shape[-2:]))
                 total, terms, grad_norm = self._step(step, batch, gen)
                 # One all-reduce carries the loss and "a stop signal arrived here", so every rank
                 # agrees on the step after which it stops (signals reach ranks at different times).
@@ -581,7 +581,7 @@ class Trainer:
             data_seconds=data_seconds,
             batches_per_second=speed,
             images_per_second=speed * track.train.global_batch if speed else None,
-            flops_per_step=flops_per_step,
+            flops_per_step=flops_per_step or 0,
             mfu=mfu,
             peak_memory_bytes=peak,
             kernels=self.kernels,
@@ -593,6 +593,13 @@ class Trainer:
             with open(log_path, "a") as f:
                 f.write(json.dumps({"event": "end", **summary.to_json()}) + "\n")
         return summary
+
+    def _flops_per_step(self, model_hw: tuple[int, int]) -> int:
+        """The model's FLOPs for one global batch at the spatial size the model sees: the latent
+        grid on latent tracks (32 x 32 for 256 x 256 Flux-VAE images), not the image size."""
+        if not hasattr(self.model, "flops_per_step"):
+            return 0
+        return self.model.flops_per_step(self.track.train.global_batch, model_hw, self.track.data.text_max_tokens)
 
     def _untimed_warmup(self, loader: Any, gen: torch.Generator) -> float:
         """Run the warmup steps (compilation, allocator, caches), then undo everything they did."""

@@ -178,6 +178,60 @@ def test_divergence_stops_within_one_step(smoke_data_root, tmp_path, track_varia
     assert "non-finite loss at step 3" in summary.reason
 
 
+class LatentShapedData:
+    """TrainData's interface with latent-sized inputs: 8 x 8 grids for 64 x 64 "images"."""
+
+    text_dim, tokens = 384, 32
+
+    def _batch(self, n: int):
+        from speedrun.data.loader import Batch
+
+        g = torch.Generator().manual_seed(n)
+        mask = torch.ones(n, self.tokens, dtype=torch.bool)
+        return Batch(torch.randn(n, 3, 8, 8, generator=g), torch.randn(n, self.tokens, self.text_dim, generator=g),
+                     mask, torch.arange(n))
+
+    def null_embedding(self):
+        return torch.zeros(self.tokens, self.text_dim), torch.ones(self.tokens, dtype=torch.bool)
+
+    def loader(self, *, batch_size, seed, rank, world_size):
+        batch = self._batch(batch_size)
+
+        class Repeat:
+            position = 0
+
+            def __iter__(self):
+                return self
+
+            def __next__(self):
+                return batch
+
+            def state_dict(self):
+                return {}
+
+            def load_state_dict(self, state):
+                pass
+
+        return Repeat()
+
+    def validation(self, n: int):
+        return self._batch(n)
+
+
+def test_flops_count_the_grid_the_model_sees(tmp_path, track_variant):
+    """On latent tracks MFU counts the latent grid (image_size / 8), not the image size."""
+    track = track_variant(
+        data={"representation": "flux-vae", "vae": "org/vae@0123abc", "image_size": 64},
+        train={"steps": 2, "untimed_warmup_steps": 0},
+    )
+    options = TrainOptions(run_dir=tmp_path, seed=0, device="cpu", progress=False)
+    trainer = Trainer(track, LatentShapedData(), [], options)
+    summary = trainer.run()
+    batch, tokens = track.train.global_batch, track.data.text_max_tokens
+    assert summary.flops_per_step == trainer.model.flops_per_step(batch, (8, 8), tokens)
+    assert summary.flops_per_step < trainer.model.flops_per_step(batch, (64, 64), tokens) / 10
+
+
 def test_optimizer_coverage_checks():
     a, b = nn.Linear(2, 2), nn.Linear(2, 2)
     ok = torch.optim.AdamW([*a.parameters(), *b.parameters()])

@@ -23,8 +23,8 @@ import triton.language as tl
 _INTERPRET = triton.knobs.runtime.interpret
 
 # Module-level constexprs are the globals a Triton kernel may read.
-_LOG2E: tl.constexpr = 1.4426950408889634
-_LN2: tl.constexpr = 0.6931471805599453
+_LOG2E = tl.constexpr(1.4426950408889634)
+_LN2 = tl.constexpr(0.6931471805599453)
 
 
 def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
@@ -68,6 +68,8 @@ def _attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
+    # torch.compile launches user kernels with Python floats typed fp64: keep the math fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -160,6 +162,9 @@ def _attn_bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
+    # torch.compile launches user kernels with Python floats typed fp64: keep the math fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    sm_scale = tl.cast(sm_scale, tl.float32)
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -230,6 +235,9 @@ def _attn_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
+    # torch.compile launches user kernels with Python floats typed fp64: keep the math fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    sm_scale = tl.cast(sm_scale, tl.float32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -315,11 +323,12 @@ class _FlashAttention(torch.autograd.Function):
         _check_inputs(q, k, v, key_mask)
         B, H, Nq, D = q.shape
         Nk = k.shape[2]
-        # Bool reinterpreted as bytes (no copy); the kernels read 0 / 1. Without a mask an all-ones
-        # one (B * Nk bytes) keeps a single kernel variant.
+        # The kernels read 0 / 1 bytes. A copy (B * Nk bytes), not a bool->uint8 view: inductor
+        # cannot lower that bitcast under torch.compile. Without a mask an all-ones one keeps a
+        # single kernel variant.
         if key_mask is None:
             key_mask = torch.ones((B, Nk), dtype=torch.bool, device=q.device)
-        mask = key_mask.contiguous().view(torch.uint8)
+        mask = key_mask.to(torch.uint8).contiguous()
         # Tokens-major storage makes the usual out.transpose(1, 2).reshape(B, Nq, H * D) free.
         out = torch.empty((B, Nq, H, D), device=q.device, dtype=q.dtype).transpose(1, 2)
         lse = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)

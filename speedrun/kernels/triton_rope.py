@@ -66,6 +66,8 @@ def _norm_rope_fwd_kernel(
     H, N, eps,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
+    # torch.compile launches user kernels with Python floats typed fp64: keep the math fp32.
+    eps = tl.cast(eps, tl.float32)
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -125,6 +127,8 @@ def _norm_rope_bwd_kernel(
     H, N, eps,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
+    # torch.compile launches user kernels with Python floats typed fp64: keep the math fp32.
+    eps = tl.cast(eps, tl.float32)
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H

@@ -1,0 +1,162 @@
+"""The whole trainer at the prx-256 shapes on one GPU: batches/s and MFU by the trainer's FLOP count.
+
+Runs :class:`speedrun.train.Trainer` on the ``prx-256`` track (PRX 1.2B, bf16 autocast, fp32 master
+weights, AdamW, grad clipping, the harness clock) with a per-GPU batch of 32 and synthetic data of
+the track's shapes: Flux-VAE latents (16 x 32 x 32 for 256 x 256 images) and T5Gemma embeddings
+(256 tokens x 2304, text lengths drawn per sample so the key mask matters). Synthetic data keeps
+the measurement about the GPU: the prepared dataset needs the Flux VAE and T5Gemma weights.
+
+What differs from a real prx-256 run: the step budget, the batch (32 instead of 256 over 8 GPUs),
+a 32-sample validation loss at the end, and no checkpoint writes (a 1.2B checkpoint with AdamW state
+is ~14 GB; the clock is paused for it in real runs anyway).
+
+    python benchmarks/bench_trainer_gpu.py --kernels triton --compile
+    python benchmarks/bench_trainer_gpu.py --kernels torch --no-compile --steps 20
+
+Prints one JSON line with the summary (batches_per_second is the median over steady-state windows,
+as results report it; mfu uses the peak bf16 rate in ``speedrun.train.PEAK_FLOPS``). GPU only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from speedrun.data.loader import Batch
+from speedrun.kernels import dispatch
+from speedrun.tracks import Track, load_track
+from speedrun.train import Trainer, TrainOptions
+
+LATENT_SHAPE = (16, 32, 32)  # Flux VAE: 16 channels, 8x downsampling of 256 x 256
+TEXT_DIM = 2304  # T5Gemma 2B encoder width
+POOL = 8  # distinct synthetic batches, cycled
+
+
+def bench_track(steps: int, warmup: int, batch: int, compile_model: bool) -> Track:
+    data = load_track("prx-256").model_dump(mode="python")
+    data["train"] = {
+        **data["train"],
+        "steps": steps,
+        "global_batch": batch,
+        "untimed_warmup_steps": warmup,
+        "checkpoint_every": 10**9,
+        "compile": compile_model,
+    }
+    data["eval"] = {
+        **data["eval"],
+        "interval": 10**9,
+        "val_loss": {**data["eval"]["val_loss"], "samples": batch, "interval": 10**9},
+    }
+    return Track.model_validate(data)
+
+
+def _batch(n: int, text_tokens: int, gen: torch.Generator, start: int = 0) -> Batch:
+    lengths = torch.randint(16, text_tokens + 1, (n,), generator=gen)
+    mask = torch.arange(text_tokens)[None, :] < lengths[:, None]
+    text = torch.randn(n, text_tokens, TEXT_DIM, generator=gen) * mask[..., None]
+    x = torch.randn(n, *LATENT_SHAPE, generator=gen)
+    return Batch(x=x, text=text, text_mask=mask, index=torch.arange(start, start + n))
+
+
+class SyntheticLoader:
+    """The Loader interface over a small pool of pinned random batches."""
+
+    def __init__(self, pool: list[Batch], batch_size: int) -> None:
+        self.pool, self.batch_size, self.position = pool, batch_size, 0
+
+    def __iter__(self) -> SyntheticLoader:
+        return self
+
+    def __next__(self) -> Batch:
+        batch = self.pool[(self.position // self.batch_size) % len(self.pool)]
+        self.position += self.batch_size
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = state["position"]
+
+
+class SyntheticData:
+    """The TrainData interface (text_dim, null_embedding, loader, validation) at prx-256 shapes."""
+
+    text_dim = TEXT_DIM
+
+    def __init__(self, batch: int, text_tokens: int) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.text_tokens = text_tokens
+        self.pool = [self._pinned(_batch(batch, text_tokens, gen, i * batch)) for i in range(POOL)]
+
+    @staticmethod
+    def _pinned(b: Batch) -> Batch:
+        return Batch(x=b.x.pin_memory(), text=b.text.pin_memory(), text_mask=b.text_mask.pin_memory(), index=b.index)
+
+    def null_embedding(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = torch.zeros(self.text_tokens, dtype=torch.bool)
+        mask[0] = True  # the empty caption still has its end-of-sequence token
+        return torch.zeros(self.text_tokens, TEXT_DIM), mask
+
+    def loader(self, *, batch_size: int, seed: int, rank: int, world_size: int) -> SyntheticLoader:
+        return SyntheticLoader(self.pool, batch_size)
+
+    def validation(self, n: int) -> Batch:
+        return _batch(n, self.text_tokens, torch.Generator().manual_seed(1))
+
+
+class BenchTrainer(Trainer):
+    """The reference trainer minus checkpoint writes (clock-paused in real runs, ~14 GB here)."""
+
+    def _checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kernels", choices=["triton", "torch"], default="triton")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed warmup steps (compilation happens here)")
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_trainer_gpu: CUDA is not available; nothing to benchmark (skipped).")
+        return 0
+    dispatch.set_backend(args.kernels)
+    track = bench_track(args.steps, args.warmup, args.batch, args.compile)
+    data = SyntheticData(args.batch, track.data.text_max_tokens)
+    with tempfile.TemporaryDirectory() as tmp:
+        options = TrainOptions(run_dir=Path(tmp), seed=0, device="cuda", resume=False, progress=False)
+        t0 = time.perf_counter()
+        trainer = BenchTrainer(track, data, [], options)
+        summary = trainer.run()
+        wall = time.perf_counter() - t0
+        rows = [json.loads(x) for x in (Path(tmp) / "train.jsonl").read_text().splitlines()]
+    step_s = [r["step_s"] for r in rows if "step_s" in r]
+    out = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "kernels": args.kernels,
+        "compile": args.compile,
+        "batch": args.batch,
+        "params": sum(p.numel() for p in trainer.model.parameters()),
+        "wall_s": round(wall, 1),
+        "first_timed_steps_s": [round(s, 4) for s in step_s[:3]],
+        "losses": [round(r["loss"], 4) for r in rows if "loss" in r][:: max(1, args.steps // 8)],
+        **{k: v for k, v in asdict(summary).items() if k not in ("val_loss_curve", "eval_checkpoints")},
+    }
+    print(json.dumps(out))
+    return 0 if summary.status == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

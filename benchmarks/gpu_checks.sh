@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Everything only a GPU can show, in one call on a lent card, cheapest first:
+#   1. the kernel tests compiled (no interpreter; bf16 included) and the model-level backend test,
+#   2. benchmarks/bench_kernels.py at PRX 1.2B shapes (Triton vs SDPA, fused vs torch norm+RoPE),
+#   3. benchmarks/bench_trainer_gpu.py: the trainer at prx-1.2b, batch 32, bf16 (Triton+compile,
+#      torch SDPA+compile, Triton eager).
+# ONLY="kernel_tests bench_kernels" runs just the stages named. Each stage gets what is left of BUDGET seconds (default 420) so a slow stage cannot eat the
+# rest; logs go to $OUT (or /tmp/gpu-checks). Python packages the card's image lacks travel as
+# wheels in .whl/ (see ../.library/device/README.md); the repo is used in place via PYTHONPATH.
+set -u
+OUT=${OUT:-/tmp/gpu-checks}
+mkdir -p "$OUT"
+BUDGET=${BUDGET:-420}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="$PWD"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PWD:/tmp/site"
+fi
+
+stage() {  # stage NAME MAX_SECONDS CMD...: run CMD with min(MAX, time left), log to $OUT/NAME.txt
+  local name=$1 max=$2; shift 2
+  case " ${ONLY:-$name} " in *" $name "*) ;; *) return ;; esac  # ONLY="a b": run just those stages
+  local left=$((BUDGET - SECONDS - 5))
+  local limit=$((max < left ? max : left))
+  if [ "$limit" -lt 20 ]; then echo "== $name: skipped, ${left}s left"; return; fi
+  echo "== $name (limit ${limit}s, t=${SECONDS}s)"
+  timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1
+  echo "   rc=$? after $((SECONDS))s"
+  tail -n "${TAIL:-12}" "$OUT/$name.txt"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/env.txt"
+python3 -c "import torch, triton, pydantic; print('torch', torch.__version__, 'triton', triton.__version__, \
+'pydantic', pydantic.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT/env.txt"
+
+XDIST=$(python3 -c 'import xdist' 2>/dev/null && echo '-n 8')  # compiling kernels is CPU-bound
+TAIL=6 stage kernel_tests 150 python3 -m pytest -q -p no:cacheprovider $XDIST tests/kernels -rs
+TAIL=12 stage bench_kernels 90 python3 benchmarks/bench_kernels.py
+TAIL=2 stage trainer_triton_compile 170 python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile
+TAIL=2 stage trainer_torch_compile 150 python3 benchmarks/bench_trainer_gpu.py --kernels torch --compile
+TAIL=2 stage trainer_triton_eager 60 python3 benchmarks/bench_trainer_gpu.py --kernels triton --no-compile --steps 20
+echo "== done at ${SECONDS}s"

@@ -1,0 +1,69 @@
+"""The whole denoiser on CUDA: Triton backend against the torch backend (SDPA + plain RoPE).
+
+GPU only: the dispatch point refuses Triton on CPU tensors, and the per-kernel tests above cover
+the interpreter. This checks the drop-in at the model level (layouts, strides and masks as the
+blocks produce them), in fp32 and under the trainer's bf16 autocast, forward and gradients.
+"""
+
+import pytest
+import torch
+from model_helpers import randomized
+
+from speedrun.kernels import dispatch
+from speedrun.model import build_model
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton backend needs CUDA tensors"),
+]
+
+# bf16 autocast rounds every matmul input; the two backends round in different places.
+TOLERANCE = {torch.float32: dict(atol=2e-3, rtol=2e-3), torch.bfloat16: dict(atol=6e-2, rtol=6e-2)}
+
+
+def _run(backend: str, dtype: torch.dtype, model, inputs):
+    dispatch.set_backend(backend)
+    try:
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = model(*inputs).float()
+        out.square().mean().backward()
+        grads = {  # a compiled module names its parameters _orig_mod.<name>
+            n.removeprefix("_orig_mod."): p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None
+        }
+        return out.detach(), grads
+    finally:
+        dispatch.set_backend(None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_backend_matches_torch_backend(dtype):
+    torch.manual_seed(0)
+    model = randomized(build_model("tiny", text_dim=48)).cuda()
+    batch, tokens = 3, 7  # odd text length: masked tails in every key tile
+    x = torch.randn(batch, 3, 24, 24, device="cuda")  # 6 x 6 = 36 image tokens
+    t = torch.rand(batch, device="cuda")
+    text = torch.randn(batch, tokens, 48, device="cuda")
+    mask = torch.arange(tokens, device="cuda")[None, :] < torch.tensor([7, 3, 0], device="cuda")[:, None]
+    want, want_grads = _run("torch", dtype, model, (x, t, text, mask))
+    got, got_grads = _run("triton", dtype, model, (x, t, text, mask))
+    torch.testing.assert_close(got, want, **TOLERANCE[dtype])
+    assert got_grads.keys() == want_grads.keys()
+    for name, grad in got_grads.items():
+        scale = want_grads[name].abs().max().clamp_min(1e-6)
+        torch.testing.assert_close(grad / scale, want_grads[name] / scale, **TOLERANCE[dtype], msg=name)
+
+
+def test_triton_backend_under_torch_compile():
+    """The trainer compiles the model: the Triton kernels must trace and lower under inductor."""
+    torch.manual_seed(1)
+    model = randomized(build_model("tiny", text_dim=48)).cuda()
+    x, t = torch.randn(2, 3, 16, 16, device="cuda"), torch.rand(2, device="cuda")
+    text = torch.randn(2, 5, 48, device="cuda")
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]], device="cuda")
+    want, want_grads = _run("triton", torch.bfloat16, model, (x, t, text, mask))
+    got, got_grads = _run("triton", torch.bfloat16, torch.compile(model), (x, t, text, mask))
+    torch.testing.assert_close(got, want, **TOLERANCE[torch.bfloat16])
+    for name, grad in got_grads.items():
+        scale = want_grads[name].abs().max().clamp_min(1e-6)
+        torch.testing.assert_close(grad / scale, want_grads[name] / scale, **TOLERANCE[torch.bfloat16], msg=name)
