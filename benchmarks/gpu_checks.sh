@@ -4,9 +4,14 @@
 #   2. benchmarks/bench_kernels.py at PRX 1.2B shapes (Triton vs SDPA, fused vs torch norm+RoPE),
 #   3. benchmarks/bench_trainer_gpu.py: the trainer at prx-1.2b, batch 32, bf16 (Triton+compile,
 #      torch SDPA+compile, Triton eager).
-# ONLY="kernel_tests bench_kernels" runs just the stages named. Each stage gets what is left of BUDGET seconds (default 420) so a slow stage cannot eat the
-# rest; logs go to $OUT (or /tmp/gpu-checks). Python packages the card's image lacks travel as
-# wheels in .whl/ (see ../.library/device/README.md); the repo is used in place via PYTHONPATH.
+# ONLY="kernel_tests bench_kernels" runs just the stages named. Each stage gets what is left of
+# BUDGET seconds (default 420) so a slow stage cannot eat the rest; logs go to $OUT (or /tmp/gpu-checks). The repo is used in place via PYTHONPATH. The card's
+# image (python 3.12, torch 2.11, triton 3.6, 2026-11) lacks pydantic: fetch the wheels once here,
+#   echo /.whl/ >> .git/info/exclude
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 -d .whl pydantic==2.14.4 pydantic_core==2.50.5 \
+#     annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0
+# and carry .whl with the call: `BUDGET=430 bash benchmarks/gpu_checks.sh` took 230 s on an H200.
 set -u
 OUT=${OUT:-/tmp/gpu-checks}
 mkdir -p "$OUT"
