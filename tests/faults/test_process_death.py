@@ -115,6 +115,16 @@ class RaiseSignal(Component):
         return {}
 
 
+@pytest.fixture
+def python_sigint():
+    """Python's own Ctrl-C handler for the test: a shell that starts the suite in the background
+    without job control ignores SIGINT, and the harness rightly keeps an ignored signal ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("python_sigint")
 def test_sigint_checkpoints_at_end_of_step_and_resumes_exactly(smoke_data_root, small_reference, tmp_path):
     """Ctrl-C inside step 2: the step finishes, a checkpoint of 3 steps is written, status interrupted;
     resuming gives the uninterrupted losses. The test process's own SIGINT handler is restored."""
@@ -162,6 +172,7 @@ def test_resume_drops_log_lines_written_after_the_checkpoint(smoke_data_root, sm
     assert log_rows(run_dir) == log_rows(small_reference)
 
 
+@pytest.mark.usefixtures("python_sigint")
 def test_second_ctrl_c_interrupts_at_once_and_ignored_signals_stay_ignored():
     with StopRequest() as stop:
         signal.raise_signal(signal.SIGINT)
