@@ -68,8 +68,8 @@ class Hardware(_Model):
     device_names: list[str]
     device_count: int
     driver: str | None
-    cpu: str
-    cpu_count: int
+    cpu: str = Field(description="CPU model name and architecture, from /proc/cpuinfo on Linux.")
+    cpu_count: int = Field(description="CPU cores this process may run on (its affinity set).")
 
 
 class Software(_Model):
@@ -190,12 +190,29 @@ def hardware_info(device: torch.device, world_size: int) -> Hardware:
             driver = None
     return Hardware(
         device_type=device.type,
-        device_names=names or [platform.processor() or platform.machine()],
+        device_names=names or [cpu_model()],
         device_count=world_size,
         driver=driver,
-        cpu=platform.processor() or platform.machine(),
-        cpu_count=os.cpu_count() or 1,
+        cpu=cpu_model(),
+        cpu_count=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
     )
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name ("AMD EPYC 7R13 Processor") and architecture, e.g. for CPU batches/s.
+
+    ``platform.processor()`` is empty or just the architecture on Linux; /proc/cpuinfo names the part.
+    """
+    arch = platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return f"{value.strip()} ({arch})"
+    except OSError:  # not Linux: fall through to what the platform module knows
+        pass
+    return platform.processor() or arch
 
 
 def software_info() -> Software:

@@ -8,8 +8,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 from speedrun.components.base import Component
@@ -42,6 +45,33 @@ def build_components(submission: Submission) -> list[Component]:
     return out
 
 
+@contextlib.contextmanager
+def blame_submission_code(submission: Submission) -> Iterator[None]:
+    """Report an exception raised in the submission's own files as one ``SpeedrunError`` naming them.
+
+    The message carries the exception and the submission's frames (file, line, source), which is what
+    its author needs; an exception with no frame in the submission is a harness bug and keeps its
+    full traceback.
+    """
+    try:
+        yield
+    except SpeedrunError:
+        raise
+    except Exception as exc:
+        folder = submission.path.resolve()
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve().is_relative_to(folder)]
+        if not frames:
+            raise
+        where = "".join(
+            f"\n  {Path(f.filename).resolve().relative_to(folder.parent)}, line {f.lineno}, in {f.name}: {f.line}"
+            for f in frames[-3:]
+        )
+        raise SpeedrunError(
+            f"submission '{submission.name}' raised {type(exc).__name__}: {exc}{where}\n"
+            "Its code failed, not the harness; fix it and run the same command again."
+        ) from exc
+
+
 def train_seed(
     submission: Submission,
     track: Track,
@@ -61,7 +91,8 @@ def train_seed(
     from speedrun.train import Trainer, TrainOptions
 
     data = TrainData.open(track, data_root(data_dir))
-    components = build_components(submission)
+    with blame_submission_code(submission):
+        components = build_components(submission)
     options = TrainOptions(
         run_dir=run_dir, seed=seed, device=device, resume=resume, progress=progress, stop_after=stop_after,
         parallel=parallel,
@@ -71,8 +102,9 @@ def train_seed(
         "manifest": submission.manifest.model_dump(mode="json"),
         "effective_track": track.model_dump(mode="json"),
     }
-    trainer = Trainer(track, data, components, options, log_header=header)
-    summary = trainer.run().to_json()
+    with blame_submission_code(submission):
+        trainer = Trainer(track, data, components, options, log_header=header)
+        summary = trainer.run().to_json()
     if summary["status"] == "interrupted":
         # Not a result: no summary file, so `speedrun run` never evaluates or records this seed.
         distributed.teardown()

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from speedrun.components import Component, ComponentContext, Params, StepState, TrainBatch
+from speedrun.components import Component, ComponentContext, Params, SpeedrunError, StepState, TrainBatch
 
 
 class DeepSupervisionParams(Params):
@@ -36,7 +36,10 @@ class DeepSupervision(Component):
     def setup(self, ctx: ComponentContext) -> None:
         cfg = ctx.model.config
         if self.params.layer > cfg.depth:
-            raise ValueError(f"deep-supervision: layer {self.params.layer} > the denoiser's {cfg.depth} blocks")
+            raise SpeedrunError(
+                f"deep-supervision: params.layer = {self.params.layer}, but the denoiser has {cfg.depth} blocks "
+                f"(allowed: 1..{cfg.depth})"
+            )
         self.patch = cfg.patch_size
         # Saved as components.deep_supervision.* in checkpoints, never loaded by the evaluator.
         self.head = ctx.add_trainable("deep_supervision", nn.Linear(cfg.hidden_size, cfg.patch_dim))

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from fault_helpers import make_result, tmp_repo, write_submission
+from fault_helpers import make_result, run, small_track, speedrun_run_cmd, subprocess_env, tmp_repo, write_submission
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
@@ -25,6 +25,7 @@ from speedrun.results import load_result, write_result
 from speedrun.submission import load_submission
 from speedrun.tracks import load_track
 from speedrun.verify import verify_paths
+from speedrun.worker import blame_submission_code, train_seed
 
 HYPOTHESIS = settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
@@ -327,3 +328,52 @@ def test_cli_validate_and_verify_never_show_a_traceback(tmp_path_factory, doc, p
         assert result.exit_code in (0, 1, 2), (args, result.output)
         assert result.exception is None or isinstance(result.exception, SystemExit), (args, repr(result.exception))
         assert "Traceback" not in result.output
+
+
+FAULTY = '''
+from speedrun.components import Component, Params
+
+
+class FaultyParams(Params):
+    where: str = "setup"
+
+
+class Faulty(Component):
+    name = "faulty"
+    Params = FaultyParams
+
+    def setup(self, ctx):
+        if self.params.where == "setup":
+            raise ValueError("bad layer 99")
+
+    def losses(self, batch, prediction, state):
+        if state.step == 2:
+            return {"faulty": prediction.sum() * (1 // 0)}
+        return {}
+'''
+
+
+def test_submission_code_error_through_cli_names_its_file_and_line(tmp_path, smoke_data_root, fault_cache):
+    sub = write_submission(tmp_path, "faulty", [{"name": "faulty"}], code=FAULTY)
+    proc = run(speedrun_run_cmd(sub, tmp_path / "runs", smoke_data_root), subprocess_env(fault_cache))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "submission 'faulty' raised ValueError: bad layer 99" in proc.stderr
+    assert "faulty/components.py, line 15, in setup: raise ValueError" in proc.stderr
+    assert not (sub / "results").exists()
+
+
+def test_submission_code_error_mid_training_names_the_hook(tmp_path, smoke_data_root):
+    sub = load_submission(write_submission(tmp_path, "faulty", [{"name": "faulty", "params": {"where": "losses"}}], FAULTY))
+    with pytest.raises(SpeedrunError) as err:
+        train_seed(sub, small_track(), 0, tmp_path / "run", data_dir=smoke_data_root, device="cpu", progress=False)
+    message = str(err.value)
+    assert "raised ZeroDivisionError: integer division or modulo by zero" in message
+    assert "components.py, line 19, in losses" in message
+    assert isinstance(err.value.__cause__, ZeroDivisionError)
+
+
+def test_harness_bugs_keep_their_traceback(tmp_path):
+    sub = load_submission(write_submission(tmp_path, "plain", []))
+    with pytest.raises(KeyError), blame_submission_code(sub):
+        {}["harness frame, not the submission's"]
