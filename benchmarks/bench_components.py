@@ -50,7 +50,10 @@ class Setup:
         track = load_track("tiny")
         torch.manual_seed(0)
         self.model = build_model(track.model.config, text_dim=TEXT_DIM).to(device)
-        ctx = ComponentContext(model=self.model, track=track, device=device, seed=0)
+        side = track.data.image_size // self.model.config.patch_size  # a pixel track: the images are x
+        ctx = ComponentContext(
+            model=self.model, track=track, device=device, seed=0, token_grid=(side, side), images_available=True
+        )
         for comp in components:
             comp.setup(ctx)
         self.components = components

@@ -175,6 +175,28 @@ def submission_file_hashes(folder: Path) -> dict[str, str]:
     return out
 
 
+def code_record(submission_folder: Path) -> dict[str, Any]:
+    """The code that trains a submission: the harness tree's hash and every submission file's."""
+    return {"harness_sha256": harness_sha256(), "submission_files": submission_file_hashes(submission_folder)}
+
+
+def code_changes(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between two code records ``{"harness_sha256", "submission_files"}``, in words.
+
+    Empty when they are equal. Checkpoints and results files both carry such a record.
+    """
+    if recorded == now:
+        return []
+    out = []
+    if recorded.get("harness_sha256") != now.get("harness_sha256"):
+        out.append("the harness source tree speedrun/ changed")
+    then, files = recorded.get("submission_files", {}), now.get("submission_files", {})
+    out += [f"{f} changed" for f in sorted(then.keys() & files.keys()) if then[f] != files[f]]
+    out += [f"{f} added" for f in sorted(files.keys() - then.keys())]
+    out += [f"{f} removed" for f in sorted(then.keys() - files.keys())]
+    return out or ["its code record differs"]
+
+
 def hardware_info(device: torch.device, world_size: int) -> Hardware:
     names, driver = [], None
     if device.type == "cuda":
@@ -188,12 +210,13 @@ def hardware_info(device: torch.device, world_size: int) -> Hardware:
             ).stdout.strip().splitlines()[0]
         except Exception:  # nvidia-smi is optional; the device names still identify the card
             driver = None
+    cpu = cpu_model()
     return Hardware(
         device_type=device.type,
-        device_names=names or [cpu_model()],
+        device_names=names or [cpu],
         device_count=world_size,
         driver=driver,
-        cpu=cpu_model(),
+        cpu=cpu,
         cpu_count=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
     )
 

@@ -28,6 +28,8 @@ from speedrun.results import (
     Provenance,
     Speed,
     Timing,
+    code_changes,
+    code_record,
     finalize,
     hardware_info,
     harness_sha256,
@@ -124,11 +126,22 @@ def run_one_seed(submission: Submission, track: Track, seed: int, o: RunOptions,
     results_path = submission.results_dir(track.id) / f"seed{seed}.json"
     if results_path.exists():
         try:
-            load_result(results_path)
-            console.print(f"seed {seed}: already finished ({results_path}), skipped")
-            return results_path
+            done = load_result(results_path)
         except SpeedrunError as exc:
             raise SpeedrunError(f"{exc}. Move it away to re-run seed {seed}.") from None
+        # Skipping is right only for a result of this very code and track; an older one is stale.
+        p = done.provenance
+        then = {"harness_sha256": p.harness_sha256, "submission_files": p.submission_files}
+        changed = code_changes(then, code_record(submission.path))
+        if p.track_hash != load_track(track.id).content_hash:
+            changed.append(f"track '{track.id}' changed")
+        if changed:
+            raise SpeedrunError(
+                f"{results_path}: seed {seed} has a result from other code or track ({'; '.join(changed)}); "
+                f"move it away to re-run seed {seed} with the current files"
+            )
+        console.print(f"seed {seed}: already finished ({results_path}), skipped")
+        return results_path
     wall0 = time.perf_counter()
     run_dir = run_dir_for(submission, track, seed, o.runs_dir)
     console.print(f"[bold]seed {seed}[/]: training {submission.name} on {track.id} -> {run_dir}")

@@ -62,6 +62,11 @@ class DataSpec(_Frozen):
     reference_examples: int = Field(gt=0, description="Held-out real images for metric statistics.")
     text_encoder: str = Field(description="Text encoder key in speedrun.data.text.")
     text_max_tokens: int = Field(gt=0)
+    train_images: bool = Field(
+        False,
+        description="Latent tracks: keep each train image (uint8, image_size square) beside its latent, for "
+        "components whose teacher needs pixels (REPA, iREPA). Pixel tracks store their images as x.",
+    )
     split_hashes: dict[str, str] = Field(
         default_factory=dict,
         description="sha256 of each split's definition (captions and images); empty until pinned.",
@@ -73,6 +78,10 @@ class DataSpec(_Frozen):
             raise ValueError("representation 'flux-vae' needs data.vae (repo@revision)")
         if self.representation == "pixels" and self.vae:
             raise ValueError("representation 'pixels' takes no data.vae")
+        if self.representation == "pixels" and self.train_images:
+            raise ValueError(
+                "representation 'pixels' stores its images as x already; data.train_images is for latent tracks"
+            )
         return self
 
 

@@ -30,11 +30,11 @@ from speedrun import distributed
 from speedrun.checkpoint import latest_checkpoint, load_training_state, save_checkpoint, split_component_tensors
 from speedrun.clock import Clock, Paused
 from speedrun.components.base import Component, ComponentContext, TrainBatch
-from speedrun.data.loader import to_uint8
 from speedrun.errors import SpeedrunError
 from speedrun.flow import Objective, RectifiedFlowObjective, apply_caption_dropout, caption_drop_mask, validation_loss
 from speedrun.kernels import dispatch
 from speedrun.model import build_model
+from speedrun.results import code_changes
 from speedrun.state import StepState
 from speedrun.tracks import Track
 
@@ -205,7 +205,11 @@ class Trainer:
         components: list[Component],
         options: TrainOptions,
         log_header: dict[str, Any] | None = None,
+        code: dict[str, Any] | None = None,
     ) -> None:
+        """``code`` identifies the code that trains (harness and submission file hashes): it is written
+        into every checkpoint, and a resume refuses a checkpoint written by other code, since the
+        run's results name one version of the code for all its steps."""
         self.track = track
         self.data = data
         self.components = components
@@ -215,6 +219,7 @@ class Trainer:
         self.run_dir = options.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.log_header = log_header or {}
+        self.code = code or {}
         if track.train.global_batch % self.dist.world_size:
             raise SpeedrunError(
                 f"track '{track.id}': global batch {track.train.global_batch} does not divide "
@@ -228,7 +233,16 @@ class Trainer:
     def _build(self) -> None:
         torch.manual_seed(self.opt.seed)  # identical init on every rank
         self.model = build_model(self.track.model.config, text_dim=self.data.text_dim).to(self.device)
-        self.ctx = ComponentContext(model=self.model, track=self.track, device=self.device, seed=self.opt.seed)
+        _, height, width = self.data.x_shape
+        patch = self.model.config.patch_size
+        self.ctx = ComponentContext(
+            model=self.model,
+            track=self.track,
+            device=self.device,
+            seed=self.opt.seed,
+            token_grid=(height // patch, width // patch),
+            images_available=self.data.train_images,
+        )
         for comp in self.components:
             comp.setup(self.ctx)
         self.heads: dict[str, nn.Module] = self.ctx.trainable
@@ -337,7 +351,7 @@ class Trainer:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             pred = self.forward_model(x_t, t, text, mask, hooks=self.hooks, state=state)
             loss = self.objective.loss(pred.float(), target, x_t, t)
-            images = to_uint8(x0) if self.track.data.representation == "pixels" else None
+            images = batch.images.to(self.device, non_blocking=True) if batch.images is not None else None
             train_batch = TrainBatch(x0=x0, noise=noise, text=text, text_mask=mask, images_uint8=images)
             terms: dict[str, torch.Tensor] = {}
             for comp in self.components:
@@ -422,7 +436,11 @@ class Trainer:
         log_path = self.run_dir / "train.jsonl"
         gen = self._generator()
         loader = self.data.loader(
-            batch_size=track.train.global_batch, seed=self.opt.seed, rank=d.rank, world_size=d.world_size
+            batch_size=track.train.global_batch,
+            seed=self.opt.seed,
+            rank=d.rank,
+            world_size=d.world_size,
+            images=self.ctx.uses_images,
         )
         start_step, clock_offset, val_curve, eval_ckpts, times = 0, 0.0, [], [], {}
         resumed_from = None
@@ -634,6 +652,7 @@ class Trainer:
         meta = {
             "track": self.track.id,
             "track_hash": self.track.content_hash,
+            "code": self.code,
             "model_config": self.track.model.config,
             "text_dim": self.data.text_dim,
             "prediction": self.objective.prediction,
@@ -656,6 +675,12 @@ class Trainer:
             raise SpeedrunError(
                 f"{path}: written for another version of track '{self.track.id}'; "
                 f"start over with --no-resume or delete {self.run_dir}"
+            )
+        changed = code_changes(meta.get("code", {}), self.code)
+        if changed:
+            raise SpeedrunError(
+                f"{path}: written by other code ({'; '.join(changed)}), and a run's steps must all come "
+                f"from the code its results name; restore that code to resume, or start over with --no-resume"
             )
         if meta.get("world_size") != self.dist.world_size:
             raise SpeedrunError(

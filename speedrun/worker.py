@@ -88,11 +88,10 @@ def train_seed(
     from speedrun import distributed
     from speedrun.data.source import TrainData
     from speedrun.paths import data_root
+    from speedrun.results import code_record
     from speedrun.train import Trainer, TrainOptions
 
     data = TrainData.open(track, data_root(data_dir))
-    with blame_submission_code(submission):
-        components = build_components(submission)
     options = TrainOptions(
         run_dir=run_dir, seed=seed, device=device, resume=resume, progress=progress, stop_after=stop_after,
         parallel=parallel,
@@ -102,8 +101,11 @@ def train_seed(
         "manifest": submission.manifest.model_dump(mode="json"),
         "effective_track": track.model_dump(mode="json"),
     }
+    # Hashed before components.py is imported: the code that trains is the code these name.
+    code = code_record(submission.path)
     with blame_submission_code(submission):
-        trainer = Trainer(track, data, components, options, log_header=header)
+        components = build_components(submission)
+        trainer = Trainer(track, data, components, options, log_header=header, code=code)
         summary = trainer.run().to_json()
     if summary["status"] == "interrupted":
         # Not a result: no summary file, so `speedrun run` never evaluates or records this seed.

@@ -113,6 +113,8 @@ def test_prx256_equals_reference_section_1() -> None:
     # text encoder: T5Gemma, 256 tokens
     assert t.data.text_encoder == "t5gemma"
     assert t.data.text_max_tokens == 256
+    # REPA on this track (part 2) needs the real images beside the latents
+    assert t.data.train_images is True
     # optimizer: AdamW lr 1e-4, weight_decay 0, eps 1e-15, betas (0.9, 0.95), 1000 warmup, clip 0.2
     assert t.optim.name == "adamw"
     assert t.optim.lr == 1e-4

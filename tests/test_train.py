@@ -17,6 +17,7 @@ from torch import nn
 from speedrun.clock import Clock, Paused
 from speedrun.components import Component, ComponentContext, Params, StepState, TrainBatch
 from speedrun.data.source import TrainData
+from speedrun.errors import SpeedrunError
 from speedrun.train import Trainer, TrainOptions, check_fp32_master, check_optimizer_coverage, median_speed
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,10 +28,16 @@ def losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r and "event" not in r]
 
 
-def train(track, data_root, run_dir, components=(), seed=0, **opts):
+def starts(run_dir: Path) -> list[str | None]:
+    """The checkpoint each session of the run's log resumed from (None: from scratch)."""
+    rows = [json.loads(line) for line in (run_dir / "train.jsonl").read_text().splitlines()]
+    return [r["resumed_from"] for r in rows if r.get("event") == "start"]
+
+
+def train(track, data_root, run_dir, components=(), seed=0, code=None, **opts):
     data = TrainData.open(track, data_root)
     options = TrainOptions(run_dir=run_dir, seed=seed, device="cpu", progress=False, **opts)
-    trainer = Trainer(track, data, list(components), options)
+    trainer = Trainer(track, data, list(components), options, code=code)
     return trainer, trainer.run()
 
 
@@ -135,6 +142,27 @@ def test_resume_equals_uninterrupted(smoke_data_root, tmp_path, track_variant):
     assert rest.val_loss_curve == full.val_loss_curve
 
 
+def test_resume_refuses_a_checkpoint_written_by_other_code(smoke_data_root, tmp_path, track_variant):
+    """A results file names one version of the code for all its steps, so a seed whose submission or
+    harness changed since its last checkpoint is not resumed; --no-resume starts it over."""
+    track = track_variant(train={"steps": 4, "checkpoint_every": 2})
+    code = {"harness_sha256": "a" * 64, "submission_files": {"submission.toml": "1", "components.py": "2"}}
+    edited = {**code, "submission_files": {"components.py": "3", "NOTES.md": "4"}}
+    run_dir = tmp_path / "run"
+    _, part = train(track, smoke_data_root, run_dir, code=code, stop_after=2)
+    assert part.steps == 2
+    changes = r"components.py changed; NOTES.md added; submission.toml removed"
+    with pytest.raises(SpeedrunError, match=rf"step-00000002: written by other code \({changes}\).*--no-resume"):
+        train(track, smoke_data_root, run_dir, code=edited)
+    with pytest.raises(SpeedrunError, match=r"the harness source tree speedrun/ changed\)"):
+        train(track, smoke_data_root, run_dir, code={**code, "harness_sha256": "b" * 64})
+    _, rest = train(track, smoke_data_root, run_dir, code=code)
+    assert rest.steps == 4 and starts(run_dir) == [None, "step-00000002"]
+    _, fresh = train(track, smoke_data_root, run_dir, code=edited, resume=False)
+    assert fresh.steps == 4 and starts(run_dir) == [None]
+    assert json.loads((run_dir / "checkpoints" / "step-00000004" / "meta.json").read_text())["code"] == edited
+
+
 def test_loss_decreases_on_smoke(smoke_data_root, tmp_path, track_variant):
     track = track_variant(train={"steps": 40, "checkpoint_every": 40}, eval={"val_loss": {"samples": 16, "timesteps": 8, "seed": 0, "interval": 5}})
     _, summary = train(track, smoke_data_root, tmp_path / "run")
@@ -182,6 +210,7 @@ class LatentShapedData:
     """TrainData's interface with latent-sized inputs: 8 x 8 grids for 64 x 64 "images"."""
 
     text_dim, tokens = 384, 32
+    x_shape, train_images = (3, 8, 8), False
 
     def _batch(self, n: int):
         from speedrun.data.loader import Batch
@@ -194,7 +223,7 @@ class LatentShapedData:
     def null_embedding(self):
         return torch.zeros(self.tokens, self.text_dim), torch.ones(self.tokens, dtype=torch.bool)
 
-    def loader(self, *, batch_size, seed, rank, world_size):
+    def loader(self, *, batch_size, seed, rank, world_size, images=False):
         batch = self._batch(batch_size)
 
         class Repeat:

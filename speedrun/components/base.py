@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from speedrun.errors import SpeedrunError
 from speedrun.state import BlockHook, StepState
 
 if TYPE_CHECKING:
@@ -40,14 +41,35 @@ class ComponentContext:
         trainable: modules registered with ``add_trainable`` (joined to the optimizer, saved under
             ``components.<name>.*`` in checkpoints, dropped at evaluation).
         frozen: modules registered with ``add_frozen`` (teachers: no grad, eval mode, never saved).
+        token_grid: (rows, columns) of the denoiser's image tokens, e.g. (16, 16) on prx-256
+            (256-pixel images, 32 x 32 latents, patch 2) and (8, 8) on tiny (32 pixels, patch 4).
+        images_available: whether the track's train data keeps the real images (see ``use_images``).
+        uses_images: set by ``use_images``; the trainer then loads the real images of every batch.
     """
 
     model: PRXDenoiser
     track: Any
     device: torch.device
     seed: int
+    token_grid: tuple[int, int]
+    images_available: bool
     trainable: dict[str, nn.Module] = field(default_factory=dict)
     frozen: dict[str, nn.Module] = field(default_factory=dict)
+    uses_images: bool = False
+
+    def use_images(self, component: str) -> None:
+        """Ask for ``TrainBatch.images_uint8`` (the real train images) in every step.
+
+        Raises a SpeedrunError naming ``component`` when the track's train data keeps no images.
+        """
+        if not self.images_available:
+            data = self.track.data
+            raise SpeedrunError(
+                f"component '{component}' needs the real images (its teacher reads pixels), but track "
+                f"'{self.track.id}' trains on '{data.representation}' latents without keeping the train images "
+                "(data.train_images = false); use it on a track that keeps them"
+            )
+        self.uses_images = True
 
     def add_trainable(self, name: str, module: nn.Module) -> nn.Module:
         if name in self.trainable or name in self.frozen:
@@ -68,8 +90,8 @@ class ComponentContext:
 class TrainBatch:
     """One training batch as components see it (model space, already on the device).
 
-    ``images_uint8`` (B, H, W, 3) are the real images for teachers on pixel tracks; None on latent
-    tracks, where a component that needs pixels must decode ``x0`` itself.
+    ``images_uint8`` (B, H, W, 3) are the real train images (image_size square, whatever the
+    token grid) when a component asked for them with ``ComponentContext.use_images``; else None.
     """
 
     x0: torch.Tensor

@@ -15,7 +15,8 @@ this case; here the visible tokens are scattered into a zero grid (zeros stand f
 tokens, as SPRINT's mask token), the convolution runs on it, and the loss compares only the visible
 positions. The normalisation statistics always come from the teacher's full grid.
 
-Limitation (as REPA): the teacher needs pixel images, so latent tracks are refused at setup.
+As REPA, the teacher reads the real images, so a latent track must keep its train images
+(``data.train_images``, as prx-256 does); one that does not is refused at setup.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ grid (see :mod:`speedrun.components.teachers`). The projector is REPA's MLP
 PRX 1024); it is trained with the denoiser and dropped at evaluation. Under token routing (TREAD)
 only the tokens still flowing at the hook are compared, each with the teacher token at its position.
 
-Limitation: the teacher needs real images, which the trainer passes only on pixel tracks; on latent
-tracks (prx-256) setup raises a SpeedrunError.
+The teacher reads the real images (``ComponentContext.use_images``): pixel tracks have them as
+``x``; a latent track must keep its train images (``data.train_images``, as prx-256 does), else
+setup raises a SpeedrunError.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class REPA(Component):
             raise RuntimeError(f"component '{self.name}': its hook on block {self.block} did not run this step")
         tokens, index = state.records.pop(self.name)
         if batch.images_uint8 is None:
-            raise SpeedrunError(f"component '{self.name}': the batch carries no pixel images for the teacher")
+            raise SpeedrunError(f"component '{self.name}': the batch carries no real images for the teacher")
         rows, cols = batch.x0.shape[-2] // self.patch, batch.x0.shape[-1] // self.patch
         if (rows, cols) != self.grid:
             raise SpeedrunError(

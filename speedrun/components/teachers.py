@@ -192,29 +192,14 @@ def load_teacher(name: str, grid: tuple[int, int], *, random_init: bool = False)
     return Teacher(network, grid, spec.patch, f"{spec.hub_id}@{(spec.revision or 'main')[:12]}")
 
 
-def pixel_token_grid(ctx: Any, component: str) -> tuple[int, int]:
-    """The denoiser's token grid on a pixel track; a SpeedrunError on latent tracks.
-
-    Teachers see real images, which the trainer passes only on pixel tracks (``TrainBatch.images_uint8``).
-    """
-    data = ctx.track.data
-    if data.representation != "pixels":
-        raise SpeedrunError(
-            f"component '{component}' needs pixel images for its teacher, but track '{ctx.track.id}' trains on "
-            f"'{data.representation}' latents and the trainer passes no images there (TrainBatch.images_uint8 is "
-            "None); use it on a pixel track (tiny, smoke)"
-        )
-    side = data.image_size // ctx.model.config.patch_size
-    return side, side
-
-
 def teacher_for(ctx: Any, component: str, name: str, random_init: bool) -> Teacher:
     """Load the teacher a component asked for under the track's weights policy (see the module doc).
 
     Real weights unless ``random_init`` or the track evaluates with random-init networks; either
     fallback prints a note on stderr, since such a teacher teaches nothing.
     """
-    grid = pixel_token_grid(ctx, component)
+    ctx.use_images(component)
+    grid = ctx.token_grid
     policy_random = getattr(ctx.track.eval, "extractors", "pretrained") == "random-init"
     use_random = random_init or policy_random
     teacher = load_teacher(name, grid, random_init=use_random)

@@ -29,12 +29,14 @@ class Batch:
         text: float32 (B, L, D) text token embeddings, zero at padding.
         text_mask: bool (B, L), True for real tokens.
         index: int64 (B,) example indices within the split.
+        images: uint8 (B, H, W, 3) the real images, when asked for (teachers read them); else None.
     """
 
     x: torch.Tensor
     text: torch.Tensor
     text_mask: torch.Tensor
     index: torch.Tensor
+    images: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -56,20 +58,31 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def load_batch(split: SplitDataset, indices: np.ndarray, device: str | torch.device = "cpu") -> Batch:
-    """Rows ``indices`` of ``split`` as a Batch on ``device`` (in that order).
+def load_batch(
+    split: SplitDataset, indices: np.ndarray, device: str | torch.device = "cpu", images: bool = False
+) -> Batch:
+    """Rows ``indices`` of ``split`` as a Batch on ``device`` (in that order), with the real images
+    if ``images`` (a SpeedrunError when the split keeps none).
 
     Stored dtypes (uint8 pixels, float16 latents and text) travel to the device before the float32
     conversion, which halves or quarters host-to-device traffic.
     """
     rows = split.gather(indices)
     x = torch.from_numpy(rows["x"]).to(device, non_blocking=True)
-    x = from_uint8(x) if split.representation == "pixels" else x.float()
+    real = None
+    if split.representation == "pixels":
+        real = x if images else None
+        x = from_uint8(x)
+    else:
+        x = x.float()
+        if images:
+            real = torch.from_numpy(split.images(indices)).to(device, non_blocking=True)
     return Batch(
         x=x,
         text=torch.from_numpy(rows["text"]).to(device, non_blocking=True).float(),
         text_mask=torch.from_numpy(rows["mask"]).to(device, non_blocking=True),
         index=torch.from_numpy(rows["index"]).to(device, non_blocking=True),
+        images=real,
     )
 
 
@@ -83,6 +96,7 @@ class Loader:
         rank, world_size: this process's slice of each global batch.
         position: global examples already consumed (to resume).
         device: where batches are placed.
+        images: also load each example's real uint8 image (``Batch.images``).
     """
 
     def __init__(
@@ -94,6 +108,7 @@ class Loader:
         world_size: int = 1,
         position: int = 0,
         device: str | torch.device = "cpu",
+        images: bool = False,
     ) -> None:
         if len(split) == 0:
             raise SpeedrunError(f"split '{split.name}' is empty; nothing to load")
@@ -110,6 +125,9 @@ class Loader:
         self.world_size = world_size
         self.position = position
         self.device = device
+        if images and not split.has_images:
+            raise SpeedrunError(f"split '{split.name}' of {split.root} keeps no real images (latents only)")
+        self.images = images
         self._local = batch_size // world_size
         self._perm_epoch = -1
         self._perm = np.empty(0, dtype=np.int64)
@@ -144,7 +162,7 @@ class Loader:
 
     def __next__(self) -> Batch:
         indices = self.indices(self.position + self.rank * self._local, self._local)
-        batch = load_batch(self.split, indices, self.device)
+        batch = load_batch(self.split, indices, self.device, images=self.images)
         self.position += self.batch_size
         return batch
 

@@ -15,9 +15,10 @@ without one, whichever call finds every shard complete writes it.
 
 The reference split always keeps uint8 images (for pixel tracks they are ``x``), captions and,
 for shapes, the structured scene specs, so the evaluator has real images for FID and specs for
-prompt adherence. If the track pins ``data.split_hashes``, each split's definition hash (see
-``speedrun.data.shapes.split_definition_hash``) must match or prepare fails before writing the
-manifest.
+prompt adherence. A latent track with ``data.train_images`` keeps the train split's uint8 images
+too, for components whose teacher reads pixels (REPA, iREPA). If the track pins
+``data.split_hashes``, each split's definition hash (see ``speedrun.data.shapes.split_definition_hash``)
+must match or prepare fails before writing the manifest.
 """
 
 from __future__ import annotations
@@ -188,6 +189,11 @@ def _examples_per_shard(track: Track, text: TextEncoderInfo, vae: FluxVAE | None
     return max(1, SHARD_BYTES // per_example)
 
 
+# ``train_images`` came after datasets had been prepared: left out at its default (False) so those
+# datasets keep their directory; ``split_hashes`` check a dataset, they do not define it.
+_UNDEFINING_FIELDS = {False: {"split_hashes", "train_images"}, True: {"split_hashes"}}
+
+
 def dataset_definition(
     track: Track,
     *,
@@ -200,7 +206,7 @@ def dataset_definition(
     source = _ShapesSource.definition if track.data.dataset == "shapes" else _mjv6().Mjv6Source.definition
     return {
         "format_version": FORMAT_VERSION,
-        "data": track.data.model_dump(mode="json", exclude={"split_hashes"}),
+        "data": track.data.model_dump(mode="json", exclude=_UNDEFINING_FIELDS[track.data.train_images]),
         "source": source,
         "text_encoder": text.model_dump(),
         "vae": _vae_identity(track, vae),
@@ -286,7 +292,7 @@ def _encode_captions(
 
 
 def _build_shard(
-    job: _Job, source: Any, models: _Models, representation: str, advance: Callable[[float], None]
+    job: _Job, source: Any, models: _Models, track: Track, advance: Callable[[float], None]
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     images, captions, specs = source.load(job.split, job.start, job.count)
     digests = np.stack(
@@ -302,11 +308,11 @@ def _build_shard(
         "index": np.arange(job.start, job.start + job.count, dtype=np.int64),
         "digests": digests,
     }
-    if representation == "pixels":
+    if track.data.representation == "pixels":
         arrays["x"] = images
     else:
         arrays["x"] = models.vae.encode(images).numpy().astype(np.float16)
-        if job.split == "reference":
+        if job.split == "reference" or (job.split == "train" and track.data.train_images):
             arrays["images"] = images
     documents: dict[str, Any] = {"captions": captions}
     if specs is not None:
@@ -477,7 +483,7 @@ def prepare(
             if _reusable(split_dir, job):
                 advance(job.count)
                 continue
-            arrays, documents = _build_shard(job, data_source, models, track.data.representation, advance)
+            arrays, documents = _build_shard(job, data_source, models, track, advance)
             write_shard(split_dir, job.name, job.start, arrays, documents)
     if distributed:
         torch.distributed.barrier()

@@ -13,7 +13,8 @@ Layout of one prepared dataset (``speedrun.data.prepare`` writes it)::
         digests.npy  uint8 (n, 32): sha256(index, caption, image bytes) of each example
         captions.json  list of n caption strings
         specs.json     (shapes only) list of n structured scene specs
-        images.npy     (latent tracks, reference split only) uint8 (n, H, W, 3) real images
+        images.npy     (latent tracks: the reference split, and the train split when the track sets
+                       data.train_images) uint8 (n, H, W, 3) real images
         shard.json     this shard's entry (start, count, file hashes), written before the rename
 
 Every ``.npy`` opens with ``np.load(mmap_mode="r")``; readers gather rows from the memory maps and
@@ -306,15 +307,21 @@ class SplitDataset:
         """Real images uint8 (n, H, W, 3) of rows ``indices``.
 
         Pixel tracks store the images as ``x``; latent tracks store them as ``images`` in the
-        reference split only (the evaluator's real images).
+        reference split (the evaluator's real images) and, with ``data.train_images``, the train split.
         """
         if self.representation == "pixels":
             return self.gather_field("x", indices)
-        if not self.has_field("images"):
+        if not self.has_images:
             raise SpeedrunError(
-                f"split '{self.name}' of {self.root} stores latents only; uint8 images are kept for the reference split"
+                f"split '{self.name}' of {self.root} stores latents only; uint8 images are kept for the reference "
+                "split, and for the train split only on tracks with data.train_images = true"
             )
         return self.gather_field("images", indices)
+
+    @property
+    def has_images(self) -> bool:
+        """Whether :meth:`images` can read this split's real images."""
+        return self.representation == "pixels" or self.has_field("images")
 
     def digests(self) -> np.ndarray:
         """Per-example digests uint8 (N, 32) in index order."""

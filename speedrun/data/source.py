@@ -51,8 +51,19 @@ class TrainData:
         emb, mask = self.dataset.null_text()
         return torch.from_numpy(emb), torch.from_numpy(np.asarray(mask, dtype=bool))
 
-    def loader(self, *, batch_size: int, seed: int, rank: int, world_size: int) -> Loader:
-        return Loader(self.dataset.split("train"), batch_size, seed, rank=rank, world_size=world_size)
+    @property
+    def x_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one training example as the denoiser sees it (pixels or latents)."""
+        return tuple(self.dataset.x_shape)
+
+    @property
+    def train_images(self) -> bool:
+        """Whether the train split keeps real images (pixel tracks, or latent ones with data.train_images)."""
+        return self.dataset.split("train").has_images
+
+    def loader(self, *, batch_size: int, seed: int, rank: int, world_size: int, images: bool = False) -> Loader:
+        """This rank's stream of train batches; ``images`` adds the real images (``Batch.images``)."""
+        return Loader(self.dataset.split("train"), batch_size, seed, rank=rank, world_size=world_size, images=images)
 
     def validation(self, n: int) -> Batch:
         """The first ``n`` validation examples, in index order (fixed, held out)."""

@@ -27,7 +27,10 @@ def make_ctx(track_id: str = "smoke", track=None, seed: int = 0, **model_overrid
     track = track or load_track(track_id)
     torch.manual_seed(seed)
     model = randomized(build_model(track.model.config, text_dim=TEXT_DIM, **model_overrides), seed)
-    return ComponentContext(model=model, track=track, device=torch.device("cpu"), seed=seed)
+    side = track.data.image_size // model.config.patch_size  # pixel tracks: the images are x
+    return ComponentContext(
+        model=model, track=track, device=torch.device("cpu"), seed=seed, token_grid=(side, side), images_available=True
+    )
 
 
 def make_batch(ctx: ComponentContext, b: int = 3, seed: int = 1) -> tuple[TrainBatch, torch.Tensor, torch.Tensor]:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from component_helpers import forward, make_batch, make_ctx
 
+from speedrun.components import ComponentContext
 from speedrun.components.irepa import IREPA, IREPAParams, representation_defaults, spatial_normalize
 from speedrun.components.repa import REPA, REPAParams, negative_cosine, resolve_layer
 from speedrun.errors import SpeedrunError
@@ -88,14 +89,18 @@ def test_repa_stop_step_and_evaluation_record_nothing():
     assert state.records == {}
 
 
-def test_repa_refuses_latent_tracks_at_setup():
-    ctx = SimpleNamespace(
-        track=load_track("prx-256"),
+def test_repa_refuses_tracks_without_train_images_at_setup():
+    ctx = ComponentContext(
         model=SimpleNamespace(config=SimpleNamespace(depth=16, patch_size=2, hidden_size=8)),
+        track=load_track("prx-256"),
+        device=torch.device("cpu"),
+        seed=0,
+        token_grid=(16, 16),
+        images_available=False,
     )
-    with pytest.raises(SpeedrunError, match="component 'repa' needs pixel images"):
+    with pytest.raises(SpeedrunError, match="component 'repa' needs the real images"):
         REPA(REPAParams()).setup(ctx)
-    with pytest.raises(SpeedrunError, match="component 'irepa' needs pixel images"):
+    with pytest.raises(SpeedrunError, match="component 'irepa' needs the real images"):
         IREPA(IREPAParams()).setup(ctx)
 
 

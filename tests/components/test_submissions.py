@@ -49,6 +49,17 @@ def test_submission_validates_and_trains_on_smoke(name, smoke_data_root, tmp_pat
     assert meta["prediction"] == ("x0" if name == "xpred" else "velocity")
 
 
+@pytest.mark.parametrize("name", SHIPPED)
+def test_submission_targets_prx256_and_validates_there(name):
+    """Every technique ships for the real track too; REPA and iREPA can, since prx-256 keeps the
+    train images their teachers read (training there needs the GPUs and the teacher weights)."""
+    sub = load_submission(REPO / "submissions" / name)
+    assert "prx-256" in sub.manifest.tracks
+    track = sub.track("prx-256")
+    assert track.data.train_images or not {"repa", "irepa"} & {c.name for c in sub.manifest.components}
+    assert [c.name for c in build_components(sub)] == [c.name for c in sub.manifest.components]
+
+
 def meta_text_dim(ckpt: Path) -> int:
     return json.loads((ckpt / "meta.json").read_text())["text_dim"]
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from speedrun.components import ComponentContext
 from speedrun.components.teachers import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -16,7 +17,6 @@ from speedrun.components.teachers import (
     TEACHERS,
     build_network,
     load_teacher,
-    pixel_token_grid,
     teacher_for,
     weights_file,
 )
@@ -91,17 +91,32 @@ def test_weights_dir_is_used_and_position_embeddings_are_resampled(no_weights):
     assert loaded.pos_embed.shape[1] == 8 * 8  # resampled from 37 x 37 (registers and CLS carry none)
 
 
-def _ctx(track_id: str, patch: int = 4):
-    return SimpleNamespace(
-        track=load_track(track_id),
+def _ctx(track_id: str, patch: int = 4, images: bool | None = None) -> ComponentContext:
+    """A setup context as the trainer builds it (Flux-VAE latents are 1/8 of the image side)."""
+    track = load_track(track_id)
+    side = track.data.image_size // (1 if track.data.representation == "pixels" else 8) // patch
+    return ComponentContext(
         model=SimpleNamespace(config=SimpleNamespace(patch_size=patch, depth=16, hidden_size=8)),
+        track=track,
+        device=torch.device("cpu"),
+        seed=0,
+        token_grid=(side, side),
+        images_available=track.data.representation == "pixels" or track.data.train_images if images is None else images,
     )
 
 
-def test_latent_tracks_are_refused_with_a_reason():
-    with pytest.raises(SpeedrunError, match="needs pixel images.*'prx-256'.*flux-vae"):
-        pixel_token_grid(_ctx("prx-256", patch=2), "repa")
-    assert pixel_token_grid(_ctx("tiny"), "repa") == (8, 8)
+def test_teachers_need_the_real_train_images():
+    """A latent track that keeps no train images is refused with the reason; prx-256 keeps them, and
+    its 256-pixel images meet DINOv2/14 at 224 pixels on the 16 x 16 token grid."""
+    without = _ctx("prx-256", patch=2, images=False)
+    reason = r"'repa' needs the real images.*'prx-256' trains on 'flux-vae' latents.*data.train_images = false"
+    with pytest.raises(SpeedrunError, match=reason):
+        teacher_for(without, "repa", "dinov2-vitl14-reg", random_init=True)
+    assert not without.uses_images
+    ctx = _ctx("prx-256", patch=2)
+    teacher = teacher_for(ctx, "repa", "dinov2-vitl14-reg", random_init=True)
+    assert ctx.uses_images and teacher.grid == (16, 16) and teacher.input_size == (224, 224)
+    assert teacher(torch.zeros(1, 256, 256, 3, dtype=torch.uint8)).shape == (1, 256, RANDOM_INIT_ARCH["embed_dim"])
 
 
 def test_smoke_policy_random_init_with_a_note_and_real_tracks_fail(no_weights, capsys):

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from component_helpers import step_rows, train
 
 from speedrun.checkpoint import load_denoiser_strict
+from speedrun.components import Component, ComponentContext, Params
 from speedrun.components.contrastive_fm import ContrastiveFM, ContrastiveFMParams
 from speedrun.components.irepa import IREPA, IREPAParams
 from speedrun.components.repa import REPA, REPAParams
 from speedrun.components.teachers import load_teacher
 from speedrun.components.tread import TREAD, TREADParams
-from speedrun.model import build_model
+from speedrun.data.loader import Loader
+from speedrun.data.prepare import prepare
+from speedrun.data.shards import open_dataset
+from speedrun.data.source import TrainData
+from speedrun.data.vae import random_init_vae
+from speedrun.model import MODEL_CONFIGS, build_model
+from speedrun.tracks import load_track
+from speedrun.train import Trainer, TrainOptions
 
 
 def test_repa_irepa_tread_contrastive_together(smoke_data_root, tmp_path, short_smoke):
@@ -45,3 +54,59 @@ def test_repa_irepa_tread_contrastive_together(smoke_data_root, tmp_path, short_
     assert len(meta["component_keys"]) == 6 + 2  # three Linear layers; one Conv2d
     for key, value in fresh.state_dict().items():
         assert torch.equal(value, trainer.model.state_dict()[key]), key
+
+
+class ImageSpy(Component):
+    """Test-only: asks for the real images and keeps those each step received."""
+
+    name = "test-image-spy"
+
+    def __init__(self) -> None:
+        super().__init__(Params())
+        self.seen: dict[int, torch.Tensor] = {}
+
+    def setup(self, ctx: ComponentContext) -> None:
+        ctx.use_images(self.name)
+
+    def losses(self, batch, prediction, state):
+        self.seen[state.step] = batch.images_uint8.clone()
+        return {}
+
+
+def test_a_latent_track_that_keeps_train_images_feeds_teachers(tmp_path, track_variant, monkeypatch):
+    """prx-256's arrangement at smoke size: latents to denoise, the real images beside them. A
+    component that asks for images gets each batch's own (uint8, image size), REPA trains on them,
+    and a run whose components do not ask never loads them."""
+    monkeypatch.setitem(MODEL_CONFIGS, "test-latent", partial(MODEL_CONFIGS["smoke"], in_channels=16, patch_size=2))
+    track = track_variant(
+        data={
+            "representation": "flux-vae",
+            "vae": load_track("prx-256").data.vae,
+            "train_images": True,
+            "train_examples": 24,
+            "reference_examples": 8,
+        },
+        model={"config": "test-latent"},
+        train={"steps": 3, "untimed_warmup_steps": 1, "checkpoint_every": 3},
+    )
+    data = TrainData(open_dataset(prepare(track, tmp_path / "data", progress=False, vae=random_init_vae())))
+    split = data.dataset.split("train")
+    assert data.dataset.x_shape == (16, 4, 4) and data.train_images
+
+    def run(components, name):
+        options = TrainOptions(run_dir=tmp_path / name, seed=0, device="cpu", progress=False)
+        trainer = Trainer(track, data, components, options)
+        return trainer, trainer.run()
+
+    spy, repa = ImageSpy(), REPA(REPAParams(projector_dim=8, random_init_teacher=True))
+    trainer, summary = run([spy, repa], "repa")
+    assert summary.status == "ok" and trainer.ctx.uses_images and repa.grid == (2, 2)
+    stream = Loader(split, track.train.global_batch, seed=0)
+    for step in range(3):
+        expected = split.images(stream.indices(step * track.train.global_batch, track.train.global_batch))
+        assert expected.shape == (8, 32, 32, 3)
+        assert torch.equal(spy.seen[step], torch.from_numpy(expected)), step
+    assert all(math.isfinite(row["repa"]) and row["repa"] != 0 for row in step_rows(tmp_path / "repa"))
+
+    plain, _ = run([TREAD(TREADParams(start=1, end=1))], "plain")
+    assert not plain.ctx.uses_images

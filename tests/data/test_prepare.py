@@ -12,7 +12,7 @@ import torch
 
 from speedrun.data import mjv6, shapes
 from speedrun.data.loader import Loader
-from speedrun.data.prepare import prepare
+from speedrun.data.prepare import dataset_definition, prepare
 from speedrun.data.shards import MANIFEST_NAME, open_dataset, read_shard_entry, verify
 from speedrun.data.text import get_text_encoder
 from speedrun.data.vae import random_init_vae
@@ -175,10 +175,26 @@ def test_mjv6_end_to_end_on_a_local_fixture(tmp_path, mjv6_fixture, make_track, 
     stored = torch.from_numpy(reference.gather_field("x", np.arange(3))).float()
     assert torch.allclose(stored, vae.encode(images), atol=2e-3)  # float16 storage, batch numerics
     batch = next(Loader(dataset.split("train"), 4, seed=0))
-    assert batch.x.shape == (4, 16, 4, 4) and batch.text.shape == (4, 16, 32)
-    with pytest.raises(SpeedrunError, match="stores latents only"):
-        dataset.split("train").images(np.arange(2))
+    assert batch.x.shape == (4, 16, 4, 4) and batch.text.shape == (4, 16, 32) and batch.images is None
     assert prepare(track, tmp_path, **{**kwargs, "world_size": 1}) == out
+
+    # prx-256 keeps the train images beside the latents (for REPA teachers); the loader adds them on request.
+    train = dataset.split("train")
+    for image, caption in zip(train.images(np.arange(6)), train.captions()):
+        assert np.array_equal(image, mjv6.center_crop_resize(rows["image"][by_caption[caption]], 32))
+    batch = next(Loader(train, 4, seed=0, images=True))
+    assert batch.images.dtype == torch.uint8 and np.array_equal(batch.images.numpy(), train.images(batch.index.numpy()))
+
+    # Without data.train_images the train split is latents only, in the directory such datasets had
+    # before the field existed (the field is left out of the definition at its default).
+    latents_only = track.model_copy(update={"data": track.data.model_copy(update={"train_images": False})})
+    assert "train_images" not in dataset_definition(latents_only, text_encoder=encoder, vae=vae)["data"]
+    other = prepare(latents_only, tmp_path, **{**kwargs, "world_size": 1})
+    assert other != out
+    with pytest.raises(SpeedrunError, match="stores latents only"):
+        open_dataset(other).split("train").images(np.arange(2))
+    with pytest.raises(SpeedrunError, match="keeps no real images"):
+        Loader(open_dataset(other).split("train"), 4, seed=0, images=True)
 
 
 def test_mjv6_offline_without_a_local_copy_is_a_clear_error(monkeypatch):
