@@ -24,15 +24,10 @@ from speedrun.tracks import Track, load_track  # noqa: E402
 def private_harness_dirs(tmp_path_factory: pytest.TempPathFactory):
     """Runs, data and reference statistics of code under test (and of the subprocesses it starts)
     go to temporary folders, never into the checkout's ./runs, ./data or ./cache."""
-    saved = {name: os.environ.get(name) for name in ("SPEEDRUN_CACHE_DIR", "SPEEDRUN_RUNS_DIR", "SPEEDRUN_DATA_DIR")}
-    for name in saved:
-        os.environ[name] = str(tmp_path_factory.mktemp(name.removeprefix("SPEEDRUN_").lower()))
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("SPEEDRUN_CACHE_DIR", "SPEEDRUN_RUNS_DIR", "SPEEDRUN_DATA_DIR"):
+            mp.setenv(name, str(tmp_path_factory.mktemp(name.removeprefix("SPEEDRUN_").lower())))
+        yield
 
 
 @pytest.fixture(scope="session")
