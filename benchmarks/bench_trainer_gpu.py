@@ -88,9 +88,13 @@ class SyntheticLoader:
 
 
 class SyntheticData:
-    """The TrainData interface (text_dim, null_embedding, loader, validation) at prx-256 shapes."""
+    """The TrainData interface (text_dim, x_shape, null_embedding, loader, validation) at prx-256 shapes.
+
+    No train images: the benchmark runs no component, and none asks for them."""
 
     text_dim = TEXT_DIM
+    x_shape = LATENT_SHAPE
+    train_images = False
 
     def __init__(self, batch: int, text_tokens: int) -> None:
         gen = torch.Generator().manual_seed(0)
@@ -106,7 +110,9 @@ class SyntheticData:
         mask[0] = True  # the empty caption still has its end-of-sequence token
         return torch.zeros(self.text_tokens, TEXT_DIM), mask
 
-    def loader(self, *, batch_size: int, seed: int, rank: int, world_size: int) -> SyntheticLoader:
+    def loader(self, *, batch_size: int, seed: int, rank: int, world_size: int, images: bool = False) -> SyntheticLoader:
+        if images:
+            raise ValueError("SyntheticData has no train images")
         return SyntheticLoader(self.pool, batch_size)
 
     def validation(self, n: int) -> Batch:
