@@ -60,12 +60,19 @@ def test_triton_backend_matches_torch_backend(dtype):
     _assert_same(_run("triton", dtype, model, (x, t, text, mask)), want, dtype)
 
 
-def test_triton_backend_under_torch_compile():
-    """The trainer compiles the model: the Triton kernels must trace and lower under inductor."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_backend_under_torch_compile(dtype):
+    """The trainer compiles the model: the Triton kernels must trace and lower under inductor.
+
+    Compared with the torch backend compiled the same way, so both sides get the same inductor
+    fusions and differ only in the attention and norm+RoPE kernels: against eager, bf16 rounds in
+    different places (an H100 saw one element in 1536 at 0.07 off a 0.12 value)."""
     torch.manual_seed(1)
     model = randomized(build_model("tiny", text_dim=48)).cuda()
     x, t = torch.randn(2, 3, 16, 16, device="cuda"), torch.rand(2, device="cuda")
     text = torch.randn(2, 5, 48, device="cuda")
     mask = torch.tensor([[True] * 5, [True, True, False, False, False]], device="cuda")
-    want = _run("triton", torch.bfloat16, model, (x, t, text, mask))
-    _assert_same(_run("triton", torch.bfloat16, torch.compile(model), (x, t, text, mask)), want, torch.bfloat16)
+    torch._dynamo.reset()  # each backend traces afresh: the choice is read while tracing
+    want = _run("torch", dtype, torch.compile(model), (x, t, text, mask))
+    torch._dynamo.reset()
+    _assert_same(_run("triton", dtype, torch.compile(model), (x, t, text, mask)), want, dtype)
