@@ -15,7 +15,7 @@ import platform
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -89,6 +89,11 @@ class Provenance(_Model):
     dataset_manifest_sha256: str | None = Field(description="sha256 of the prepared data manifest.")
     reference_stats_sha256: dict[str, str] = Field(default_factory=dict, description="Metric -> reference statistics hash.")
     extractor_weights: dict[str, str] = Field(default_factory=dict, description="Extractor id -> weights sha256.")
+
+    @property
+    def code(self) -> dict[str, Any]:
+        """The run's code record (see ``code_record``), to compare with the code now."""
+        return {"harness_sha256": self.harness_sha256, "submission_files": self.submission_files}
 
 
 class RunResult(_Model):
@@ -175,26 +180,43 @@ def submission_file_hashes(folder: Path) -> dict[str, str]:
     return out
 
 
-def code_record(submission_folder: Path) -> dict[str, Any]:
-    """The code that trains a submission: the harness tree's hash and every submission file's."""
-    return {"harness_sha256": harness_sha256(), "submission_files": submission_file_hashes(submission_folder)}
+def code_record(submission_folder: Path, harness: str | None = None) -> dict[str, Any]:
+    """The code that trains a submission: the harness tree's hash and every submission file's.
 
-
-def code_changes(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """What differs between two code records ``{"harness_sha256", "submission_files"}``, in words.
-
-    Empty when they are equal. Checkpoints and results files both carry such a record.
+    ``harness`` is the harness hash when the caller already has it (verify hashes speedrun/ once for
+    every submission it checks).
     """
-    if recorded == now:
-        return []
-    out = []
-    if recorded.get("harness_sha256") != now.get("harness_sha256"):
-        out.append("the harness source tree speedrun/ changed")
+    return {
+        "harness_sha256": harness or harness_sha256(),
+        "submission_files": submission_file_hashes(submission_folder),
+    }
+
+
+class CodeChange(NamedTuple):
+    """One difference between two code records; ``str()`` says it in words ("components.py changed")."""
+
+    file: str | None  # a submission file's path; None for the harness source tree
+    how: Literal["changed", "added", "removed"]
+
+    def __str__(self) -> str:
+        return f"{self.file or 'the harness source tree speedrun/'} {self.how}"
+
+
+def code_changes(recorded: dict[str, Any], now: dict[str, Any]) -> list[CodeChange]:
+    """What differs from the code record ``recorded`` in the current one ``now``; empty when none.
+
+    Both are ``code_record`` dicts; checkpoints, results files (``Provenance.code``) and the code on
+    disk are compared this way. Submission files come first (changed, then added, then removed, each
+    sorted by path), then the harness. A record missing a key counts as empty there. Each change
+    stays structured so verify can file it under its own field; the other callers join the ``str()``s.
+    """
     then, files = recorded.get("submission_files", {}), now.get("submission_files", {})
-    out += [f"{f} changed" for f in sorted(then.keys() & files.keys()) if then[f] != files[f]]
-    out += [f"{f} added" for f in sorted(files.keys() - then.keys())]
-    out += [f"{f} removed" for f in sorted(then.keys() - files.keys())]
-    return out or ["its code record differs"]
+    out = [CodeChange(f, "changed") for f in sorted(then.keys() & files.keys()) if then[f] != files[f]]
+    out += [CodeChange(f, "added") for f in sorted(files.keys() - then.keys())]
+    out += [CodeChange(f, "removed") for f in sorted(then.keys() - files.keys())]
+    if recorded.get("harness_sha256") != now.get("harness_sha256"):
+        out.append(CodeChange(None, "changed"))
+    return out
 
 
 def hardware_info(device: torch.device, world_size: int) -> Hardware:

@@ -130,10 +130,8 @@ def run_one_seed(submission: Submission, track: Track, seed: int, o: RunOptions,
         except SpeedrunError as exc:
             raise SpeedrunError(f"{exc}. Move it away to re-run seed {seed}.") from None
         # Skipping is right only for a result of this very code and track; an older one is stale.
-        p = done.provenance
-        then = {"harness_sha256": p.harness_sha256, "submission_files": p.submission_files}
-        changed = code_changes(then, code_record(submission.path))
-        if p.track_hash != load_track(track.id).content_hash:
+        changed = [str(c) for c in code_changes(done.provenance.code, code_record(submission.path))]
+        if done.provenance.track_hash != load_track(track.id).content_hash:
             changed.append(f"track '{track.id}' changed")
         if changed:
             raise SpeedrunError(

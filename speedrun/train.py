@@ -679,7 +679,7 @@ class Trainer:
         changed = code_changes(meta.get("code", {}), self.code)
         if changed:
             raise SpeedrunError(
-                f"{path}: written by other code ({'; '.join(changed)}), and a run's steps must all come "
+                f"{path}: written by other code ({'; '.join(map(str, changed))}), and a run's steps must all come "
                 f"from the code its results name; restore that code to resume, or start over with --no-resume"
             )
         if meta.get("world_size") != self.dist.world_size:

@@ -26,6 +26,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -33,7 +34,7 @@ from speedrun.data.source import dataset_manifest_sha256
 from speedrun.errors import SpeedrunError
 from speedrun.fileio import sha256_file
 from speedrun.paths import data_root
-from speedrun.results import RunResult, harness_sha256, load_result, submission_file_hashes
+from speedrun.results import CodeChange, RunResult, code_changes, code_record, harness_sha256, load_result
 from speedrun.submission import MANIFEST, Submission, discover_submissions, load_submission
 from speedrun.tracks import REPO_ROOT, Track, load_track_file
 
@@ -180,10 +181,10 @@ class _Verifier:
             sub = load_submission(folder, self.tracks_dir)
         except SpeedrunError as exc:
             problems.append(self.problem(folder / MANIFEST, _field_of(exc), str(exc)))
-        current_files = submission_file_hashes(folder)
+        code = code_record(folder, self.harness)
         valid: dict[str, list[RunResult]] = {}
         for path in files:
-            result, found = self.check_result(path, folder, sub, current_files)
+            result, found = self.check_result(path, folder, sub, code)
             problems += found
             valid.setdefault(path.parent.name, [])
             if result is not None and not found:
@@ -222,9 +223,12 @@ class _Verifier:
 
     # ------------------------------------------------------------------ one results file
     def check_result(
-        self, path: Path, folder: Path, sub: Submission | None, current_files: dict[str, str]
+        self, path: Path, folder: Path, sub: Submission | None, code: dict[str, Any]
     ) -> tuple[RunResult | None, list[Problem]]:
-        """Schema, digest, identity, provenance and recomputed fields of one results file."""
+        """Schema, digest, identity, provenance and recomputed fields of one results file.
+
+        ``code`` is the folder's ``code_record`` now.
+        """
         try:
             result = load_result(path)
         except SpeedrunError as exc:
@@ -236,7 +240,7 @@ class _Verifier:
             problems.append(self.problem(path, "track", f"no valid track '{result.track}' in {where}"))
             return result, problems
         for field, message in [
-            *self._provenance(result, folder, current_files, track),
+            *self._provenance(result, folder, code, track),
             *self._dataset(result, sub),
             *self._recompute(result, track),
         ]:
@@ -251,32 +255,16 @@ class _Verifier:
         if r.run_id != path.stem or r.run_id != f"seed{r.seed}":
             yield "run_id", f"is '{r.run_id}' (seed {r.seed}); the file must be results/{r.track}/seed{r.seed}.json"
 
-    def _provenance(
-        self, r: RunResult, folder: Path, current_files: dict[str, str], track: Track
-    ) -> Iterable[tuple[str, str]]:
+    def _provenance(self, r: RunResult, folder: Path, code: dict[str, Any], track: Track) -> Iterable[tuple[str, str]]:
         p = r.provenance
         rerun_hint = f"re-run it: `speedrun run {_rel(folder, self.repo_root)} --track {r.track} --seed {r.seed}`"
         manifest = folder / MANIFEST
         if manifest.is_file() and sha256_file(manifest) != p.manifest_sha256:
             yield "provenance.manifest_sha256", f"{MANIFEST} changed after this run; {rerun_hint}"
-        recorded = {k: v for k, v in p.submission_files.items() if k != MANIFEST}
-        now = {k: v for k, v in current_files.items() if k != MANIFEST}
-        for name in sorted(recorded.keys() | now.keys()):
-            if name not in now:
-                change = "was removed"
-            elif name not in recorded:
-                change = "was added"
-            elif recorded[name] != now[name]:
-                change = "changed"
-            else:
-                continue
-            yield "provenance.submission_files", f"submission file '{name}' {change} after this run; {rerun_hint}"
-        if p.harness_sha256 != self.harness:
-            yield (
-                "provenance.harness_sha256",
-                "the harness source tree speedrun/ changed since this run, so its numbers came from different "
-                f"code (recorded {p.harness_sha256[:12]}, now {self.harness[:12]}); maintainers: {rerun_hint}",
-            )
+        for change in code_changes(p.code, code):
+            # submission.toml has its own check above (provenance.manifest_sha256); not reported twice.
+            if change.file != MANIFEST:
+                yield self._code_problem(change, p.harness_sha256, rerun_hint)
         if r.track_version != track.version:
             yield (
                 "track_version",
@@ -289,6 +277,17 @@ class _Verifier:
                 f"track '{track.id}' v{track.version} changed since this run without a version bump "
                 f"(recorded {p.track_hash[:12]}, now {track.content_hash[:12]})",
             )
+
+    def _code_problem(self, change: CodeChange, recorded_harness: str, rerun_hint: str) -> tuple[str, str]:
+        """The (field, message) of one change to the code since the run (see ``results.code_changes``)."""
+        if change.file is None:
+            return (
+                "provenance.harness_sha256",
+                "the harness source tree speedrun/ changed since this run, so its numbers came from different "
+                f"code (recorded {recorded_harness[:12]}, now {self.harness[:12]}); maintainers: {rerun_hint}",
+            )
+        how = "changed" if change.how == "changed" else f"was {change.how}"
+        return "provenance.submission_files", f"submission file '{change.file}' {how} after this run; {rerun_hint}"
 
     def _dataset(self, r: RunResult, sub: Submission | None) -> Iterable[tuple[str, str]]:
         if sub is None or r.track not in sub.manifest.tracks:

@@ -189,9 +189,16 @@ def _examples_per_shard(track: Track, text: TextEncoderInfo, vae: FluxVAE | None
     return max(1, SHARD_BYTES // per_example)
 
 
-# ``train_images`` came after datasets had been prepared: left out at its default (False) so those
-# datasets keep their directory; ``split_hashes`` check a dataset, they do not define it.
-_UNDEFINING_FIELDS = {False: {"split_hashes", "train_images"}, True: {"split_hashes"}}
+def _data_definition(track: Track) -> dict[str, Any]:
+    """``track.data`` less what does not define the dataset.
+
+    ``split_hashes`` check a dataset, they do not define it. ``train_images`` came after datasets had
+    been prepared: left out at its default (False) so those datasets keep their directory.
+    """
+    exclude = {"split_hashes"}
+    if not track.data.train_images:
+        exclude.add("train_images")
+    return track.data.model_dump(mode="json", exclude=exclude)
 
 
 def dataset_definition(
@@ -206,7 +213,7 @@ def dataset_definition(
     source = _ShapesSource.definition if track.data.dataset == "shapes" else _mjv6().Mjv6Source.definition
     return {
         "format_version": FORMAT_VERSION,
-        "data": track.data.model_dump(mode="json", exclude=_UNDEFINING_FIELDS[track.data.train_images]),
+        "data": _data_definition(track),
         "source": source,
         "text_encoder": text.model_dump(),
         "vae": _vae_identity(track, vae),

@@ -68,7 +68,7 @@ class Sampler:
     def __init__(self, track: Track, model: torch.nn.Module, prediction: str, data: Any, device: torch.device) -> None:
         self.track, self.model, self.prediction, self.device = track, model, prediction, device
         self.ref = data.dataset.split(track.eval.reference_split)
-        self.x_shape = tuple(data.dataset.x_shape)
+        self.x_shape = data.x_shape
         self.null_text, self.null_mask = (t.to(device) for t in data.null_embedding())
         self.autocast = device.type == "cuda" and track.train.precision == "bf16"
         self.vae = None
