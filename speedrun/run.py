@@ -21,7 +21,6 @@ from rich.table import Table
 
 from speedrun.checkpoint import read_meta
 from speedrun.errors import SpeedrunError, TrainingInterrupted
-from speedrun.fileio import sha256_file
 from speedrun.paths import data_root, runs_root
 from speedrun.results import (
     EvalPoint,
@@ -32,11 +31,9 @@ from speedrun.results import (
     code_record,
     finalize,
     hardware_info,
-    harness_sha256,
     load_result,
     now_iso,
     software_info,
-    submission_file_hashes,
     write_result,
 )
 from speedrun.submission import MANIFEST, Submission, load_submission
@@ -164,6 +161,11 @@ def run_one_seed(submission: Submission, track: Track, seed: int, o: RunOptions,
             evals.append(_evaluate(ckpt, track, out, o))
             eval_s += time.perf_counter() - t0
     result = assemble_result(submission, track, seed, summary, evals, eval_s, time.perf_counter() - wall0, o)
+    if changed := code_changes(summary["code"], code_record(submission.path)):
+        console.print(
+            f"[yellow]seed {seed}: files changed while it ran ({'; '.join(map(str, changed))}); its result names "
+            "the code that trained, so `speedrun verify` will call it stale against the files now[/]"
+        )
     # A results write killed midway leaves only a hidden temporary file (never read); remove it so
     # it is not committed with the results.
     for stale in results_path.parent.glob(f".{results_path.name}.tmp-*"):
@@ -188,6 +190,7 @@ def assemble_result(submission, track, seed, summary, evals, eval_s, wall_s, o: 
     failure = None
     if summary["status"] != "ok":
         failure = {"step": summary["diverged_at"], "reason": summary["reason"], "last_finite_loss": summary["last_finite_loss"]}
+    code = summary["code"]  # hashed before training began (train_seed)
     ref_hashes: dict[str, str] = {}
     weights: dict[str, str] = {}
     for e in evals:
@@ -231,9 +234,9 @@ def assemble_result(submission, track, seed, summary, evals, eval_s, wall_s, o: 
         "hardware": hardware_info(device, world),
         "software": software_info(),
         "provenance": Provenance(
-            manifest_sha256=sha256_file(submission.path / MANIFEST),
-            submission_files=submission_file_hashes(submission.path),
-            harness_sha256=harness_sha256(),
+            manifest_sha256=code["submission_files"][MANIFEST],
+            submission_files=code["submission_files"],
+            harness_sha256=code["harness_sha256"],
             track_hash=base.content_hash,
             overrides=submission.manifest.flat_overrides(),
             dataset_manifest_sha256=dataset_manifest_sha256(track, data_root(o.data_dir)),

@@ -107,6 +107,7 @@ def train_seed(
         components = build_components(submission)
         trainer = Trainer(track, data, components, options, log_header=header, code=code)
         summary = trainer.run().to_json()
+    summary["code"] = code  # the result's provenance names this code, not the files at the run's end
     if summary["status"] == "interrupted":
         # Not a result: no summary file, so `speedrun run` never evaluates or records this seed.
         distributed.teardown()
