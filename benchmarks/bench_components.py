@@ -7,8 +7,9 @@ flow-matching loss plus the components' terms, backward, grad clipping, AdamW) o
 the tiny track's shape, and its ratio to the baseline. Steps are timed one at a time, round-robin
 over the variants, and each variant's rate is 1 / its median step time, so a drifting or spiky
 machine load hits every variant alike and single slow steps do not count. On a shared CPU,
-``--threads 1`` avoids OpenMP stalls when a core is taken by someone else. REPA's teacher is the small random-init stand-in (no weights offline): its row
-measures the projector and the hook plumbing, not the cost of a real DINOv2 ViT-L.
+``--threads 1`` avoids OpenMP stalls when a core is taken by someone else. REPA's teacher is the
+small random-init stand-in (no weights offline): its row measures the projector and the hook
+plumbing, not the cost of a real DINOv2 ViT-L.
 """
 
 from __future__ import annotations

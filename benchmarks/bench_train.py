@@ -82,7 +82,9 @@ def _data_root() -> Path:
 def test_trainer_overhead(benchmark):
     root = _data_root()
     rates = benchmark.pedantic(lambda: (trainer_rate(root), bare_rate(root)), rounds=1, iterations=1)
-    benchmark.extra_info.update(trainer_steps_per_s=rates[0], bare_steps_per_s=rates[1], overhead=rates[1] / rates[0] - 1)
+    benchmark.extra_info.update(
+        trainer_steps_per_s=rates[0], bare_steps_per_s=rates[1], overhead=rates[1] / rates[0] - 1
+    )
 
 
 if __name__ == "__main__":

@@ -110,7 +110,9 @@ class SyntheticData:
         mask[0] = True  # the empty caption still has its end-of-sequence token
         return torch.zeros(self.text_tokens, TEXT_DIM), mask
 
-    def loader(self, *, batch_size: int, seed: int, rank: int, world_size: int, images: bool = False) -> SyntheticLoader:
+    def loader(
+        self, *, batch_size: int, seed: int, rank: int, world_size: int, images: bool = False
+    ) -> SyntheticLoader:
         if images:
             raise ValueError("SyntheticData has no train images")
         return SyntheticLoader(self.pool, batch_size)

@@ -38,7 +38,9 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except TrainingInterrupted as exc:
-            err_console.print(Text.assemble(("interrupted:", "bold yellow"), f" {exc}"), highlight=False, soft_wrap=True)
+            err_console.print(
+                Text.assemble(("interrupted:", "bold yellow"), f" {exc}"), highlight=False, soft_wrap=True
+            )
             raise typer.Exit(128 + exc.signum) from None
         except SpeedrunError as exc:
             # Text, not a markup string: a message quoting user input such as "[/]" must print verbatim

@@ -87,7 +87,9 @@ class Provenance(_Model):
     track_hash: str = Field(description="Track.content_hash of the base track.")
     overrides: dict[str, Any] = Field(description="Manifest overrides applied to the track.")
     dataset_manifest_sha256: str | None = Field(description="sha256 of the prepared data manifest.")
-    reference_stats_sha256: dict[str, str] = Field(default_factory=dict, description="Metric -> reference statistics hash.")
+    reference_stats_sha256: dict[str, str] = Field(
+        default_factory=dict, description="Metric -> reference statistics hash."
+    )
     extractor_weights: dict[str, str] = Field(default_factory=dict, description="Extractor id -> weights sha256.")
 
     @property

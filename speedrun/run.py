@@ -88,7 +88,9 @@ def _train(submission: Submission, track: Track, seed: int, run_dir: Path, o: Ru
             proc.returncode - 128,
         )
     if proc.returncode != 0:
-        raise SpeedrunError(f"training of seed {seed} failed under torchrun (exit {proc.returncode}); see the log above")
+        raise SpeedrunError(
+            f"training of seed {seed} failed under torchrun (exit {proc.returncode}); see the log above"
+        )
     if o.node_rank != 0:
         return {}
     return json.loads((run_dir / SUMMARY).read_text())
@@ -189,7 +191,11 @@ def assemble_result(submission, track, seed, summary, evals, eval_s, wall_s, o: 
     final = evals[-1] if evals else {"metrics": {}, "unavailable": {}}
     failure = None
     if summary["status"] != "ok":
-        failure = {"step": summary["diverged_at"], "reason": summary["reason"], "last_finite_loss": summary["last_finite_loss"]}
+        failure = {
+            "step": summary["diverged_at"],
+            "reason": summary["reason"],
+            "last_finite_loss": summary["last_finite_loss"],
+        }
     code = summary["code"]  # hashed before training began (train_seed)
     ref_hashes: dict[str, str] = {}
     weights: dict[str, str] = {}

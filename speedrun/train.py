@@ -334,7 +334,9 @@ class Trainer:
         return g
 
     # ---------------------------------------------------------------- one step
-    def _step(self, step: int, batch: Any, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    def _step(
+        self, step: int, batch: Any, gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         x0 = batch.x.to(self.device, non_blocking=True)
         text = batch.text.to(self.device, non_blocking=True)
         mask = batch.text_mask.to(self.device, non_blocking=True)
@@ -367,7 +369,8 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.track.optim.grad_clip)
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
             grad_norm = grad_norm.full_tensor()
-        return total.detach(), {"loss_fm": loss.detach(), **{k: v.detach() for k, v in terms.items()}}, grad_norm.detach()
+        logged = {"loss_fm": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+        return total.detach(), logged, grad_norm.detach()
 
     # ---------------------------------------------------------------- validation loss
     def _validation_loss(self) -> dict[str, Any]:
@@ -584,7 +587,9 @@ class Trainer:
         speed = median_speed(step_seconds)
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
         peak_flops = device_peak_flops(self.device)
-        mfu = (flops_per_step * speed) / (peak_flops * d.world_size) if speed and peak_flops and flops_per_step else None
+        mfu = None
+        if speed and peak_flops and flops_per_step:
+            mfu = (flops_per_step * speed) / (peak_flops * d.world_size)
         summary = TrainSummary(
             status=status,
             steps=completed,

@@ -32,7 +32,6 @@ from pydantic import BaseModel, ConfigDict
 
 from speedrun.data.source import dataset_manifest_sha256
 from speedrun.errors import SpeedrunError
-from speedrun.fileio import sha256_file
 from speedrun.paths import data_root
 from speedrun.results import CodeChange, RunResult, code_changes, code_record, harness_sha256, load_result
 from speedrun.submission import MANIFEST, Submission, discover_submissions, load_submission
@@ -259,7 +258,7 @@ class _Verifier:
         p = r.provenance
         rerun_hint = f"re-run it: `speedrun run {_rel(folder, self.repo_root)} --track {r.track} --seed {r.seed}`"
         manifest = folder / MANIFEST
-        if manifest.is_file() and sha256_file(manifest) != p.manifest_sha256:
+        if manifest.is_file() and code["submission_files"].get(MANIFEST) != p.manifest_sha256:
             yield "provenance.manifest_sha256", f"{MANIFEST} changed after this run; {rerun_hint}"
         for change in code_changes(p.code, code):
             # submission.toml has its own check above (provenance.manifest_sha256); not reported twice.

@@ -59,7 +59,9 @@ def blame_submission_code(submission: Submission) -> Iterator[None]:
         raise
     except Exception as exc:
         folder = submission.path.resolve()
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve().is_relative_to(folder)]
+        frames = [
+            f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve().is_relative_to(folder)
+        ]
         if not frames:
             raise
         where = "".join(

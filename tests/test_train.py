@@ -164,7 +164,8 @@ def test_resume_refuses_a_checkpoint_written_by_other_code(smoke_data_root, tmp_
 
 
 def test_loss_decreases_on_smoke(smoke_data_root, tmp_path, track_variant):
-    track = track_variant(train={"steps": 40, "checkpoint_every": 40}, eval={"val_loss": {"samples": 16, "timesteps": 8, "seed": 0, "interval": 5}})
+    val_loss = {"samples": 16, "timesteps": 8, "seed": 0, "interval": 5}
+    track = track_variant(train={"steps": 40, "checkpoint_every": 40}, eval={"val_loss": val_loss})
     _, summary = train(track, smoke_data_root, tmp_path / "run")
     curve = [p["val_loss"] for p in summary.val_loss_curve]
     assert summary.status == "ok" and len(curve) == 8

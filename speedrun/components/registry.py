@@ -104,8 +104,12 @@ def declared_component_names(path: Path) -> list[str]:
         if not isinstance(node, ast.ClassDef):
             continue
         for stmt in node.body:
-            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
+            if isinstance(stmt, ast.Assign):
+                targets = stmt.targets
+            else:
+                targets = [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
             value = getattr(stmt, "value", None)
-            if any(isinstance(t, ast.Name) and t.id == "name" for t in targets) and isinstance(value, ast.Constant) and isinstance(value.value, str):
+            names_it = any(isinstance(t, ast.Name) and t.id == "name" for t in targets)
+            if names_it and isinstance(value, ast.Constant) and isinstance(value.value, str):
                 names.append(value.value)
     return names

@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from speedrun.model import build_model
 from speedrun.paths import cache_root, data_root
 from speedrun.state import StepState
 from speedrun.tracks import Track, canonical_hash, load_track
+
+if TYPE_CHECKING:
+    from speedrun.data.source import TrainData
 
 GRID_SAMPLES = 64
 # Images per extractor call here; the extractor itself always runs its fixed batch size.
@@ -65,7 +68,9 @@ def protocol(track: Track) -> dict[str, Any]:
 class Sampler:
     """Generates evaluation images for a slice of sample indices."""
 
-    def __init__(self, track: Track, model: torch.nn.Module, prediction: str, data: Any, device: torch.device) -> None:
+    def __init__(
+        self, track: Track, model: torch.nn.Module, prediction: str, data: TrainData, device: torch.device
+    ) -> None:
         self.track, self.model, self.prediction, self.device = track, model, prediction, device
         self.ref = data.dataset.split(track.eval.reference_split)
         self.x_shape = data.x_shape
@@ -140,7 +145,13 @@ class _Rechunk:
 
 
 def image_metrics(
-    track: Track, images: np.ndarray, ref_split: Any, ref_hash: str | None, device: torch.device, cache: Path, report: dict
+    track: Track,
+    images: np.ndarray,
+    ref_split: Any,
+    ref_hash: str | None,
+    device: torch.device,
+    cache: Path,
+    report: dict,
 ) -> None:
     """FID / CMMD / DINO-MMD of ``images`` against the reference split, into ``report``."""
     from speedrun.eval.features import get_extractor
@@ -251,7 +262,8 @@ def evaluate_checkpoint(
         report["seconds"]["total"] = time.perf_counter() - t_start
         out = Path(out) if out else checkpoint / "metrics.json"
         grid = out.with_suffix(".png")
-        captions = ref_split.captions(np.array([sampler.prompt_index(i) for i in range(min(GRID_SAMPLES, len(images)))]))
+        shown = range(min(GRID_SAMPLES, len(images)))
+        captions = ref_split.captions(np.array([sampler.prompt_index(i) for i in shown]))
         write_grid(images[:GRID_SAMPLES], captions, grid)
         report["grid"] = grid.name
         atomic_write_text(out, json.dumps(report, indent=2, sort_keys=True))

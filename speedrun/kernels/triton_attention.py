@@ -1,11 +1,13 @@
 """Flash attention for PRX image queries over [text, image] keys with a key padding mask (Triton).
 
 Forward: one program per (query block, batch*head) streams key blocks with an online softmax in
-fp32 and saves only the output and the per-row log-sum-exp. Backward (FlashAttention-2): a
-preprocess kernel computes delta = rowsum(dO * O); one kernel per key block accumulates dK and dV
-over all query blocks, another per query block accumulates dQ over all key blocks (no atomics, so
-grads are deterministic). Scores are kept in log2 units (scale * log2(e) folded into one factor)
-so the kernels use exp2.
+fp32 and saves only the output and the per-row log-sum-exp. Backward: a preprocess kernel computes
+delta = rowsum(dO * O); then one program per batch*head walks its key blocks, keeping each block's
+dK and dV in registers while the query blocks stream past, and adds that block's share of dQ to
+fp32 partial sums (so the scores are recomputed once, five matmuls per tile instead of the seven of
+separate dK/dV and dQ kernels). One program owns each head's dQ, so there are no atomics and the
+grads are deterministic. Key blocks that hold only padding are skipped. Scores are kept in log2
+units (scale * log2(e) folded into one factor) so the kernels use exp2.
 
 Triton decides between compiling and interpreting when this module is imported: on a machine
 without a GPU set ``TRITON_INTERPRET=1`` before importing it and pass CPU tensors.
@@ -39,14 +41,12 @@ def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
 
 
 _FWD_CONFIGS = _configs(
-    [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3), (64, 32, 4, 4)]
-)
-# dK/dV: BLOCK_N keys stay resident while BLOCK_M query blocks stream past; dQ: the reverse.
-_BWD_KV_CONFIGS = _configs(
-    [(32, 64, 4, 2), (32, 128, 4, 2), (64, 64, 4, 2), (64, 128, 8, 2), (32, 64, 4, 3)]
-)
-_BWD_Q_CONFIGS = _configs(
-    [(64, 32, 4, 2), (128, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 3)]
+    [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3), (64, 32, 4, 4),
+     (128, 128, 8, 3), (64, 128, 4, 3)]
+)  # fmt: skip
+# BLOCK_N keys (with their dK, dV in registers) stay resident while BLOCK_M query blocks stream past.
+_BWD_CONFIGS = _configs(
+    [(32, 64, 4, 2), (64, 64, 4, 2), (64, 64, 8, 2), (32, 128, 4, 2), (64, 128, 8, 2), (32, 64, 4, 3)]
 )
 _TUNE_KEY = ["Nq", "Nk", "HEAD_DIM"]
 
@@ -152,12 +152,13 @@ def _attn_bwd_delta_kernel(
     tl.store(Delta + pid_bh.to(tl.int64) * Nq + offs_m, tl.sum(o * do, 1), mask=row_ok)
 
 
-@triton.autotune(configs=_BWD_KV_CONFIGS, key=_TUNE_KEY)
+@triton.autotune(configs=_BWD_CONFIGS, key=_TUNE_KEY)
 @triton.jit
-def _attn_bwd_dkdv_kernel(
-    Q, K, V, Mask, dOut, Lse, Delta, dK, dV,
+def _attn_bwd_kernel(
+    Q, K, V, Mask, dOut, Lse, Delta, dK, dV, dQ, dQacc,
     sq_b, sq_h, sq_m, sq_d, sk_b, sk_h, sk_n, sk_d, sv_b, sv_h, sv_n, sv_d,
     sdo_b, sdo_h, sdo_m, sdo_d, sdk_b, sdk_h, sdk_n, sdk_d, sdv_b, sdv_h, sdv_n, sdv_d,
+    sdq_b, sdq_h, sdq_m, sdq_d,
     H, Nq, Nk, qk_scale, sm_scale,
     HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -165,124 +166,97 @@ def _attn_bwd_dkdv_kernel(
     # torch.compile launches user kernels with Python floats typed fp64: keep the math fp32.
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    in_seq = offs_n < Nk
-    valid = _key_valid(Mask, b, offs_n, Nk)
-    k = tl.load(
-        K + b * sk_b + h * sk_h + offs_n[:, None] * sk_n + offs_d[None, :] * sk_d,
-        mask=in_seq[:, None],
-        other=0.0,
-    )
-    v = tl.load(
-        V + b * sv_b + h * sv_h + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d,
-        mask=in_seq[:, None],
-        other=0.0,
-    )
     q_base = Q + b * sq_b + h * sq_h
     do_base = dOut + b * sdo_b + h * sdo_h
+    dq_base = dQ + b * sdq_b + h * sdq_h
     row_base = pid_bh.to(tl.int64) * Nq
-    # A tile of padded text keys gets zero grads without visiting any query.
-    q_end = tl.where(tl.max(valid.to(tl.int32), 0) > 0, Nq, 0)
+    acc_base = dQacc + row_base * HEAD_DIM
 
-    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
-    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
-    for start_m in range(0, q_end, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < Nq
-        q = tl.load(
-            q_base + offs_m[:, None] * sq_m + offs_d[None, :] * sq_d, mask=row_ok[:, None], other=0.0
-        )
-        do = tl.load(
-            do_base + offs_m[:, None] * sdo_m + offs_d[None, :] * sdo_d,
-            mask=row_ok[:, None],
-            other=0.0,
-        )
-        # +inf LSE on tail rows makes their probabilities exactly 0.
-        lse = tl.load(Lse + row_base + offs_m, mask=row_ok, other=float("inf")) * _LOG2E
-        delta = tl.load(Delta + row_base + offs_m, mask=row_ok, other=0.0)
-        # Work on transposed scores (keys x queries) so dK and dV accumulate without transposes.
-        st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
-        pt = tl.where(valid[:, None], tl.exp2(st - lse[None, :]), 0.0)
-        dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
-        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-        dst = pt * (dpt - delta[None, :])
-        dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
+    # Key tiles holding no valid key (padded text) are skipped: find the first and last that
+    # hold one, where the dQ partial sums start from zero and end in the output.
+    first_tile = Nk + 0
+    last_tile = Nk * 0 - 1
+    for start_n in range(0, Nk, BLOCK_N):
+        has_key = tl.max(_key_valid(Mask, b, start_n + tl.arange(0, BLOCK_N), Nk).to(tl.int32), 0) > 0
+        first_tile = tl.where(has_key & (first_tile == Nk), start_n, first_tile)
+        last_tile = tl.where(has_key, start_n, last_tile)
 
-    tl.store(
-        dK + b * sdk_b + h * sdk_h + offs_n[:, None] * sdk_n + offs_d[None, :] * sdk_d,
-        (dk * sm_scale).to(dK.dtype.element_ty),
-        mask=in_seq[:, None],
-    )
-    tl.store(
-        dV + b * sdv_b + h * sdv_h + offs_n[:, None] * sdv_n + offs_d[None, :] * sdv_d,
-        dv.to(dV.dtype.element_ty),
-        mask=in_seq[:, None],
-    )
-
-
-@triton.autotune(configs=_BWD_Q_CONFIGS, key=_TUNE_KEY)
-@triton.jit
-def _attn_bwd_dq_kernel(
-    Q, K, V, Mask, dOut, Lse, Delta, dQ,
-    sq_b, sq_h, sq_m, sq_d, sk_b, sk_h, sk_n, sk_d, sv_b, sv_h, sv_n, sv_d,
-    sdo_b, sdo_h, sdo_m, sdo_d, sdq_b, sdq_h, sdq_m, sdq_d,
-    H, Nq, Nk, qk_scale, sm_scale,
-    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    # torch.compile launches user kernels with Python floats typed fp64: keep the math fp32.
-    qk_scale = tl.cast(qk_scale, tl.float32)
-    sm_scale = tl.cast(sm_scale, tl.float32)
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < Nq
-    q = tl.load(
-        Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_m + offs_d[None, :] * sq_d,
-        mask=row_ok[:, None],
-        other=0.0,
-    )
-    do = tl.load(
-        dOut + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_m + offs_d[None, :] * sdo_d,
-        mask=row_ok[:, None],
-        other=0.0,
-    )
-    row_base = pid_bh.to(tl.int64) * Nq
-    lse = tl.load(Lse + row_base + offs_m, mask=row_ok, other=float("inf")) * _LOG2E
-    delta = tl.load(Delta + row_base + offs_m, mask=row_ok, other=0.0)
-    k_base = K + b * sk_b + h * sk_h
-    v_base = V + b * sv_b + h * sv_h
-
-    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for start_n in range(0, Nk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         in_seq = offs_n < Nk
         valid = _key_valid(Mask, b, offs_n, Nk)
         k = tl.load(
-            k_base + offs_n[:, None] * sk_n + offs_d[None, :] * sk_d, mask=in_seq[:, None], other=0.0
+            K + b * sk_b + h * sk_h + offs_n[:, None] * sk_n + offs_d[None, :] * sk_d,
+            mask=in_seq[:, None],
+            other=0.0,
         )
-        vt = tl.load(
-            v_base + offs_n[None, :] * sv_n + offs_d[:, None] * sv_d, mask=in_seq[None, :], other=0.0
+        v = tl.load(
+            V + b * sv_b + h * sv_h + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d,
+            mask=in_seq[:, None],
+            other=0.0,
         )
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        p = tl.where(valid[None, :], tl.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, vt, input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+        q_end = tl.where(tl.max(valid.to(tl.int32), 0) > 0, Nq, 0)
+        dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        for start_m in range(0, q_end, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            row_ok = offs_m < Nq
+            q = tl.load(
+                q_base + offs_m[:, None] * sq_m + offs_d[None, :] * sq_d, mask=row_ok[:, None], other=0.0
+            )
+            do = tl.load(
+                do_base + offs_m[:, None] * sdo_m + offs_d[None, :] * sdo_d,
+                mask=row_ok[:, None],
+                other=0.0,
+            )
+            # +inf LSE on tail rows makes their probabilities exactly 0.
+            lse = tl.load(Lse + row_base + offs_m, mask=row_ok, other=float("inf")) * _LOG2E
+            delta = tl.load(Delta + row_base + offs_m, mask=row_ok, other=0.0)
+            # Transposed scores (keys x queries), so dK and dV accumulate without transposes.
+            st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+            pt = tl.where(valid[:, None], tl.exp2(st - lse[None, :]), 0.0)
+            dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
+            dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+            dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+            dk += tl.dot(dst, q, input_precision=PRECISION)
+            dq = tl.dot(tl.trans(dst), k, input_precision=PRECISION)
+            acc_ptrs = acc_base + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
+            if start_n != first_tile:
+                dq += tl.load(acc_ptrs, mask=row_ok[:, None], other=0.0)
+            if start_n == last_tile:
+                tl.store(
+                    dq_base + offs_m[:, None] * sdq_m + offs_d[None, :] * sdq_d,
+                    (dq * sm_scale).to(dQ.dtype.element_ty),
+                    mask=row_ok[:, None],
+                )
+            else:
+                tl.store(acc_ptrs, dq, mask=row_ok[:, None])
+        # The next key tile reads back partial sums that other threads of this program wrote.
+        tl.debug_barrier()
+        tl.store(
+            dK + b * sdk_b + h * sdk_h + offs_n[:, None] * sdk_n + offs_d[None, :] * sdk_d,
+            (dk * sm_scale).to(dK.dtype.element_ty),
+            mask=in_seq[:, None],
+        )
+        tl.store(
+            dV + b * sdv_b + h * sdv_h + offs_n[:, None] * sdv_n + offs_d[None, :] * sdv_d,
+            dv.to(dV.dtype.element_ty),
+            mask=in_seq[:, None],
+        )
 
-    tl.store(
-        dQ + b * sdq_b + h * sdq_h + offs_m[:, None] * sdq_m + offs_d[None, :] * sdq_d,
-        (dq * sm_scale).to(dQ.dtype.element_ty),
-        mask=row_ok[:, None],
-    )
+    # No valid key at all: every probability was 0, so dQ is too.
+    if last_tile < 0:
+        for start_m in range(0, Nq, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            tl.store(
+                dq_base + offs_m[:, None] * sdq_m + offs_d[None, :] * sdq_d,
+                tl.zeros([BLOCK_M, HEAD_DIM], tl.float32).to(dQ.dtype.element_ty),
+                mask=(offs_m < Nq)[:, None],
+            )
 
 
 def _check_inputs(q, k, v, key_mask) -> None:
@@ -359,16 +333,13 @@ class _FlashAttention(torch.autograd.Function):
         dq = torch.empty_like(q)
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
-        common = dict(HEAD_DIM=D, PRECISION=ctx.precision)
-        _attn_bwd_dkdv_kernel[_grid(Nk, B * H, "BLOCK_N")](
-            q, k, v, mask, dout, lse, delta, dk, dv,
-            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
-            H, Nq, Nk, ctx.qk_scale, ctx.sm_scale, **common,
-        )  # fmt: skip
-        _attn_bwd_dq_kernel[_grid(Nq, B * H, "BLOCK_M")](
-            q, k, v, mask, dout, lse, delta, dq,
-            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
-            H, Nq, Nk, ctx.qk_scale, ctx.sm_scale, **common,
+        # fp32 partial sums of dQ over the key tiles visited so far (B * H * Nq * D * 4 bytes).
+        dq_acc = torch.empty((B * H, Nq, D), device=q.device, dtype=torch.float32)
+        _attn_bwd_kernel[(B * H,)](
+            q, k, v, mask, dout, lse, delta, dk, dv, dq, dq_acc,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *dq.stride(),
+            H, Nq, Nk, ctx.qk_scale, ctx.sm_scale,
+            HEAD_DIM=D, PRECISION=ctx.precision,
         )  # fmt: skip
         return dq, dk, dv, None
 

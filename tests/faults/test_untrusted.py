@@ -364,7 +364,8 @@ def test_submission_code_error_through_cli_names_its_file_and_line(tmp_path, smo
 
 
 def test_submission_code_error_mid_training_names_the_hook(tmp_path, smoke_data_root):
-    sub = load_submission(write_submission(tmp_path, "faulty", [{"name": "faulty", "params": {"where": "losses"}}], FAULTY))
+    components = [{"name": "faulty", "params": {"where": "losses"}}]
+    sub = load_submission(write_submission(tmp_path, "faulty", components, FAULTY))
     with pytest.raises(SpeedrunError) as err:
         train_seed(sub, small_track(), 0, tmp_path / "run", data_dir=smoke_data_root, device="cpu", progress=False)
     message = str(err.value)

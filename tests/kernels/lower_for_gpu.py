@@ -16,7 +16,7 @@ import traceback
 
 # Triton aliases for the element types; fp64 is what torch.compile passes for Python floats.
 FLOAT_SCALARS = {"qk_scale", "sm_scale", "eps"}
-FP32_POINTERS = {"Lse", "Delta", "qw_ptr", "kw_ptr", "dqw_ptr", "dkw_ptr", "cos_ptr", "sin_ptr"}
+FP32_POINTERS = {"Lse", "Delta", "dQacc", "qw_ptr", "kw_ptr", "dqw_ptr", "dkw_ptr", "cos_ptr", "sin_ptr"}
 ACTIVATION_POINTERS = {
     "Q", "K", "V", "Out", "dOut", "dQ", "dK", "dV",
     "q_ptr", "k_ptr", "qo_ptr", "ko_ptr", "dqo_ptr", "dko_ptr", "dq_ptr", "dk_ptr",
@@ -65,7 +65,7 @@ def variants():
                 tag = f"{activation} D={head_dim} scalars={scalar}"
                 yield f"_attn_bwd_delta_kernel {tag}", ta._attn_bwd_delta_kernel, activation, scalar, {
                     "HEAD_DIM": head_dim, "BLOCK_M": 64}
-                for autotuned in (ta._attn_fwd_kernel, ta._attn_bwd_dkdv_kernel, ta._attn_bwd_dq_kernel):
+                for autotuned in (ta._attn_fwd_kernel, ta._attn_bwd_kernel):
                     for config in autotuned.configs:
                         blocks = dict(config.kwargs)
                         yield f"{autotuned.fn.__name__} {tag} {blocks}", autotuned.fn, activation, scalar, {

@@ -29,7 +29,9 @@ def _run(backend: str, dtype: torch.dtype, model, inputs):
             out = model(*inputs).float()
         out.square().mean().backward()
         grads = {  # a compiled module names its parameters _orig_mod.<name>
-            n.removeprefix("_orig_mod."): p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None
+            n.removeprefix("_orig_mod."): p.grad.detach().clone()
+            for n, p in model.named_parameters()
+            if p.grad is not None
         }
         return out.detach(), grads
     finally:

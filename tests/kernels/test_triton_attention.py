@@ -52,6 +52,9 @@ CASES = {
     # 17 fully padded text tokens in sample 1 fill the whole first key tile with masked keys;
     # 20 queries and 37 keys give several tiles with tails.
     "padded_text_tile": dict(image_tokens=20, text_tokens=17, text_lengths=[3, 0]),
+    # Sample 0 keeps 3 of 40 text keys: with 16-key tiles the second tile is all padding between
+    # two valid ones, so the backward's dQ partial sums must carry across a skipped tile.
+    "padded_middle_tile": dict(image_tokens=11, text_tokens=40, text_lengths=[3, 33]),
 }
 
 
@@ -68,6 +71,17 @@ def test_head_dim_64(device):
     torch.manual_seed(1)
     (q, k, v), key_mask = _inputs(1, 2, 9, 5, [4], 64, torch.float16, device)
     _check(q, k, v, key_mask)
+
+
+def test_grads_are_deterministic(device):
+    torch.manual_seed(4)
+    (q, k, v), key_mask = _inputs(2, 2, 20, 17, [3, 0], 16, torch.float32, device)
+    grad_out = torch.randn(q.shape, device=device)
+    first, second = (
+        torch.autograd.grad(flash_attention(q, k, v, key_mask), (q, k, v), grad_out) for _ in range(2)
+    )
+    for name, a, b in zip("qkv", first, second):
+        assert torch.equal(a, b), f"grad {name} differs between two identical calls"
 
 
 def test_without_mask_and_broadcast_output_grad(device):
