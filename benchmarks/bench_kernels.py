@@ -5,8 +5,14 @@ keys, bf16 activations, fp32 norm weights; text lengths vary per sample so the k
 
 Attention variants: the Triton kernel; SDPA restricted to its cuDNN and memory-efficient backends
 (both take the boolean mask); SDPA's flash backend, which cannot take a mask, so it runs unmasked as
-a lower bound. Norm+RoPE variants: the fused kernel, the eager torch path that
+a lower bound. A forward-only group times the Triton kernel and cuDNN without the backward, so a
+gap can be placed. Norm+RoPE variants: the fused kernel, the eager torch path that
 ``speedrun.kernels.dispatch`` runs on its torch backend, and that path under ``torch.compile``.
+
+To A/B a kernel change on one card in one process, name other versions of the attention module in
+``ATTENTION_ALT="label=path.py ..."``: each file must define ``flash_attention`` with the same
+signature, and gets its own forward+backward and forward-only rows. For example, the version
+before a commit: ``git show REV:speedrun/kernels/triton_attention.py > benchmarks/attn_old.py``.
 
 GPU only; on CPU both entry points skip. Run either as
 ``pytest benchmarks/bench_kernels.py --benchmark-enable`` (pytest-benchmark; the project's
@@ -17,8 +23,11 @@ pytest options disable benchmarking by default, which runs each case once as a s
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -76,7 +85,15 @@ def _attention_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch
     return q, k, v, key_mask
 
 
-def _sdpa_case(backend, masked: bool) -> Step:
+def _forward_only(forward: Callable[[], tuple[torch.Tensor, ...]]) -> Step:
+    def step() -> None:
+        with torch.no_grad():
+            forward()
+
+    return step
+
+
+def _sdpa_case(backend, masked: bool, backward: bool = True) -> Step:
     from torch.nn.attention import sdpa_kernel
 
     q, k, v, key_mask = _attention_inputs()
@@ -86,14 +103,47 @@ def _sdpa_case(backend, masked: bool) -> Step:
         with sdpa_kernel(backend):
             return (F.scaled_dot_product_attention(q, k, v, attn_mask=mask),)
 
-    return _fwd_bwd(forward, (q, k, v))
+    return _fwd_bwd(forward, (q, k, v)) if backward else _forward_only(forward)
 
 
-def _triton_attention_case() -> Step:
-    from speedrun.kernels.triton_attention import flash_attention
-
+def _triton_attention_case(module_path: str | None = None, backward: bool = True) -> Step:
+    """The project's kernel, or the ``flash_attention`` of another version of its module."""
+    if module_path is None:
+        from speedrun.kernels.triton_attention import flash_attention
+    else:
+        flash_attention = _load_module(Path(module_path)).flash_attention
     q, k, v, key_mask = _attention_inputs()
-    return _fwd_bwd(lambda: (flash_attention(q, k, v, key_mask),), (q, k, v))
+
+    def forward():
+        return (flash_attention(q, k, v, key_mask),)
+
+    return _fwd_bwd(forward, (q, k, v)) if backward else _forward_only(forward)
+
+
+@functools.cache
+def _load_module(path: Path):
+    # Registered under its own name: triton.jit reads each kernel's source through its module.
+    name = f"bench_attention_alt_{len(sys.modules)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"ATTENTION_ALT: {path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _alternatives() -> list[tuple[str, str]]:
+    """``(label, path)`` pairs from ATTENTION_ALT="label=path ..."."""
+    pairs = []
+    for item in os.environ.get("ATTENTION_ALT", "").split():
+        label, sep, path = item.partition("=")
+        if not (sep and label and path):
+            raise SystemExit(f"ATTENTION_ALT: expected label=path.py items, got {item!r}")
+        if not Path(path).is_file():
+            raise SystemExit(f"ATTENTION_ALT: {label}: no file {path}")
+        pairs.append((label, path))
+    return pairs
 
 
 def _rope_inputs():
@@ -130,11 +180,22 @@ def _norm_rope_case(variant: str) -> Step:
 def _cases() -> list[Case]:
     from torch.nn.attention import SDPBackend
 
+    alternatives = _alternatives()
     return [
         Case("attention", "sdpa efficient, masked", lambda: _sdpa_case(SDPBackend.EFFICIENT_ATTENTION, True)),
         Case("attention", "sdpa cudnn, masked", lambda: _sdpa_case(SDPBackend.CUDNN_ATTENTION, True)),
         Case("attention", "sdpa flash, NO mask", lambda: _sdpa_case(SDPBackend.FLASH_ATTENTION, False)),
         Case("attention", "triton flash_attention", _triton_attention_case),
+        *(
+            Case("attention", f"triton {label}", functools.partial(_triton_attention_case, path))
+            for label, path in alternatives
+        ),
+        Case("attn forward", "sdpa cudnn, masked", lambda: _sdpa_case(SDPBackend.CUDNN_ATTENTION, True, False)),
+        Case("attn forward", "triton flash_attention", lambda: _triton_attention_case(backward=False)),
+        *(
+            Case("attn forward", f"triton {label}", functools.partial(_triton_attention_case, path, False))
+            for label, path in alternatives
+        ),
         Case("qk_norm_rope", "torch eager", lambda: _norm_rope_case("eager")),
         Case("qk_norm_rope", "torch.compile", lambda: _norm_rope_case("compiled")),
         Case("qk_norm_rope", "triton fused", lambda: _norm_rope_case("triton")),

@@ -12,6 +12,11 @@
 #     --platform manylinux2014_x86_64 -d .whl pydantic==2.14.4 pydantic_core==2.50.5 \
 #     annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0
 # and carry .whl with the call: `BUDGET=430 bash benchmarks/gpu_checks.sh` took 230 s on an H200.
+# To A/B attention versions in the same process, write them here first (the card gets the working
+# tree, not its history; untracked files travel with the call) and pass their labels, e.g.
+#   git show 'c51b3b4^:speedrun/kernels/triton_attention.py' > benchmarks/attn_split_bwd.py
+#   git show exp/attn-fwd-skip:speedrun/kernels/triton_attention.py > benchmarks/attn_fwd_skip.py
+#   ATTENTION_ALT="split-bwd=benchmarks/attn_split_bwd.py fwd-skip=benchmarks/attn_fwd_skip.py" bash ...
 set -u
 OUT=${OUT:-/tmp/gpu-checks}
 mkdir -p "$OUT"

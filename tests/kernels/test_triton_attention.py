@@ -67,6 +67,20 @@ def test_matches_sdpa(dtype, head_dim, case, device):
     _check(q, k, v, key_mask)
 
 
+def test_padding_anywhere_in_the_keys(device):
+    # The kernels skip key tiles that hold only padding; a mask outside the PRX layout (padding
+    # also in the first tile and between image keys, several all-padding 16-key tiles apart) must
+    # still give SDPA's result, whichever of those tiles a kernel skips or visits.
+    torch.manual_seed(5)
+    (q, k, v), key_mask = _inputs(2, 2, 48, 32, [32, 32], 16, torch.float32, device)
+    key_mask[0, 0:16] = False
+    key_mask[0, 30:50] = False
+    key_mask[0, 64:80] = False
+    key_mask[1, 3:48] = False
+    key_mask[1, 70:] = False
+    _check(q, k, v, key_mask)
+
+
 def test_head_dim_64(device):
     torch.manual_seed(1)
     (q, k, v), key_mask = _inputs(1, 2, 9, 5, [4], 64, torch.float16, device)
