@@ -12,15 +12,24 @@ is ~14 GB; the clock is paused for it in real runs anyway).
 
     python benchmarks/bench_trainer_gpu.py --kernels triton --compile
     python benchmarks/bench_trainer_gpu.py --kernels torch --no-compile --steps 20
+    python benchmarks/bench_trainer_gpu.py --profile 5
 
 Prints one JSON line with the summary (batches_per_second is the median over steady-state windows,
 as results report it; mfu uses the peak bf16 rate in ``speedrun.train.PEAK_FLOPS``). GPU only.
+
+``--profile N`` runs torch.profiler over N steady-state steps (after the warmup and two timed steps)
+and first prints where the GPU time of a step goes: the share of the step's wall time in which
+kernels ran, then kernel time per step by kind (GEMMs, attention, norm+RoPE, inductor-fused
+elementwise, optimizer, copies) and the slowest kernels. The profiler slows the run, so take
+batches/s from a run without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import sys
 import tempfile
 import time
@@ -122,10 +131,70 @@ class SyntheticData:
 
 
 class BenchTrainer(Trainer):
-    """The reference trainer minus checkpoint writes (clock-paused in real runs, ~14 GB here)."""
+    """The reference trainer minus checkpoint writes (clock-paused in real runs, ~14 GB here), with
+    an optional profiler advanced at the start of every step (warmup steps included)."""
+
+    profiler: Any = None
 
     def _checkpoint(self, *args: Any, **kwargs: Any) -> None:
         return None
+
+    def _step(self, *args: Any, **kwargs: Any):
+        if self.profiler is not None:
+            self.profiler.step()
+        return super()._step(*args, **kwargs)
+
+
+# Kernel kinds by name, first match wins: cuBLAS/CUTLASS GEMMs, this project's Triton kernels,
+# SDPA's backends, inductor's generated kernels, the optimizer's multi-tensor kernels, copies.
+KERNEL_KINDS = [
+    ("gemm", r"gemm|nvjet|cutlass|xmma|cublas"),
+    ("attention (triton)", r"_attn_"),
+    ("norm+rope (triton)", r"_norm_rope"),
+    ("attention (sdpa)", r"flash|fmha|cudnn|attention"),
+    ("inductor fused", r"^triton_"),
+    ("optimizer, grad clip", r"adam|multi_tensor|foreach"),
+    ("copy / memset", r"memcpy|memset|copy"),
+]
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, pattern in KERNEL_KINDS if re.search(pattern, lowered)), "other")
+
+
+def gpu_time_breakdown(prof: Any, steps: int, top: int = 15) -> list[str]:
+    """Lines describing the profiled steps: GPU-busy share, kernel ms per step by kind, slowest kernels."""
+    from torch.autograd import DeviceType
+
+    averages = prof.key_averages()
+    wall_us = sum(e.cpu_time_total for e in averages if e.key.startswith("ProfilerStep"))
+    kernels = [(e.key, e.device_time_total, e.count) for e in averages if e.device_type == DeviceType.CUDA]
+    busy_us = sum(us for _, us, _ in kernels)
+    by_kind: dict[str, float] = {}
+    for name, us, _ in kernels:
+        by_kind[kernel_kind(name)] = by_kind.get(kernel_kind(name), 0.0) + us
+    lines = [
+        f"profile: {steps} steps, {wall_us / steps / 1e3:.1f} ms wall per step, kernels busy "
+        f"{busy_us / steps / 1e3:.1f} ms per step ({100 * busy_us / max(wall_us, 1e-9):.1f}% of wall; "
+        "overlapping streams can push this past 100%)"
+    ]
+    for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {kind:<20} {us / steps / 1e3:8.2f} ms/step {100 * us / max(busy_us, 1e-9):5.1f}%")
+    lines.append(f"  slowest {top} kernels (ms per step, launches per step, kind, name):")
+    for name, us, count in sorted(kernels, key=lambda k: -k[1])[:top]:
+        lines.append(f"  {us / steps / 1e3:8.2f} {count / steps:5.0f}  {kernel_kind(name):<20} {name[:90]}")
+    return lines
+
+
+def _profiler(warmup: int, steps: int):
+    """A torch.profiler over ``steps`` steps after the warmup and two timed ones (a null context for 0)."""
+    if not steps:
+        return contextlib.nullcontext()
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    plan = schedule(wait=warmup + 2, warmup=1, active=steps, repeat=1)
+    return profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], schedule=plan)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5, help="untimed warmup steps (compilation happens here)")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steady-state steps")
     args = parser.parse_args(argv)
+    if args.profile and args.steps < args.profile + 3:
+        parser.error(f"--steps {args.steps} leaves no room to profile {args.profile} steps after 3 timed ones")
     if not torch.cuda.is_available():
         print("bench_trainer_gpu: CUDA is not available; nothing to benchmark (skipped).")
         return 0
@@ -146,8 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         options = TrainOptions(run_dir=Path(tmp), seed=0, device="cuda", resume=False, progress=False)
         t0 = time.perf_counter()
         trainer = BenchTrainer(track, data, [], options)
-        summary = trainer.run()
+        with _profiler(args.warmup, args.profile) as prof:
+            trainer.profiler = prof
+            summary = trainer.run()
         wall = time.perf_counter() - t0
+        if prof is not None:
+            print("\n".join(gpu_time_breakdown(prof, args.profile)))
         rows = [json.loads(x) for x in (Path(tmp) / "train.jsonl").read_text().splitlines()]
     step_s = [r["step_s"] for r in rows if "step_s" in r]
     out = {

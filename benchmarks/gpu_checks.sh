@@ -3,7 +3,7 @@
 #   1. the kernel tests compiled (no interpreter; bf16 included) and the model-level backend test,
 #   2. benchmarks/bench_kernels.py at PRX 1.2B shapes (Triton vs SDPA, fused vs torch norm+RoPE),
 #   3. benchmarks/bench_trainer_gpu.py: the trainer at prx-1.2b, batch 32, bf16 (Triton+compile,
-#      torch SDPA+compile, Triton eager).
+#      where its GPU time goes (trainer_profile), torch SDPA+compile, Triton eager).
 # ONLY="kernel_tests bench_kernels" runs just the stages named. Each stage gets what is left of
 # BUDGET seconds (default 420) so a slow stage cannot eat the rest; logs go to $OUT (or /tmp/gpu-checks). The repo is used in place via PYTHONPATH. The card's
 # image (python 3.12, torch 2.11, triton 3.6, 2026-11) lacks pydantic: fetch the wheels once here,
@@ -45,8 +45,9 @@ python3 -c "import torch, triton, pydantic; print('torch', torch.__version__, 't
 
 XDIST=$(python3 -c 'import xdist' 2>/dev/null && echo '-n 8')  # compiling kernels is CPU-bound
 TAIL=6 stage kernel_tests 150 python3 -m pytest -q -p no:cacheprovider $XDIST tests/kernels -rs
-TAIL=12 stage bench_kernels 90 python3 benchmarks/bench_kernels.py
+TAIL=20 stage bench_kernels 90 python3 benchmarks/bench_kernels.py
 TAIL=2 stage trainer_triton_compile 170 python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile
+TAIL=26 stage trainer_profile 150 python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile --steps 12 --profile 5
 TAIL=2 stage trainer_torch_compile 150 python3 benchmarks/bench_trainer_gpu.py --kernels torch --compile
 TAIL=2 stage trainer_triton_eager 60 python3 benchmarks/bench_trainer_gpu.py --kernels triton --no-compile --steps 20
 echo "== done at ${SECONDS}s"
