@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -227,3 +228,22 @@ def test_component_defaults_do_nothing() -> None:
     assert comp.hooks() == {} and comp.objective() is None
     with pytest.raises(ValidationError, match="extra"):
         AlphaParams(weight=1.0, extra=1)  # Params forbid unknown keys
+
+
+def test_contributing_worked_example_assembles_into_the_example_component(tmp_path: Path) -> None:
+    # CONTRIBUTING.md section 6 shows the example in pieces; put together literally they must import,
+    # register and declare the same parameters as submissions/custom-example/components.py.
+    root = Path(__file__).resolve().parents[1]
+    guide = (root / "CONTRIBUTING.md").read_text()
+    section = guide[guide.index("## 6. Custom components") :]
+    path = tmp_path / "guide" / "components.py"
+    path.parent.mkdir()
+    path.write_text("\n".join(re.findall(r"```python\n(.*?)```", section, re.S)))
+    guide_reg, example_reg = Registry(lazy={}), Registry(lazy={})
+    assert guide_reg.load_submission_components(path) == ["deep-supervision"]
+    example_reg.load_submission_components(root / "submissions" / "custom-example" / "components.py")
+    guide_cls, example_cls = guide_reg.get("deep-supervision"), example_reg.get("deep-supervision")
+    for method in ("setup", "hooks", "losses"):
+        assert method in vars(guide_cls), f"CONTRIBUTING's example lost {method}()"
+    fields = {name: (f.annotation, f.default) for name, f in guide_cls.Params.model_fields.items()}
+    assert fields == {name: (f.annotation, f.default) for name, f in example_cls.Params.model_fields.items()}
