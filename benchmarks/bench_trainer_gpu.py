@@ -13,7 +13,6 @@ is ~14 GB; the clock is paused for it in real runs anyway).
     python benchmarks/bench_trainer_gpu.py --kernels triton --compile
     python benchmarks/bench_trainer_gpu.py --kernels torch --no-compile --steps 20
     python benchmarks/bench_trainer_gpu.py --profile 5
-    python benchmarks/bench_trainer_gpu.py --fused-adamw
 
 Prints one JSON line with the summary (batches_per_second is the median over steady-state windows,
 as results report it; mfu uses the peak bf16 rate in ``speedrun.train.PEAK_FLOPS``). GPU only.
@@ -23,10 +22,6 @@ and first prints where the GPU time of a step goes: the share of the step's wall
 kernels ran, then kernel time per step by kind (GEMMs, attention, norm+RoPE, inductor-fused
 elementwise, optimizer, copies) and the slowest kernels. The profiler slows the run, so take
 batches/s from a run without it.
-
-``--fused-adamw`` swaps the reference trainer's AdamW for torch's single-kernel CUDA one (same
-update rule, same hyper-parameters) to measure what the optimizer step costs; the harness itself
-is unchanged.
 """
 
 from __future__ import annotations
@@ -44,7 +39,6 @@ from typing import Any
 
 import torch
 
-from speedrun import train
 from speedrun.data.loader import Batch
 from speedrun.kernels import dispatch
 from speedrun.tracks import Track, load_track
@@ -216,12 +210,6 @@ def _profiler(warmup: int, steps: int):
     return profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], schedule=plan)
 
 
-def fused_adamw(track: Track, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """``speedrun.train.build_optimizer`` with torch's fused CUDA AdamW."""
-    o = track.optim
-    return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, fused=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", choices=["triton", "torch"], default="triton")
@@ -230,7 +218,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed warmup steps (compilation happens here)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steady-state steps")
-    parser.add_argument("--fused-adamw", action="store_true", help="torch's fused CUDA AdamW instead of the trainer's")
     args = parser.parse_args(argv)
     if args.profile and args.steps < args.profile + 3:
         parser.error(f"--steps {args.steps} leaves no room to profile {args.profile} steps after 3 timed ones")
@@ -238,8 +225,6 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_trainer_gpu: CUDA is not available; nothing to benchmark (skipped).")
         return 0
     dispatch.set_backend(args.kernels)
-    if args.fused_adamw:
-        train.build_optimizer = fused_adamw  # looked up by the Trainer at construction
     track = bench_track(args.steps, args.warmup, args.batch, args.compile)
     data = SyntheticData(args.batch, track.data.text_max_tokens)
     with tempfile.TemporaryDirectory() as tmp:
@@ -259,7 +244,6 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "kernels": args.kernels,
         "compile": args.compile,
-        "fused_adamw": args.fused_adamw,
         "batch": args.batch,
         "params": sum(p.numel() for p in trainer.model.parameters()),
         "wall_s": round(wall, 1),

@@ -18,7 +18,14 @@ from speedrun.clock import Clock, Paused
 from speedrun.components import Component, ComponentContext, Params, StepState, TrainBatch
 from speedrun.data.source import TrainData
 from speedrun.errors import SpeedrunError
-from speedrun.train import Trainer, TrainOptions, check_fp32_master, check_optimizer_coverage, median_speed
+from speedrun.train import (
+    Trainer,
+    TrainOptions,
+    build_optimizer,
+    check_fp32_master,
+    check_optimizer_coverage,
+    median_speed,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -283,6 +290,30 @@ def test_trainer_optimizer_covers_model_and_heads(smoke_data_root, tmp_path, tra
     assert in_optim == expected
     g = trainer.optimizer.param_groups[0]
     assert (g["betas"], g["eps"], g["weight_decay"]) == (track.optim.betas, track.optim.eps, track.optim.weight_decay)
+    assert not g["fused"]  # CPU keeps torch's default AdamW: CPU results do not depend on the CUDA choice
+
+
+def test_optimizer_is_fused_on_cuda_with_the_same_update(track_variant):
+    track = track_variant()
+    model = nn.Linear(8, 4)
+    reference = nn.Linear(8, 4)
+    reference.load_state_dict(model.state_dict())
+    initial = model.weight.detach().clone()
+    # Only the device argument decides fused; the parameters can stay on the CPU, where torch also
+    # has the fused kernel, so the update can be compared with the default implementation here.
+    fused = build_optimizer(track, list(model.parameters()), torch.device("cuda"))
+    plain = build_optimizer(track, list(reference.parameters()), torch.device("cpu"))
+    assert fused.param_groups[0]["fused"] is True and not plain.param_groups[0]["fused"]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        x = torch.randn(16, 8, generator=gen)
+        for m, opt in ((model, fused), (reference, plain)):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+    for got, want in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert (model.weight != initial).all()  # the comparison above is not of two untouched layers
 
 
 def test_fp32_master_weights_checked():
