@@ -62,7 +62,7 @@ class Setup:
         self.objective = RectifiedFlowObjective(track.train.timesteps)
         params = [p for m in (self.model, *ctx.trainable.values()) for p in m.parameters() if p.requires_grad]
         self.params = params
-        self.optimizer = build_optimizer(track, params, torch.device(device))
+        self.optimizer = build_optimizer(track, params, device)
         self.grad_clip = track.optim.grad_clip
         side, length = track.data.image_size, track.data.text_max_tokens
         gen = torch.Generator().manual_seed(1)
