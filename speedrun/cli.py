@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -28,6 +29,22 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 USER_ERROR = 2
+
+
+class Device(str, Enum):
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+class Parallel(str, Enum):
+    auto = "auto"
+    ddp = "ddp"
+    fsdp = "fsdp"
+
+
+# The real defaults (speedrun/paths.py), not "./data": the repository's folders, wherever it is run from
+DATA_DIR_HELP = "Prepared data (default: $SPEEDRUN_DATA_DIR, else the repository's data/)."
+RUNS_DIR_HELP = "Checkpoints and logs (default: $SPEEDRUN_RUNS_DIR, else the repository's runs/)."
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -125,7 +142,7 @@ def schema_cmd(
 @_user_errors
 def prepare_cmd(
     track: str = typer.Option("tiny", "--track", "-t", help="Track whose data to prepare."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where prepared data lives (default ./data)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
 ) -> None:
     """Prepare (or verify) a track's data: shards, text embeddings, evaluation reference."""
     from speedrun.data.prepare import prepare
@@ -142,17 +159,21 @@ def run_cmd(
     submission: Path = typer.Argument(..., help="Submission folder, e.g. submissions/baseline."),
     track: Optional[str] = typer.Option(None, "--track", "-t", help="Track (default: the manifest's first)."),
     seeds: int = typer.Option(1, "--seeds", min=1, help="Number of seeds (0..N-1 unless --seed)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Run exactly this seed."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Run exactly this seed."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes per node (torchrun when > 1)."),
     nnodes: int = typer.Option(1, "--nnodes", min=1, help="Nodes (torchrun)."),
     node_rank: int = typer.Option(0, "--node-rank", min=0, help="This node's rank (torchrun)."),
     master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Rendezvous host (torchrun)."),
     master_port: int = typer.Option(29500, "--master-port", help="Rendezvous port (torchrun)."),
-    parallel: str = typer.Option("auto", "--parallel", help="auto (FSDP2 for prx-1.2b, else DDP), ddp or fsdp."),
-    device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
+    parallel: Parallel = typer.Option(
+        Parallel.auto, "--parallel", help="auto (FSDP2 for prx-1.2b, else DDP), ddp or fsdp."
+    ),
+    device: Optional[Device] = typer.Option(
+        None, "--device", help="cuda or cpu (default: cuda when present)."
+    ),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue a killed seed from its checkpoint."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Prepared data (default ./data)."),
-    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Checkpoints and logs (default ./runs)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP),
 ) -> None:
     """Validate, prepare if needed, train, evaluate in a separate process, write results."""
     from speedrun.run import RunOptions, run_submission
@@ -166,8 +187,8 @@ def run_cmd(
         node_rank=node_rank,
         master_addr=master_addr,
         master_port=master_port,
-        parallel=parallel,
-        device=device,
+        parallel=parallel.value,
+        device=device.value if device else None,
         resume=resume,
         data_dir=data_dir,
         runs_dir=runs_dir,
@@ -181,14 +202,18 @@ def eval_cmd(
     checkpoint: Path = typer.Argument(..., help="A checkpoint directory written by the trainer."),
     track: str = typer.Option(..., "--track", "-t", help="Track whose protocol to apply."),
     out: Optional[Path] = typer.Option(None, "--out", help="Metrics JSON path (default: beside the checkpoint)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Prepared data (default ./data)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sampling batch (does not change results)."),
+    device: Optional[Device] = typer.Option(
+        None, "--device", help="cuda or cpu (default: cuda when present)."
+    ),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", min=1, help="Sampling batch (does not change results)."
+    ),
 ) -> None:
     """Evaluate a checkpoint with the track's fixed protocol (strict weight loading)."""
     from speedrun.eval.run import evaluate_checkpoint
 
-    path = evaluate_checkpoint(checkpoint, track, out=out, device=device, data_dir=data_dir, batch_size=batch_size)
+    path = evaluate_checkpoint(checkpoint, track, out=out, device=device.value if device else None, data_dir=data_dir, batch_size=batch_size)
     console.print(f"metrics: {path}")
 
 

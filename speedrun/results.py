@@ -142,13 +142,17 @@ def write_result(path: Path, result: RunResult) -> Path:
 
 
 def load_result(path: Path, check_digest: bool = True) -> RunResult:
-    """Parse and validate a results file; a digest mismatch means it was edited."""
+    """Parse and validate a results file; a digest mismatch means it was edited.
+
+    Errors say what is wrong only: the remedy depends on the caller (``speedrun run`` and
+    ``speedrun verify`` each add their own).
+    """
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise SpeedrunError(f"{path}: no such results file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SpeedrunError(f"{path}: not valid JSON ({exc}); re-run the seed to regenerate it") from None
+        raise SpeedrunError(f"{path}: not valid JSON ({exc})") from None
     try:
         result = RunResult.model_validate(data)
     except ValidationError as exc:

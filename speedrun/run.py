@@ -1,10 +1,13 @@
 """``speedrun run``: validate, prepare, train each seed, evaluate in a separate process, write results.
 
 A finished seed (valid results file) is skipped; a killed seed resumes from its last checkpoint.
+Options are checked before anything is prepared or written, and each seed's run folder is locked
+(``run.lock``) while it trains, is evaluated and has its result written.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -12,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +45,10 @@ from speedrun.submission import MANIFEST, Submission, load_submission
 from speedrun.tracks import Track, load_track
 from speedrun.worker import SUMMARY, train_seed
 
+PARALLEL_CHOICES = ("auto", "ddp", "fsdp")
+DEVICE_CHOICES = ("cuda", "cpu")
+LOCK_NAME = "run.lock"
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
@@ -63,6 +72,66 @@ def run_dir_for(submission: Submission, track: Track, seed: int, runs_dir: Path 
     return runs_root(runs_dir) / submission.name / track.id / f"seed{seed}"
 
 
+def check_options(o: RunOptions, track: Track) -> None:
+    """Refuse options that would fail (or train wrongly) later, before anything is prepared or written.
+
+    The CLI's parser already refuses most of these; ``run_submission`` is also called from Python.
+    """
+    if o.parallel not in PARALLEL_CHOICES:
+        raise SpeedrunError(f"--parallel {o.parallel!r}: must be one of {', '.join(PARALLEL_CHOICES)}")
+    if o.device is not None and o.device not in DEVICE_CHOICES:
+        raise SpeedrunError(f"--device {o.device!r}: must be one of {', '.join(DEVICE_CHOICES)} (or left out)")
+    if o.seed is not None and o.seed < 0:
+        raise SpeedrunError(f"--seed {o.seed}: must be 0 or more")
+    if o.seeds < 1:
+        raise SpeedrunError(f"--seeds {o.seeds}: must be 1 or more")
+    if o.nproc < 1:
+        raise SpeedrunError(f"--nproc {o.nproc}: must be 1 or more")
+    if o.nnodes < 1:
+        raise SpeedrunError(f"--nnodes {o.nnodes}: must be 1 or more")
+    if not 0 <= o.node_rank < o.nnodes:
+        raise SpeedrunError(f"--node-rank {o.node_rank}: must be from 0 to --nnodes - 1 ({o.nnodes - 1})")
+    world = o.nproc * o.nnodes
+    batch = track.train.global_batch
+    if batch % world:
+        raise SpeedrunError(
+            f"--nproc {o.nproc} x --nnodes {o.nnodes} = {world} processes do not divide track '{track.id}''s "
+            f"global batch {batch} (train.global_batch); use a process count that divides {batch}"
+        )
+    # The folders as paths.py resolves them, so $SPEEDRUN_DATA_DIR / $SPEEDRUN_RUNS_DIR are checked too.
+    for option, env, explicit, root in (
+        ("--data-dir", "$SPEEDRUN_DATA_DIR", o.data_dir, data_root(o.data_dir)),
+        ("--runs-dir", "$SPEEDRUN_RUNS_DIR", o.runs_dir, runs_root(o.runs_dir)),
+    ):
+        if root.exists() and not root.is_dir():
+            raise SpeedrunError(f"{option if explicit is not None else env} {root}: is a file, not a folder")
+
+
+@contextmanager
+def seed_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir/run.lock`` so that no second ``speedrun run`` trains this seed.
+
+    Two runs in one folder would write the same checkpoints and log over each other. The kernel
+    releases a ``flock`` when its process exits, however it dies (SIGKILL included), so a killed run
+    never leaves a stale lock and nothing needs cleaning up; the file itself stays (deleting it
+    would let a third run lock a fresh file while the second still holds the old one).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SpeedrunError(
+                f"{run_dir}: another `speedrun run` is using this run folder ({path} is locked); wait for it "
+                "to finish or stop it, then run this command again"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _train(submission: Submission, track: Track, seed: int, run_dir: Path, o: RunOptions) -> dict:
     if o.nproc == 1 and o.nnodes == 1:
         return train_seed(
@@ -84,7 +153,8 @@ def _train(submission: Submission, track: Track, seed: int, run_dir: Path, o: Ru
     proc = subprocess.run(cmd)
     if proc.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         raise TrainingInterrupted(
-            f"training of seed {seed} was interrupted; its last checkpoint in {run_dir} resumes with the same command",
+            f"training of seed {seed} was interrupted; its last checkpoint in {run_dir} resumes with the same "
+            "command (add --no-resume to start the seed over instead)",
             proc.returncode - 128,
         )
     if proc.returncode != 0:
@@ -121,26 +191,50 @@ def _read_eval(path: Path) -> dict:
     return report
 
 
+def _finished(submission: Submission, track: Track, seed: int, results_path: Path) -> bool:
+    """Whether the seed has a result of this very code and track; SpeedrunError for a damaged or stale one."""
+    if not results_path.exists():
+        return False
+    try:
+        done = load_result(results_path)
+    except SpeedrunError as exc:
+        raise SpeedrunError(f"{exc}. Move it away to re-run seed {seed}.") from None
+    # Skipping is right only for a result of this very code and track; an older one is stale.
+    changed = [str(c) for c in code_changes(done.provenance.code, code_record(submission.path))]
+    if done.provenance.track_hash != load_track(track.id).content_hash:
+        changed.append(f"track '{track.id}' changed")
+    if changed:
+        raise SpeedrunError(
+            f"{results_path}: seed {seed} has a result from other code or track ({'; '.join(changed)}); "
+            f"move it away to re-run seed {seed} with the current files"
+        )
+    return True
+
+
 def run_one_seed(submission: Submission, track: Track, seed: int, o: RunOptions, console: Console) -> Path | None:
     results_path = submission.results_dir(track.id) / f"seed{seed}.json"
-    if results_path.exists():
-        try:
-            done = load_result(results_path)
-        except SpeedrunError as exc:
-            raise SpeedrunError(f"{exc}. Move it away to re-run seed {seed}.") from None
-        # Skipping is right only for a result of this very code and track; an older one is stale.
-        changed = [str(c) for c in code_changes(done.provenance.code, code_record(submission.path))]
-        if done.provenance.track_hash != load_track(track.id).content_hash:
-            changed.append(f"track '{track.id}' changed")
-        if changed:
-            raise SpeedrunError(
-                f"{results_path}: seed {seed} has a result from other code or track ({'; '.join(changed)}); "
-                f"move it away to re-run seed {seed} with the current files"
-            )
+    # Checked before locking so a finished seed is skipped without creating its run folder.
+    if _finished(submission, track, seed, results_path):
         console.print(f"seed {seed}: already finished ({results_path}), skipped")
         return results_path
-    wall0 = time.perf_counter()
     run_dir = run_dir_for(submission, track, seed, o.runs_dir)
+    if o.node_rank != 0:
+        # Only node 0's launcher locks: on a shared filesystem the other nodes' launchers would
+        # find its lock held. The torchrun workers never lock; their launcher holds it for them.
+        return _train_evaluate_record(submission, track, seed, run_dir, results_path, o, console)
+    with seed_lock(run_dir):
+        # Another run may have finished this seed between the check above and taking the lock.
+        if _finished(submission, track, seed, results_path):
+            console.print(f"seed {seed}: already finished ({results_path}), skipped")
+            return results_path
+        return _train_evaluate_record(submission, track, seed, run_dir, results_path, o, console)
+
+
+def _train_evaluate_record(
+    submission: Submission, track: Track, seed: int, run_dir: Path, results_path: Path, o: RunOptions,
+    console: Console,
+) -> Path | None:
+    wall0 = time.perf_counter()
     console.print(f"[bold]seed {seed}[/]: training {submission.name} on {track.id} -> {run_dir}")
     summary = _train(submission, track, seed, run_dir, o)
     if not summary:
@@ -259,6 +353,7 @@ def run_submission(path: Path, o: RunOptions, console: Console) -> list[Path]:
 
     submission = load_submission(path)
     track = submission.track(o.track)
+    check_options(o, track)
     if o.node_rank == 0:
         prepare(track, data_root(o.data_dir))
     seeds = [o.seed] if o.seed is not None else list(range(o.seeds))

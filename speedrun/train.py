@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import reprlib
 import signal
 import statistics
 import sys
@@ -35,7 +36,7 @@ from speedrun.flow import Objective, RectifiedFlowObjective, apply_caption_dropo
 from speedrun.kernels import dispatch
 from speedrun.model import build_model
 from speedrun.results import code_changes
-from speedrun.state import StepState
+from speedrun.state import BlockHook, StepState
 from speedrun.tracks import Track
 
 # Windows of this many timed steps give one batches/s reading; the reported figure is their median,
@@ -43,6 +44,12 @@ from speedrun.tracks import Track
 SPEED_WINDOW = 20
 # Peak dense bf16 tensor FLOP/s per device, for MFU; None where no meaningful peak is known (CPU).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+# Keys of a training-log step line other than the components' loss terms ("event" marks the lines
+# that are not steps): a term under one of these names would overwrite the trainer's value.
+STEP_LOG_KEYS = frozenset({"step", "loss", "lr", "grad_norm", "step_s", "clock_s", "loss_fm", "event"})
+# ``StepState.records`` key holding (who routed, full token count) while image tokens are routed, so
+# the hook that ends the routing, or the end of the last block, can be checked against the full count.
+ROUTING = "speedrun:routing"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,13 +129,95 @@ def check_fp32_master(modules: list[nn.Module]) -> None:
         raise RuntimeError(f"master weights must be fp32; found other dtypes in {bad[:5]}")
 
 
-def collect_hooks(components: list[Component]) -> dict[int, list[tuple[Any, Any]]]:
-    """Hooks on the same block compose in manifest order."""
+def component_label(comp: Component) -> str:
+    return f"component '{comp.name}' ({type(comp).__qualname__})"
+
+
+def collect_hooks(components: list[Component], depth: int | None = None) -> dict[int, list[tuple[Any, Any]]]:
+    """Hooks on the same block compose in manifest order.
+
+    What each ``hooks()`` returns is checked once here, and every hook is wrapped by ``checked_hook``.
+    With ``depth`` (the denoiser's block count) block indices must lie below it, and a last hook on
+    the last block refuses image tokens that a routing hook never brought back; without it the
+    denoiser still refuses them, but cannot name the component.
+    """
     hooks: dict[int, list[tuple[Any, Any]]] = {}
     for comp in components:
-        for index, pair in comp.hooks().items():
-            hooks.setdefault(index, []).append(pair)
+        who = component_label(comp)
+        table = comp.hooks()
+        if not isinstance(table, dict):
+            raise SpeedrunError(
+                f"{who}: hooks() must return a dict {{block_index: (before, after)}}, got {type(table).__name__}"
+            )
+        for index, pair in table.items():
+            # bool is an int, and a negative or too large index would match no block: the hook never runs
+            in_range = isinstance(index, int) and not isinstance(index, bool) and index >= 0
+            if not in_range or (depth is not None and index >= depth):
+                blocks = f" of the denoiser's {depth} blocks (0..{depth - 1})" if depth is not None else " (0-based)"
+                raise SpeedrunError(f"{who}: hooks() key {reprlib.repr(index)} is not a block index{blocks}")
+            if not (isinstance(pair, tuple) and len(pair) == 2):
+                raise SpeedrunError(
+                    f"{who}: hooks()[{index}] must be a (before, after) pair of hooks or None, got {reprlib.repr(pair)}"
+                )
+            checked = []
+            for position, hook in zip(("before", "after"), pair):
+                if hook is not None and not callable(hook):
+                    raise SpeedrunError(
+                        f"{who}: hooks()[{index}] {position} hook is not callable (got {type(hook).__name__})"
+                    )
+                where = f"{who}, {position} hook of block index {index}"
+                checked.append(None if hook is None else checked_hook(hook, where))
+            hooks.setdefault(index, []).append(tuple(checked))
+    if hooks and depth is not None:
+        hooks.setdefault(depth - 1, []).append((None, all_tokens_back))
     return hooks
+
+
+def checked_hook(hook: BlockHook, who: str) -> BlockHook:
+    """``hook`` whose output must be what the contract promises: a tensor of the input's dtype and
+    device, shaped (B, N, hidden) as the input, where N is the kept count while ``state.token_index``
+    is set and, once it is cleared again, every image token. Metadata comparisons only: no sync."""
+
+    def run(tokens: torch.Tensor, state: StepState) -> torch.Tensor:
+        was_routed = state.token_index is not None
+        out = hook(tokens, state)
+        index = state.token_index
+        if index is not None:
+            if not was_routed:  # the tokens had their full count until this hook
+                state.records[ROUTING] = (who, tokens.shape[1])
+            count = index.shape[1]
+        else:
+            count = state.records.pop(ROUTING)[1] if was_routed else tokens.shape[1]
+        if not isinstance(out, torch.Tensor):
+            raise SpeedrunError(f"{who} returned {type(out).__name__}, not a tensor of image tokens")
+        expected = (tokens.shape[0], count, tokens.shape[2])
+        if out.shape != expected:
+            if index is not None:
+                rule = f"state.token_index keeps {count} tokens"
+            elif was_routed:
+                rule = f"routing ended (state.token_index None): every one of the {count} image tokens must come back"
+            else:
+                rule = "a hook that does not route keeps the input's shape"
+            raise SpeedrunError(f"{who} returned tokens of shape {tuple(out.shape)}, expected {expected}; {rule}")
+        if out.dtype != tokens.dtype or out.device != tokens.device:
+            raise SpeedrunError(
+                f"{who} returned {out.dtype} tokens on {out.device}, expected {tokens.dtype} on {tokens.device} "
+                "(the input's)"
+            )
+        return out
+
+    return run
+
+
+def all_tokens_back(tokens: torch.Tensor, state: StepState) -> torch.Tensor:
+    """Runs after every other hook of the last block: refuses tokens still routed there."""
+    if state.token_index is not None:
+        who, count = state.records[ROUTING]
+        raise SpeedrunError(
+            f"{who} routed the image tokens (kept {state.token_index.shape[1]} of {count}) and no hook brought "
+            "every token back by the end of the last block"
+        )
+    return tokens
 
 
 def choose_objective(track: Track, components: list[Component]) -> Objective:
@@ -250,7 +339,7 @@ class Trainer:
         for comp in self.components:
             comp.setup(self.ctx)
         self.heads: dict[str, nn.Module] = self.ctx.trainable
-        self.hooks = collect_hooks(self.components)
+        self.hooks = collect_hooks(self.components, self.model.config.depth)
         self.objective = choose_objective(self.track, self.components)
         check_fp32_master([self.model, *self.heads.values()])
         self.initial_state = {
@@ -309,6 +398,12 @@ class Trainer:
         return self.optimizer.state_dict()
 
     def _load_optim_state(self, state: dict[str, Any]) -> None:
+        # A saved state carries its optimizer's implementation flags and load_state_dict restores them,
+        # so a checkpoint from before fused AdamW would resume on CUDA with the slower foreach kernel.
+        # The device's choice (build_optimizer) wins: the update is the same either way.
+        for saved, current in zip(state["param_groups"], self.optimizer.param_groups):
+            for flag in ("fused", "foreach"):
+                saved[flag] = current[flag]
         if self.parallel == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
@@ -362,7 +457,12 @@ class Trainer:
             terms: dict[str, torch.Tensor] = {}
             for comp in self.components:
                 for name, value in comp.losses(train_batch, pred, state).items():
-                    if name in terms or name == "loss":
+                    if not isinstance(name, str) or name in STEP_LOG_KEYS:
+                        raise SpeedrunError(
+                            f"{component_label(comp)}: loss term {reprlib.repr(name)} cannot name a column of the "
+                            f"training log: names are strings other than the trainer's own {sorted(STEP_LOG_KEYS)}"
+                        )
+                    if name in terms:
                         raise SpeedrunError(f"component '{comp.name}' returns loss term '{name}' twice")
                     terms[name] = value.float()
         total = loss + sum(terms.values()) if terms else loss

@@ -42,6 +42,7 @@ RERUN_TRACK = "smoke"
 RERUN_REL_TOL = 0.1
 RERUN_ABS_TOL = 1e-3
 _FIELD = re.compile(r"field '([^']+)'")
+_SEED_FILE = re.compile(r"seed(\d+)")
 
 
 class Problem(BaseModel):
@@ -182,21 +183,27 @@ class _Verifier:
             problems.append(self.problem(folder / MANIFEST, _field_of(exc), str(exc)))
         code = code_record(folder, self.harness)
         valid: dict[str, list[RunResult]] = {}
+        failing: dict[str, list[Path]] = {}
         for path in files:
             result, found = self.check_result(path, folder, sub, code)
             problems += found
             valid.setdefault(path.parent.name, [])
             if result is not None and not found:
                 valid[path.parent.name].append(result)
+            else:
+                failing.setdefault(path.parent.name, []).append(path)
         if whole:
             for track_id, results in sorted(valid.items()):
-                problems += self.check_entry(folder, track_id, results, sub)
+                problems += self.check_entry(folder, track_id, results, failing.get(track_id, []), sub)
         return problems
 
     def check_entry(
-        self, folder: Path, track_id: str, results: list[RunResult], sub: Submission | None
+        self, folder: Path, track_id: str, results: list[RunResult], failing: list[Path], sub: Submission | None
     ) -> list[Problem]:
-        """The leaderboard-entry rule for one submission on one track that has results."""
+        """The leaderboard-entry rule for one submission on one track that has results.
+
+        ``results`` are the track's valid results, ``failing`` its results files that fail a check.
+        """
         where = folder / "results" / track_id
         if sub is not None and track_id not in sub.manifest.tracks:
             return [self.problem(where, "tracks", f"results for track '{track_id}', which {MANIFEST} does not target")]
@@ -210,15 +217,36 @@ class _Verifier:
             problems.append(self.problem(where, "seed", f"seed(s) {repeated} used by more than one run"))
         need, have = track.rules.seeds_required, sorted(set(seeds))
         if len(have) < need:
-            problems.append(
-                self.problem(
-                    where,
-                    "seeds",
-                    f"{len(have)} valid ok seed(s) {have} on track '{track_id}'; an entry needs {need}: "
-                    f"run `speedrun run {_rel(folder, self.repo_root)} --track {track_id} --seeds {need}`",
-                )
-            )
+            message = self._seeds_message(folder, track_id, need, have, results, failing)
+            problems.append(self.problem(where, "seeds", message))
         return problems
+
+    def _seeds_message(
+        self, folder: Path, track_id: str, need: int, have: list[int], results: list[RunResult], failing: list[Path]
+    ) -> str:
+        """What the entry lacks, and the ``speedrun run --seeds M`` that supplies it.
+
+        ``--seeds M`` runs seeds 0..M-1 but skips a seed with a valid results file (a diverged or
+        failed one too, which adds no ok seed) and refuses one whose file fails a check; M counts the
+        former out, and the latter must be moved away first.
+        """
+        finished = {r.seed for r in results}
+        count, upto = len(have), 0
+        while count < need:
+            count += upto not in finished
+            upto += 1
+        message = (
+            f"{len(have)} valid ok seed(s) {have} on track '{track_id}'; an entry needs {need}, "
+            f"{need - len(have)} more to run"
+        )
+        command = f"speedrun run {_rel(folder, self.repo_root)} --track {track_id} --seeds {upto}"
+        if not failing:
+            return f"{message}: `{command}`"
+        names = ", ".join(p.name for p in sorted(failing))
+        return (
+            f"{message}; {len(failing)} results file(s) here fail the checks above and count as not run ({names}): "
+            f"move them out of the submission folder, then `{command} --no-resume`"
+        )
 
     # ------------------------------------------------------------------ one results file
     def check_result(
@@ -231,7 +259,7 @@ class _Verifier:
         try:
             result = load_result(path)
         except SpeedrunError as exc:
-            return None, [self.problem(path, _field_of(exc), str(exc))]
+            return None, [self.problem(path, _field_of(exc), f"{exc}; {self.rerun_hint(path, folder)}")]
         problems = [self.problem(path, f, m) for f, m in self._identity(path, folder, result)]
         track = self.tracks.get(result.track)
         if track is None:
@@ -239,7 +267,7 @@ class _Verifier:
             problems.append(self.problem(path, "track", f"no valid track '{result.track}' in {where}"))
             return result, problems
         for field, message in [
-            *self._provenance(result, folder, code, track),
+            *self._provenance(path, result, folder, code, track),
             *self._dataset(result, sub),
             *self._recompute(result, track),
         ]:
@@ -254,9 +282,27 @@ class _Verifier:
         if r.run_id != path.stem or r.run_id != f"seed{r.seed}":
             yield "run_id", f"is '{r.run_id}' (seed {r.seed}); the file must be results/{r.track}/seed{r.seed}.json"
 
-    def _provenance(self, r: RunResult, folder: Path, code: dict[str, Any], track: Track) -> Iterable[tuple[str, str]]:
+    def rerun_hint(self, path: Path, folder: Path) -> str:
+        """How to replace the results file ``path`` with a fresh run of the seed its path names.
+
+        ``speedrun run`` skips or refuses a seed whose results file exists, so the file goes first
+        (out of the folder: anywhere else inside it would be a new submission file); ``--no-resume``
+        because the old run's checkpoint would be resumed, or refused as written by other code.
+        """
+        move = f"move {_rel(path, self.repo_root)} out of the submission folder"
+        seed = _SEED_FILE.fullmatch(path.stem)
+        if seed is None:
+            return move  # its name is no seed's (a problem of its own); `speedrun run` never reads it
+        return (
+            f"to re-run it, {move}, then run `speedrun run {_rel(folder, self.repo_root)} "
+            f"--track {path.parent.name} --seed {seed.group(1)} --no-resume`"
+        )
+
+    def _provenance(
+        self, path: Path, r: RunResult, folder: Path, code: dict[str, Any], track: Track
+    ) -> Iterable[tuple[str, str]]:
         p = r.provenance
-        rerun_hint = f"re-run it: `speedrun run {_rel(folder, self.repo_root)} --track {r.track} --seed {r.seed}`"
+        rerun_hint = self.rerun_hint(path, folder)
         manifest = folder / MANIFEST
         if manifest.is_file() and code["submission_files"].get(MANIFEST) != p.manifest_sha256:
             yield "provenance.manifest_sha256", f"{MANIFEST} changed after this run; {rerun_hint}"

@@ -116,7 +116,8 @@ def train_seed(
         resume = resume_command(submission, track, seed, run_dir, data_dir, trainer.dist.world_size)
         raise TrainingInterrupted(
             f"training of seed {seed} {summary['reason']}; checkpoint step-{summary['steps']:08d} is in "
-            f"{run_dir / 'checkpoints'}. `{resume}` resumes it",
+            f"{run_dir / 'checkpoints'}. `{resume}` resumes it; the same command with --no-resume starts "
+            "the seed over from step 0",
             trainer.stop_signal,
         )
     if trainer.dist.is_main:

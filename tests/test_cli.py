@@ -285,3 +285,49 @@ def test_subprocess_validate_never_imports_components(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"ok {folder} (tracks: smoke)")
     assert not marker.exists() and not (folder / "__pycache__").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# run / eval option ranges: refused by the parser, before any submission code or data is touched
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("run", "submissions/baseline", "--device", "gpu"), "--device"),
+        (("run", "submissions/baseline", "--parallel", "zero"), "--parallel"),
+        (("run", "submissions/baseline", "--seed", "-1"), "--seed"),
+        (("eval", "runs/x", "--track", "tiny", "--device", "tpu"), "--device"),
+        (("eval", "runs/x", "--track", "tiny", "--batch-size", "0"), "--batch-size"),
+    ],
+)
+def test_run_and_eval_refuse_out_of_range_options(monkeypatch: pytest.MonkeyPatch, args, option: str) -> None:
+    import speedrun.eval.run
+    import speedrun.run
+
+    def never(*_a: Any, **_k: Any) -> None:
+        raise AssertionError("the command started with an invalid option")
+
+    monkeypatch.setattr(speedrun.run, "run_submission", never)
+    monkeypatch.setattr(speedrun.eval.run, "evaluate_checkpoint", never)
+    result = invoke(*args)
+    assert_clean_exit(result, 2)
+    assert option in result.output
+
+
+def test_run_passes_choices_as_plain_strings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import speedrun.run
+
+    seen = {}
+    monkeypatch.setattr(speedrun.run, "run_submission", lambda sub, options, console: seen.update(o=options))
+    assert_clean_exit(invoke("run", "submissions/baseline", "--device", "cpu", "--parallel", "ddp"), 0)
+    assert (seen["o"].device, seen["o"].parallel) == ("cpu", "ddp")
+    assert type(seen["o"].device) is str and type(seen["o"].parallel) is str
+
+
+def test_help_names_the_real_default_folders() -> None:
+    for command in ("run", "prepare"):
+        result = invoke(command, "--help")
+        assert_clean_exit(result, 0)
+        text = " ".join(result.stdout.split())
+        assert "$SPEEDRUN_DATA_DIR" in text and "./data" not in text

@@ -195,6 +195,14 @@ def test_declared_component_names_errors_name_the_file(tmp_path: Path) -> None:
         declared_component_names(binary)
 
 
+def test_declared_component_names_refuses_one_name_twice(tmp_path: Path) -> None:
+    twice = _write(tmp_path, CUSTOM.replace('name: ClassVar[str] = "delta"', 'name = "gamma"'), "twice")
+    with pytest.raises(SpeedrunError) as info:
+        declared_component_names(twice)
+    # the message registering at run time gives (test_load_submission_components_collisions_and_failures)
+    assert str(info.value).startswith(f"{twice}:Delta: component name 'gamma' is already registered")
+
+
 def test_load_submission_components_registers_defined_classes(tmp_path: Path) -> None:
     path = _write(tmp_path, CUSTOM, "my-sub")
     reg = Registry(lazy={})

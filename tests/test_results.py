@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from speedrun.results import cpu_model, hardware_info
+from speedrun.errors import SpeedrunError
+from speedrun.results import cpu_model, hardware_info, load_result
 
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -26,3 +27,13 @@ def test_cpu_hardware_record():
     assert hw.device_type == "cpu" and hw.device_names == [hw.cpu] and hw.driver is None
     assert hw.cpu_count == len(os.sched_getaffinity(0))
     assert platform.machine() in hw.cpu
+
+
+def test_load_result_errors_describe_without_a_remedy(tmp_path: Path):
+    # `speedrun run` and `speedrun verify` each append their own remedy; one here would be said twice.
+    path = tmp_path / "seed0.json"
+    path.write_text("{not json")
+    with pytest.raises(SpeedrunError) as info:
+        load_result(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not valid JSON (") and message.endswith(")")

@@ -235,6 +235,15 @@ CASES: list[Case] = [
         files={"components.py": b"x = '\xff'\n"},
         blame="components.py",
     ),
+    Case(
+        # two classes under one name: `speedrun run` would refuse on import, so validate refuses first,
+        # with the registry's own collision message (even when the manifest does not list the name)
+        "components-py-name-twice",
+        manifest(),
+        (":Baz: component name 'foo' is already registered",),
+        files={"components.py": CUSTOM + '\n\nclass Baz(Component):\n    name = "foo"\n'},
+        blame="components.py",
+    ),
     # symlinks leaving the folder
     Case(
         "symlink-outside",

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -314,6 +315,35 @@ def test_optimizer_is_fused_on_cuda_with_the_same_update(track_variant):
     for got, want in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     assert (model.weight != initial).all()  # the comparison above is not of two untouched layers
+
+
+def test_resume_keeps_the_devices_optimizer_implementation(track_variant):
+    """A checkpoint saved by the default AdamW resumes as the device's choice (fused on CUDA), with
+    the same moments, step count and therefore the same next update."""
+    track = track_variant()
+    old, new, reference = nn.Linear(8, 4), nn.Linear(8, 4), nn.Linear(8, 4)
+    new.load_state_dict(old.state_dict())
+    reference.load_state_dict(old.state_dict())
+    saved_by = build_optimizer(track, list(old.parameters()), torch.device("cpu"))
+    continued = build_optimizer(track, list(reference.parameters()), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(16, 8, generator=gen) for _ in range(4)]
+    for x in batches[:3]:
+        for m, opt in ((old, saved_by), (reference, continued)):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+    new.load_state_dict(old.state_dict())
+    resumed = build_optimizer(track, list(new.parameters()), torch.device("cuda"))
+    Trainer._load_optim_state(SimpleNamespace(optimizer=resumed, parallel="ddp"), saved_by.state_dict())
+    assert resumed.param_groups[0]["fused"] is True
+    assert int(resumed.state[new.weight]["step"]) == 3
+    for m, opt in ((new, resumed), (reference, continued)):
+        opt.zero_grad()
+        m(batches[3]).square().mean().backward()
+        opt.step()
+    for got, want in zip(new.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 
 def test_fp32_master_weights_checked():

@@ -153,6 +153,25 @@ def test_any_edited_field_fails_the_digest(repo: Repo, edit: tuple) -> None:
     assert fields(problems) == ["digest", "seeds"]  # and the edited seed no longer counts
     assert problems[0].file == "submissions/alpha/results/smoke/seed0.json"
     assert "edited" in problems[0].message
+    assert problems[0].message.endswith(RERUN_SMOKE_SEED0)
+
+
+# `speedrun run` skips or refuses a seed whose results file exists, and resumes (or refuses) the old
+# run's checkpoint: the remedy verify gives must move the file and start over, or it does not work.
+RERUN_SMOKE_SEED0 = (
+    "to re-run it, move submissions/alpha/results/smoke/seed0.json out of the submission folder, "
+    "then run `speedrun run submissions/alpha --track smoke --seed 0 --no-resume`"
+)
+
+
+def test_an_unparseable_results_file_is_described_then_remedied(repo: Repo) -> None:
+    path = repo.seal()
+    path.write_text("{not json")
+    problems = repo.verify()
+    assert fields(problems) == ["(file)", "seeds"]
+    message = problems[0].message
+    assert "not valid JSON" in message and message.endswith(RERUN_SMOKE_SEED0)
+    assert message.count("re-run") == 1  # results.py describes; the one remedy is verify's
 
 
 @pytest.mark.parametrize("change", ["edited", "added", "removed"])
@@ -171,6 +190,7 @@ def test_a_submission_file_changed_after_the_run_makes_it_stale(repo: Repo, chan
     stale = [p for p in problems if p.field == "provenance.submission_files"]
     said = {"edited": "changed", "added": "was added", "removed": "was removed"}[change]
     assert len(stale) == 1 and f"'{name}' {said}" in stale[0].message
+    assert stale[0].message.endswith(RERUN_SMOKE_SEED0)
     # A stale result no longer counts toward the entry, so the seed rule fails too.
     assert fields(problems) == ["provenance.submission_files", "seeds"]
 
@@ -201,7 +221,8 @@ def test_harness_change_makes_results_stale_and_names_speedrun(repo: Repo, monke
     repo.seal()
     monkeypatch.setattr(verify_mod, "harness_sha256", lambda: "e" * 64)
     problems = [p for p in repo.verify() if p.field == "provenance.harness_sha256"]
-    assert len(problems) == 1 and "speedrun/" in problems[0].message and "re-run" in problems[0].message
+    assert len(problems) == 1 and "speedrun/" in problems[0].message
+    assert problems[0].message.endswith(f"maintainers: {RERUN_SMOKE_SEED0}")
 
 
 def test_verify_never_imports_submission_code(repo: Repo) -> None:
@@ -225,9 +246,27 @@ def test_entry_needs_the_tracks_seed_count(repo: Repo) -> None:
         repo.seal("tiny", seed)
     problems = repo.verify()
     assert fields(problems) == ["seeds"]
-    assert problems[0].file == "submissions/alpha/results/tiny" and "needs 3" in problems[0].message
+    assert problems[0].file == "submissions/alpha/results/tiny"
+    assert problems[0].message == (
+        "2 valid ok seed(s) [0, 1] on track 'tiny'; an entry needs 3, 1 more to run: "
+        "`speedrun run submissions/alpha --track tiny --seeds 3`"
+    )
     repo.seal("tiny", 2)
     assert repo.verify() == []
+
+
+def test_entry_counts_failing_results_files_as_not_run(repo: Repo) -> None:
+    for seed in (1, 2):
+        repo.seal("tiny", seed)
+    (repo.sub / "NOTES.md").write_text("Revised.\n")  # both are stale now...
+    repo.seal("tiny", 0, status="diverged", failure={"step": 3, "reason": "nan", "last_finite_loss": 1.0})
+    problems = repo.verify()  # ...but seed 0, sealed again: a valid diverged run, which `--seeds` skips
+    assert fields(problems) == ["provenance.submission_files"] * 2 + ["seeds"]
+    assert problems[-1].message == (
+        "0 valid ok seed(s) [] on track 'tiny'; an entry needs 3, 3 more to run; 2 results file(s) here fail the "
+        "checks above and count as not run (seed1.json, seed2.json): move them out of the submission folder, "
+        "then `speedrun run submissions/alpha --track tiny --seeds 4 --no-resume`"
+    )
 
 
 def test_a_result_must_sit_at_its_own_path(repo: Repo) -> None:

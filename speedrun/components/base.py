@@ -119,11 +119,23 @@ class Component:
         """Register trainable heads and frozen teachers on ``ctx``; called once before training."""
 
     def hooks(self) -> dict[int, tuple[BlockHook | None, BlockHook | None]]:
-        """``{block_index (0-based): (before, after)}``; each hook maps (tokens, state) -> tokens."""
+        """``{block_index (0-based): (before, after)}``; each hook maps (tokens, state) -> tokens.
+
+        Checked once when training starts: a dict of block indices below the denoiser's depth to
+        pairs whose entries are callables or None. Each call's output is checked too: a tensor of the
+        input's dtype and device, (B, N, hidden) like the input, where N is the input's count unless
+        the hook sets or clears ``state.token_index``. A routing hook that sets it returns exactly the
+        ``index.shape[1]`` tokens it names; the hook that clears it returns every image token, and
+        by the end of the last block every routing must be cleared.
+        """
         return {}
 
     def losses(self, batch: TrainBatch, prediction: torch.Tensor, state: StepState) -> dict[str, torch.Tensor]:
-        """Named, already weighted scalar loss terms added to the objective's loss."""
+        """Named, already weighted scalar loss terms added to the objective's loss.
+
+        Each name becomes a column of the training log, so it may not be one of the trainer's own
+        (``speedrun.train.STEP_LOG_KEYS``: ``loss``, ``loss_fm``, ``step``, ``lr``, ...).
+        """
         return {}
 
     def objective(self) -> Objective | None:

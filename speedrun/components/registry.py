@@ -48,10 +48,7 @@ class Registry:
         if not (isinstance(cls.Params, type) and issubclass(cls.Params, Params)):
             raise SpeedrunError(f"{origin or name}: Params must subclass speedrun.components.Params")
         if name in self:
-            raise SpeedrunError(
-                f"{origin or cls.__qualname__}: component name '{name}' is already registered "
-                "(built-in or defined twice); pick another name"
-            )
+            raise name_taken(origin or cls.__qualname__, name)
         self._classes[name] = cls
         return cls
 
@@ -88,10 +85,19 @@ class Registry:
         return added
 
 
+def name_taken(origin: str, name: str) -> SpeedrunError:
+    """The collision error, shared by registering at run time and by the static read of validate."""
+    return SpeedrunError(
+        f"{origin}: component name '{name}' is already registered (built-in or defined twice); pick another name"
+    )
+
+
 def declared_component_names(path: Path) -> list[str]:
     """Names of components a ``components.py`` defines, read with ``ast`` (no code runs).
 
-    A component is a class whose body assigns a string literal to ``name``.
+    A component is a class whose body assigns a string literal to ``name``. Two classes with one name
+    are refused here, as ``load_submission_components`` would refuse them at run time, so that
+    ``speedrun validate`` catches it before a run.
     """
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -111,5 +117,7 @@ def declared_component_names(path: Path) -> list[str]:
             value = getattr(stmt, "value", None)
             names_it = any(isinstance(t, ast.Name) and t.id == "name" for t in targets)
             if names_it and isinstance(value, ast.Constant) and isinstance(value.value, str):
+                if value.value in names:
+                    raise name_taken(f"{path}:{node.name}", value.value)
                 names.append(value.value)
     return names

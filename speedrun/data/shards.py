@@ -368,13 +368,28 @@ class PreparedDataset:
         return emb, mask
 
 
+def prepare_command(track_id: str, data_root: Path) -> str:
+    """The ``speedrun prepare`` command line that prepares ``track_id`` under ``data_root``.
+
+    ``--data-dir`` is named unless ``data_root`` is the default, so the command fixes the folder looked in.
+    """
+    from shlex import quote
+
+    from speedrun.paths import data_root as default_root
+
+    cmd = f"speedrun prepare --track {track_id}"
+    if Path(data_root).resolve() != default_root().resolve():
+        cmd += f" --data-dir {quote(str(data_root))}"
+    return cmd
+
+
 def read_manifest(root: Path) -> Manifest:
     """Parse ``root/manifest.json``; SpeedrunError if absent, malformed or of another format."""
     path = Path(root) / MANIFEST_NAME
     if not path.is_file():
-        raise SpeedrunError(
-            f"{path}: not found; {root} is not a prepared dataset (run `speedrun prepare --track <id>`)"
-        )
+        # ``root`` is one dataset's folder inside a data root; prepare takes the root.
+        command = prepare_command("<id>", Path(root).parent)
+        raise SpeedrunError(f"{path}: not found; {root} is not a prepared dataset (run `{command}`)")
     try:
         raw = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from speedrun.data.loader import Batch, Loader, load_batch
-from speedrun.data.shards import MANIFEST_NAME, PreparedDataset, open_dataset
+from speedrun.data.shards import MANIFEST_NAME, PreparedDataset, open_dataset, prepare_command
 from speedrun.errors import SpeedrunError
 from speedrun.fileio import sha256_file
 from speedrun.tracks import Track
@@ -38,7 +38,7 @@ class TrainData:
         root = dataset_dir(track, data_root)
         if not (root / MANIFEST_NAME).is_file():
             raise SpeedrunError(
-                f"{root}: data for track '{track.id}' is not prepared; run `speedrun prepare --track {track.id}`"
+                f"{root}: data for track '{track.id}' is not prepared; run `{prepare_command(track.id, data_root)}`"
             )
         return cls(open_dataset(root))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from speedrun.checkpoint import load_denoiser_strict, read_meta
+from speedrun.checkpoint import latest_checkpoint, load_denoiser_strict, read_meta
 from speedrun.errors import SpeedrunError
-from speedrun.fileio import atomic_write_text, sha256_file
+from speedrun.fileio import atomic_write, atomic_write_text, sha256_file
 from speedrun.flow import euler_sample, validation_loss, velocity_from_prediction
 from speedrun.model import build_model
 from speedrun.paths import cache_root, data_root
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from speedrun.data.source import TrainData
 
 GRID_SAMPLES = 64
+DEVICES = ("cuda", "cpu")
 # Images per extractor call here; the extractor itself always runs its fixed batch size.
 FEATURE_CHUNK = 500
 
@@ -191,6 +193,52 @@ def image_metrics(
         report["seconds"][metric] = time.perf_counter() - t0
 
 
+def resolve_checkpoint(path: Path) -> Path:
+    """The checkpoint directory ``path`` stands for.
+
+    ``path`` is a checkpoint directory itself, or a run's ``checkpoints`` folder (or its ``latest``
+    file), which stands for the checkpoint ``latest_checkpoint`` picks: the one ``latest`` names, as
+    the trainer would resume from it.
+    """
+    path = Path(path)
+    if (path / "meta.json").is_file():
+        return path
+    root = path.parent if path.name == "latest" and path.is_file() else path
+    if (root / "latest").is_file():
+        found = latest_checkpoint(root)
+        if found is None:
+            raise SpeedrunError(
+                f"{root / 'latest'}: names no existing checkpoint directory and {root} holds no "
+                "step-NNNNNNNN directory; pass a checkpoint directory instead"
+            )
+        return found
+    problem = "not found" if not path.exists() else "not a checkpoint"
+    raise SpeedrunError(
+        f"{path}: {problem}; expected a checkpoint directory (with meta.json, e.g. "
+        "<run>/checkpoints/step-00001000) or a run's checkpoints folder (with a `latest` file, e.g. "
+        "<run>/checkpoints)"
+    )
+
+
+def check_out(out: Path) -> None:
+    """Raise now, not after minutes of sampling, if the metrics JSON ``out`` or the grid beside it
+    (``out`` with suffix .png) could not be written."""
+    grid = out.with_suffix(".png")
+    if grid == out:
+        raise SpeedrunError(f"--out {out}: the sample grid is written to <out>.png, so --out must not end in .png")
+    for path in (out, grid):
+        if path.is_dir():
+            raise SpeedrunError(f"--out {out}: {path} is a directory; --out names the metrics JSON file to write")
+    # The writer creates missing folders: the nearest one that exists must be a writable folder.
+    folder = out.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise SpeedrunError(f"--out {out}: {folder} is a file, so the folder {out.parent} cannot be created")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SpeedrunError(f"--out {out}: {folder} is not writable, so {out} cannot be written there")
+
+
 def evaluate_checkpoint(
     checkpoint: Path,
     track_id: str,
@@ -200,20 +248,29 @@ def evaluate_checkpoint(
     data_dir: Path | None = None,
     batch_size: int | None = None,
 ) -> Path:
-    """Evaluate ``checkpoint`` under track ``track_id``; write and return the metrics JSON path."""
+    """Evaluate ``checkpoint`` (see ``resolve_checkpoint``) under track ``track_id``; write and
+    return the metrics JSON path (default: ``metrics.json`` in the checkpoint directory)."""
     from speedrun import distributed
     from speedrun.data.source import TrainData
 
+    if batch_size is not None and batch_size < 1:
+        raise SpeedrunError(f"--batch-size {batch_size}: must be at least 1")
+    if device is not None and device not in DEVICES:
+        raise SpeedrunError(f"--device {device!r}: must be one of {', '.join(DEVICES)}")
     t_start = time.perf_counter()
     track = load_track(track_id)
-    checkpoint = Path(checkpoint)
+    checkpoint = resolve_checkpoint(checkpoint)
+    out = Path(out) if out else checkpoint / "metrics.json"
+    check_out(out)
     meta = read_meta(checkpoint)
     if meta.get("track") != track.id:
         raise SpeedrunError(f"{checkpoint}: trained on track '{meta.get('track')}', not '{track.id}'")
+    # Opened before the device and the model: unprepared data is reported (with the prepare
+    # command for this data dir) without that work.
+    data = TrainData.open(track, data_root(data_dir))
     d = distributed.setup(device)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    data = TrainData.open(track, data_root(data_dir))
     model = build_model(track.model.config, text_dim=data.text_dim)
     load_denoiser_strict(checkpoint, model)
     model.to(d.device).eval()
@@ -260,7 +317,6 @@ def evaluate_checkpoint(
             report["details"]["val_loss_per_t"] = result["per_t"]
             report["seconds"]["val_loss"] = time.perf_counter() - t0
         report["seconds"]["total"] = time.perf_counter() - t_start
-        out = Path(out) if out else checkpoint / "metrics.json"
         grid = out.with_suffix(".png")
         shown = range(min(GRID_SAMPLES, len(images)))
         captions = ref_split.captions(np.array([sampler.prompt_index(i) for i in shown]))
@@ -290,11 +346,10 @@ def write_grid(images: np.ndarray, captions: list[str], path: Path) -> None:
         ax.imshow(img, interpolation="nearest")
         ax.set_title("\n".join(_wrap(cap, 26)[:3]), fontsize=4.5)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def _wrap(text: str, width: int) -> list[str]:

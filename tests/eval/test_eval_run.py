@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -16,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from speedrun.checkpoint import load_denoiser_strict, read_meta
 from speedrun.data.source import TrainData
 from speedrun.errors import SpeedrunError
-from speedrun.eval.run import evaluate_checkpoint, sample_noise
+from speedrun.eval.run import evaluate_checkpoint, resolve_checkpoint, sample_noise, write_grid
 from speedrun.fileio import sha256_file
 from speedrun.model import build_model
 from speedrun.train import Trainer, TrainOptions
@@ -58,6 +60,8 @@ def test_metrics_identical_for_two_batch_sizes(checkpoint, smoke_data_root, tmp_
     assert small["model_sha256"] == sha256_file(checkpoint / "model.safetensors")
     grid = tmp_path / small["grid"]
     assert grid.is_file() and grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Written through temporary files that are renamed into place: none is left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b32.json", "b32.png", "b5.json", "b5.png"]
 
 
 @pytest.mark.slow
@@ -128,3 +132,129 @@ def test_corrupted_checkpoint_is_detected(checkpoint, tmp_path):
 def test_eval_refuses_a_checkpoint_of_another_track(checkpoint, smoke_data_root, tmp_path):
     with pytest.raises(SpeedrunError, match="trained on track 'smoke', not 'tiny'"):
         evaluate_checkpoint(checkpoint, "tiny", out=tmp_path / "x.json", device="cpu", data_dir=smoke_data_root)
+
+
+@pytest.fixture
+def no_heavy_work(monkeypatch):
+    """Fails the test if evaluation gets as far as the device, the model or sampling: argument
+    errors must come before minutes of work."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("heavy work started before the error")
+
+    from speedrun import distributed
+    from speedrun.eval import run
+
+    for name in ("build_model", "load_denoiser_strict", "generate_all"):
+        monkeypatch.setattr(run, name, forbidden)
+    monkeypatch.setattr(distributed, "setup", forbidden)
+
+
+def test_a_checkpoints_folder_or_its_latest_file_stands_for_the_checkpoint_latest_names(
+    checkpoint, smoke_data_root, tmp_path, no_heavy_work
+):
+    # The track mismatch is raised after resolution and names the checkpoint evaluated.
+    for given in (checkpoint.parent, checkpoint.parent / "latest"):
+        with pytest.raises(SpeedrunError, match=f"{re.escape(str(checkpoint))}: trained on track 'smoke', not 'tiny'"):
+            evaluate_checkpoint(given, "tiny", out=tmp_path / "x.json", device="cpu", data_dir=smoke_data_root)
+
+
+def test_latest_is_followed_to_the_step_it_names(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in ("step-00000010", "step-00000020"):
+        (root / step).mkdir(parents=True)
+        (root / step / "meta.json").write_text("{}")
+    (root / "latest").write_text("step-00000010\n")
+    assert resolve_checkpoint(root) == root / "step-00000010"
+    assert resolve_checkpoint(root / "step-00000020") == root / "step-00000020"
+
+
+@pytest.mark.parametrize("layout", ["missing", "run folder", "empty folder", "latest names nothing"])
+def test_anything_else_is_refused_with_what_was_expected(tmp_path, layout):
+    path = tmp_path / "given"
+    if layout == "run folder":
+        (path / "checkpoints" / "step-00000010").mkdir(parents=True)
+    elif layout == "empty folder":
+        path.mkdir()
+    elif layout == "latest names nothing":
+        path.mkdir()
+        (path / "latest").write_text("step-00000010\n")
+    expected = "names no existing checkpoint" if layout == "latest names nothing" else "expected a checkpoint directory"
+    with pytest.raises(SpeedrunError, match=f"{re.escape(str(path))}.*{expected}"):
+        resolve_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "make, out, message",
+    [
+        (lambda d: (d / "m.json").mkdir(), "m.json", "m.json is a directory"),
+        (lambda d: (d / "m.png").mkdir(), "m.json", "m.png is a directory"),
+        (lambda d: None, "m.png", "must not end in .png"),
+        (lambda d: (d / "f").write_text(""), "f/m.json", "f is a file"),
+        (lambda d: (d / "f").write_text(""), "f/sub/m.json", "f is a file"),
+    ],
+)
+def test_unwritable_out_is_refused_before_evaluating(
+    checkpoint, smoke_data_root, tmp_path, no_heavy_work, make, out, message
+):
+    make(tmp_path)
+    with pytest.raises(SpeedrunError, match=f"--out {re.escape(str(tmp_path / out))}: .*{message}"):
+        evaluate_checkpoint(checkpoint, "smoke", out=tmp_path / out, device="cpu", data_dir=smoke_data_root)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
+def test_out_in_a_read_only_folder_is_refused_before_evaluating(checkpoint, smoke_data_root, tmp_path, no_heavy_work):
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(SpeedrunError, match="is not writable"):
+            out = tmp_path / "sub" / "m.json"
+            evaluate_checkpoint(checkpoint, "smoke", out=out, device="cpu", data_dir=smoke_data_root)
+    finally:
+        tmp_path.chmod(0o700)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"batch_size": 0}, "--batch-size 0"),
+        ({"batch_size": -3}, "--batch-size -3"),
+        ({"device": "gpu"}, "--device 'gpu'"),
+        ({"device": "cuda:0"}, "--device 'cuda:0'"),
+    ],
+)
+def test_bad_batch_size_or_device_is_refused_first(tmp_path, no_heavy_work, kwargs, message):
+    # A path that does not exist: these are checked before anything else is read.
+    with pytest.raises(SpeedrunError, match=message):
+        evaluate_checkpoint(tmp_path / "nothing", "smoke", **kwargs)
+
+
+def test_unprepared_data_hint_names_the_data_dir_in_use(checkpoint, tmp_path, monkeypatch, no_heavy_work):
+    monkeypatch.setenv("SPEEDRUN_DATA_DIR", str(tmp_path / "default"))
+    custom = tmp_path / "my data"
+    with pytest.raises(SpeedrunError) as info:
+        evaluate_checkpoint(checkpoint, "smoke", out=tmp_path / "m.json", data_dir=custom)
+    assert f"`speedrun prepare --track smoke --data-dir '{custom}'`" in str(info.value)
+    # The default folder needs no flag: `speedrun prepare` looks there itself.
+    with pytest.raises(SpeedrunError) as info:
+        evaluate_checkpoint(checkpoint, "smoke", out=tmp_path / "m.json")
+    assert "`speedrun prepare --track smoke`" in str(info.value)
+
+
+def test_grid_is_written_atomically(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    path = tmp_path / "grid.png"
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    write_grid(images, ["a cat", "a dog"], path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def disk_full(self, handle, **kwargs):
+        handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", disk_full)
+    before = path.read_bytes()
+    with pytest.raises(SpeedrunError, match="No space left"):
+        write_grid(images, ["a cat", "a dog"], path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]

@@ -157,6 +157,7 @@ def test_sigterm_in_worker_exits_143_with_resume_command(smoke_data_root, fault_
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     assert "interrupted: training of seed 0 stopped by SIGTERM after 2 steps" in proc.stderr
     assert f"speedrun run {sub} --track smoke --seed 0 --runs-dir {tmp_path / 'runs'}" in proc.stderr
+    assert "with --no-resume starts the seed over from step 0" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (run_dir / "train_summary.json").exists()
     meta = read_meta(latest_checkpoint(run_dir / "checkpoints"))

@@ -1,0 +1,107 @@
+"""`speedrun run` options are refused before anything is prepared or written; "not prepared" hints
+name the data folder. (The seed lock is tested in tests/faults/test_concurrent_runs.py.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from speedrun.data.shards import read_manifest
+from speedrun.data.source import TrainData
+from speedrun.errors import SpeedrunError
+from speedrun.run import RunOptions, check_options, run_submission
+from speedrun.tracks import load_track
+
+BASELINE = Path(__file__).resolve().parents[1] / "submissions" / "baseline"
+
+
+@pytest.fixture
+def untouched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if run_submission gets as far as preparing data or training a seed."""
+
+    def never(*_a: Any, **_k: Any) -> None:
+        raise AssertionError("run_submission went on with an invalid option or a locked run folder")
+
+    import speedrun.data.prepare
+
+    monkeypatch.setattr(speedrun.data.prepare, "prepare", never)
+    monkeypatch.setattr("speedrun.run._train", never)
+
+
+def _run(tmp_path: Path, **options: Any) -> None:
+    defaults = {"track": "smoke", "runs_dir": tmp_path / "runs", "data_dir": tmp_path / "data", "progress": False}
+    run_submission(BASELINE, RunOptions(**{**defaults, **options}), Console(quiet=True))
+
+
+# --------------------------------------------------------------------------------------------------
+# options
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"parallel": "zero"}, ["--parallel", "'zero'", "auto, ddp, fsdp"]),
+        ({"device": "gpu"}, ["--device", "'gpu'", "cuda, cpu"]),
+        ({"seed": -1}, ["--seed", "-1"]),
+        ({"seeds": 0}, ["--seeds", "0"]),
+        ({"nproc": 0}, ["--nproc", "0"]),
+        ({"nnodes": 2, "node_rank": 2}, ["--node-rank", "2"]),
+        # smoke's global batch is 8
+        ({"nproc": 3}, ["--nproc 3", "3 processes", "global batch 8"]),
+        ({"nproc": 2, "nnodes": 3}, ["--nproc 2", "--nnodes 3", "6 processes", "global batch 8"]),
+    ],
+)
+def test_bad_option_is_refused_before_anything_happens(tmp_path: Path, untouched, options, words) -> None:
+    with pytest.raises(SpeedrunError) as info:
+        _run(tmp_path, **options)
+    for word in words:
+        assert word in str(info.value)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+def test_process_counts_that_divide_the_global_batch_pass() -> None:
+    track = load_track("smoke")
+    assert track.train.global_batch == 8
+    for nproc, nnodes in ((1, 1), (2, 1), (4, 2), (8, 1)):
+        check_options(RunOptions(nproc=nproc, nnodes=nnodes), track)
+
+
+@pytest.mark.parametrize("option", ["data_dir", "runs_dir"])
+def test_folder_option_that_is_a_file_is_refused(tmp_path: Path, untouched, option: str) -> None:
+    file = tmp_path / "a-file"
+    file.write_text("")
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(SpeedrunError, match=re.escape(f"{flag} {file}: is a file, not a folder")):
+        _run(tmp_path, **{option: file})
+
+
+@pytest.mark.parametrize("env", ["SPEEDRUN_DATA_DIR", "SPEEDRUN_RUNS_DIR"])
+def test_folder_env_var_that_is_a_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, untouched, env):
+    file = tmp_path / "a-file"
+    file.write_text("")
+    monkeypatch.setenv(env, str(file))
+    with pytest.raises(SpeedrunError, match=re.escape(f"${env} {file}: is a file, not a folder")):
+        run_submission(BASELINE, RunOptions(track="smoke", progress=False), Console(quiet=True))
+
+
+# --------------------------------------------------------------------------------------------------
+# hints
+
+
+def test_unprepared_data_hints_name_the_data_folder(tmp_path: Path) -> None:
+    root = tmp_path / "elsewhere"
+    with pytest.raises(SpeedrunError, match=re.escape(f"speedrun prepare --track smoke --data-dir {root}`")):
+        TrainData.open(load_track("smoke"), root)
+    with pytest.raises(SpeedrunError, match=re.escape(f"speedrun prepare --track <id> --data-dir {root}`")):
+        read_manifest(root / "shapes-64-0000")
+
+
+def test_prepare_hint_leaves_out_the_default_data_folder() -> None:
+    from speedrun.data.shards import prepare_command
+    from speedrun.paths import data_root
+
+    assert prepare_command("smoke", data_root()) == "speedrun prepare --track smoke"
