@@ -58,7 +58,7 @@ class Setup:
         for comp in components:
             comp.setup(ctx)
         self.components = components
-        self.hooks = collect_hooks(components)
+        self.hooks = collect_hooks(components, self.model.config.depth)  # as the trainer calls it
         self.objective = RectifiedFlowObjective(track.train.timesteps)
         params = [p for m in (self.model, *ctx.trainable.values()) for p in m.parameters() if p.requires_grad]
         self.params = params

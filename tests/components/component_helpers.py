@@ -50,7 +50,8 @@ def make_batch(ctx: ComponentContext, b: int = 3, seed: int = 1) -> tuple[TrainB
 def forward(ctx: ComponentContext, components, batch: TrainBatch, x_t, t, *, step: int = 0, training: bool = True):
     """One denoiser forward with the components' hooks; returns (prediction, state)."""
     state = StepState(step=step, seed=ctx.seed, rank=0, training=training, x_t=x_t, t=t)
-    pred = ctx.model(x_t, t, batch.text, batch.text_mask, hooks=collect_hooks(list(components)), state=state)
+    hooks = collect_hooks(list(components), ctx.model.config.depth)
+    pred = ctx.model(x_t, t, batch.text, batch.text_mask, hooks=hooks, state=state)
     return pred, state
 
 
