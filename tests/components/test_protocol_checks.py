@@ -103,37 +103,39 @@ def test_a_hook_output_unlike_its_input_is_refused(hook, message):
     assert str(info.value).startswith(f"component 'fake' (Fake), after hook of block index 1 {message}")
 
 
-def test_a_routing_hook_returns_exactly_the_tokens_it_keeps():
-    def route_but_return_all(tokens, state):
-        route_half(tokens, state)
-        return tokens
+def route_but_return_all(tokens, state):
+    route_half(tokens, state)
+    return tokens
 
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        pytest.param(
+            {0: (route_but_return_all, None)},
+            "component 'fake' (Fake), before hook of block index 0 returned tokens of shape (3, 64, 64), "
+            "expected (3, 32, 64); state.token_index keeps 32 tokens",
+            id="routing-hook-returns-exactly-the-kept-tokens",
+        ),
+        pytest.param(
+            {0: (route_half, unroute_without_restoring)},
+            "component 'fake' (Fake), after hook of block index 0 returned tokens of shape (3, 32, 64), "
+            "expected (3, 64, 64); routing ended (state.token_index None): every one of the 64 image tokens "
+            "must come back",
+            id="hook-ending-routing-brings-every-token-back",
+        ),
+        pytest.param(
+            {0: (route_half, None)},
+            "component 'fake' (Fake), before hook of block index 0 routed the image tokens (kept 32 of 64) and "
+            "no hook brought every token back by the end of the last block",
+            id="still-routed-after-the-last-block-names-the-router",
+        ),
+    ],
+)
+def test_routed_tokens_must_all_come_back(table, message):
     with pytest.raises(SpeedrunError) as info:
-        run_forward(make_ctx(), collect_hooks([Fake({0: (route_but_return_all, None)})], depth=2))
-    assert str(info.value) == (
-        "component 'fake' (Fake), before hook of block index 0 returned tokens of shape (3, 64, 64), "
-        "expected (3, 32, 64); state.token_index keeps 32 tokens"
-    )
-
-
-def test_the_hook_that_ends_routing_brings_every_token_back():
-    hooks = collect_hooks([Fake({0: (route_half, unroute_without_restoring)})], depth=2)
-    with pytest.raises(SpeedrunError) as info:
-        run_forward(make_ctx(), hooks)
-    assert str(info.value) == (
-        "component 'fake' (Fake), after hook of block index 0 returned tokens of shape (3, 32, 64), "
-        "expected (3, 64, 64); routing ended (state.token_index None): every one of the 64 image tokens must come back"
-    )
-
-
-def test_tokens_still_routed_after_the_last_block_name_the_router():
-    hooks = collect_hooks([Fake({0: (route_half, None)})], depth=2)
-    with pytest.raises(SpeedrunError) as info:
-        run_forward(make_ctx(), hooks)
-    assert str(info.value) == (
-        "component 'fake' (Fake), before hook of block index 0 routed the image tokens (kept 32 of 64) and no hook "
-        "brought every token back by the end of the last block"
-    )
+        run_forward(make_ctx(), collect_hooks([Fake(table)], depth=2))
+    assert str(info.value) == message
 
 
 def test_checked_hooks_compute_exactly_what_the_bare_hooks_compute():
