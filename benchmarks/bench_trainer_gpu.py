@@ -8,11 +8,16 @@ the measurement about the GPU: the prepared dataset needs the Flux VAE and T5Gem
 
 What differs from a real prx-256 run: the step budget, the batch (32 instead of 256 over 8 GPUs),
 a 32-sample validation loss at the end, and no checkpoint writes (a 1.2B checkpoint with AdamW state
-is ~14 GB; the clock is paused for it in real runs anyway).
+is ~14 GB; the clock is paused for it in real runs anyway). With ``--data synthetic`` (the default)
+batches come from a pool already in pinned memory; ``--data shards`` writes 8 batches of rows at
+the same sizes to shards (``prx_rows.py``, ~0.3 GB in a temporary folder) and reads them with the
+trainer's own loader, as a real run does (rows gathered one batch ahead in a background thread,
+float16 copies, float32 conversion on the GPU).
 
     python benchmarks/bench_trainer_gpu.py --kernels triton --compile
     python benchmarks/bench_trainer_gpu.py --kernels torch --no-compile --steps 20
     python benchmarks/bench_trainer_gpu.py --profile 5
+    python benchmarks/bench_trainer_gpu.py --data shards
 
 Prints one JSON line with the summary (batches_per_second is the median over steady-state windows,
 as results report it; mfu uses the peak bf16 rate in ``speedrun.train.PEAK_FLOPS``). GPU only.
@@ -38,14 +43,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from prx_rows import LATENT_SHAPE, TEXT_DIM, prx_rows_split
 
-from speedrun.data.loader import Batch
+from speedrun.data.loader import Batch, Loader
 from speedrun.kernels import dispatch
 from speedrun.tracks import Track, load_track
 from speedrun.train import Trainer, TrainOptions
 
-LATENT_SHAPE = (16, 32, 32)  # Flux VAE: 16 channels, 8x downsampling of 256 x 256
-TEXT_DIM = 2304  # T5Gemma 2B encoder width
 POOL = 8  # distinct synthetic batches, cycled
 
 
@@ -95,6 +99,9 @@ class SyntheticLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.position = state["position"]
 
+    def close(self) -> None:
+        """Nothing to stop: the pool is already in pinned memory."""
+
 
 class SyntheticData:
     """The TrainData interface (text_dim, x_shape, null_embedding, loader, validation) at prx-256 shapes.
@@ -120,7 +127,7 @@ class SyntheticData:
         return torch.zeros(self.text_tokens, TEXT_DIM), mask
 
     def loader(
-        self, *, batch_size: int, seed: int, rank: int, world_size: int, images: bool = False
+        self, *, batch_size: int, seed: int, rank: int, world_size: int, device: torch.device, images: bool = False
     ) -> SyntheticLoader:
         if images:
             raise ValueError("SyntheticData has no train images")
@@ -128,6 +135,21 @@ class SyntheticData:
 
     def validation(self, n: int) -> Batch:
         return _batch(n, self.text_tokens, torch.Generator().manual_seed(1))
+
+
+class ShardData(SyntheticData):
+    """SyntheticData whose train batches come from shards on disk through the trainer's Loader."""
+
+    def __init__(self, batch: int, text_tokens: int, root: Path) -> None:
+        super().__init__(batch, text_tokens)
+        self.split = prx_rows_split(root, POOL * batch)
+
+    def loader(
+        self, *, batch_size: int, seed: int, rank: int, world_size: int, device: torch.device, images: bool = False
+    ) -> Loader:
+        if images:
+            raise ValueError("ShardData has no train images")
+        return Loader(self.split, batch_size, seed, rank=rank, world_size=world_size, device=device, prefetch=True)
 
 
 class BenchTrainer(Trainer):
@@ -218,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed warmup steps (compilation happens here)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steady-state steps")
+    parser.add_argument("--data", choices=["synthetic", "shards"], default="synthetic", help="see the module doc")
     args = parser.parse_args(argv)
     if args.profile and args.steps < args.profile + 3:
         parser.error(f"--steps {args.steps} leaves no room to profile {args.profile} steps after 3 timed ones")
@@ -226,9 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     dispatch.set_backend(args.kernels)
     track = bench_track(args.steps, args.warmup, args.batch, args.compile)
-    data = SyntheticData(args.batch, track.data.text_max_tokens)
     with tempfile.TemporaryDirectory() as tmp:
-        options = TrainOptions(run_dir=Path(tmp), seed=0, device="cuda", resume=False, progress=False)
+        tokens = track.data.text_max_tokens
+        data = SyntheticData(args.batch, tokens) if args.data == "synthetic" else ShardData(args.batch, tokens, Path(tmp))
+        options = TrainOptions(run_dir=Path(tmp) / "run", seed=0, device="cuda", resume=False, progress=False)
         t0 = time.perf_counter()
         trainer = BenchTrainer(track, data, [], options)
         with _profiler(args.warmup, args.profile) as prof:
@@ -237,13 +261,14 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - t0
         if prof is not None:
             print("\n".join(gpu_time_breakdown(prof, args.profile)))
-        rows = [json.loads(x) for x in (Path(tmp) / "train.jsonl").read_text().splitlines()]
+        rows = [json.loads(x) for x in (options.run_dir / "train.jsonl").read_text().splitlines()]
     step_s = [r["step_s"] for r in rows if "step_s" in r]
     out = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "kernels": args.kernels,
         "compile": args.compile,
+        "data": args.data,
         "batch": args.batch,
         "params": sum(p.numel() for p in trainer.model.parameters()),
         "wall_s": round(wall, 1),

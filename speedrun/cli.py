@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from speedrun.devices import DEVICES, PARALLEL_MODES
 from speedrun.errors import SpeedrunError, TrainingInterrupted
 
 app = typer.Typer(
@@ -31,15 +32,9 @@ err_console = Console(stderr=True)
 USER_ERROR = 2
 
 
-class Device(str, Enum):
-    cuda = "cuda"
-    cpu = "cpu"
-
-
-class Parallel(str, Enum):
-    auto = "auto"
-    ddp = "ddp"
-    fsdp = "fsdp"
+# Typer takes an option's choices from an Enum; these mirror speedrun.devices' tuples.
+Device = Enum("Device", {d: d for d in DEVICES}, type=str)
+Parallel = Enum("Parallel", {m: m for m in PARALLEL_MODES}, type=str)
 
 
 # The real defaults (speedrun/paths.py), not "./data": the repository's folders, wherever it is run from

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from speedrun.devices import DEVICES
+from speedrun.errors import SpeedrunError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -35,9 +38,9 @@ def setup(device: str | None = None) -> Dist:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     want = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if want not in DEVICES:
+        raise SpeedrunError(f"device {want!r}: must be one of {', '.join(DEVICES)}")
     if want == "cuda" and not torch.cuda.is_available():
-        from speedrun.errors import SpeedrunError
-
         raise SpeedrunError("--device cuda was asked for but no CUDA device is visible")
     dev = torch.device("cuda", local_rank) if want == "cuda" else torch.device("cpu")
     if dev.type == "cuda":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from shlex import quote
 
 from speedrun.tracks import REPO_ROOT
 
@@ -19,6 +20,17 @@ def _root(explicit: Path | None, env: str, default: str) -> Path:
 def data_root(explicit: Path | None = None) -> Path:
     """Prepared datasets: ``--data-dir``, else ``$SPEEDRUN_DATA_DIR``, else ``<repo>/data``."""
     return _root(explicit, "SPEEDRUN_DATA_DIR", "data")
+
+
+def prepare_command(track_id: str, root: Path) -> str:
+    """The ``speedrun prepare`` command line that prepares ``track_id`` under data root ``root``.
+
+    ``--data-dir`` is named unless ``root`` is the default, so the command fixes the folder looked in.
+    """
+    cmd = f"speedrun prepare --track {track_id}"
+    if Path(root).resolve() != data_root().resolve():
+        cmd += f" --data-dir {quote(str(root))}"
+    return cmd
 
 
 def runs_root(explicit: Path | None = None) -> Path:

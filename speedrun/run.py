@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from speedrun.checkpoint import read_meta
+from speedrun.devices import DEVICES, PARALLEL_MODES
 from speedrun.errors import SpeedrunError, TrainingInterrupted
 from speedrun.paths import data_root, runs_root
 from speedrun.results import (
@@ -45,8 +46,6 @@ from speedrun.submission import MANIFEST, Submission, load_submission
 from speedrun.tracks import Track, load_track
 from speedrun.worker import SUMMARY, train_seed
 
-PARALLEL_CHOICES = ("auto", "ddp", "fsdp")
-DEVICE_CHOICES = ("cuda", "cpu")
 LOCK_NAME = "run.lock"
 
 
@@ -77,10 +76,10 @@ def check_options(o: RunOptions, track: Track) -> None:
 
     The CLI's parser already refuses most of these; ``run_submission`` is also called from Python.
     """
-    if o.parallel not in PARALLEL_CHOICES:
-        raise SpeedrunError(f"--parallel {o.parallel!r}: must be one of {', '.join(PARALLEL_CHOICES)}")
-    if o.device is not None and o.device not in DEVICE_CHOICES:
-        raise SpeedrunError(f"--device {o.device!r}: must be one of {', '.join(DEVICE_CHOICES)} (or left out)")
+    if o.parallel not in PARALLEL_MODES:
+        raise SpeedrunError(f"--parallel {o.parallel!r}: must be one of {', '.join(PARALLEL_MODES)}")
+    if o.device is not None and o.device not in DEVICES:
+        raise SpeedrunError(f"--device {o.device!r}: must be one of {', '.join(DEVICES)} (or left out)")
     if o.seed is not None and o.seed < 0:
         raise SpeedrunError(f"--seed {o.seed}: must be 0 or more")
     if o.seeds < 1:

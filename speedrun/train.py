@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -31,6 +31,7 @@ from speedrun import distributed
 from speedrun.checkpoint import latest_checkpoint, load_training_state, save_checkpoint, split_component_tensors
 from speedrun.clock import Clock, Paused
 from speedrun.components.base import Component, ComponentContext, TrainBatch
+from speedrun.devices import ParallelMode
 from speedrun.errors import SpeedrunError
 from speedrun.flow import Objective, RectifiedFlowObjective, apply_caption_dropout, caption_drop_mask, validation_loss
 from speedrun.kernels import dispatch
@@ -63,7 +64,7 @@ class TrainOptions:
     progress: bool = True
     stop_after: int | None = None
     """Stop (with a checkpoint) after this step; for tests of resume. None: run the budget."""
-    parallel: Literal["auto", "ddp", "fsdp"] = "auto"
+    parallel: ParallelMode = "auto"
     """How several processes share the work: "auto" = FSDP2 for prx-1.2b, DDP otherwise."""
 
 
@@ -510,9 +511,17 @@ class Trainer:
         and a full disk become a ``SpeedrunError`` naming the checkpoint the run can resume from.
         """
         self.stop_signal: int | None = None
+        loader = self.data.loader(
+            batch_size=self.track.train.global_batch,
+            seed=self.opt.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            device=self.device,
+            images=self.ctx.uses_images,
+        )
         try:
             with StopRequest() as self._stop:
-                return self._run()
+                return self._run(loader)
         except torch.OutOfMemoryError as exc:
             first = (str(exc).strip().splitlines() or ["out of memory"])[0][:300]
             raise SpeedrunError(
@@ -527,6 +536,8 @@ class Trainer:
                 f"{exc.filename or self.run_dir}: cannot write ({exc.strerror}); free disk space, then "
                 f"{self._resume_words()}"
             ) from None
+        finally:
+            loader.close()
 
     def _resume_words(self) -> str:
         try:
@@ -537,18 +548,11 @@ class Trainer:
             return "run the same command again (no checkpoint yet: it starts over)"
         return f"run the same command again to resume from the last good checkpoint {ckpt}"
 
-    def _run(self) -> TrainSummary:
+    def _run(self, loader: Any) -> TrainSummary:
         track, d = self.track, self.dist
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.run_dir / "train.jsonl"
         gen = self._generator()
-        loader = self.data.loader(
-            batch_size=track.train.global_batch,
-            seed=self.opt.seed,
-            rank=d.rank,
-            world_size=d.world_size,
-            images=self.ctx.uses_images,
-        )
         start_step, clock_offset, val_curve, eval_ckpts, times = 0, 0.0, [], [], {}
         resumed_from = None
         self._resume_log_bytes: int | None = None

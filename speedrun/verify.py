@@ -268,7 +268,7 @@ class _Verifier:
             return result, problems
         for field, message in [
             *self._provenance(path, result, folder, code, track),
-            *self._dataset(result, sub),
+            *self._dataset(result, sub, self.rerun_hint(path, folder)),
             *self._recompute(result, track),
         ]:
             problems.append(self.problem(path, field, message))
@@ -320,7 +320,8 @@ class _Verifier:
             yield (
                 "provenance.track_hash",
                 f"track '{track.id}' v{track.version} changed since this run without a version bump "
-                f"(recorded {p.track_hash[:12]}, now {track.content_hash[:12]})",
+                f"(recorded {p.track_hash[:12]}, now {track.content_hash[:12]}); maintainers: restore the "
+                f"track file, or bump its version and re-run every result of the track; {rerun_hint}",
             )
 
     def _code_problem(self, change: CodeChange, recorded_harness: str, rerun_hint: str) -> tuple[str, str]:
@@ -334,7 +335,7 @@ class _Verifier:
         how = "changed" if change.how == "changed" else f"was {change.how}"
         return "provenance.submission_files", f"submission file '{change.file}' {how} after this run; {rerun_hint}"
 
-    def _dataset(self, r: RunResult, sub: Submission | None) -> Iterable[tuple[str, str]]:
+    def _dataset(self, r: RunResult, sub: Submission | None, rerun_hint: str) -> Iterable[tuple[str, str]]:
         if sub is None or r.track not in sub.manifest.tracks:
             return  # the manifest problem is reported; the effective track cannot be built
         current = self._dataset_hash(sub.track(r.track, self.tracks_dir))
@@ -342,7 +343,9 @@ class _Verifier:
             yield (
                 "provenance.dataset_manifest_sha256",
                 f"the prepared data of track '{r.track}' differs from the data this run trained on "
-                f"(recorded {str(r.provenance.dataset_manifest_sha256)[:12]}, local {current[:12]})",
+                f"(recorded {str(r.provenance.dataset_manifest_sha256)[:12]}, local {current[:12]}): the data "
+                "folder may be another one (--data-dir, $SPEEDRUN_DATA_DIR) or prepared on another CPU model "
+                f"(text embeddings round differently between them); verify where the run was made, or {rerun_hint}",
             )
 
     def _dataset_hash(self, track: Track) -> str | None:

@@ -15,8 +15,10 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
+from speedrun import distributed
 from speedrun.components.base import Component
 from speedrun.components.registry import Registry
+from speedrun.devices import PARALLEL_MODES
 from speedrun.errors import SpeedrunError, TrainingInterrupted, format_validation_error
 from speedrun.fileio import atomic_write_text
 from speedrun.submission import Submission, load_submission
@@ -87,7 +89,6 @@ def train_seed(
     parallel: str = "auto",
 ) -> dict:
     """Train one seed and return (and, on rank 0, write) the summary."""
-    from speedrun import distributed
     from speedrun.data.source import TrainData
     from speedrun.paths import data_root
     from speedrun.results import code_record
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-resume", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--stop-after", type=int, default=None)
-    parser.add_argument("--parallel", choices=["auto", "ddp", "fsdp"], default="auto")
+    parser.add_argument("--parallel", choices=PARALLEL_MODES, default="auto")
     args = parser.parse_args(argv)
 
     try:

@@ -70,6 +70,14 @@ def test_process_counts_that_divide_the_global_batch_pass() -> None:
         check_options(RunOptions(nproc=nproc, nnodes=nnodes), track)
 
 
+def test_unknown_device_is_refused_by_distributed_setup() -> None:
+    """Python callers of the trainer skip check_options: "gpu" must not quietly train on the CPU."""
+    from speedrun import distributed
+
+    with pytest.raises(SpeedrunError, match=re.escape("device 'gpu': must be one of cuda, cpu")):
+        distributed.setup("gpu")
+
+
 @pytest.mark.parametrize("option", ["data_dir", "runs_dir"])
 def test_folder_option_that_is_a_file_is_refused(tmp_path: Path, untouched, option: str) -> None:
     file = tmp_path / "a-file"
@@ -101,7 +109,6 @@ def test_unprepared_data_hints_name_the_data_folder(tmp_path: Path) -> None:
 
 
 def test_prepare_hint_leaves_out_the_default_data_folder() -> None:
-    from speedrun.data.shards import prepare_command
-    from speedrun.paths import data_root
+    from speedrun.paths import data_root, prepare_command
 
     assert prepare_command("smoke", data_root()) == "speedrun prepare --track smoke"

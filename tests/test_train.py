@@ -232,7 +232,7 @@ class LatentShapedData:
     def null_embedding(self):
         return torch.zeros(self.tokens, self.text_dim), torch.ones(self.tokens, dtype=torch.bool)
 
-    def loader(self, *, batch_size, seed, rank, world_size, images=False):
+    def loader(self, *, batch_size, seed, rank, world_size, device, images=False):
         batch = self._batch(batch_size)
 
         class Repeat:
@@ -248,6 +248,9 @@ class LatentShapedData:
                 return {}
 
             def load_state_dict(self, state):
+                pass
+
+            def close(self):
                 pass
 
         return Repeat()

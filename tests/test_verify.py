@@ -123,7 +123,9 @@ def test_results_from_other_prepared_data_are_stale(repo: Repo) -> None:
     repo.seal()
     assert repo.verify() == [] and repo.notes == []
     manifest.write_text('{"shards": ["b"]}')
-    assert fields(repo.verify()) == ["provenance.dataset_manifest_sha256", "seeds"]
+    problems = repo.verify()
+    assert [p.field for p in problems] == ["provenance.dataset_manifest_sha256", "seeds"]
+    assert "another CPU model" in problems[0].message and "--seed 0 --no-resume" in problems[0].message
 
 
 @pytest.mark.parametrize(
@@ -214,7 +216,9 @@ def test_a_track_edited_without_a_version_bump_is_detected(repo: Repo) -> None:
     repo.seal()
     smoke = repo.tracks / "smoke.toml"
     smoke.write_text(smoke.read_text().replace("cfg_scale = 3.5", "cfg_scale = 5.0"))
-    assert "provenance.track_hash" in fields(repo.verify())
+    problems = [p for p in repo.verify() if p.field == "provenance.track_hash"]
+    assert len(problems) == 1
+    assert "bump its version" in problems[0].message and "--no-resume" in problems[0].message
 
 
 def test_harness_change_makes_results_stale_and_names_speedrun(repo: Repo, monkeypatch) -> None:

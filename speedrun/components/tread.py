@@ -49,6 +49,16 @@ def routing_index(batch: int, n: int, keep: int, generator: torch.Generator) -> 
     return noise.topk(keep, dim=1).indices.sort(dim=1).values
 
 
+# Under torch.compile (the GPU trainer) dynamo cannot trace the hash or the generator: it would break
+# the graph inside this function and recompile it for every new step number until its recompile
+# limit. Drawing eagerly, with the state object read here rather than its ints passed in (which the
+# compiled caller would guard on), costs one graph break per forward and no recompiles.
+@torch.compiler.disable(reason="TREAD draws its routing from a CPU generator seeded by a hash")
+def step_routing_index(state: StepState, batch: int, n: int, keep: int, device: torch.device) -> torch.Tensor:
+    """The routing of this forward: ``routing_index`` drawn for ``(state.seed, state.step, state.rank)``."""
+    return routing_index(batch, n, keep, routing_generator(state.seed, state.step, state.rank)).to(device)
+
+
 class TREADParams(Params):
     keep: float = Field(0.5, gt=0, le=1, description="Share of image tokens that go through the span.")
     start: int | None = Field(None, ge=1, description="First routed block (1-based); None: 2 of 16, scaled.")
@@ -87,7 +97,7 @@ class TREAD(Component):
         keep = kept_count(self.params.keep, n)
         if keep < 1:
             raise SpeedrunError(f"component 'tread': keep={self.params.keep} of {n} tokens keeps none")
-        index = routing_index(b, n, keep, routing_generator(state.seed, state.step, state.rank)).to(tokens.device)
+        index = step_routing_index(state, b, n, keep, tokens.device)
         state.records[FULL_TOKENS] = tokens
         state.token_index = index
         return tokens.gather(1, index[..., None].expand(-1, -1, hidden))

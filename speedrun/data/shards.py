@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from speedrun.errors import SpeedrunError, format_validation_error
 from speedrun.fileio import atomic_write, sha256_file, write_durably
+from speedrun.paths import prepare_command
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -366,21 +367,6 @@ class PreparedDataset:
         emb = np.load(base / "text.npy", allow_pickle=False).astype(np.float32)
         mask = np.load(base / "mask.npy", allow_pickle=False)
         return emb, mask
-
-
-def prepare_command(track_id: str, data_root: Path) -> str:
-    """The ``speedrun prepare`` command line that prepares ``track_id`` under ``data_root``.
-
-    ``--data-dir`` is named unless ``data_root`` is the default, so the command fixes the folder looked in.
-    """
-    from shlex import quote
-
-    from speedrun.paths import data_root as default_root
-
-    cmd = f"speedrun prepare --track {track_id}"
-    if Path(data_root).resolve() != default_root().resolve():
-        cmd += f" --data-dir {quote(str(data_root))}"
-    return cmd
 
 
 def read_manifest(root: Path) -> Manifest:

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from speedrun.data.loader import Batch, Loader, load_batch
-from speedrun.data.shards import MANIFEST_NAME, PreparedDataset, open_dataset, prepare_command
+from speedrun.data.shards import MANIFEST_NAME, PreparedDataset, open_dataset
 from speedrun.errors import SpeedrunError
 from speedrun.fileio import sha256_file
+from speedrun.paths import prepare_command
 from speedrun.tracks import Track
 
 
@@ -61,9 +62,15 @@ class TrainData:
         """Whether the train split keeps real images (pixel tracks, or latent ones with data.train_images)."""
         return self.dataset.split("train").has_images
 
-    def loader(self, *, batch_size: int, seed: int, rank: int, world_size: int, images: bool = False) -> Loader:
-        """This rank's stream of train batches; ``images`` adds the real images (``Batch.images``)."""
-        return Loader(self.dataset.split("train"), batch_size, seed, rank=rank, world_size=world_size, images=images)
+    def loader(
+        self, *, batch_size: int, seed: int, rank: int, world_size: int, device: torch.device, images: bool = False
+    ) -> Loader:
+        """This rank's stream of train batches on ``device``, read one batch ahead (``close()`` it when
+        done); ``images`` adds the real images (``Batch.images``)."""
+        return Loader(
+            self.dataset.split("train"), batch_size, seed, rank=rank, world_size=world_size, device=device,
+            images=images, prefetch=True,
+        )  # fmt: skip
 
     def validation(self, n: int) -> Batch:
         """The first ``n`` validation examples, in index order (fixed, held out)."""

@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from speedrun import distributed
 from speedrun.checkpoint import latest_checkpoint, load_denoiser_strict, read_meta
+from speedrun.devices import DEVICES
 from speedrun.errors import SpeedrunError
 from speedrun.fileio import atomic_write, atomic_write_text, sha256_file
 from speedrun.flow import euler_sample, validation_loss, velocity_from_prediction
@@ -33,7 +35,6 @@ if TYPE_CHECKING:
     from speedrun.data.source import TrainData
 
 GRID_SAMPLES = 64
-DEVICES = ("cuda", "cpu")
 # Images per extractor call here; the extractor itself always runs its fixed batch size.
 FEATURE_CHUNK = 500
 
@@ -250,7 +251,6 @@ def evaluate_checkpoint(
 ) -> Path:
     """Evaluate ``checkpoint`` (see ``resolve_checkpoint``) under track ``track_id``; write and
     return the metrics JSON path (default: ``metrics.json`` in the checkpoint directory)."""
-    from speedrun import distributed
     from speedrun.data.source import TrainData
 
     if batch_size is not None and batch_size < 1:

@@ -92,3 +92,87 @@ def test_bad_configuration_is_an_error(prepared):
     loader = Loader(train, 10, seed=0)
     with pytest.raises(SpeedrunError, match="seed=1"):
         loader.load_state_dict({**loader.state_dict(), "seed": 1})
+
+
+def _same_batches(got, want) -> bool:
+    fields = ("index", "x", "text", "text_mask")
+    return all(torch.equal(getattr(got, f), getattr(want, f)) for f in fields)
+
+
+def test_prefetch_yields_the_plain_loaders_batches_across_ranks_and_epochs(prepared):
+    train = prepared.split("train")
+    for rank in range(2):
+        plain = Loader(train, 48, seed=4, rank=rank, world_size=2)
+        ahead = Loader(train, 48, seed=4, rank=rank, world_size=2, prefetch=True)
+        for _ in range(8):  # 384 examples: crosses the epoch boundary at 300
+            assert _same_batches(next(ahead), next(plain))
+            # The position counts batches handed out, not the one being read ahead.
+            assert ahead.state_dict() == plain.state_dict()
+        ahead.close()
+
+
+def test_prefetch_after_a_rewind_reads_the_rewound_position(prepared):
+    """load_state_dict (the trainer's untimed warmup, a resume) drops the batch read ahead."""
+    train = prepared.split("train")
+    loader = Loader(train, 24, seed=5, prefetch=True)
+    start = loader.state_dict()
+    first = [next(loader) for _ in range(3)]
+    loader.load_state_dict(start)
+    assert all(_same_batches(next(loader), want) for want in first)
+    later = Loader(train, 24, seed=5)
+    later.load_state_dict({**start, "position": 240})
+    loader.load_state_dict({**start, "position": 240})
+    assert _same_batches(next(loader), next(later))
+    loader.close()
+
+
+def test_close_stops_the_prefetch_thread_and_the_loader_still_reads(prepared):
+    import threading
+
+    def readers() -> int:
+        return sum(t.name.startswith("speedrun-loader") for t in threading.enumerate())
+
+    train = prepared.split("train")
+    before = readers()
+    loader = Loader(train, 16, seed=2, prefetch=True)
+    next(loader)
+    assert readers() == before + 1
+    loader.close()
+    assert readers() == before
+    plain = Loader(train, 16, seed=2, position=16)
+    assert _same_batches(next(loader), next(plain))
+
+
+def test_prefetch_reports_a_read_error_on_the_batch_that_needs_it(prepared, monkeypatch):
+    train = prepared.split("train")
+    gather, calls = train.gather, []
+
+    def second_read_fails(indices):
+        calls.append(1)
+        if len(calls) == 2:
+            raise SpeedrunError("shard 0: checksum mismatch")
+        return gather(indices)
+
+    monkeypatch.setattr(train, "gather", second_read_fails)
+    loader = Loader(train, 16, seed=2, prefetch=True)
+    next(loader)  # its own read succeeds; the read ahead for the next batch fails in the background
+    with pytest.raises(SpeedrunError, match="shard 0: checksum mismatch"):
+        next(loader)
+    loader.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinning and device placement need CUDA")
+def test_prefetch_on_cuda_pins_from_the_loaders_device_and_matches_the_plain_loader(prepared):
+    train = prepared.split("train")
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    loader = Loader(train, 16, seed=2, device=device, prefetch=True)
+    plain = Loader(train, 16, seed=2)
+    for _ in range(3):
+        got, want = next(loader), next(plain)
+        assert got.x.device == device and got.text.dtype == torch.float32
+        assert _same_batches(type(got)(**{f: getattr(got, f).cpu() for f in ("x", "text", "text_mask", "index")}), want)
+    assert loader._worker.submit(torch.cuda.current_device).result() == device.index
+    loader.close()
+    unindexed = Loader(train, 16, seed=2, device="cuda", prefetch=True)  # the current device
+    assert next(unindexed).x.device == torch.device("cuda", torch.cuda.current_device())
+    unindexed.close()
