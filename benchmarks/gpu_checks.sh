@@ -3,6 +3,7 @@
 #   1. the kernel tests compiled (no interpreter; bf16 included), then the model-level backend tests,
 #   2. benchmarks/bench_kernels.py at PRX 1.2B shapes (Triton vs SDPA, fused vs torch norm+RoPE),
 #   3. benchmarks/bench_trainer_gpu.py: the trainer at prx-1.2b, batch 32, bf16: Triton+compile,
+#      the same reading its batches from shards through the trainer's loader (trainer_shards),
 #      where its GPU time goes (trainer_profile), torch SDPA+compile, Triton eager.
 # ONLY="kernel_tests bench_kernels" runs just the stages named. Each stage gets what is left of
 # BUDGET seconds (default 420) so a slow stage cannot eat the rest; logs go to $OUT (or
@@ -57,6 +58,7 @@ TAIL=6 stage model_backend_tests 150 \
   python3 -m pytest -q -p no:cacheprovider tests/kernels/test_model_backends.py -rs --durations=5
 TAIL=20 stage bench_kernels 90 python3 benchmarks/bench_kernels.py
 TAIL=2 stage trainer_triton_compile 170 python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile
+TAIL=2 stage trainer_shards 170 python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile --data shards
 TAIL=26 stage trainer_profile 140 python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile --steps 30 --profile 4
 TAIL=2 stage trainer_torch_compile 150 python3 benchmarks/bench_trainer_gpu.py --kernels torch --compile
 TAIL=2 stage trainer_triton_eager 60 python3 benchmarks/bench_trainer_gpu.py --kernels triton --no-compile --steps 20
