@@ -106,16 +106,15 @@ class SyntheticLoader:
 class SyntheticData:
     """The TrainData interface (text_dim, x_shape, null_embedding, loader, validation) at prx-256 shapes.
 
+    The pool of train batches is built, in pinned memory, when the trainer asks for its loader.
     No train images: the benchmark runs no component, and none asks for them."""
 
     text_dim = TEXT_DIM
     x_shape = LATENT_SHAPE
     train_images = False
 
-    def __init__(self, batch: int, text_tokens: int) -> None:
-        gen = torch.Generator().manual_seed(0)
+    def __init__(self, text_tokens: int) -> None:
         self.text_tokens = text_tokens
-        self.pool = [self._pinned(_batch(batch, text_tokens, gen, i * batch)) for i in range(POOL)]
 
     @staticmethod
     def _pinned(b: Batch) -> Batch:
@@ -131,7 +130,9 @@ class SyntheticData:
     ) -> SyntheticLoader:
         if images:
             raise ValueError("SyntheticData has no train images")
-        return SyntheticLoader(self.pool, batch_size)
+        gen = torch.Generator().manual_seed(0)
+        pool = [self._pinned(_batch(batch_size, self.text_tokens, gen, i * batch_size)) for i in range(POOL)]
+        return SyntheticLoader(pool, batch_size)
 
     def validation(self, n: int) -> Batch:
         return _batch(n, self.text_tokens, torch.Generator().manual_seed(1))
@@ -140,8 +141,8 @@ class SyntheticData:
 class ShardData(SyntheticData):
     """SyntheticData whose train batches come from shards on disk through the trainer's Loader."""
 
-    def __init__(self, batch: int, text_tokens: int, root: Path) -> None:
-        super().__init__(batch, text_tokens)
+    def __init__(self, text_tokens: int, root: Path, batch: int) -> None:
+        super().__init__(text_tokens)
         self.split = prx_rows_split(root, POOL * batch)
 
     def loader(
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     track = bench_track(args.steps, args.warmup, args.batch, args.compile)
     with tempfile.TemporaryDirectory() as tmp:
         tokens = track.data.text_max_tokens
-        data = SyntheticData(args.batch, tokens) if args.data == "synthetic" else ShardData(args.batch, tokens, Path(tmp))
+        data = SyntheticData(tokens) if args.data == "synthetic" else ShardData(tokens, Path(tmp), args.batch)
         options = TrainOptions(run_dir=Path(tmp) / "run", seed=0, device="cuda", resume=False, progress=False)
         t0 = time.perf_counter()
         trainer = BenchTrainer(track, data, [], options)
