@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from speedrun.data.shards import Manifest, SplitDataset, SplitEntry, TextEncoderInfo, write_shard
+from speedrun.data.text import T5GemmaEncoder
 
 LATENT_SHAPE = (16, 32, 32)  # Flux VAE: 16 channels, 8x downsampling of 256 x 256
-TEXT_TOKENS, TEXT_DIM = 256, 2304  # T5Gemma 2B encoder
+TEXT_TOKENS, TEXT_DIM = 256, T5GemmaEncoder.dim  # the prx-256 track's text_max_tokens
 
 
 def prx_rows_split(root: Path, examples: int, per_shard: int = 128) -> SplitDataset:

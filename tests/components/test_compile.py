@@ -8,6 +8,8 @@ catch that on CPU.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from component_helpers import make_batch, make_ctx
@@ -33,6 +35,7 @@ def build(ctx, kind: str):
     return [comp]
 
 
+@functools.cache  # each kind is traced once for both tests
 def traced_frames(kind: str) -> tuple[int, int, dict[str, int]]:
     """(frames traced in the warm steps, frames traced after them, graph break reasons)."""
     ctx = make_ctx("smoke")
