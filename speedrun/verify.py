@@ -266,9 +266,10 @@ class _Verifier:
             where = _rel(self.tracks_dir, self.repo_root)
             problems.append(self.problem(path, "track", f"no valid track '{result.track}' in {where}"))
             return result, problems
+        rerun_hint = self.rerun_hint(path, folder)
         for field, message in [
-            *self._provenance(path, result, folder, code, track),
-            *self._dataset(result, sub, self.rerun_hint(path, folder)),
+            *self._provenance(result, folder, code, track, rerun_hint),
+            *self._dataset(result, sub, rerun_hint),
             *self._recompute(result, track),
         ]:
             problems.append(self.problem(path, field, message))
@@ -299,10 +300,9 @@ class _Verifier:
         )
 
     def _provenance(
-        self, path: Path, r: RunResult, folder: Path, code: dict[str, Any], track: Track
+        self, r: RunResult, folder: Path, code: dict[str, Any], track: Track, rerun_hint: str
     ) -> Iterable[tuple[str, str]]:
         p = r.provenance
-        rerun_hint = self.rerun_hint(path, folder)
         manifest = folder / MANIFEST
         if manifest.is_file() and code["submission_files"].get(MANIFEST) != p.manifest_sha256:
             yield "provenance.manifest_sha256", f"{MANIFEST} changed after this run; {rerun_hint}"
@@ -344,8 +344,9 @@ class _Verifier:
                 "provenance.dataset_manifest_sha256",
                 f"the prepared data of track '{r.track}' differs from the data this run trained on "
                 f"(recorded {str(r.provenance.dataset_manifest_sha256)[:12]}, local {current[:12]}): the data "
-                "folder may be another one (--data-dir, $SPEEDRUN_DATA_DIR) or prepared on another CPU model "
-                f"(text embeddings round differently between them); verify where the run was made, or {rerun_hint}",
+                "folder may be another one (--data-dir, $SPEEDRUN_DATA_DIR), or prepared on another kind of machine "
+                "by a text encoder that computes below float64 (its embeddings round differently between CPU "
+                f"models, and between CPU and GPU); verify where the run was made, or {rerun_hint}",
             )
 
     def _dataset_hash(self, track: Track) -> str | None:

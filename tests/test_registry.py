@@ -154,8 +154,12 @@ class Delta(Component):
 
 
 class Helper:
-    """Not a component, yet it assigns a string to name: found statically, ignored on import."""
+    """Not a component, though it assigns a string to name: ignored statically and on import."""
     name = "helper"
+
+
+class HelperParams(Params):
+    name: str = "helper"  # a field, in a Params class: not a component either
 
 
 NAME = "epsilon"
@@ -179,8 +183,35 @@ def _write(tmp_path: Path, text: str, folder: str = "sub") -> Path:
 def test_declared_component_names_reads_without_running(tmp_path: Path) -> None:
     marker = tmp_path / "ran.marker"
     path = _write(tmp_path, f"open({str(marker)!r}, 'w').write('x')\nraise SystemExit(3)\n" + CUSTOM)
-    assert declared_component_names(path) == ["gamma", "delta", "helper"]
+    assert declared_component_names(path) == ["gamma", "delta"]
     assert not marker.exists()
+
+
+def test_declared_component_names_follows_bases_as_import_does(tmp_path: Path) -> None:
+    text = CUSTOM + """
+
+class FromAlias(Imported):
+    name = "zeta"
+
+
+class Grandchild(Gamma):
+    name = "eta"
+
+
+class FromBuiltin(REPA):
+    name = "theta"
+
+
+def factory():
+    class Local(Component):  # not a module attribute: never registered
+        name = "iota"
+    return Local
+"""
+    path = _write(tmp_path, text.replace("from typing", "from speedrun.components.repa import REPA\nfrom typing"))
+    static = declared_component_names(path)
+    assert static == ["gamma", "delta", "zeta", "eta", "theta"]
+    reg = Registry(lazy={})
+    assert sorted(reg.load_submission_components(path)) == sorted([*static, "epsilon"])  # epsilon: not a literal
 
 
 def test_declared_component_names_errors_name_the_file(tmp_path: Path) -> None:

@@ -125,7 +125,7 @@ def test_results_from_other_prepared_data_are_stale(repo: Repo) -> None:
     manifest.write_text('{"shards": ["b"]}')
     problems = repo.verify()
     assert [p.field for p in problems] == ["provenance.dataset_manifest_sha256", "seeds"]
-    assert "another CPU model" in problems[0].message and "--seed 0 --no-resume" in problems[0].message
+    assert "another kind of machine" in problems[0].message and "--seed 0 --no-resume" in problems[0].message
 
 
 @pytest.mark.parametrize(
@@ -236,7 +236,7 @@ def test_verify_never_imports_submission_code(repo: Repo) -> None:
     (repo.sub / "components.py").write_text(
         f"from pathlib import Path\nPath({str(marker)!r}).write_text('x')\n"
         "raise SystemExit('components.py must not be imported by verify')\n\n"
-        "class Evil:\n    name = 'evil'\n"
+        "from speedrun.components import Component\n\nclass Evil(Component):\n    name = 'evil'\n"
     )
     (repo.sub / "submission.toml").write_text(MANIFEST.replace("components = []", '[[components]]\nname = "evil"'))
     repo.seal()

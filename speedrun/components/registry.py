@@ -95,9 +95,12 @@ def name_taken(origin: str, name: str) -> SpeedrunError:
 def declared_component_names(path: Path) -> list[str]:
     """Names of components a ``components.py`` defines, read with ``ast`` (no code runs).
 
-    A component is a class whose body assigns a string literal to ``name``. Two classes with one name
-    are refused here, as ``load_submission_components`` would refuse them at run time, so that
-    ``speedrun validate`` catches it before a run.
+    As at import, a component is a class of the module's top level that subclasses ``Component``:
+    one whose bases name ``Component`` (under any name it was imported as), a built-in component
+    class, or a component class defined above it; its name is a string literal assigned to
+    ``name`` in its body. Two classes with one name are refused here, as
+    ``load_submission_components`` would refuse them at run time, so that ``speedrun validate``
+    catches it before a run.
     """
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -105,10 +108,16 @@ def declared_component_names(path: Path) -> list[str]:
         raise SpeedrunError(f"{path}: not valid Python (line {exc.lineno}: {exc.msg})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpeedrunError(f"{path}: cannot read ({exc})") from None
-    names = []
+    component_classes = {Component.__name__} | {entry.partition(":")[2] for entry in BUILTIN.values()}
+    bases = set(component_classes)  # the names that stand for a component class in this file
     for node in ast.walk(tree):
-        if not isinstance(node, ast.ClassDef):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("speedrun"):
+            bases |= {alias.asname or alias.name for alias in node.names if alias.name in component_classes}
+    names = []
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef) or not any(_base_name(b) in bases for b in node.bases):
             continue
+        bases.add(node.name)
         for stmt in node.body:
             if isinstance(stmt, ast.Assign):
                 targets = stmt.targets
@@ -121,3 +130,10 @@ def declared_component_names(path: Path) -> list[str]:
                     raise name_taken(f"{path}:{node.name}", value.value)
                 names.append(value.value)
     return names
+
+
+def _base_name(node: ast.expr) -> str | None:
+    """``Component`` for a base written ``Component`` or ``module.Component``; None for other forms."""
+    if isinstance(node, ast.Name):
+        return node.id
+    return node.attr if isinstance(node, ast.Attribute) else None

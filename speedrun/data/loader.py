@@ -107,10 +107,9 @@ def load_batch(
     return to_batch(host_rows(split, indices, images), split.representation, device, images)
 
 
-def _reader(device: str | torch.device) -> ThreadPoolExecutor:
+def _reader(device: torch.device) -> ThreadPoolExecutor:
     """The prefetch thread. On CUDA it makes ``device`` its current device: pinning from a thread
     whose current device is cuda:0 would open a CUDA context there for every rank."""
-    device = torch.device(device)
     if device.type != "cuda":
         return ThreadPoolExecutor(1, "speedrun-loader")
     index = torch.cuda.current_device() if device.index is None else device.index
@@ -165,8 +164,9 @@ class Loader:
         self._local = batch_size // world_size
         self._perm_epoch = -1
         self._perm = np.empty(0, dtype=np.int64)
-        self._pin = prefetch and torch.device(device).type == "cuda"
-        self._worker = _reader(device) if prefetch else None
+        where = torch.device(device)
+        self._pin = prefetch and where.type == "cuda"
+        self._worker = _reader(where) if prefetch else None
         # (position, rows being read for it): the batch after the last one handed out.
         self._ahead: tuple[int, Future] | None = None
 

@@ -147,7 +147,12 @@ def _text_info(track: Track, text_encoder: TextEncoder | None) -> TextEncoderInf
     if text_encoder is None:
         cls = text_encoder_class(data.text_encoder)
         return TextEncoderInfo(
-            key=cls.key, id=cls.id, revision=cls.revision, dim=cls.dim, max_tokens=data.text_max_tokens
+            key=cls.key,
+            id=cls.id,
+            revision=cls.revision,
+            dim=cls.dim,
+            max_tokens=data.text_max_tokens,
+            precision=cls.precision,
         )
     if text_encoder.max_tokens != data.text_max_tokens:
         raise SpeedrunError(
@@ -160,6 +165,7 @@ def _text_info(track: Track, text_encoder: TextEncoder | None) -> TextEncoderInf
         revision=text_encoder.revision,
         dim=text_encoder.dim,
         max_tokens=text_encoder.max_tokens,
+        precision=text_encoder.precision,
     )
 
 

@@ -85,6 +85,7 @@ class TextEncoderInfo(_Model):
     revision: str
     dim: int
     max_tokens: int
+    precision: str
 
 
 class VaeInfo(_Model):

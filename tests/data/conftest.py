@@ -21,6 +21,7 @@ class HashEncoder(TextEncoder):
     id = "test:hash-encoder"
     revision = "1"
     dim = 8
+    precision = "float32"
 
     def __init__(self, max_tokens: int) -> None:
         self.max_tokens = max_tokens

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 
@@ -72,3 +77,44 @@ def test_t5gemma_loads_a_local_checkpoint_encoder_only(tmp_path, tiny_t5gemma_co
     with torch.no_grad():
         expected = full.get_encoder()(**tokens).last_hidden_state * tokens["attention_mask"][..., None]
     assert torch.allclose(emb, expected, atol=1e-5)
+
+
+# Runs in a fresh interpreter: torch and MKL pick their SIMD kernels at import, from the environment.
+_ENCODE_BOTH_WAYS = """
+import itertools, sys
+import numpy as np, torch
+from speedrun.data.text import get_text_encoder
+words = itertools.product(["small", "large"], ["red", "blue", "green", "purple"], ["circle", "square"],
+                          ["at the top", "on the left", "in the center", "at the bottom right"])
+captions = [f"a {s} {c} {k} {w}" for s, c, k, w in words] * 2
+captions = [c + " and a dot" * (i // 64) for i, c in enumerate(captions)]
+encoder = get_text_encoder("minilm", 32)
+shipped = encoder.encode(captions)[0].numpy().astype(np.float16)
+encoder.model.float()
+single = encoder.encode(captions)[0].numpy().astype(np.float16)
+np.savez(sys.argv[1], shipped=shipped, single=single, capability=torch.backends.cpu.get_cpu_capability())
+"""
+
+# Instruction sets below any x86-64 CPU's best, for torch's own kernels, MKL and oneDNN.
+_NO_SIMD = {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+
+
+def test_minilm_embeddings_do_not_depend_on_the_cpus_instruction_set(tmp_path):
+    """The stored float16 embeddings are the same bits whichever SIMD kernels compute them.
+
+    The dataset manifest hashes them, so otherwise data prepared on an AVX-512 machine fails the
+    check on an AVX2 one. The float32 control shows the switch of kernels is real here.
+    """
+    runs = {}
+    for name, extra in [("native", {}), ("no-simd", _NO_SIMD)]:
+        env = {k: v for k, v in os.environ.items() if k not in _NO_SIMD} | extra | {"HF_HUB_OFFLINE": "1"}
+        out = tmp_path / f"{name}.npz"
+        subprocess.run([sys.executable, "-c", _ENCODE_BOTH_WAYS, str(out)], env=env, check=True, timeout=300)
+        runs[name] = np.load(out)
+    native, plain = runs["native"], runs["no-simd"]
+    if str(native["capability"]) == str(plain["capability"]):
+        pytest.skip(f"torch runs its {native['capability']} kernels either way on this CPU: nothing to compare")
+    assert (native["single"] != plain["single"]).sum() > 0, "control: float32 should round differently"
+    assert np.array_equal(native["shipped"], plain["shipped"]), (
+        f"{(native['shipped'] != plain['shipped']).sum()} of {native['shipped'].size} float16 values differ"
+    )
