@@ -107,13 +107,15 @@ def check_options(o: RunOptions, track: Track) -> None:
 
 
 @contextmanager
-def seed_lock(run_dir: Path) -> Iterator[None]:
+def seed_lock(run_dir: Path) -> Iterator[int]:
     """Hold an exclusive lock on ``run_dir/run.lock`` so that no second ``speedrun run`` trains this seed.
 
     Two runs in one folder would write the same checkpoints and log over each other. The kernel
-    releases a ``flock`` when its process exits, however it dies (SIGKILL included), so a killed run
-    never leaves a stale lock and nothing needs cleaning up; the file itself stays (deleting it
-    would let a third run lock a fresh file while the second still holds the old one).
+    releases a ``flock`` when the last process holding its file descriptor exits, however it dies
+    (SIGKILL included), so a killed run never leaves a stale lock and nothing needs cleaning up; the
+    file itself stays (deleting it would let a third run lock a fresh file while the second still
+    holds the old one). Yields the descriptor: the torchrun and evaluation subprocesses inherit it,
+    so the seed stays locked while they live even if this launcher is killed first.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
@@ -126,12 +128,14 @@ def seed_lock(run_dir: Path) -> Iterator[None]:
                 "to finish or stop it, then run this command again"
             ) from None
         try:
-            yield
+            yield handle.fileno()
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _train(submission: Submission, track: Track, seed: int, run_dir: Path, o: RunOptions) -> dict:
+def _train(
+    submission: Submission, track: Track, seed: int, run_dir: Path, o: RunOptions, lock_fds: tuple[int, ...]
+) -> dict:
     if o.nproc == 1 and o.nnodes == 1:
         return train_seed(
             submission, track, seed, run_dir, data_dir=o.data_dir, device=o.device, resume=o.resume, progress=o.progress
@@ -149,7 +153,7 @@ def _train(submission: Submission, track: Track, seed: int, run_dir: Path, o: Ru
         cmd += ["--device", o.device]
     if not o.resume:
         cmd.append("--no-resume")
-    proc = subprocess.run(cmd)
+    proc = subprocess.run(cmd, pass_fds=lock_fds)
     if proc.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         raise TrainingInterrupted(
             f"training of seed {seed} was interrupted; its last checkpoint in {run_dir} resumes with the same "
@@ -165,14 +169,14 @@ def _train(submission: Submission, track: Track, seed: int, run_dir: Path, o: Ru
     return json.loads((run_dir / SUMMARY).read_text())
 
 
-def _evaluate(checkpoint: Path, track: Track, out: Path, o: RunOptions) -> dict:
+def _evaluate(checkpoint: Path, track: Track, out: Path, o: RunOptions, lock_fds: tuple[int, ...]) -> dict:
     """Evaluate in a separate process so nothing of the training process (or its code) leaks in."""
     cmd = [sys.executable, "-m", "speedrun.cli", "eval", str(checkpoint), "--track", track.id, "--out", str(out)]
     if o.device:
         cmd += ["--device", o.device]
     if o.data_dir:
         cmd += ["--data-dir", str(o.data_dir)]
-    proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, pass_fds=lock_fds)
     if proc.returncode != 0:
         raise SpeedrunError(f"evaluation of {checkpoint} failed (exit {proc.returncode}); see the message above")
     return _read_eval(out)
@@ -220,22 +224,22 @@ def run_one_seed(submission: Submission, track: Track, seed: int, o: RunOptions,
     if o.node_rank != 0:
         # Only node 0's launcher locks: on a shared filesystem the other nodes' launchers would
         # find its lock held. The torchrun workers never lock; their launcher holds it for them.
-        return _train_evaluate_record(submission, track, seed, run_dir, results_path, o, console)
-    with seed_lock(run_dir):
+        return _train_evaluate_record(submission, track, seed, run_dir, results_path, o, console, ())
+    with seed_lock(run_dir) as lock_fd:
         # Another run may have finished this seed between the check above and taking the lock.
         if _finished(submission, track, seed, results_path):
             console.print(f"seed {seed}: already finished ({results_path}), skipped")
             return results_path
-        return _train_evaluate_record(submission, track, seed, run_dir, results_path, o, console)
+        return _train_evaluate_record(submission, track, seed, run_dir, results_path, o, console, (lock_fd,))
 
 
 def _train_evaluate_record(
     submission: Submission, track: Track, seed: int, run_dir: Path, results_path: Path, o: RunOptions,
-    console: Console,
+    console: Console, lock_fds: tuple[int, ...],
 ) -> Path | None:
     wall0 = time.perf_counter()
     console.print(f"[bold]seed {seed}[/]: training {submission.name} on {track.id} -> {run_dir}")
-    summary = _train(submission, track, seed, run_dir, o)
+    summary = _train(submission, track, seed, run_dir, o, lock_fds)
     if not summary:
         return None
     evals: list[dict] = []
@@ -253,7 +257,7 @@ def _train_evaluate_record(
                     continue
             console.print(f"seed {seed}: evaluating {name}")
             t0 = time.perf_counter()
-            evals.append(_evaluate(ckpt, track, out, o))
+            evals.append(_evaluate(ckpt, track, out, o, lock_fds))
             eval_s += time.perf_counter() - t0
     result = assemble_result(submission, track, seed, summary, evals, eval_s, time.perf_counter() - wall0, o)
     if changed := code_changes(summary["code"], code_record(submission.path)):

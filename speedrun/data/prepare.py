@@ -144,28 +144,20 @@ class _Models:
 
 def _text_info(track: Track, text_encoder: TextEncoder | None) -> TextEncoderInfo:
     data = track.data
-    if text_encoder is None:
-        cls = text_encoder_class(data.text_encoder)
-        return TextEncoderInfo(
-            key=cls.key,
-            id=cls.id,
-            revision=cls.revision,
-            dim=cls.dim,
-            max_tokens=data.text_max_tokens,
-            precision=cls.precision,
-        )
-    if text_encoder.max_tokens != data.text_max_tokens:
+    if text_encoder is not None and text_encoder.max_tokens != data.text_max_tokens:
         raise SpeedrunError(
             f"track '{track.id}': data.text_max_tokens is {data.text_max_tokens} but the given text "
             f"encoder pads to {text_encoder.max_tokens}"
         )
+    # A loaded encoder and its registered class carry the same identity attributes.
+    source = text_encoder or text_encoder_class(data.text_encoder)
     return TextEncoderInfo(
         key=data.text_encoder,
-        id=text_encoder.id,
-        revision=text_encoder.revision,
-        dim=text_encoder.dim,
-        max_tokens=text_encoder.max_tokens,
-        precision=text_encoder.precision,
+        id=source.id,
+        revision=source.revision,
+        dim=source.dim,
+        max_tokens=data.text_max_tokens,
+        precision=source.precision,
     )
 
 

