@@ -111,7 +111,7 @@ def _triton_attention_case(module_path: str | None = None, backward: bool = True
     if module_path is None:
         from speedrun.kernels.triton_attention import flash_attention
     else:
-        flash_attention = _load_module(Path(module_path)).flash_attention
+        flash_attention = load_attention_module(Path(module_path)).flash_attention
     q, k, v, key_mask = _attention_inputs()
 
     def forward():
@@ -121,7 +121,7 @@ def _triton_attention_case(module_path: str | None = None, backward: bool = True
 
 
 @functools.cache
-def _load_module(path: Path):
+def load_attention_module(path: Path):
     # Registered under its own name: triton.jit reads each kernel's source through its module.
     name = f"bench_attention_alt_{len(sys.modules)}"
     spec = importlib.util.spec_from_file_location(name, path)
@@ -133,7 +133,7 @@ def _load_module(path: Path):
     return module
 
 
-def _alternatives() -> list[tuple[str, str]]:
+def attention_alternatives() -> list[tuple[str, str]]:
     """``(label, path)`` pairs from ATTENTION_ALT="label=path ..."."""
     pairs = []
     for item in os.environ.get("ATTENTION_ALT", "").split():
@@ -180,7 +180,7 @@ def _norm_rope_case(variant: str) -> Step:
 def _cases() -> list[Case]:
     from torch.nn.attention import SDPBackend
 
-    alternatives = _alternatives()
+    alternatives = attention_alternatives()
     return [
         Case("attention", "sdpa efficient, masked", lambda: _sdpa_case(SDPBackend.EFFICIENT_ATTENTION, True)),
         Case("attention", "sdpa cudnn, masked", lambda: _sdpa_case(SDPBackend.CUDNN_ATTENTION, True)),

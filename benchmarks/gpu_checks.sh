@@ -15,8 +15,10 @@
 #     --platform manylinux2014_x86_64 -d .whl pydantic==2.14.4 pydantic_core==2.50.5 \
 #     annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0
 # and carry .whl with the call: `BUDGET=430 bash benchmarks/gpu_checks.sh` took 230 s on an H200.
-# To A/B attention versions in the same process, write them here first (the card gets the working
-# tree, not its history; untracked files travel with the call) and pass their labels, e.g.
+# bench_kernels times the backward candidates of benchmarks/attention_variants/ beside the project's
+# kernel unless ATTENTION_ALT says otherwise (ATTENTION_ALT= for none). To A/B other attention
+# versions in the same process, write them here first (the card gets the working tree, not its
+# history; untracked files travel with the call) and pass their labels, e.g.
 #   git show 'c51b3b4^:speedrun/kernels/triton_attention.py' > benchmarks/attn_split_bwd.py
 #   cp my_attention_variant.py benchmarks/attn_variant.py
 #   ATTENTION_ALT="split-bwd=benchmarks/attn_split_bwd.py variant=benchmarks/attn_variant.py" bash ...
@@ -56,7 +58,9 @@ TAIL=6 stage kernel_tests 120 python3 -m pytest -q -p no:cacheprovider $XDIST te
   --ignore=tests/kernels/test_model_backends.py
 TAIL=6 stage model_backend_tests 150 \
   python3 -m pytest -q -p no:cacheprovider tests/kernels/test_model_backends.py -rs --durations=5
-TAIL=20 stage bench_kernels 90 python3 benchmarks/bench_kernels.py
+CANDIDATES=benchmarks/attention_variants
+export ATTENTION_ALT=${ATTENTION_ALT-"key-tiles=$CANDIDATES/key_tile_grid.py small-tiles=$CANDIDATES/small_tiles.py"}
+TAIL=24 stage bench_kernels 150 python3 benchmarks/bench_kernels.py
 TAIL=2 stage trainer_triton_compile 170 python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile
 TAIL=2 stage trainer_shards 170 python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile --data shards
 TAIL=26 stage trainer_profile 140 python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile --steps 30 --profile 4

@@ -11,14 +11,19 @@ by those limits and how many waves the launch's grid then takes on 132 SMs; plus
 loads were software-pipelined (cp.async copies in the Triton GPU IR), which decides whether the
 tensor cores wait on memory every tile.
 
+Candidate attention modules named as for bench_kernels.py (``ATTENTION_ALT="label=path.py ..."``,
+e.g. those in ``benchmarks/attention_variants/``) are compiled too, their rows labelled, so a
+candidate's registers and occupancy can be read before a card is lent to time it.
+
 These are compiler facts, not timings: which config is fastest is still the autotuner's call on a
 card. Compiling is CPU work (about 2 s per variant). Run as a script in a process where
-TRITON_INTERPRET is unset: ``python benchmarks/kernel_resources.py [--json]``.
+TRITON_INTERPRET is unset: ``[ATTENTION_ALT=...] python benchmarks/kernel_resources.py [--json]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -28,9 +33,11 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+from unittest.mock import patch
 
 import torch
+from bench_kernels import attention_alternatives, load_attention_module
 
 BATCH, HEADS, HEAD_DIM, IMAGE_TOKENS, TEXT_TOKENS = 32, 28, 64, 256, 256
 DTYPE = torch.bfloat16
@@ -49,6 +56,7 @@ REGISTER_ALLOCATION_UNIT = 256  # registers are granted per warp in units of 256
 class Launch:
     """One kernel launch as the wrapper issued it: grid, positional arguments, keyword constexprs."""
 
+    source: str  # "project", or the label of the candidate attention module that launched it
     kernel: Any  # triton's JITFunction or its Autotuner
     grid: Any  # a tuple, or a function of the config's meta-parameters
     args: tuple[Any, ...]
@@ -57,6 +65,7 @@ class Launch:
 
 @dataclass(frozen=True)
 class Variant:
+    source: str
     kernel: str
     config: str
     num_warps: int
@@ -69,48 +78,55 @@ class Variant:
     pipelined_copies: int
 
 
-def capture_launches() -> list[Launch]:
+def capture_launches(alternatives: Sequence[tuple[str, str]] = ()) -> list[Launch]:
     """Run the attention and norm+RoPE wrappers forward and backward on CPU tensors, recording
-    each kernel launch instead of running it."""
+    each kernel launch instead of running it. The attention runs once with the project's module
+    and once with each ``(label, path)`` candidate module (bench_kernels.py's ATTENTION_ALT)."""
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
     from speedrun.kernels import triton_attention as ta
     from speedrun.kernels import triton_rope as tr
 
+    modules = [("project", ta)] + [(label, load_attention_module(Path(path))) for label, path in alternatives]
     launches: list[Launch] = []
+    source = "project"
 
-    def recorder(kernel):
-        def run(*args, grid, warmup=False, **kwargs):
-            launches.append(Launch(kernel, grid, args, kwargs))
+    def record(kernel, *args, grid, warmup=False, **kwargs):
+        launches.append(Launch(source, kernel, grid, args, kwargs))
 
-        return run
-
-    kernels = [ta._attn_fwd_kernel, ta._attn_bwd_delta_kernel, ta._attn_bwd_kernel]
-    kernels += [tr._norm_rope_fwd_kernel, tr._norm_rope_bwd_kernel]
-    for kernel in kernels:
-        kernel.run = recorder(kernel)
     # The wrappers' input checks refuse CPU tensors outside the interpreter; nothing runs here.
     # (Their interpret flag must stay False: it also shrinks launch shapes for the interpreter.)
-    ta._check_inputs = tr._check_inputs = lambda *tensors: None
+    # Candidates may run a private copy of the attention module, with its own check.
+    no_check = {"_check_inputs": lambda *tensors: None}
+    copies = [m for m in list(sys.modules.values()) if getattr(m, "__file__", None) in (ta.__file__, tr.__file__)]
+    patches = [patch.multiple(m, **no_check) for m in copies]
+    patches += [patch.object(JITFunction, "run", record), patch.object(Autotuner, "run", record)]
+    with contextlib.ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p)
+        gen = torch.Generator().manual_seed(0)
+        n_keys = TEXT_TOKENS + IMAGE_TOKENS
+        q = torch.randn(BATCH, IMAGE_TOKENS, HEADS, HEAD_DIM, generator=gen, dtype=DTYPE).transpose(1, 2)
+        k = torch.randn(BATCH, HEADS, n_keys, HEAD_DIM, generator=gen, dtype=DTYPE)
+        v = torch.randn_like(k)
+        key_mask = torch.ones(BATCH, n_keys, dtype=torch.bool)
+        leaves = [t.requires_grad_() for t in (q, k, v)]
+        for source, module in modules:
+            out = module.flash_attention(*leaves, key_mask)
+            torch.autograd.grad(out, leaves, torch.ones_like(out))
 
-    gen = torch.Generator().manual_seed(0)
-    n_keys = TEXT_TOKENS + IMAGE_TOKENS
-    q = torch.randn(BATCH, IMAGE_TOKENS, HEADS, HEAD_DIM, generator=gen, dtype=DTYPE).transpose(1, 2)
-    k = torch.randn(BATCH, HEADS, n_keys, HEAD_DIM, generator=gen, dtype=DTYPE)
-    v = torch.randn_like(k)
-    key_mask = torch.ones(BATCH, n_keys, dtype=torch.bool)
-    leaves = [t.requires_grad_() for t in (q, k, v)]
-    out = ta.flash_attention(*leaves, key_mask)
-    torch.autograd.grad(out, leaves, torch.ones_like(out))
+        from speedrun.model.rope import rope_tables
 
-    from speedrun.model.rope import rope_tables
-
-    side = math.isqrt(IMAGE_TOKENS)
-    cos, sin = rope_tables(side, side, HEAD_DIM, 10000.0)
-    # Queries and keys as the fused qkv projection leaves them (tokens-major), like the benchmark.
-    qkv = torch.randn(BATCH, IMAGE_TOKENS, 3, HEADS, HEAD_DIM, generator=gen, dtype=DTYPE)
-    qn, kn = (qkv[:, :, i].transpose(1, 2).requires_grad_() for i in range(2))
-    weights = [torch.ones(HEAD_DIM, requires_grad=True) for _ in range(2)]
-    outs = tr.fused_qk_norm_rope(qn, kn, *weights, cos, sin, eps=EPS)
-    torch.autograd.grad(outs, [qn, kn, *weights], [torch.ones_like(o) for o in outs])
+        source = "project"
+        side = math.isqrt(IMAGE_TOKENS)
+        cos, sin = rope_tables(side, side, HEAD_DIM, 10000.0)
+        # Queries and keys as the fused qkv projection leaves them (tokens-major), like the benchmark.
+        qkv = torch.randn(BATCH, IMAGE_TOKENS, 3, HEADS, HEAD_DIM, generator=gen, dtype=DTYPE)
+        qn, kn = (qkv[:, :, i].transpose(1, 2).requires_grad_() for i in range(2))
+        weights = [torch.ones(HEAD_DIM, requires_grad=True) for _ in range(2)]
+        outs = tr.fused_qk_norm_rope(qn, kn, *weights, cos, sin, eps=EPS)
+        torch.autograd.grad(outs, [qn, kn, *weights], [torch.ones_like(o) for o in outs])
     return launches
 
 
@@ -188,6 +204,7 @@ def compile_variants(launches: list[Launch]) -> list[Variant]:
             grid = launch.grid(constexprs) if callable(launch.grid) else launch.grid
             variants.append(
                 Variant(
+                    source=launch.source,
                     kernel=fn.__name__,
                     config=" ".join(f"{k}={v}" for k, v in blocks.items()) or "-",
                     num_warps=num_warps,
@@ -210,7 +227,7 @@ def main() -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("kernel_resources: unset TRITON_INTERPRET; interpreted kernels cannot be compiled", file=sys.stderr)
         return 2
-    variants = compile_variants(capture_launches())
+    variants = compile_variants(capture_launches(attention_alternatives()))
     if args.json:
         print(json.dumps([asdict(v) for v in variants]))
         return 0
@@ -220,11 +237,11 @@ def main() -> int:
         f"sm_{TARGET_ARCH}, triton {triton.__version__} | B={BATCH} H={HEADS} D={HEAD_DIM} "
         f"image={IMAGE_TOKENS} text={TEXT_TOKENS} {str(DTYPE).removeprefix('torch.')}"
     )
-    print("| kernel | config | warps | stages | registers | spill B | shared KiB | programs/SM | waves | cp.async |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| source | kernel | config | warps | stages | registers | spill B | shared KiB | programs/SM | waves | cp.async |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for v in variants:
         print(
-            f"| {v.kernel} | {v.config} | {v.num_warps} | {v.num_stages} | {v.registers} | {v.spill_bytes} | "
+            f"| {v.source} | {v.kernel} | {v.config} | {v.num_warps} | {v.num_stages} | {v.registers} | {v.spill_bytes} | "
             f"{v.shared_bytes / 1024:.1f} | {v.programs_per_sm} | {v.waves} | {v.pipelined_copies} |"
         )
     return 0
