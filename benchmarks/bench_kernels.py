@@ -28,6 +28,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import pytest
@@ -120,17 +121,22 @@ def _triton_attention_case(module_path: str | None = None, backward: bool = True
     return _fwd_bwd(forward, (q, k, v)) if backward else _forward_only(forward)
 
 
-@functools.cache
-def load_attention_module(path: Path):
-    # Registered under its own name: triton.jit reads each kernel's source through its module.
-    name = f"bench_attention_alt_{len(sys.modules)}"
+def load_module_copy(path: Path, name: str) -> ModuleType:
+    """A fresh module executed from ``path``, registered as ``name`` (triton.jit reads each
+    kernel's source through its module), sharing no globals with other copies of that file."""
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise RuntimeError(f"ATTENTION_ALT: {path} is not a Python file")
+        raise RuntimeError(f"{path} is not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@functools.cache
+def load_attention_module(path: Path) -> ModuleType:
+    """An ATTENTION_ALT candidate, loaded once per path."""
+    return load_module_copy(path, f"bench_attention_alt_{len(sys.modules)}")
 
 
 def attention_alternatives() -> list[tuple[str, str]]:

@@ -9,30 +9,20 @@ memory latency better, at the price of more loop iterations and more dQ partial-
 
 Only the backward's autotune set differs. The kernels run from a private copy of
 ``speedrun/kernels/triton_attention.py``, loaded here, so swapping its backward kernel leaves
-the project's module as it is in the same process.
+the project's module as it is in the same process. Like every candidate it runs with
+``benchmarks/`` importable (bench_kernels.py and kernel_resources.py are scripts there).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from pathlib import Path
 
 import triton
+from bench_kernels import load_module_copy
 
 import speedrun.kernels.triton_attention as _project
 
-
-def _private_copy():
-    # Registered under its own name: triton.jit reads each kernel's source through its module.
-    name = f"{__name__}_triton_attention"
-    spec = importlib.util.spec_from_file_location(name, _project.__file__)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_copy = _private_copy()
+_copy = load_module_copy(Path(_project.__file__), f"{__name__}_triton_attention")
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); the backward's launcher reads the module global.
 _copy._attn_bwd_kernel = triton.autotune(
     configs=_copy._configs(

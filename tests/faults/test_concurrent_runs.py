@@ -132,7 +132,7 @@ def test_torchrun_and_evaluation_inherit_the_seed_lock(tmp_path: Path, monkeypat
     inherited: list[tuple[int, ...]] = []
 
     def fake_run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
-        inherited.append(kwargs.get("pass_fds", ()))
+        inherited.append(kwargs["pass_fds"])
         (fd,) = kwargs["pass_fds"]
         assert os.fstat(fd).st_ino == (run_dir / LOCK_NAME).stat().st_ino
         return subprocess.CompletedProcess(cmd, 0)

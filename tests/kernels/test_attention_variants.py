@@ -5,7 +5,6 @@ In the interpreter every config is one 16x16 tile, so small_tiles runs the proje
 and only its wiring is checked; its own tiles are compiled for sm_90 by test_kernel_resources.py
 and run by these tests on a GPU."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -13,20 +12,12 @@ import pytest
 import torch
 from attention_helpers import CASES, TOLERANCE, attention_inputs, check_against_sdpa
 
-VARIANTS = Path(__file__).resolve().parents[2] / "benchmarks" / "attention_variants"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+VARIANTS = BENCHMARKS / "attention_variants"
 FILES = sorted(VARIANTS.glob("*.py"))
-
-
-def _load(path: Path):
-    # Registered under its own name, as bench_kernels.py loads it: triton.jit reads kernel source
-    # through the module.
-    name = f"attention_variant_{path.stem}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+# The candidates are loaded as bench_kernels.py loads them, with its folder importable as when it runs.
+sys.path.insert(0, str(BENCHMARKS))
+from bench_kernels import load_attention_module as _load  # noqa: E402
 
 
 def test_there_are_candidates():
