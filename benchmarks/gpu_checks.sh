@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything only a GPU can show, in one call on a lent card, cheapest first:
-#   1. the kernel tests compiled (no interpreter; bf16 included), then the model-level backend tests,
+#   1. the kernel tests compiled (no interpreter; bf16 included), then the model-level backend tests
+#      and the trainer's CUDA generator surviving a checkpoint,
 #   2. benchmarks/bench_kernels.py at PRX 1.2B shapes (Triton vs SDPA, fused vs torch norm+RoPE),
 #   3. benchmarks/bench_trainer_gpu.py: the trainer at prx-1.2b, batch 32, bf16: Triton+compile,
 #      the same reading its batches from shards through the trainer's loader (trainer_shards),
@@ -58,6 +59,8 @@ TAIL=6 stage kernel_tests 120 python3 -m pytest -q -p no:cacheprovider $XDIST te
   --ignore=tests/kernels/test_model_backends.py
 TAIL=6 stage model_backend_tests 150 \
   python3 -m pytest -q -p no:cacheprovider tests/kernels/test_model_backends.py -rs --durations=5
+# The trainer draws its training randomness on the GPU: its generator must survive a checkpoint.
+TAIL=4 stage cuda_generator_test 60 python3 -m pytest -q -p no:cacheprovider tests/test_train.py -k cuda -rs
 CANDIDATES=benchmarks/attention_variants
 export ATTENTION_ALT=${ATTENTION_ALT-"key-tiles=$CANDIDATES/key_tile_grid.py small-tiles=$CANDIDATES/small_tiles.py"}
 TAIL=24 stage bench_kernels 150 python3 benchmarks/bench_kernels.py

@@ -3,7 +3,7 @@
 Layout of ``<run>/checkpoints/step-00001000/``:
   model.safetensors   denoiser weights, plus component heads under ``components.<name>.*``
   optimizer.pt        optimizer state (torch.save)
-  rng.pt              torch CPU/CUDA RNG states and the trainer's generator state
+  rng.pt              torch CPU/CUDA RNG states and the trainer's generator state (with its device kind)
   meta.json           step, clock seconds, loader state, prediction kind, the keys components own,
                       model config, track hash; written last, with the sha256 of every other file
 

@@ -7,7 +7,6 @@ Options are checked before anything is prepared or written, and each seed's run 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -15,8 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from rich.table import Table
 from speedrun.checkpoint import read_meta
 from speedrun.devices import DEVICES, PARALLEL_MODES
 from speedrun.errors import SpeedrunError, TrainingInterrupted
+from speedrun.locks import seed_lock
 from speedrun.paths import data_root, runs_root
 from speedrun.results import (
     EvalPoint,
@@ -45,8 +43,6 @@ from speedrun.results import (
 from speedrun.submission import MANIFEST, Submission, load_submission
 from speedrun.tracks import Track, load_track
 from speedrun.worker import SUMMARY, train_seed
-
-LOCK_NAME = "run.lock"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,33 +102,6 @@ def check_options(o: RunOptions, track: Track) -> None:
             raise SpeedrunError(f"{option if explicit is not None else env} {root}: is a file, not a folder")
 
 
-@contextmanager
-def seed_lock(run_dir: Path) -> Iterator[int]:
-    """Hold an exclusive lock on ``run_dir/run.lock`` so that no second ``speedrun run`` trains this seed.
-
-    Two runs in one folder would write the same checkpoints and log over each other. The kernel
-    releases a ``flock`` when the last process holding its file descriptor exits, however it dies
-    (SIGKILL included), so a killed run never leaves a stale lock and nothing needs cleaning up; the
-    file itself stays (deleting it would let a third run lock a fresh file while the second still
-    holds the old one). Yields the descriptor: the torchrun and evaluation subprocesses inherit it,
-    so the seed stays locked while they live even if this launcher is killed first.
-    """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_NAME
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SpeedrunError(
-                f"{run_dir}: another `speedrun run` is using this run folder ({path} is locked); wait for it "
-                "to finish or stop it, then run this command again"
-            ) from None
-        try:
-            yield handle.fileno()
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _train(
     submission: Submission, track: Track, seed: int, run_dir: Path, o: RunOptions, lock_fds: tuple[int, ...]
 ) -> dict:
@@ -153,6 +122,8 @@ def _train(
         cmd += ["--device", o.device]
     if not o.resume:
         cmd.append("--no-resume")
+    if lock_fds:  # this launcher locked the seed: its workers lock too (the other nodes' do not)
+        cmd.append("--worker-lock")
     proc = subprocess.run(cmd, pass_fds=lock_fds)
     if proc.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         raise TrainingInterrupted(
@@ -222,8 +193,8 @@ def run_one_seed(submission: Submission, track: Track, seed: int, o: RunOptions,
         return results_path
     run_dir = run_dir_for(submission, track, seed, o.runs_dir)
     if o.node_rank != 0:
-        # Only node 0's launcher locks: on a shared filesystem the other nodes' launchers would
-        # find its lock held. The torchrun workers never lock; their launcher holds it for them.
+        # Only node 0's launcher and workers lock: on a shared filesystem the other nodes' would
+        # find its locks held.
         return _train_evaluate_record(submission, track, seed, run_dir, results_path, o, console, ())
     with seed_lock(run_dir) as lock_fd:
         # Another run may have finished this seed between the check above and taking the lock.

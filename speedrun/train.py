@@ -428,8 +428,14 @@ class Trainer:
         self._new_optimizer()
 
     def _generator(self) -> torch.Generator:
-        """Training randomness (noise, timesteps, caption dropout) of the global batch, from the seed."""
-        g = torch.Generator(device="cpu")
+        """Training randomness (noise, timesteps, caption dropout) of the global batch, from the seed.
+
+        On the run's device: drawing on the host would add CPU work and three pageable copies (each
+        waiting for the GPU) to every step's prologue, while the GPU idles after the clock's read.
+        A CUDA stream therefore differs from a CPU one of the same seed (and may between GPU models,
+        whose launch grids differ), and a run resumes on the device kind it started on.
+        """
+        g = torch.Generator(device=self.device)
         g.manual_seed(self.opt.seed)
         return g
 
@@ -440,13 +446,13 @@ class Trainer:
         x0 = batch.x.to(self.device, non_blocking=True)
         text = batch.text.to(self.device, non_blocking=True)
         mask = batch.text_mask.to(self.device, non_blocking=True)
-        # Randomness is drawn on CPU for the whole global batch from one generator seeded by the
-        # run seed, and each rank takes its slice: N processes see exactly what 1 process sees.
+        # Randomness is drawn for the whole global batch from one generator seeded by the run seed,
+        # and each rank takes its slice: N processes see exactly what 1 process sees.
         g = self.track.train.global_batch
         rows = slice(self.dist.rank * self.local_batch, (self.dist.rank + 1) * self.local_batch)
-        noise = torch.randn((g, *x0.shape[1:]), generator=gen)[rows].to(self.device)
-        t = self.objective.sample_t(g, gen, torch.device("cpu"))[rows].to(self.device)
-        drop = caption_drop_mask(g, self.track.train.caption_dropout, gen)[rows].to(self.device)
+        noise = torch.randn((g, *x0.shape[1:]), generator=gen, device=gen.device)[rows]
+        t = self.objective.sample_t(g, gen, self.device)[rows]
+        drop = caption_drop_mask(g, self.track.train.caption_dropout, gen)[rows]
         text, mask = apply_caption_dropout(text, mask, self.null_text, self.null_mask, drop)
         x_t, target = self.objective.input_and_target(x0, noise, t)
         state = StepState(step=step, seed=self.opt.seed, rank=self.dist.rank, training=True, x_t=x_t, t=t)
@@ -759,7 +765,7 @@ class Trainer:
         if not self.dist.is_main:
             distributed.barrier(self.dist)
             return
-        rng = {"torch": torch.get_rng_state(), "generator": gen.get_state()}
+        rng = {"torch": torch.get_rng_state(), "generator": gen.get_state(), "generator_device": gen.device.type}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {
@@ -812,7 +818,7 @@ class Trainer:
         )
         loader.load_state_dict(meta["loader"])
         torch.set_rng_state(rng["torch"])
-        gen.set_state(rng["generator"])
+        restore_generator(gen, rng, path)
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         return (
@@ -823,6 +829,21 @@ class Trainer:
             dict(meta.get("times", {})),
             float(meta.get("warmup_seconds", 0.0)),
         )
+
+
+def restore_generator(gen: torch.Generator, rng: dict[str, Any], path: Path) -> None:
+    """Set the training generator from a checkpoint's ``rng.pt``, refusing one of another device kind.
+
+    A CPU and a CUDA generator's states are different objects (a Mersenne Twister, a Philox seed and
+    offset), so the stream cannot continue across device kinds.
+    """
+    saved = rng.get("generator_device", "cpu")
+    if saved != gen.device.type:
+        raise SpeedrunError(
+            f"{path}: written by a run on {saved}, resumed on {gen.device.type}; a run's training randomness "
+            f"is drawn on its device, so resume on {saved}, or start over with --no-resume"
+        )
+    gen.set_state(rng["generator"])
 
 
 def _progress(enabled: bool, start: int, total: int) -> Callable[[int | None, float | None, float | None], None]:

@@ -21,6 +21,7 @@ from speedrun.components.registry import Registry
 from speedrun.devices import PARALLEL_MODES
 from speedrun.errors import SpeedrunError, TrainingInterrupted, format_validation_error
 from speedrun.fileio import atomic_write_text
+from speedrun.locks import worker_lock
 from speedrun.submission import Submission, load_submission
 from speedrun.tracks import Track
 
@@ -146,6 +147,22 @@ def resume_command(
     return cmd
 
 
+def _train_from_args(args: argparse.Namespace) -> None:
+    sub = load_submission(args.submission)
+    train_seed(
+        sub,
+        sub.track(args.track),
+        args.seed,
+        args.run_dir,
+        data_dir=args.data_dir,
+        device=args.device,
+        resume=not args.no_resume,
+        progress=not args.no_progress,
+        stop_after=args.stop_after,
+        parallel=args.parallel,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m speedrun.worker")
     parser.add_argument("submission", type=Path)
@@ -158,22 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--stop-after", type=int, default=None)
     parser.add_argument("--parallel", choices=PARALLEL_MODES, default="auto")
+    parser.add_argument("--worker-lock", action="store_true", help="share-lock the run folder's workers.lock")
     args = parser.parse_args(argv)
 
     try:
-        sub = load_submission(args.submission)
-        train_seed(
-            sub,
-            sub.track(args.track),
-            args.seed,
-            args.run_dir,
-            data_dir=args.data_dir,
-            device=args.device,
-            resume=not args.no_resume,
-            progress=not args.no_progress,
-            stop_after=args.stop_after,
-            parallel=args.parallel,
-        )
+        with worker_lock(args.run_dir) if args.worker_lock else contextlib.nullcontext():
+            _train_from_args(args)
     except TrainingInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         return 128 + exc.signum  # the shell's convention for "ended by this signal"

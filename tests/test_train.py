@@ -26,6 +26,7 @@ from speedrun.train import (
     check_fp32_master,
     check_optimizer_coverage,
     median_speed,
+    restore_generator,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,6 +149,35 @@ def test_resume_equals_uninterrupted(smoke_data_root, tmp_path, track_variant):
     assert rest.steps == 8
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
     assert rest.val_loss_curve == full.val_loss_curve
+    rng = torch.load(tmp_path / "cut" / "checkpoints" / "step-00000004" / "rng.pt", weights_only=True)
+    assert rng["generator_device"] == "cpu"
+
+
+def test_resume_refuses_a_generator_of_another_device_kind(tmp_path):
+    """Training randomness is drawn on the run's device; a CPU and a CUDA generator's states are
+    different objects, so a checkpoint resumes only on the device kind that wrote it."""
+    path = tmp_path / "step-00000004"
+    saved = torch.Generator().manual_seed(3)
+    torch.randn(5, generator=saved)
+    gen = torch.Generator()
+    refused = r"step-00000004: written by a run on cuda, resumed on cpu.*resume on cuda.*--no-resume"
+    with pytest.raises(SpeedrunError, match=refused):
+        restore_generator(gen, {"generator": saved.get_state(), "generator_device": "cuda"}, path)
+    restore_generator(gen, {"generator": saved.get_state()}, path)  # no device named: a CPU generator
+    assert torch.equal(torch.randn(5, generator=gen), torch.randn(5, generator=saved))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_generator_continues_its_stream_through_a_checkpoint(tmp_path):
+    """What a CUDA run's checkpoint keeps of its training generator (a Philox seed and offset, saved
+    with rng.pt's torch.save and read back with weights_only) continues the stream exactly."""
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    torch.randn(1000, generator=gen, device="cuda")
+    torch.save({"generator": gen.get_state(), "generator_device": gen.device.type}, tmp_path / "rng.pt")
+    expected = torch.randn((4, 16, 32, 32), generator=gen, device="cuda")
+    resumed = torch.Generator(device="cuda").manual_seed(0)
+    restore_generator(resumed, torch.load(tmp_path / "rng.pt", weights_only=True), tmp_path)
+    assert torch.equal(torch.randn((4, 16, 32, 32), generator=resumed, device="cuda"), expected)
 
 
 def test_resume_refuses_a_checkpoint_written_by_other_code(smoke_data_root, tmp_path, track_variant):

@@ -1,5 +1,6 @@
-"""Two `speedrun run` on one seed folder: the second is refused while the first holds `run.lock`,
-and the lock goes with its holder, however that process ends."""
+"""Two `speedrun run` on one seed folder: the second is refused while the first (its launcher,
+torchrun, evaluation or training workers) holds `run.lock` or `workers.lock`, and the locks go with
+their holders, however those processes end."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import pytest
 from rich.console import Console
 
 from speedrun.errors import SpeedrunError
-from speedrun.run import LOCK_NAME, RunOptions, run_submission, seed_lock
+from speedrun.locks import LOCK_NAME, WORKERS_LOCK_NAME, seed_lock
+from speedrun.run import RunOptions, run_submission
 from speedrun.worker import SUMMARY
 
 BASELINE = Path(__file__).resolve().parents[2] / "submissions" / "baseline"
@@ -93,36 +95,105 @@ def test_lock_is_held_while_the_seed_trains_and_freed_after(tmp_path: Path, monk
         pass
 
 
-def test_subprocesses_started_with_the_lock_keep_it_after_the_launcher_is_killed(tmp_path: Path) -> None:
-    """The mechanism the launcher relies on: a child given the lock's descriptor holds the flock."""
+def _wait_until_unlocked(run_dir: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with seed_lock(run_dir):
+                return
+        except SpeedrunError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("launcher_ends", ["killed", "leaving the block"])
+def test_subprocesses_started_with_the_lock_keep_it_after_the_launcher_ends(tmp_path: Path, launcher_ends: str):
+    """The mechanism the launcher relies on: a child given the lock's descriptor holds the flock,
+    whether the launcher is SIGKILLed or leaves ``seed_lock``'s block first (an exception around
+    the subprocess call): leaving the block must not unlock it for the child."""
     run_dir = tmp_path / "seed0"
     launcher = (
         "import os, signal, subprocess, sys\n"
         "from pathlib import Path\n"
-        "from speedrun.run import seed_lock\n"
+        "from speedrun.locks import seed_lock\n"
         "with seed_lock(Path(sys.argv[1])) as fd:\n"
         "    child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], pass_fds=(fd,),\n"
         "                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
         "    print(child.pid, flush=True)\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    if sys.argv[2] == 'killed':\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", launcher, str(run_dir)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == -9, proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-c", launcher, str(run_dir), launcher_ends], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == (-9 if launcher_ends == "killed" else 0), proc.stderr
     child = int(proc.stdout.strip())
     try:
         with pytest.raises(SpeedrunError, match="another `speedrun run`"), seed_lock(run_dir):
             pass
     finally:
         os.kill(child, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with seed_lock(run_dir):
-                break
-        except SpeedrunError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    _wait_until_unlocked(run_dir)
+
+
+def test_seed_lock_refuses_while_workers_of_an_earlier_run_live(tmp_path: Path) -> None:
+    """torchrun's workers close inherited descriptors, so they share-lock workers.lock themselves:
+    two of them hold it together, and a new run is refused until both are gone (here SIGKILLed, as
+    orphans of a killed torchrun would be stopped)."""
+    run_dir = tmp_path / "seed0"
+    hold = (
+        "import sys; from pathlib import Path; from speedrun.locks import worker_lock\n"
+        "with worker_lock(Path(sys.argv[1])):\n"
+        "    print('locked', flush=True); sys.stdin.read()\n"
+    )
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", hold, str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    try:
+        for w in workers:
+            assert w.stdout.readline().strip() == "locked"
+        alive = re.escape(f"{run_dir}: training processes of an earlier run of this seed are still alive")
+        for w in workers:
+            with pytest.raises(SpeedrunError, match=alive + r".*fuser -v .*workers\.lock"), seed_lock(run_dir):
+                pass
+            w.kill()
+            w.wait()
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
+    with seed_lock(run_dir):
+        pass
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_worker_holds_the_workers_lock_while_it_trains_when_asked(tmp_path: Path, monkeypatch, flag: bool):
+    import speedrun.worker
+
+    run_dir = tmp_path / "seed0"
+    seen: list[bool] = []
+
+    def probe(args: Any) -> None:
+        run_dir.mkdir(exist_ok=True)
+        with open(run_dir / WORKERS_LOCK_NAME, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared with the other workers
+            fcntl.flock(f, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append(False)
+            except BlockingIOError:
+                seen.append(True)
+
+    monkeypatch.setattr(speedrun.worker, "_train_from_args", probe)
+    argv = [str(BASELINE), "--track", "smoke", "--seed", "0", "--run-dir", str(run_dir)]
+    assert speedrun.worker.main(argv + (["--worker-lock"] if flag else [])) == 0
+    assert seen == [flag]
+    with seed_lock(run_dir):  # released when the worker's main returns
+        pass
 
 
 def test_torchrun_and_evaluation_inherit_the_seed_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,9 +201,11 @@ def test_torchrun_and_evaluation_inherit_the_seed_lock(tmp_path: Path, monkeypat
     import speedrun.run
 
     inherited: list[tuple[int, ...]] = []
+    commands: list[list[str]] = []
 
     def fake_run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
         inherited.append(kwargs["pass_fds"])
+        commands.append(cmd)
         (fd,) = kwargs["pass_fds"]
         assert os.fstat(fd).st_ino == (run_dir / LOCK_NAME).stat().st_ino
         return subprocess.CompletedProcess(cmd, 0)
@@ -152,3 +225,6 @@ def test_torchrun_and_evaluation_inherit_the_seed_lock(tmp_path: Path, monkeypat
     with pytest.raises(_Stop):
         run_submission(BASELINE, options, Console(quiet=True))
     assert len(inherited) == 2
+    torchrun, evaluation = commands
+    assert "torch.distributed.run" in torchrun and "--worker-lock" in torchrun  # the workers lock too
+    assert "--worker-lock" not in evaluation

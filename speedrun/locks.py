@@ -1,0 +1,76 @@
+"""The locks that keep one seed's run folder to one run at a time.
+
+A seed is trained by up to three kinds of process: the ``speedrun run`` launcher, the torchrun agent
+and the evaluation process it starts (both inherit the launcher's lock), and torchrun's workers.
+torchrun starts its workers in new sessions with every inherited descriptor closed, so they cannot
+share the launcher's lock: each takes a shared lock of its own on a second file, and a new run is
+refused while any of them is alive. The kernel releases a ``flock`` when the last process holding
+its descriptor ends, however it dies (SIGKILL included), so a killed run never leaves a stale lock
+and nothing needs cleaning up. The files stay: deleting one would let a third run lock a fresh file
+while the second still holds the old one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from speedrun.errors import SpeedrunError
+
+LOCK_NAME = "run.lock"
+WORKERS_LOCK_NAME = "workers.lock"
+
+
+@contextmanager
+def seed_lock(run_dir: Path) -> Iterator[int]:
+    """Hold an exclusive lock on ``run_dir/run.lock`` so that no second ``speedrun run`` trains this seed.
+
+    Two runs in one folder would write the same checkpoints and log over each other. Refuses, too,
+    while workers of an earlier run still hold ``workers.lock`` (their torchrun was killed under
+    them). Yields the descriptor for the torchrun and evaluation subprocesses to inherit, so the seed
+    stays locked while they live even if this launcher is killed first. Leaving the block closes
+    this process's copy and never unlocks explicitly: an unlock would free the lock for the
+    subprocesses sharing it too.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SpeedrunError(
+                f"{run_dir}: another `speedrun run` is using this run folder ({path} is locked); wait for it "
+                "to finish or stop it, then run this command again"
+            ) from None
+        _refuse_live_workers(run_dir)
+        yield handle.fileno()
+
+
+def _refuse_live_workers(run_dir: Path) -> None:
+    path = run_dir / WORKERS_LOCK_NAME
+    with open(path, "a") as handle:  # closing it drops the probe's lock; nothing inherits it
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SpeedrunError(
+                f"{run_dir}: training processes of an earlier run of this seed are still alive ({path} is "
+                f"locked: their torchrun was stopped under them); stop them (`fuser -v {path}` lists "
+                "them), then run this command again"
+            ) from None
+
+
+@contextmanager
+def worker_lock(run_dir: Path) -> Iterator[None]:
+    """Hold a shared lock on ``run_dir/workers.lock`` for a torchrun worker's whole life.
+
+    Shared, because the run's workers hold it together. Taken first thing in the worker's ``main``,
+    so a worker runs unlocked only during its interpreter's start-up (imports, seconds), and then
+    only if torchrun, which holds the launcher's lock, is killed within them. Processes forked from
+    the worker (data loader workers) inherit it.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / WORKERS_LOCK_NAME, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        yield
