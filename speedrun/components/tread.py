@@ -56,7 +56,12 @@ def routing_index(batch: int, n: int, keep: int, generator: torch.Generator) -> 
 @torch.compiler.disable(reason="TREAD draws its routing from a CPU generator seeded by a hash")
 def step_routing_index(state: StepState, batch: int, n: int, keep: int, device: torch.device) -> torch.Tensor:
     """The routing of this forward: ``routing_index`` drawn for ``(state.seed, state.step, state.rank)``."""
-    return routing_index(batch, n, keep, routing_generator(state.seed, state.step, state.rank)).to(device)
+    index = routing_index(batch, n, keep, routing_generator(state.seed, state.step, state.rank))
+    if device.type == "cuda":
+        # From pinned memory the copy is queued: a pageable one would wait, mid-forward, for the
+        # blocks already queued, and the GPU would idle while the rest of the step is launched.
+        return index.pin_memory().to(device, non_blocking=True)
+    return index.to(device)
 
 
 class TREADParams(Params):

@@ -9,7 +9,15 @@ from component_helpers import forward, make_batch, make_ctx
 from speedrun.components import StepState
 from speedrun.components.irepa import IREPA, IREPAParams, spatial_normalize
 from speedrun.components.repa import REPA, REPAParams
-from speedrun.components.tread import TREAD, TREADParams, kept_count, resolve_span, routing_generator, routing_index
+from speedrun.components.tread import (
+    TREAD,
+    TREADParams,
+    kept_count,
+    resolve_span,
+    routing_generator,
+    routing_index,
+    step_routing_index,
+)
 from speedrun.errors import SpeedrunError
 
 
@@ -53,6 +61,16 @@ def test_routing_is_deterministic_per_seed_step_rank():
     assert all(not torch.equal(draw(0, 5, 0), other) for other in others)
     rows = draw(0, 5, 0)
     assert not torch.equal(rows[0], rows[1])  # each sample has its own routing
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_routing_on_cuda_is_the_cpu_routing():
+    """The draw stays on the CPU generator (the same routing on every device); only the copy to
+    the GPU is queued, from pinned memory."""
+    state = StepState(step=3, seed=2, rank=1, training=True)
+    on_cpu = step_routing_index(state, 8, 64, 32, torch.device("cpu"))
+    on_cuda = step_routing_index(state, 8, 64, 32, torch.device("cuda"))
+    assert on_cuda.device.type == "cuda" and torch.equal(on_cuda.cpu(), on_cpu)
 
 
 def test_restore_scatters_processed_tokens_back_into_the_saved_set():
