@@ -18,6 +18,7 @@ float16 copies, float32 conversion on the GPU).
     python benchmarks/bench_trainer_gpu.py --kernels torch --no-compile --steps 20
     python benchmarks/bench_trainer_gpu.py --profile 5
     python benchmarks/bench_trainer_gpu.py --data shards
+    python benchmarks/bench_trainer_gpu.py --inductor max_autotune=True
 
 Prints one JSON line with the summary (batches_per_second is the median over steady-state windows,
 as results report it; mfu uses the peak bf16 rate in ``speedrun.train.PEAK_FLOPS``). GPU only.
@@ -25,7 +26,8 @@ as results report it; mfu uses the peak bf16 rate in ``speedrun.train.PEAK_FLOPS
 ``--profile N`` runs torch.profiler over N steady-state steps (after the warmup and two timed steps)
 and first prints where the GPU time of a step goes: the share of the step's wall time in which
 kernels ran, then kernel time per step by kind (GEMMs, attention, norm+RoPE, inductor-fused
-elementwise, optimizer, copies) and the slowest kernels. The profiler slows the run, so take
+elementwise, optimizer, copies), the slowest kernels, and where in the step the GPU sits idle
+(the recurring gaps, named by the kernels before and after them). The profiler slows the run, so take
 batches/s from a run without it.
 """
 
@@ -223,6 +225,87 @@ def gpu_time_breakdown(prof: Any, steps: int, top: int = 15) -> list[str]:
     return lines
 
 
+def kernel_intervals(prof: Any) -> list[tuple[str, float, float]]:
+    """(name, start µs, end µs) of every GPU kernel, copy and memset the profiler saw, ranges excluded."""
+    from torch.autograd import DeviceType
+
+    return [
+        (e.key, e.time_range.start, e.time_range.end)
+        for e in prof.events()
+        if e.device_type == DeviceType.CUDA and not _is_range(e)
+    ]
+
+
+def idle_gaps(kernels: list[tuple[str, float, float]], steps: int, min_gap_us: float = 20.0, top: int = 8) -> list[str]:
+    """Lines on when the GPU ran nothing: idle ms per step and the recurring gaps by the kernels around them.
+
+    Over the span from the first kernel to the last; kernels that overlap (other streams) count
+    once. A gap is named by the kernel that ended last before it and the one that starts it: the
+    same pair every step is one place in the step where the GPU waits for the CPU (a synchronising
+    read, host work before a launch). Gaps under ``min_gap_us`` (launch latency) are counted in
+    the total only.
+    """
+    if not kernels:
+        return ["idle: no kernels profiled"]
+    ordered = sorted(kernels, key=lambda k: k[1])
+    idle_us = 0.0
+    places: dict[tuple[str, str], list[float]] = {}
+    last_name, last_end = ordered[0][0], ordered[0][2]
+    for name, start, end in ordered[1:]:
+        if start > last_end:
+            idle_us += start - last_end
+            if start - last_end >= min_gap_us:
+                places.setdefault((last_name, name), []).append(start - last_end)
+        if end >= last_end:
+            last_name, last_end = name, end
+    listed = sum(sum(g) for g in places.values())
+    count = sum(len(g) for g in places.values())
+    lines = [
+        f"idle: {idle_us / steps / 1e3:.2f} ms per step with no kernel running; {listed / steps / 1e3:.2f} ms of it "
+        f"in {count / steps:.1f} gaps of >= {min_gap_us:g} us per step, the largest places "
+        "(ms per step, gaps per step, kernel before -> kernel after):"
+    ]
+    for (before, after), gaps in sorted(places.items(), key=lambda kv: -sum(kv[1]))[:top]:
+        lines.append(f"  {sum(gaps) / steps / 1e3:8.2f} {len(gaps) / steps:5.1f}  {before[:60]} -> {after[:60]}")
+    return lines
+
+
+def apply_inductor_options(pairs: list[str]) -> dict[str, Any]:
+    """Set ``torch._inductor.config`` entries from ``KEY=VALUE`` strings; returns what was set.
+
+    KEY may be dotted (``triton.cudagraphs``); VALUE is a Python literal of the entry's type. For
+    trying inductor's options on the trainer (``max_autotune=True``: Triton GEMM templates with
+    fused epilogues) without touching the harness, which compiles with the defaults.
+    """
+    import ast
+
+    from torch._inductor import config
+
+    applied: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--inductor {pair!r}: expected KEY=VALUE")
+        *path, name = key.split(".")
+        owner: Any = config
+        for part in path:
+            owner = getattr(owner, part, None)
+        if owner is None or not hasattr(owner, name):
+            raise ValueError(f"--inductor {pair!r}: torch._inductor.config has no entry {key!r}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--inductor {pair!r}: {raw!r} is not a Python literal (strings need quotes)") from None
+        current = getattr(owner, name)
+        if current is not None and not isinstance(value, type(current)):
+            raise ValueError(
+                f"--inductor {pair!r}: {key} is a {type(current).__name__}, got a {type(value).__name__}"
+            )
+        setattr(owner, name, value)
+        applied[key] = value
+    return applied
+
+
 def _profiler(warmup: int, steps: int):
     """A torch.profiler over ``steps`` steps after the warmup and two timed ones (a null context for 0)."""
     if not steps:
@@ -242,7 +325,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steady-state steps")
     parser.add_argument("--data", choices=["synthetic", "shards"], default="synthetic", help="see the module doc")
+    parser.add_argument(
+        "--inductor", action="append", default=[], metavar="KEY=VALUE",
+        help="set a torch._inductor.config entry before compiling (repeatable), e.g. max_autotune=True",
+    )
     args = parser.parse_args(argv)
+    try:
+        inductor = apply_inductor_options(args.inductor)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.profile and args.steps < args.profile + 3:
         parser.error(f"--steps {args.steps} leaves no room to profile {args.profile} steps after 3 timed ones")
     if not torch.cuda.is_available():
@@ -261,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = trainer.run()
         wall = time.perf_counter() - t0
         if prof is not None:
-            print("\n".join(gpu_time_breakdown(prof, args.profile)))
+            print("\n".join(gpu_time_breakdown(prof, args.profile) + idle_gaps(kernel_intervals(prof), args.profile)))
         rows = [json.loads(x) for x in (options.run_dir / "train.jsonl").read_text().splitlines()]
     step_s = [r["step_s"] for r in rows if "step_s" in r]
     out = {
@@ -270,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         "kernels": args.kernels,
         "compile": args.compile,
         "data": args.data,
+        "inductor": inductor,
         "batch": args.batch,
         "params": sum(p.numel() for p in trainer.model.parameters()),
         "wall_s": round(wall, 1),

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Everything only a GPU can show, in one call on a lent card, cheapest first:
 #   1. the kernel tests compiled (no interpreter; bf16 included), then the model-level backend tests
-#      and the trainer's CUDA generator surviving a checkpoint,
+#      and the CUDA paths of the trainer's generator and TREAD's routing copy,
 #   2. benchmarks/bench_kernels.py at PRX 1.2B shapes (Triton vs SDPA, fused vs torch norm+RoPE),
 #   3. benchmarks/bench_trainer_gpu.py: the trainer at prx-1.2b, batch 32, bf16: Triton+compile,
 #      the same reading its batches from shards through the trainer's loader (trainer_shards),
-#      where its GPU time goes (trainer_profile), torch SDPA+compile, Triton eager.
+#      where its GPU time goes (trainer_profile), torch SDPA+compile, Triton eager, and last the
+#      trainer compiled with inductor's max_autotune (trainer_max_autotune).
 # ONLY="kernel_tests bench_kernels" runs just the stages named. Each stage gets what is left of
 # BUDGET seconds (default 420) so a slow stage cannot eat the rest; logs go to $OUT (or
 # /tmp/gpu-checks). The repo is used in place via PYTHONPATH. A fresh card started in about 30 s
@@ -59,14 +60,20 @@ TAIL=6 stage kernel_tests 120 python3 -m pytest -q -p no:cacheprovider $XDIST te
   --ignore=tests/kernels/test_model_backends.py
 TAIL=6 stage model_backend_tests 150 \
   python3 -m pytest -q -p no:cacheprovider tests/kernels/test_model_backends.py -rs --durations=5
-# The trainer draws its training randomness on the GPU: its generator must survive a checkpoint.
-TAIL=4 stage cuda_generator_test 60 python3 -m pytest -q -p no:cacheprovider tests/test_train.py -k cuda -rs
+# The trainer draws its training randomness on the GPU (its generator must survive a checkpoint);
+# TREAD copies its CPU-drawn routing from pinned memory.
+TAIL=4 stage cuda_host_tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_train.py \
+  tests/components/test_tread.py -k cuda -rs
 CANDIDATES=benchmarks/attention_variants
 export ATTENTION_ALT=${ATTENTION_ALT-"key-tiles=$CANDIDATES/key_tile_grid.py small-tiles=$CANDIDATES/small_tiles.py"}
 TAIL=24 stage bench_kernels 150 python3 benchmarks/bench_kernels.py
 TAIL=2 stage trainer_triton_compile 170 python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile
 TAIL=2 stage trainer_shards 170 python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile --data shards
-TAIL=26 stage trainer_profile 140 python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile --steps 30 --profile 4
+TAIL=35 stage trainer_profile 140 python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile --steps 30 --profile 4
 TAIL=2 stage trainer_torch_compile 150 python3 benchmarks/bench_trainer_gpu.py --kernels torch --compile
 TAIL=2 stage trainer_triton_eager 60 python3 benchmarks/bench_trainer_gpu.py --kernels triton --no-compile --steps 20
+# Inductor's Triton GEMM templates with fused epilogues, against the 19 ms of elementwise kernels
+# per step (H100, 2026-11-27); autotuning every GEMM shape makes the warmup minutes long.
+TAIL=2 stage trainer_max_autotune 300 \
+  python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile --inductor max_autotune=True
 echo "== done at ${SECONDS}s"

@@ -75,3 +75,63 @@ def test_kernel_kinds(bench):
     assert bench.kernel_kind("triton_red_fused_native_layer_norm_1") == "inductor fused"
     assert bench.kernel_kind("Memcpy HtoD (Pageable -> Device)") == "copy / memset"
     assert bench.kernel_kind("something_else") == "other"
+
+
+def test_idle_gaps_are_measured_between_kernels_and_grouped_by_place(bench):
+    # Two steps of the same shape (µs): a gemm, a 3 ms gap (the step's host prologue), an inductor
+    # kernel overlapped by a copy on another stream, a 10 µs launch gap, the optimizer, then a
+    # 1 ms gap to the next step's gemm.
+    def step(t0):
+        return [
+            ("nvjet_gemm", t0, t0 + 5_000),
+            ("triton_poi_fused_0", t0 + 8_000, t0 + 9_000),
+            ("Memcpy HtoD (Pinned -> Device)", t0 + 8_500, t0 + 9_500),
+            ("multi_tensor_apply_kernel<FusedAdam>", t0 + 9_510, t0 + 10_000),
+        ]
+
+    kernels = step(0) + step(11_000)
+    lines = bench.idle_gaps(kernels, steps=2)
+    # Idle: 3000 + 10 per step, and one 1000 µs gap between the steps: 7020 µs over 2 steps.
+    assert lines[0].startswith("idle: 3.51 ms per step with no kernel running; 3.50 ms of it in 1.5 gaps of >= 20 us")
+    places = [line.split() for line in lines[1:]]
+    assert places == [
+        ["3.00", "1.0", "nvjet_gemm", "->", "triton_poi_fused_0"],
+        ["0.50", "0.5", "multi_tensor_apply_kernel<FusedAdam>", "->", "nvjet_gemm"],
+    ]
+    assert bench.idle_gaps([], steps=2) == ["idle: no kernels profiled"]
+
+
+def test_kernel_intervals_leave_out_ranges_and_cpu_events(bench):
+    def event(key, device, start, end, annotation=False):
+        return SimpleNamespace(
+            key=key, device_type=device, time_range=SimpleNamespace(start=start, end=end),
+            is_user_annotation=annotation,
+        )
+
+    prof = SimpleNamespace(
+        events=lambda: [
+            event("ProfilerStep#7", DeviceType.CUDA, 0, 100, annotation=True),
+            event("aten::mm", DeviceType.CPU, 0, 5),
+            event("nvjet_gemm", DeviceType.CUDA, 10, 40),
+        ]
+    )
+    assert bench.kernel_intervals(prof) == [("nvjet_gemm", 10, 40)]
+
+
+def test_inductor_options_are_set_by_type_and_refused_clearly(bench, monkeypatch):
+    from torch._inductor import config
+
+    monkeypatch.setattr(config, "max_autotune", False)
+    monkeypatch.setattr(config.triton, "cudagraphs", False)
+    applied = bench.apply_inductor_options(["max_autotune=True", "triton.cudagraphs=True"])
+    assert applied == {"max_autotune": True, "triton.cudagraphs": True}
+    assert config.max_autotune is True and config.triton.cudagraphs is True
+    for bad, message in [
+        ("max_autotune", "'max_autotune': expected KEY=VALUE"),
+        ("no_such_entry=1", "has no entry 'no_such_entry'"),
+        ("nope.max_autotune=1", "has no entry 'nope.max_autotune'"),
+        ("max_autotune=yes", "'yes' is not a Python literal"),
+        ("max_autotune=3", "max_autotune is a bool, got a int"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            bench.apply_inductor_options([bad])
