@@ -198,17 +198,18 @@ def _is_range(event: Any) -> bool:
     return bool(getattr(event, "is_user_annotation", False)) or event.key.startswith(("ProfilerStep", "Optimizer."))
 
 
-def gpu_time_breakdown(prof: Any, steps: int, top: int = 15) -> list[str]:
-    """Lines describing the profiled steps: GPU-busy share, kernel ms per step by kind, slowest kernels."""
+def _is_kernel(event: Any) -> bool:
+    """A GPU kernel, copy or memset (not a range's GPU annotation, not a CPU event)."""
     from torch.autograd import DeviceType
 
+    return event.device_type == DeviceType.CUDA and not _is_range(event)
+
+
+def gpu_time_breakdown(prof: Any, steps: int, top: int = 15) -> list[str]:
+    """Lines describing the profiled steps: GPU-busy share, kernel ms per step by kind, slowest kernels."""
     averages = prof.key_averages()
     wall_us = sum(e.cpu_time_total for e in averages if e.key.startswith("ProfilerStep"))
-    kernels = [
-        (e.key, e.device_time_total, e.count)
-        for e in averages
-        if e.device_type == DeviceType.CUDA and not _is_range(e)
-    ]
+    kernels = [(e.key, e.device_time_total, e.count) for e in averages if _is_kernel(e)]
     busy_us = sum(us for _, us, _ in kernels)
     by_kind: dict[str, float] = {}
     for name, us, _ in kernels:
@@ -227,13 +228,7 @@ def gpu_time_breakdown(prof: Any, steps: int, top: int = 15) -> list[str]:
 
 def kernel_intervals(prof: Any) -> list[tuple[str, float, float]]:
     """(name, start µs, end µs) of every GPU kernel, copy and memset the profiler saw, ranges excluded."""
-    from torch.autograd import DeviceType
-
-    return [
-        (e.key, e.time_range.start, e.time_range.end)
-        for e in prof.events()
-        if e.device_type == DeviceType.CUDA and not _is_range(e)
-    ]
+    return [(e.key, e.time_range.start, e.time_range.end) for e in prof.events() if _is_kernel(e)]
 
 
 def idle_gaps(kernels: list[tuple[str, float, float]], steps: int, min_gap_us: float = 20.0, top: int = 8) -> list[str]:
@@ -252,10 +247,11 @@ def idle_gaps(kernels: list[tuple[str, float, float]], steps: int, min_gap_us: f
     places: dict[tuple[str, str], list[float]] = {}
     last_name, last_end = ordered[0][0], ordered[0][2]
     for name, start, end in ordered[1:]:
-        if start > last_end:
-            idle_us += start - last_end
-            if start - last_end >= min_gap_us:
-                places.setdefault((last_name, name), []).append(start - last_end)
+        gap = start - last_end
+        if gap > 0:
+            idle_us += gap
+            if gap >= min_gap_us:
+                places.setdefault((last_name, name), []).append(gap)
         if end >= last_end:
             last_name, last_end = name, end
     listed = sum(sum(g) for g in places.values())
