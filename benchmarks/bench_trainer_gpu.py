@@ -19,6 +19,7 @@ float16 copies, float32 conversion on the GPU).
     python benchmarks/bench_trainer_gpu.py --profile 5
     python benchmarks/bench_trainer_gpu.py --data shards
     python benchmarks/bench_trainer_gpu.py --inductor max_autotune=True
+    python benchmarks/bench_trainer_gpu.py --host-update
 
 Prints one JSON line with the summary (batches_per_second is the median over steady-state windows,
 as results report it; mfu uses the peak bf16 rate in ``speedrun.train.PEAK_FLOPS``). GPU only.
@@ -29,6 +30,10 @@ kernels ran, then kernel time per step by kind (GEMMs, attention, norm+RoPE, ind
 elementwise, optimizer, copies), the slowest kernels, and where in the step the GPU sits idle
 (the recurring gaps, named by the kernels before and after them). The profiler slows the run, so take
 batches/s from a run without it.
+
+``--host-update`` times the trainer's update as it was before the fused AdamW took over the clip and
+the skip of a non-finite step (2026-11-27): gradients scaled in place, and the loss read on the
+host before the update is queued. Against a run without it on the same card, it measures that change.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from typing import Any
 import torch
 from prx_rows import LATENT_SHAPE, TEXT_DIM, prx_rows_split
 
+import speedrun.train
 from speedrun.data.loader import Batch, Loader
 from speedrun.kernels import dispatch
 from speedrun.tracks import Track, load_track
@@ -302,6 +308,16 @@ def apply_inductor_options(pairs: list[str]) -> dict[str, Any]:
     return applied
 
 
+def choose_update(host: bool) -> str:
+    """Make the trainer update as before 2026-11-27 when ``host`` (see the module doc); the label for
+    the JSON. The trainer asks :func:`speedrun.train.updates_in_kernel` at each use, so this is one
+    switch for the whole process."""
+    if host:
+        speedrun.train.updates_in_kernel = lambda optimizer: False
+        return "host"
+    return "in-kernel"
+
+
 def _profiler(warmup: int, steps: int):
     """A torch.profiler over ``steps`` steps after the warmup and two timed ones (a null context for 0)."""
     if not steps:
@@ -325,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         "--inductor", action="append", default=[], metavar="KEY=VALUE",
         help="set a torch._inductor.config entry before compiling (repeatable), e.g. max_autotune=True",
     )
+    parser.add_argument(
+        "--host-update", action="store_true", help="clip in place and read the loss before the update (see the module doc)"
+    )
     args = parser.parse_args(argv)
     try:
         inductor = apply_inductor_options(args.inductor)
@@ -336,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_trainer_gpu: CUDA is not available; nothing to benchmark (skipped).")
         return 0
     dispatch.set_backend(args.kernels)
+    update = choose_update(args.host_update)
     track = bench_track(args.steps, args.warmup, args.batch, args.compile)
     with tempfile.TemporaryDirectory() as tmp:
         tokens = track.data.text_max_tokens
@@ -358,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "compile": args.compile,
         "data": args.data,
         "inductor": inductor,
+        "update": update,
         "batch": args.batch,
         "params": sum(p.numel() for p in trainer.model.parameters()),
         "wall_s": round(wall, 1),

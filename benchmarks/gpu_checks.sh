@@ -4,7 +4,7 @@
 #      and the CUDA paths of the trainer's generator and TREAD's routing copy,
 #   2. benchmarks/bench_kernels.py at PRX 1.2B shapes (Triton vs SDPA, fused vs torch norm+RoPE),
 #   3. benchmarks/bench_trainer_gpu.py: the trainer at prx-1.2b, batch 32, bf16: Triton+compile,
-#      the same reading its batches from shards through the trainer's loader (trainer_shards),
+#      the same with the update of before 2026-11-27 (trainer_host_update), the same reading its batches from shards through the trainer's loader (trainer_shards),
 #      where its GPU time goes (trainer_profile), torch SDPA+compile, Triton eager, and last the
 #      trainer compiled with inductor's max_autotune (trainer_max_autotune).
 # ONLY="kernel_tests bench_kernels" runs just the stages named. Each stage gets what is left of
@@ -68,6 +68,9 @@ CANDIDATES=benchmarks/attention_variants
 export ATTENTION_ALT=${ATTENTION_ALT-"key-tiles=$CANDIDATES/key_tile_grid.py small-tiles=$CANDIDATES/small_tiles.py"}
 TAIL=24 stage bench_kernels 150 python3 benchmarks/bench_kernels.py
 TAIL=2 stage trainer_triton_compile 170 python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile
+# The update as before the fused AdamW took the clip and the non-finite skip into its kernel:
+# the difference from trainer_triton_compile is that change's gain.
+TAIL=2 stage trainer_host_update 170 python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile --host-update
 TAIL=2 stage trainer_shards 170 python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile --data shards
 TAIL=35 stage trainer_profile 140 python3 benchmarks/bench_trainer_gpu.py --kernels triton --compile --steps 30 --profile 4
 TAIL=2 stage trainer_torch_compile 150 python3 benchmarks/bench_trainer_gpu.py --kernels torch --compile

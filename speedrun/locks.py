@@ -16,6 +16,7 @@ import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from speedrun.errors import SpeedrunError
 
@@ -37,28 +38,28 @@ def seed_lock(run_dir: Path) -> Iterator[int]:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
     with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SpeedrunError(
-                f"{run_dir}: another `speedrun run` is using this run folder ({path} is locked); wait for it "
-                "to finish or stop it, then run this command again"
-            ) from None
-        _refuse_live_workers(run_dir)
+        _lock_exclusive(
+            handle,
+            f"{run_dir}: another `speedrun run` is using this run folder ({path} is locked); wait for it to "
+            "finish or stop it, then run this command again",
+        )
+        workers = run_dir / WORKERS_LOCK_NAME
+        with open(workers, "a") as probe:  # closing it drops the probe's lock; nothing inherits it
+            _lock_exclusive(
+                probe,
+                f"{run_dir}: training processes of an earlier run of this seed are still alive ({workers} "
+                f"is locked: their torchrun was stopped under them); stop them (`fuser -v {workers}` lists "
+                "them), then run this command again",
+            )
         yield handle.fileno()
 
 
-def _refuse_live_workers(run_dir: Path) -> None:
-    path = run_dir / WORKERS_LOCK_NAME
-    with open(path, "a") as handle:  # closing it drops the probe's lock; nothing inherits it
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SpeedrunError(
-                f"{run_dir}: training processes of an earlier run of this seed are still alive ({path} is "
-                f"locked: their torchrun was stopped under them); stop them (`fuser -v {path}` lists "
-                "them), then run this command again"
-            ) from None
+def _lock_exclusive(handle: IO[str], refusal: str) -> None:
+    """Take an exclusive ``flock`` on ``handle`` now, or refuse with ``refusal`` if anyone holds one."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SpeedrunError(refusal) from None
 
 
 @contextmanager

@@ -135,3 +135,15 @@ def test_inductor_options_are_set_by_type_and_refused_clearly(bench, monkeypatch
     ]:
         with pytest.raises(ValueError, match=message):
             bench.apply_inductor_options([bad])
+
+
+def test_host_update_turns_the_trainers_in_kernel_update_off(bench, monkeypatch):
+    import torch
+    from torch import nn
+
+    import speedrun.train
+
+    monkeypatch.setattr(speedrun.train, "updates_in_kernel", speedrun.train.updates_in_kernel)
+    fused = torch.optim.AdamW(nn.Linear(2, 2).parameters(), fused=True)
+    assert bench.choose_update(False) == "in-kernel" and speedrun.train.updates_in_kernel(fused)
+    assert bench.choose_update(True) == "host" and not speedrun.train.updates_in_kernel(fused)

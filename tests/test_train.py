@@ -25,6 +25,7 @@ from speedrun.train import (
     build_optimizer,
     check_fp32_master,
     check_optimizer_coverage,
+    clip_gradients,
     median_speed,
     restore_generator,
 )
@@ -236,13 +237,95 @@ def test_token_drop_keep_all_equals_plain(smoke_data_root, tmp_path, track_varia
     torch.testing.assert_close(losses(tmp_path / "drop"), losses(tmp_path / "plain"), rtol=1e-6, atol=1e-6)
 
 
-def test_divergence_stops_within_one_step(smoke_data_root, tmp_path, track_variant):
+@pytest.fixture(params=["default", "fused"])
+def adamw(request, monkeypatch):
+    """The trainer with the CPU's default AdamW, or with the fused AdamW it uses on CUDA: torch has the
+    fused kernel on the CPU too, so the CUDA path (clip and non-finite skip inside the update kernel,
+    no host read before the update) runs here."""
+    if request.param == "fused":
+        cuda_choice = build_optimizer
+        monkeypatch.setattr(
+            "speedrun.train.build_optimizer", lambda track, params, device: cuda_choice(track, params, torch.device("cuda"))
+        )
+    return request.param
+
+
+def test_divergence_stops_within_one_step(smoke_data_root, tmp_path, track_variant, adamw):
+    """A non-finite step stops the run and changes nothing: the weights and the optimizer's step count
+    are those of a run stopped just before it."""
     track = track_variant(train={"steps": 10, "checkpoint_every": 10})
-    _, summary = train(track, smoke_data_root, tmp_path / "run", components=[NanAt(Params())])
+    trainer, summary = train(track, smoke_data_root, tmp_path / "run", components=[NanAt(Params())])
     assert summary.status == "diverged"
     assert summary.diverged_at == 3 and summary.steps == 3
     assert summary.last_finite_loss is not None and math.isfinite(summary.last_finite_loss)
     assert "non-finite loss at step 3" in summary.reason
+    assert bool(trainer.optimizer.param_groups[0]["fused"]) == (adamw == "fused")
+    before, _ = train(track, smoke_data_root, tmp_path / "three", components=[NanAt(Params())], stop_after=3)
+    for (name, got), want in zip(trainer.model.state_dict().items(), before.model.state_dict().values()):
+        assert torch.equal(got, want), name
+    assert {int(s["step"]) for s in trainer.optimizer.state.values()} == {3}
+
+
+def test_fused_adamw_trains_like_the_default_with_the_clip_in_its_kernel(smoke_data_root, tmp_path, track_variant, monkeypatch):
+    """The CUDA trainer's update (fused AdamW, clip divided inside its kernel) gives the losses and
+    gradient norms of the CPU's default AdamW after torch's clip_grad_norm_, with the clip active."""
+    track = track_variant(train={"steps": 5, "checkpoint_every": 5}, optim={"grad_clip": 0.05})
+    train(track, smoke_data_root, tmp_path / "default")
+    cuda_choice = build_optimizer
+    monkeypatch.setattr(
+        "speedrun.train.build_optimizer", lambda track, params, device: cuda_choice(track, params, torch.device("cuda"))
+    )
+    trainer, _ = train(track, smoke_data_root, tmp_path / "fused")
+    assert trainer.optimizer.param_groups[0]["fused"]
+
+    def logged(run: str, key: str) -> list[float]:
+        rows = [json.loads(x) for x in (tmp_path / run / "train.jsonl").read_text().splitlines()]
+        return [r[key] for r in rows if key in r and "event" not in r]
+
+    assert min(logged("default", "grad_norm")) > 0.05 * 2  # every step was clipped
+    for key in ("loss", "grad_norm"):
+        torch.testing.assert_close(logged("fused", key), logged("default", key), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("max_norm", [0.1, 1e6], ids=["clipped", "unclipped"])
+def test_clip_gradients_in_the_fused_kernel_equals_torchs_clip_then_step(track_variant, max_norm):
+    track = track_variant()
+    model, reference = nn.Linear(8, 4), nn.Linear(8, 4)
+    reference.load_state_dict(model.state_dict())
+    fused = build_optimizer(track, list(model.parameters()), torch.device("cuda"))  # fused; CPU parameters
+    o = track.optim
+    plain = torch.optim.AdamW(
+        reference.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, foreach=False
+    )
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = torch.randn(16, 8, generator=gen)
+        for m in (model, reference):
+            m.zero_grad()
+            (10 * m(x)).square().mean().backward()
+        want = torch.nn.utils.clip_grad_norm_(list(reference.parameters()), max_norm)
+        grads = [p.grad.clone() for p in model.parameters()]
+        got = clip_gradients(fused, list(model.parameters()), max_norm)
+        torch.testing.assert_close(got, want)
+        # The gradients are left for the kernel, which divides them by the clip's reciprocal.
+        assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+        torch.testing.assert_close(fused.grad_scale, torch.tensor(max(1.0, (float(want) + 1e-6) / max_norm)))
+        fused.step()
+        plain.step()
+    for got, want in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_clip_gradients_scales_in_place_for_other_optimizers(track_variant):
+    model = nn.Linear(8, 4)
+    opt = build_optimizer(track_variant(), list(model.parameters()), torch.device("cpu"))
+    model(torch.ones(2, 8)).sum().mul(100).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    norm = clip_gradients(opt, list(model.parameters()), 0.5)
+    torch.testing.assert_close(norm, torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads])))
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g * 0.5 / (float(norm) + 1e-6))
+    assert not hasattr(opt, "grad_scale")
 
 
 class LatentShapedData:
@@ -408,21 +491,36 @@ def test_lr_warmup_then_constant(smoke_data_root, tmp_path, track_variant):
     assert lrs == pytest.approx([lr * 0.25, lr * 0.5, lr * 0.75, lr, lr, lr, lr, lr])
 
 
+# The worker with the fused AdamW the trainer takes on CUDA (torch has it on the CPU too).
+FUSED_WORKER = """
+import sys, torch, speedrun.train as t
+cuda_choice = t.build_optimizer
+t.build_optimizer = lambda track, params, device: cuda_choice(track, params, torch.device("cuda"))
+from speedrun.worker import main
+sys.exit(main())
+"""
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_process_gloo_matches_one_process(smoke_data_root, tmp_path, parallel):
+@pytest.mark.parametrize(("parallel", "adamw"), [("ddp", "default"), ("fsdp", "default"), ("fsdp", "fused")])
+def test_two_process_gloo_matches_one_process(smoke_data_root, tmp_path, parallel, adamw):
     """DDP or FSDP2 over 2 gloo processes gives the losses of 1 process at the same global batch,
-    and a 2-process run resumes exactly from its checkpoint."""
+    and a 2-process run resumes exactly from its checkpoint. With fused AdamW the clip's scale and the
+    non-finite flag reach the kernel as plain tensors beside FSDP's sharded parameters."""
     env = {**os.environ, "SPEEDRUN_DATA_DIR": str(smoke_data_root), "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "speedrun.worker", str(REPO / "submissions" / "baseline"), "--track", "smoke",
+    worker = ["-m", "speedrun.worker"]
+    if adamw == "fused":
+        (tmp_path / "fused_worker.py").write_text(FUSED_WORKER)
+        worker = [str(tmp_path / "fused_worker.py")]
+    base = [sys.executable, *worker, str(REPO / "submissions" / "baseline"), "--track", "smoke",
             "--seed", "0", "--device", "cpu", "--no-progress", "--stop-after", "4"]
     one = subprocess.run([*base, "--run-dir", str(tmp_path / "one")], env=env, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
     def torchrun(stop_after: int) -> None:
-        args = [a if a != "4" else str(stop_after) for a in base[3:]]
+        args = [a if a != "4" else str(stop_after) for a in base[1 + len(worker):]]
         two = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517",
-             "-m", "speedrun.worker", *args, "--run-dir", str(tmp_path / "two"), "--parallel", parallel],
+             *worker, *args, "--run-dir", str(tmp_path / "two"), "--parallel", parallel],
             env=env, capture_output=True, text=True,
         )
         assert two.returncode == 0, two.stderr[-3000:]
