@@ -237,16 +237,21 @@ def test_token_drop_keep_all_equals_plain(smoke_data_root, tmp_path, track_varia
     torch.testing.assert_close(losses(tmp_path / "drop"), losses(tmp_path / "plain"), rtol=1e-6, atol=1e-6)
 
 
+def use_fused_adamw(monkeypatch) -> None:
+    """Give the trainer the fused AdamW it takes on CUDA: torch has the fused kernel on the CPU too,
+    so the CUDA path (clip and non-finite skip inside the update kernel, no host read before the
+    update) runs here."""
+    cuda_choice = build_optimizer
+    monkeypatch.setattr(
+        "speedrun.train.build_optimizer", lambda track, params, device: cuda_choice(track, params, torch.device("cuda"))
+    )
+
+
 @pytest.fixture(params=["default", "fused"])
 def adamw(request, monkeypatch):
-    """The trainer with the CPU's default AdamW, or with the fused AdamW it uses on CUDA: torch has the
-    fused kernel on the CPU too, so the CUDA path (clip and non-finite skip inside the update kernel,
-    no host read before the update) runs here."""
+    """The trainer with the CPU's default AdamW, or with the fused one of CUDA runs."""
     if request.param == "fused":
-        cuda_choice = build_optimizer
-        monkeypatch.setattr(
-            "speedrun.train.build_optimizer", lambda track, params, device: cuda_choice(track, params, torch.device("cuda"))
-        )
+        use_fused_adamw(monkeypatch)
     return request.param
 
 
@@ -271,10 +276,7 @@ def test_fused_adamw_trains_like_the_default_with_the_clip_in_its_kernel(smoke_d
     gradient norms of the CPU's default AdamW after torch's clip_grad_norm_, with the clip active."""
     track = track_variant(train={"steps": 5, "checkpoint_every": 5}, optim={"grad_clip": 0.05})
     train(track, smoke_data_root, tmp_path / "default")
-    cuda_choice = build_optimizer
-    monkeypatch.setattr(
-        "speedrun.train.build_optimizer", lambda track, params, device: cuda_choice(track, params, torch.device("cuda"))
-    )
+    use_fused_adamw(monkeypatch)
     trainer, _ = train(track, smoke_data_root, tmp_path / "fused")
     assert trainer.optimizer.param_groups[0]["fused"]
 
