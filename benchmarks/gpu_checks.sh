@@ -4,7 +4,8 @@
 #      and the CUDA paths of the trainer's generator and TREAD's routing copy,
 #   2. benchmarks/bench_kernels.py at PRX 1.2B shapes (Triton vs SDPA, fused vs torch norm+RoPE),
 #   3. benchmarks/bench_trainer_gpu.py: the trainer at prx-1.2b, batch 32, bf16: Triton+compile,
-#      the same with the update of before 2026-11-27 (trainer_host_update), the same reading its batches from shards through the trainer's loader (trainer_shards),
+#      the same with the update of before 2026-11-27 (trainer_host_update), the same reading
+#      its batches from shards through the trainer's loader (trainer_shards),
 #      where its GPU time goes (trainer_profile), torch SDPA+compile, Triton eager, and last the
 #      trainer compiled with inductor's max_autotune (trainer_max_autotune).
 # ONLY="kernel_tests bench_kernels" runs just the stages named. Each stage gets what is left of
