@@ -1,6 +1,6 @@
 """``speedrun leaderboard``: rank submissions per track from their results files alone.
 
-Reads ``submissions/*/results/<track>/*.json`` (schema and digest checked), never imports
+Reads ``submissions/<name>/results/<track>/*.json`` (schema and digest checked), never imports
 submission code and never re-runs anything; ``speedrun verify`` is what checks provenance.
 
 Per track, an entry is a submission with results there. Its value for each quantity (the track's
@@ -8,8 +8,10 @@ metrics, batches/s, GPU-hours) is the mean over its ``ok`` seeds with a 95% conf
 ``t_{0.975, n-1} * s / sqrt(n)`` (``s`` with ddof=1; "–" for one seed), and its difference to the
 ``baseline`` submission's mean with a Welch t-test p-value ("–" when either side has < 2 seeds).
 An entry is ranked by the mean of the track's ``ranking.metric`` in its ``direction`` only when
-every seed is ok, it has the seeds the track requires, and that metric is available; otherwise it
-is listed, unranked, with its status.
+every seed is ok, its seeds run 0, 1, 2, ... without a gap, and at least the track's required number
+of them have that metric; otherwise it is listed, unranked, with its status. Only the folders
+``speedrun verify`` checks count (no hidden folders, no symbolic links), and a results file whose
+submission, track or seed differs from its path is skipped.
 
 ``leaderboard/README.md`` is generated (``--md``) and checked for drift (``--check``): its content
 depends only on the results files and the tracks, never on time or file-system order.
@@ -36,7 +38,8 @@ from scipy import stats
 
 from speedrun.errors import SpeedrunError
 from speedrun.fileio import atomic_write_text
-from speedrun.results import RunResult, load_result
+from speedrun.results import RunResult, identity_problems, load_result
+from speedrun.submission import discover_submissions
 from speedrun.tracks import REPO_ROOT, Track, all_tracks
 
 BASELINE = "baseline"
@@ -81,7 +84,8 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
 def collect_results(repo_root: Path, tracks: dict[str, Track]) -> tuple[list[tuple[Path, RunResult]], list[str]]:
     """Every valid results file of a known track at its current version, and why others were skipped."""
     found, skipped = [], []
-    for path in sorted((repo_root / "submissions").glob("*/results/*/*.json")):
+    folders = discover_submissions(repo_root / "submissions")
+    for path in [p for folder in folders for p in sorted(folder.glob("results/*/*.json"))]:
         rel = path.relative_to(repo_root).as_posix()
         try:
             result = load_result(path)
@@ -89,7 +93,9 @@ def collect_results(repo_root: Path, tracks: dict[str, Track]) -> tuple[list[tup
             skipped.append(f"{rel}: {exc}")
             continue
         track = tracks.get(result.track)
-        if track is None:
+        if misplaced := identity_problems(path, path.parents[2], result):
+            skipped.append(f"{rel}: " + "; ".join(f"field '{field}' {message}" for field, message in misplaced))
+        elif track is None:
             skipped.append(f"{rel}: unknown track '{result.track}'")
         elif result.track_version != track.version:
             skipped.append(f"{rel}: track '{track.id}' version {result.track_version}, current is {track.version}")
@@ -159,7 +165,7 @@ def track_table(frame: pd.DataFrame, track: Track) -> pd.DataFrame:
                 f"{column}:delta": mean - float(np.mean(reference)) if compare else math.nan,
                 f"{column}:p": welch_p(values, reference) if compare else math.nan,
             }
-        entry["status"] = _status(group, track, entry[f"{metric}:mean"])
+        entry["status"] = _status(group, track, entry[f"{metric}:n"])
         entries.append(entry)
     columns = ["submission", "folder", "seeds", "status"]
     table = pd.DataFrame(entries, columns=None if entries else columns)
@@ -173,16 +179,23 @@ def track_table(frame: pd.DataFrame, track: Track) -> pd.DataFrame:
     return table.sort_values(["rank", "submission"], na_position="last", kind="mergesort").reset_index(drop=True)
 
 
-def _status(group: pd.DataFrame, track: Track, ranking_mean: float) -> str:
+def _status(group: pd.DataFrame, track: Track, ranked_seeds: int) -> str:
+    """"ok" when the entry may be ranked, else why not; ``ranked_seeds`` counts its seeds with a
+    value of the ranking metric."""
     for bad in ("failed", "diverged"):
         seeds = sorted(group.loc[group["status"] == bad, "seed"].tolist())
         if seeds:
             return f"{bad} (seed {', '.join(map(str, seeds))})"
-    have, need = group["seed"].nunique(), track.rules.seeds_required
+    present = set(group["seed"].tolist())
+    if missing := sorted(set(range(max(present) + 1)) - present):
+        return f"seed {', '.join(map(str, missing))} missing"
+    have, need = len(present), track.rules.seeds_required
     if have < need:
         return f"incomplete ({have}/{need} seeds)"
-    if math.isnan(ranking_mean):
+    if ranked_seeds == 0:
         return f"no {track.ranking.metric}"
+    if ranked_seeds < need:
+        return f"{track.ranking.metric} on {ranked_seeds}/{need} seeds"
     return "ok"
 
 

@@ -162,6 +162,23 @@ def load_result(path: Path, check_digest: bool = True) -> RunResult:
     return result
 
 
+def identity_problems(path: Path, folder: Path, r: RunResult) -> list[tuple[str, str]]:
+    """(field, message) for each of submission, track and seed that ``r`` names differently from its
+    path ``<folder>/results/<track>/seed<N>.json``; empty when the file lies where its content says."""
+    problems = []
+    if r.submission != folder.resolve().name:
+        problems.append(
+            ("submission", f"is '{r.submission}' but the file lies in submission folder '{folder.resolve().name}'")
+        )
+    if r.track != path.parent.name:
+        problems.append(("track", f"is '{r.track}' but the file lies in results/{path.parent.name}/"))
+    if r.run_id != path.stem or r.run_id != f"seed{r.seed}":
+        problems.append(
+            ("run_id", f"is '{r.run_id}' (seed {r.seed}); the file must be results/{r.track}/seed{r.seed}.json")
+        )
+    return problems
+
+
 # ------------------------------------------------------------------ provenance helpers
 def tree_sha256(root: Path, pattern: str = "**/*.py") -> str:
     """sha256 over (relative path, file sha256) of every matching file, sorted."""

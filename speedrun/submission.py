@@ -200,5 +200,9 @@ def _check_components(manifest: Manifest, folder: Path, registry: Registry) -> N
 
 
 def discover_submissions(root: Path) -> list[Path]:
-    """Every folder under ``root`` holding a submission.toml, sorted."""
-    return sorted(p.parent for p in root.glob(f"*/{MANIFEST}"))
+    """Every folder under ``root`` holding a submission.toml, sorted; what verify checks and the
+    leaderboard ranks. Hidden folders and symbolic links are not submissions: a link would enter the
+    folder it points to a second time, with every one of its seeds counted twice."""
+    return sorted(
+        p.parent for p in root.glob(f"*/{MANIFEST}") if not p.parent.name.startswith(".") and not p.parent.is_symlink()
+    )

@@ -106,7 +106,17 @@ def build_optimizer(track: Track, params: list[nn.Parameter], device: torch.devi
     2026-11-27). Elsewhere it is torch's default, so CPU results do not change with it."""
     o = track.optim
     fused = True if device.type == "cuda" else None
-    return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, fused=fused)
+    # Under FSDP the denoiser's parameters are sharded DTensors and component heads plain tensors; the
+    # fused update takes one kind per call, and it is called once per group. Otherwise one group.
+    groups = [{"params": kind} for kind in _by_kind(params) if kind]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, fused=fused)
+
+
+def _by_kind(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(DTensors, plain tensors) of ``tensors``, in their order: torch's multi-tensor kernels (norms,
+    scaling, fused updates) refuse a list that mixes the two."""
+    sharded = [t for t in tensors if hasattr(t, "full_tensor")]
+    return sharded, [t for t in tensors if not hasattr(t, "full_tensor")]
 
 
 def updates_in_kernel(optimizer: torch.optim.Optimizer) -> bool:
@@ -126,10 +136,18 @@ def clip_gradients(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
     while its update reads every gradient anyway: no pass of the clip's own over them (at prx-1.2b
     that pass reads and writes 4.7 GB of fp32 per step). Others are scaled in place.
     """
-    if not updates_in_kernel(optimizer):
-        return _full(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    norm = _full(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-    optimizer.grad_scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0).reciprocal()
+    with_grad = [p for p in params if p.grad is not None]
+    kinds = [kind for kind in _by_kind(with_grad) if kind]
+    if len(kinds) == 1 and not updates_in_kernel(optimizer):
+        return _full(torch.nn.utils.clip_grad_norm_(kinds[0], max_norm))
+    # One norm per kind (FSDP's sharded DTensors, plain heads), combined as the L2 norm of the two.
+    norms = [_full(torch.nn.utils.get_total_norm([p.grad for p in kind])) for kind in kinds]
+    norm = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
+    if updates_in_kernel(optimizer):
+        optimizer.grad_scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0).reciprocal()
+    else:
+        for kind in kinds:
+            torch.nn.utils.clip_grads_with_norm_(kind, max_norm, norm)
     return norm
 
 
@@ -422,9 +440,14 @@ class Trainer:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
             return get_optimizer_state_dict(
-                self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+                self._optimized(), self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
             )
         return self.optimizer.state_dict()
+
+    def _optimized(self) -> nn.Module:
+        """One module over every parameter the optimizer updates: FSDP's optimizer state dicts are keyed by
+        parameter names, and component heads are not inside the denoiser."""
+        return nn.ModuleDict({"model": self.model, "heads": nn.ModuleList(self.heads.values())})
 
     def _load_optim_state(self, state: dict[str, Any]) -> None:
         # A saved state carries its optimizer's implementation flags and load_state_dict restores them,
@@ -437,7 +460,7 @@ class Trainer:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
             set_optimizer_state_dict(
-                self.model, self.optimizer, state, options=StateDictOptions(full_state_dict=True)
+                self._optimized(), self.optimizer, state, options=StateDictOptions(full_state_dict=True)
             )
         else:
             self.optimizer.load_state_dict(state)
@@ -454,6 +477,9 @@ class Trainer:
         for name, head in self.heads.items():
             head.load_state_dict(self.initial_state["heads"][name])
         self._new_optimizer()
+        # The last warmup step's gradients too: a resume's FSDP optimizer-state load builds its
+        # state with a step over gradient-less parameters, and skips that if gradients are there.
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _generator(self) -> torch.Generator:
         """Training randomness (noise, timesteps, caption dropout) of the global batch, from the seed.
@@ -589,11 +615,12 @@ class Trainer:
         resumed_from = None
         self._resume_log_bytes: int | None = None
         ckpt = latest_checkpoint(self.ckpt_dir) if self.opt.resume else None
-        warmup_seconds = 0.0
-        if ckpt is None:
-            warmup_seconds = self._untimed_warmup(loader, gen)
-        else:
-            start_step, clock_offset, val_curve, eval_ckpts, times, warmup_seconds = self._restore(ckpt, loader, gen)
+        # A resumed run warms up too (compilation, allocator, caches), or its first timed step would
+        # pay for them; the restore then replaces whatever the warmup left.
+        warmup_seconds = self._untimed_warmup(loader, gen)
+        if ckpt is not None:
+            start_step, clock_offset, val_curve, eval_ckpts, times, earlier = self._restore(ckpt, loader, gen)
+            warmup_seconds += earlier
             resumed_from = ckpt.name
         self.model.train()
         clock = Clock(self.device, offset=clock_offset)
@@ -629,13 +656,18 @@ class Trainer:
         val_seconds = float(times.get("validation_seconds", 0.0))
         data_seconds = float(times.get("data_seconds", 0.0))
         last_finite = times.get("last_finite_loss")
-        status, reason, diverged_at, loss_value = "ok", None, None, None
+        # A resumed run that has no step left to take (a finished seed run again, e.g. after its
+        # evaluation failed) reports what the checkpoint says of its last step.
+        status, reason, diverged_at, loss_value = "ok", None, None, last_finite
         end = track.train.steps if self.opt.stop_after is None else min(track.train.steps, self.opt.stop_after)
+        budget_end = None  # the step after which the timed budget (train.max_seconds) ran out
+        if track.train.max_seconds is not None and clock_offset >= track.train.max_seconds:
+            end = budget_end = start_step  # it ran out before this checkpoint was written: no step is left
         progress = _progress(self.opt.progress and d.is_main, start_step, track.train.steps)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         it = iter(loader)
-        flops_per_step: int | None = None
+        flops_per_step: int | None = times.get("flops_per_step")
         clock.start()
         completed = start_step
         try:
@@ -686,7 +718,15 @@ class Trainer:
                     }
                     log.write(json.dumps(record) + "\n")
                 done = step + 1
-                if done % track.eval.val_loss.interval == 0 or done == track.train.steps:
+                # A timed budget ends the run after the step in which any rank's clock passed it: one
+                # collective decision, so every rank stops at the same step.
+                if track.train.max_seconds is not None and done < end:
+                    over = torch.tensor(float(clock.elapsed >= track.train.max_seconds), device=self.device)
+                    if float(distributed.all_reduce_mean(over, d)) > 0:
+                        end = budget_end = done
+                # The last step of the budget, in steps or seconds: validated, evaluated, checkpointed.
+                last = done in (track.train.steps, budget_end)
+                if done % track.eval.val_loss.interval == 0 or last:
                     with Paused(clock):
                         v0 = time.perf_counter()
                         val = self._validation_loss()
@@ -694,9 +734,7 @@ class Trainer:
                         val_curve.append({"step": done, "val_loss": val["overall"]})
                         if log is not None:
                             log.write(json.dumps({"event": "val_loss", "step": done, **val}) + "\n")
-                if track.train.max_seconds is not None and clock.elapsed >= track.train.max_seconds:
-                    end = done
-                is_eval = done % track.eval.interval == 0 or done == track.train.steps
+                is_eval = done % track.eval.interval == 0 or last
                 if done % track.train.checkpoint_every == 0 or is_eval or done == end or stopping:
                     with Paused(clock):
                         c0 = time.perf_counter()
@@ -706,6 +744,7 @@ class Trainer:
                             "validation_seconds": val_seconds,
                             "data_seconds": data_seconds,
                             "last_finite_loss": last_finite,
+                            "flops_per_step": flops_per_step,
                         }
                         if is_eval:
                             eval_ckpts.append(f"step-{done:08d}")

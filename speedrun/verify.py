@@ -13,7 +13,10 @@ counts only when all of these hold:
 * it names the submission, track and seed its path says.
 
 Per submission and track with at least one results file, the valid ``ok`` seeds must be distinct and
-at least the track's ``rules.seeds_required`` (a leaderboard entry).
+at least the track's ``rules.seeds_required`` (a leaderboard entry), and the seeds of its results files
+must run 0, 1, 2, ... without a gap (no seed left out to keep only the best runs). Only real, visible
+folders under ``submissions/`` are submissions: a symbolic link or a hidden folder holding results is
+a problem (the leaderboard ignores both).
 """
 
 from __future__ import annotations
@@ -33,7 +36,15 @@ from pydantic import BaseModel, ConfigDict
 from speedrun.data.source import dataset_manifest_sha256
 from speedrun.errors import SpeedrunError
 from speedrun.paths import data_root
-from speedrun.results import CodeChange, RunResult, code_changes, code_record, harness_sha256, load_result
+from speedrun.results import (
+    CodeChange,
+    RunResult,
+    code_changes,
+    code_record,
+    harness_sha256,
+    identity_problems,
+    load_result,
+)
 from speedrun.submission import MANIFEST, Submission, discover_submissions, load_submission
 from speedrun.tracks import REPO_ROOT, Track, load_track_file
 
@@ -96,8 +107,22 @@ def _targets(paths: list[Path], repo_root: Path) -> tuple[dict[Path, tuple[list[
         root = repo_root / "submissions"
         folders = discover_submissions(root)
         for d in sorted(root.iterdir()) if root.is_dir() else []:
-            if d.is_dir() and not d.name.startswith(".") and d not in folders:
-                problems.append(Problem(file=_rel(d, repo_root), field=MANIFEST, message=f"no {MANIFEST} here"))
+            if d in folders or not d.is_dir():
+                continue
+            # _rel would resolve the link: name the entry itself.
+            where = d.relative_to(repo_root).as_posix() if d.is_relative_to(repo_root) else str(d)
+            if d.is_symlink():
+                message = (
+                    f"a symbolic link (to {d.readlink()}), not a submission folder: neither verified nor ranked, "
+                    "as a link would enter the results it reaches a second time; remove it"
+                )
+                problems.append(Problem(file=where, field="(path)", message=message))
+            elif d.name.startswith("."):
+                if (d / "results").exists():
+                    message = "a hidden folder holding results: neither verified nor ranked; remove it"
+                    problems.append(Problem(file=where, field="(path)", message=message))
+            else:
+                problems.append(Problem(file=where, field=MANIFEST, message=f"no {MANIFEST} here"))
         return {f: (_results_files(f), True) for f in folders}, problems
     targets: dict[Path, tuple[list[Path], bool]] = {}
     for p in paths:
@@ -219,6 +244,17 @@ class _Verifier:
         if len(have) < need:
             message = self._seeds_message(folder, track_id, need, have, results, failing)
             problems.append(self.problem(where, "seeds", message))
+        present = {r.seed for r in results} | {int(m.group(1)) for p in failing if (m := _SEED_FILE.fullmatch(p.stem))}
+        if missing := sorted(set(range(max(present, default=-1) + 1)) - present):
+            command = f"speedrun run {_rel(folder, self.repo_root)} --track {track_id} --seed <N>"
+            problems.append(
+                self.problem(
+                    where,
+                    "seeds",
+                    f"seed(s) {missing} missing among {sorted(present)}: an entry's seeds are 0, 1, 2, ... with none "
+                    f"left out, so that it cannot keep only its best runs; run each (`{command}`)",
+                )
+            )
         return problems
 
     def _seeds_message(
@@ -260,7 +296,7 @@ class _Verifier:
             result = load_result(path)
         except SpeedrunError as exc:
             return None, [self.problem(path, _field_of(exc), f"{exc}; {self.rerun_hint(path, folder)}")]
-        problems = [self.problem(path, f, m) for f, m in self._identity(path, folder, result)]
+        problems = [self.problem(path, f, m) for f, m in identity_problems(path, folder, result)]
         track = self.tracks.get(result.track)
         if track is None:
             where = _rel(self.tracks_dir, self.repo_root)
@@ -274,14 +310,6 @@ class _Verifier:
         ]:
             problems.append(self.problem(path, field, message))
         return result, problems
-
-    def _identity(self, path: Path, folder: Path, r: RunResult) -> Iterable[tuple[str, str]]:
-        if r.submission != folder.resolve().name:
-            yield "submission", f"is '{r.submission}' but the file lies in submission folder '{folder.resolve().name}'"
-        if r.track != path.parent.name:
-            yield "track", f"is '{r.track}' but the file lies in results/{path.parent.name}/"
-        if r.run_id != path.stem or r.run_id != f"seed{r.seed}":
-            yield "run_id", f"is '{r.run_id}' (seed {r.seed}); the file must be results/{r.track}/seed{r.seed}.json"
 
     def rerun_hint(self, path: Path, folder: Path) -> str:
         """How to replace the results file ``path`` with a fresh run of the seed its path names.

@@ -137,6 +137,43 @@ def test_diverged_and_incomplete_entries_are_listed_not_ranked(filled: Path) -> 
     assert line.startswith("| – | [wild](../submissions/wild/) | diverged (seed 1) | 2 |")
 
 
+def test_an_entry_is_ranked_only_on_seeds_0_to_n_with_the_ranking_metric(filled: Path) -> None:
+    tiny = load_track("tiny", filled / "tracks")
+    need = tiny.rules.seeds_required
+    for seed in range(need):  # every seed ok, but fid on one of them only (the others unavailable)
+        add_result(filled, "sparse", seed, 50.0 if seed == 0 else None, track_id="tiny")
+    for seed in range(need + 1):
+        if seed != 1:  # seed 1 left out: the kept seeds could be the best of more runs
+            add_result(filled, "picked", seed, 1.0, track_id="tiny")
+    table = build_board(filled).tables["tiny"]
+    assert row(table, "sparse")["status"] == f"fid on 1/{need} seeds"
+    assert row(table, "picked")["status"] == "seed 1 missing"
+    assert table["rank"].isna().all()
+
+
+def test_only_verified_submission_folders_count(filled: Path) -> None:
+    """A hidden folder, a symbolic link to a submission and a results file that names another
+    submission or seed than its path are all left out (verify reports each; see test_verify.py)."""
+    before = row(build_board(filled).tables["smoke"], "alpha")
+    subs = filled / "submissions"
+    shutil.copytree(subs / "alpha" / "results", subs / ".shadow" / "results")
+    (subs / "alpha-again").symlink_to(subs / "alpha", target_is_directory=True)
+    alpha, base = subs / "alpha" / "results" / "smoke", subs / "baseline" / "results" / "smoke"
+    shutil.copy(alpha / "seed0.json", alpha / "seed7.json")
+    shutil.copy(subs / "solo" / "results" / "smoke" / "seed0.json", base / "seed9.json")
+    board = build_board(filled)
+    table = board.tables["smoke"]
+    assert table["submission"].tolist() == ["solo", "alpha", "baseline"]
+    assert row(table, "alpha")["seeds"] == before["seeds"] == 3
+    assert row(table, "alpha")["metric:fid:n"] == 3 and row(table, "baseline")["seeds"] == 4
+    assert sorted(board.skipped) == [
+        "submissions/alpha/results/smoke/seed7.json: field 'run_id' is 'seed0' (seed 0); the file must be "
+        "results/smoke/seed0.json",
+        "submissions/baseline/results/smoke/seed9.json: field 'submission' is 'solo' but the file lies in "
+        "submission folder 'baseline'; field 'run_id' is 'seed0' (seed 0); the file must be results/smoke/seed0.json",
+    ]
+
+
 def test_markdown_is_deterministic_and_check_detects_a_hand_edit(filled: Path) -> None:
     console = Console(file=io.StringIO())
     assert leaderboard_command(check=True, console=console, repo_root=filled) == 1  # not generated yet

@@ -261,6 +261,20 @@ def test_load_submission_components_collisions_and_failures(tmp_path: Path) -> N
         Registry(lazy={}).load_submission_components(twice)
 
 
+def test_load_submission_components_runs_the_hashed_source_never_cached_bytecode(tmp_path: Path) -> None:
+    """Provenance hashes components.py and skips __pycache__: a bytecode file there that claims to
+    match (unchecked hash) must not replace the source."""
+    import importlib.util
+    import py_compile
+
+    path = _write(tmp_path, CUSTOM, "cached")
+    decoy = tmp_path / "decoy.py"
+    decoy.write_text(CUSTOM.replace('"gamma"', '"decoy"'))
+    cache = Path(importlib.util.cache_from_source(str(path)))
+    py_compile.compile(str(decoy), cfile=str(cache), invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    assert sorted(Registry(lazy={}).load_submission_components(path)) == ["delta", "epsilon", "gamma"]
+
+
 def test_component_defaults_do_nothing() -> None:
     comp = Alpha(AlphaParams(weight=0.5))
     assert comp.params.weight == 0.5

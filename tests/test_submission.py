@@ -6,6 +6,7 @@ every malformed case.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,6 +328,8 @@ def test_discover_submissions(tmp_path: Path) -> None:
         (tmp_path / name).mkdir()
         (tmp_path / name / "submission.toml").write_text(manifest(name=f'"{name}"'))
     (tmp_path / "not-a-submission").mkdir()
+    shutil.copytree(tmp_path / "a", tmp_path / ".hidden")
+    (tmp_path / "a-link").symlink_to(tmp_path / "a", target_is_directory=True)
     assert discover_submissions(tmp_path) == [tmp_path / "a", tmp_path / "b"]
 
 

@@ -154,6 +154,54 @@ def test_resume_equals_uninterrupted(smoke_data_root, tmp_path, track_variant):
     assert rng["generator_device"] == "cpu"
 
 
+def test_a_resumed_run_warms_up_before_its_clock_starts(smoke_data_root, tmp_path, track_variant, monkeypatch):
+    """Each process pays for compilation and caches in its first step; a resumed one too, and that
+    step must be an untimed warmup step there as well, not the first timed one."""
+    first_call_s = 0.5
+    original = Trainer._step
+
+    def slow_first_step(self, *args):
+        if not getattr(self, "warmed", False):
+            self.warmed = True
+            time.sleep(first_call_s)
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "_step", slow_first_step)
+    track = track_variant(train={"steps": 4, "checkpoint_every": 2, "untimed_warmup_steps": 1})
+    _, part = train(track, smoke_data_root, tmp_path / "run", stop_after=2)
+    _, rest = train(track, smoke_data_root, tmp_path / "run")
+    assert starts(tmp_path / "run") == [None, "step-00000002"] and rest.steps == 4
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "step_s" in r] == [0, 1, 2, 3]
+    assert max(r["step_s"] for r in rows if "step_s" in r) < first_call_s
+    assert part.warmup_seconds >= first_call_s and rest.warmup_seconds >= part.warmup_seconds + first_call_s
+
+
+def test_a_finished_run_resumed_reports_what_it_reported(smoke_data_root, tmp_path, track_variant):
+    """Run again after it finished (as `speedrun run` does when the evaluation failed), a seed takes no
+    step: its summary still has the last loss, the FLOPs per step and the speed of the steps it took."""
+    track = track_variant(train={"steps": 4, "checkpoint_every": 2})
+    _, done = train(track, smoke_data_root, tmp_path / "run")
+    _, again = train(track, smoke_data_root, tmp_path / "run")
+    assert starts(tmp_path / "run") == [None, "step-00000004"] and again.steps == 4
+    for name in ("status", "final_loss", "last_finite_loss", "flops_per_step", "batches_per_second"):
+        assert getattr(again, name) == getattr(done, name), name
+    assert again.clock_seconds == pytest.approx(done.clock_seconds, abs=0.01)  # the checkpoint's reading
+    assert done.flops_per_step > 0 and done.final_loss is not None
+
+
+def test_a_timed_budget_ends_on_an_evaluated_step_and_stays_spent(smoke_data_root, tmp_path, track_variant):
+    """train.max_seconds: the step in which the clock passes it is the last one, validated and made an
+    evaluation checkpoint like the last step of a step budget; run again, the seed takes no further step."""
+    track = track_variant(train={"steps": 20, "checkpoint_every": 10, "max_seconds": 1e-9})
+    _, spent = train(track, smoke_data_root, tmp_path / "run")
+    assert (spent.status, spent.steps, spent.eval_checkpoints) == ("ok", 1, ["step-00000001"])
+    assert [v["step"] for v in spent.val_loss_curve] == [1]
+    _, again = train(track, smoke_data_root, tmp_path / "run")
+    assert (again.steps, again.eval_checkpoints, again.val_loss_curve) == (1, ["step-00000001"], spent.val_loss_curve)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*")) == ["step-00000001"]
+
+
 def test_resume_refuses_a_generator_of_another_device_kind(tmp_path):
     """Training randomness is drawn on the run's device; a CPU and a CUDA generator's states are
     different objects, so a checkpoint resumes only on the device kind that wrote it."""
@@ -504,17 +552,22 @@ sys.exit(main())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("parallel", "adamw"), [("ddp", "default"), ("fsdp", "default"), ("fsdp", "fused")])
-def test_two_process_gloo_matches_one_process(smoke_data_root, tmp_path, parallel, adamw):
+@pytest.mark.parametrize(
+    ("parallel", "adamw", "submission"),
+    [("ddp", "default", "baseline"), ("fsdp", "default", "custom-example"), ("fsdp", "fused", "custom-example")],
+)
+def test_two_process_gloo_matches_one_process(smoke_data_root, tmp_path, parallel, adamw, submission):
     """DDP or FSDP2 over 2 gloo processes gives the losses of 1 process at the same global batch,
-    and a 2-process run resumes exactly from its checkpoint. With fused AdamW the clip's scale and the
-    non-finite flag reach the kernel as plain tensors beside FSDP's sharded parameters."""
+    and a 2-process run resumes exactly from its checkpoint. Under FSDP a component's trainable head
+    stays a plain tensor beside the sharded DTensor parameters, in the clip and in the optimizer
+    (custom-example has one). With fused AdamW the clip's scale and the non-finite flag reach the
+    kernel as plain tensors too."""
     env = {**os.environ, "SPEEDRUN_DATA_DIR": str(smoke_data_root), "OMP_NUM_THREADS": "1"}
     worker = ["-m", "speedrun.worker"]
     if adamw == "fused":
         (tmp_path / "fused_worker.py").write_text(FUSED_WORKER)
         worker = [str(tmp_path / "fused_worker.py")]
-    base = [sys.executable, *worker, str(REPO / "submissions" / "baseline"), "--track", "smoke",
+    base = [sys.executable, *worker, str(REPO / "submissions" / submission), "--track", "smoke",
             "--seed", "0", "--device", "cpu", "--no-progress", "--stop-after", "4"]
     one = subprocess.run([*base, "--run-dir", str(tmp_path / "one")], env=env, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
@@ -530,3 +583,39 @@ def test_two_process_gloo_matches_one_process(smoke_data_root, tmp_path, paralle
     torchrun(2)
     torchrun(4)  # resumes from the step-2 checkpoint
     torch.testing.assert_close(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5, atol=1e-6)
+
+
+# A worker on the smoke track with a one-hour budget whose rank 1 reads its clock an hour late.
+SKEWED_CLOCK_WORKER = """
+import os, sys
+import speedrun.clock, speedrun.submission
+from speedrun.tracks import Track
+base_track = speedrun.submission.Submission.track
+def timed(self, *args, **kwargs):
+    data = base_track(self, *args, **kwargs).model_dump(mode="python")
+    data["train"]["max_seconds"] = 3600.0
+    return Track.model_validate(data)
+speedrun.submission.Submission.track = timed
+if os.environ["RANK"] == "1":
+    elapsed = speedrun.clock.Clock.elapsed
+    speedrun.clock.Clock.elapsed = property(lambda self: elapsed.fget(self) + 3600.0)
+from speedrun.worker import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_ranks_agree_on_the_step_that_spends_a_timed_budget(smoke_data_root, tmp_path):
+    """Each rank reads its own clock; one that passes train.max_seconds first must not stop alone (the
+    others would wait for it in the next step's collectives): all stop after the same step."""
+    env = {**os.environ, "SPEEDRUN_DATA_DIR": str(smoke_data_root), "OMP_NUM_THREADS": "1"}
+    (tmp_path / "worker.py").write_text(SKEWED_CLOCK_WORKER)
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29518",
+         str(tmp_path / "worker.py"), str(REPO / "submissions" / "baseline"), "--track", "smoke", "--seed", "0",
+         "--device", "cpu", "--no-progress", "--run-dir", str(tmp_path / "run"), "--parallel", "ddp"],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    end = [json.loads(line) for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()][-1]
+    assert (end["event"], end["status"], end["steps"], end["eval_checkpoints"]) == ("end", "ok", 1, ["step-00000001"])

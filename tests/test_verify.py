@@ -273,6 +273,33 @@ def test_entry_counts_failing_results_files_as_not_run(repo: Repo) -> None:
     )
 
 
+def test_entry_seeds_run_from_0_without_a_gap(repo: Repo) -> None:
+    for seed in (0, 2, 3, 5):  # enough ok seeds for tiny, but 1 and 4 left out
+        repo.seal("tiny", seed)
+    problems = repo.verify()
+    assert fields(problems) == ["seeds"] and problems[0].file == "submissions/alpha/results/tiny"
+    assert problems[0].message.startswith("seed(s) [1, 4] missing among [0, 2, 3, 5]: an entry's seeds are 0, 1, 2")
+    repo.seal("tiny", 1)
+    repo.seal("tiny", 4, status="diverged", failure={"step": 3, "reason": "nan", "last_finite_loss": 1.0})
+    assert repo.verify() == []  # the diverged seed stays: leaving it out is what the rule forbids
+
+
+def test_links_and_hidden_folders_with_results_are_not_submissions(repo: Repo) -> None:
+    """The leaderboard ignores both (test_leaderboard.py), so verify must say so instead of passing."""
+    repo.seal("smoke", 0)
+    subs = repo.root / "submissions"
+    (subs / "alpha-again").symlink_to(repo.sub, target_is_directory=True)
+    shutil.copytree(repo.sub, subs / ".hidden")
+    (subs / ".cache").mkdir()  # hidden, no results: not a problem
+    problems = repo.verify()
+    assert [(p.file, p.field) for p in problems] == [
+        ("submissions/.hidden", "(path)"),
+        ("submissions/alpha-again", "(path)"),
+    ]
+    assert problems[0].message == "a hidden folder holding results: neither verified nor ranked; remove it"
+    assert problems[1].message.startswith(f"a symbolic link (to {repo.sub}), not a submission folder")
+
+
 def test_a_result_must_sit_at_its_own_path(repo: Repo) -> None:
     path = repo.seal("smoke", 1)
     path.rename(path.with_name("seed0.json"))

@@ -172,16 +172,17 @@ def image_metrics(
             report["metrics"][metric] = None
             report["unavailable"][metric] = str(exc)
             continue
-        keep = metric != "fid" or max(len(images), n_ref) - 1 < extractor.dim
+        # MMD reads features; exact FD needs those of each side with no more samples than dimensions.
+        keep_ref, keep_gen = (metric != "fid" or n - 1 < extractor.dim for n in (n_ref, len(images)))
         ref = reference_stats(
             _Rechunk(ref_split, n_ref),
             extractor,
             cache / "reference-stats",
             {"metric": metric, "protocol": canonical_hash(protocol(track)), "n": n_ref},
             images_hash=ref_hash,
-            keep_features=keep,
+            keep_features=keep_ref,
         )
-        gen = StreamingMoments(extractor.dim, keep_features=keep)
+        gen = StreamingMoments(extractor.dim, keep_features=keep_gen)
         for chunk in _chunks(images):
             gen.update(extractor(chunk))
         if metric == "fid":

@@ -258,3 +258,40 @@ def test_grid_is_written_atomically(tmp_path, monkeypatch):
         write_grid(images, ["a cat", "a dog"], path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+
+
+class _Images:
+    """A reference split of uint8 images (``images(index)``, ``len``), as the evaluator reads one."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.x = images
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def images(self, index: np.ndarray) -> np.ndarray:
+        return self.x[index]
+
+
+@pytest.mark.parametrize("n_gen, n_ref", [(8, 100), (100, 8)])
+def test_fid_with_one_side_fewer_samples_than_dimensions(track_variant, tmp_path, n_gen, n_ref):
+    """Uneven counts (here around the random-init Inception's 64 dimensions) use the exact FD; the
+    features of the small side must be kept whichever side it is. Checked against scipy's sqrtm."""
+    import scipy.linalg
+
+    from speedrun.eval.features import get_extractor
+    from speedrun.eval.run import image_metrics
+
+    track = track_variant(eval={"metrics": ["fid"]})
+    rng = np.random.default_rng(0)
+    gen = rng.integers(0, 256, (n_gen, 32, 32, 3), dtype=np.uint8)
+    ref = rng.integers(0, 256, (n_ref, 32, 32, 3), dtype=np.uint8)
+    report = {k: {} for k in ("metrics", "unavailable", "reference_stats_sha256", "extractor_weights", "seconds")}
+    image_metrics(track, gen, _Images(ref), "test-images", torch.device("cpu"), tmp_path, report)
+
+    extractor = get_extractor("fid", device=torch.device("cpu"), random_init=True, batch_size=track.eval.batch_size)
+    a, b = (extractor(x).astype(np.float64) for x in (gen, ref))
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    cross = scipy.linalg.sqrtm(s_a @ s_b)
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(cross).real
+    assert report["metrics"]["fid"] == pytest.approx(expected, rel=1e-6)

@@ -41,7 +41,7 @@ def test_non_finite_stops_within_one_step_with_diverged_result(tmp_path, smoke_d
 
 def test_leaderboard_lists_diverged_entry_unranked(tmp_path, smoke_data_root):
     repo, _, _ = diverge(tmp_path, smoke_data_root, "nan")
-    ok = repo / "submissions" / "steady"
+    ok = write_submission(repo / "submissions", "steady", [])
     write_result(ok / "results" / "smoke" / "seed0.json", make_result("steady"))
     table = build_board(repo).tables["smoke"]
     rows = {r["submission"]: r for _, r in table.iterrows()}
