@@ -22,9 +22,10 @@ already names the current code and track. Then run ``speedrun leaderboard --md``
 ``speedrun verify``. Exit status: 0 when every score matched, 1 when one differs, 2 for bad
 arguments or a failed run (the seeds replaced before it stay replaced).
 
-Scores are bit-identical only on one CPU model: the tiny track's FID moved by 1.8 (0.7%) between
-an Intel Xeon and an AMD EPYC on the same code (BENCHMARKS.md, 2026-11-27), so a regeneration on
-another machine needs ``--allow-changes``; the printed differences say how far each seed moved.
+Scores are bit-identical only on one CPU model: between an Intel Xeon and an AMD EPYC the same code
+moved the tiny track's per-seed FIDs by -13 to +43, like a change of seed (BENCHMARKS.md,
+2026-11-27), so a regeneration on another machine needs ``--allow-changes``; the printed
+differences say how far each seed moved.
 """
 
 from __future__ import annotations
