@@ -541,6 +541,17 @@ def test_lr_warmup_then_constant(smoke_data_root, tmp_path, track_variant):
     assert lrs == pytest.approx([lr * 0.25, lr * 0.5, lr * 0.75, lr, lr, lr, lr, lr])
 
 
+def torchrun(worker_and_args: list[str], env: dict[str, str], port: int, timeout: float | None = None) -> None:
+    """``python -m torch.distributed.run --nproc-per-node=2`` of a worker (``-m speedrun.worker`` or a
+    script) and its arguments; asserts a clean exit."""
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}",
+         *worker_and_args],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
 # The worker with the fused AdamW the trainer takes on CUDA (torch has it on the CPU too).
 FUSED_WORKER = """
 import sys, torch, speedrun.train as t
@@ -571,17 +582,12 @@ def test_two_process_gloo_matches_one_process(smoke_data_root, tmp_path, paralle
             "--seed", "0", "--device", "cpu", "--no-progress", "--stop-after", "4"]
     one = subprocess.run([*base, "--run-dir", str(tmp_path / "one")], env=env, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
-    def torchrun(stop_after: int) -> None:
+    def two_processes(stop_after: int) -> None:
         args = [a if a != "4" else str(stop_after) for a in base[1 + len(worker):]]
-        two = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517",
-             *worker, *args, "--run-dir", str(tmp_path / "two"), "--parallel", parallel],
-            env=env, capture_output=True, text=True,
-        )
-        assert two.returncode == 0, two.stderr[-3000:]
+        torchrun([*worker, *args, "--run-dir", str(tmp_path / "two"), "--parallel", parallel], env, port=29517)
 
-    torchrun(2)
-    torchrun(4)  # resumes from the step-2 checkpoint
+    two_processes(2)
+    two_processes(4)  # resumes from the step-2 checkpoint
     torch.testing.assert_close(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5, atol=1e-6)
 
 
@@ -610,12 +616,10 @@ def test_ranks_agree_on_the_step_that_spends_a_timed_budget(smoke_data_root, tmp
     others would wait for it in the next step's collectives): all stop after the same step."""
     env = {**os.environ, "SPEEDRUN_DATA_DIR": str(smoke_data_root), "OMP_NUM_THREADS": "1"}
     (tmp_path / "worker.py").write_text(SKEWED_CLOCK_WORKER)
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29518",
-         str(tmp_path / "worker.py"), str(REPO / "submissions" / "baseline"), "--track", "smoke", "--seed", "0",
+    torchrun(
+        [str(tmp_path / "worker.py"), str(REPO / "submissions" / "baseline"), "--track", "smoke", "--seed", "0",
          "--device", "cpu", "--no-progress", "--run-dir", str(tmp_path / "run"), "--parallel", "ddp"],
-        env=env, capture_output=True, text=True, timeout=240,
+        env, port=29518, timeout=240,
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
     end = [json.loads(line) for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()][-1]
     assert (end["event"], end["status"], end["steps"], end["eval_checkpoints"]) == ("end", "ok", 1, ["step-00000001"])
