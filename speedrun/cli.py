@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from speedrun.devices import DEVICES, PARALLEL_MODES
+from speedrun.devices import DEVICES, MAX_SEED, PARALLEL_MODES
 from speedrun.errors import SpeedrunError, TrainingInterrupted
 
 app = typer.Typer(
@@ -153,13 +153,13 @@ def prepare_cmd(
 def run_cmd(
     submission: Path = typer.Argument(..., help="Submission folder, e.g. submissions/baseline."),
     track: Optional[str] = typer.Option(None, "--track", "-t", help="Track (default: the manifest's first)."),
-    seeds: int = typer.Option(1, "--seeds", min=1, help="Number of seeds (0..N-1 unless --seed)."),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Run exactly this seed."),
+    seeds: int = typer.Option(1, "--seeds", min=1, max=MAX_SEED, help="Number of seeds (0..N-1 unless --seed)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=MAX_SEED, help="Run exactly this seed."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes per node (torchrun when > 1)."),
     nnodes: int = typer.Option(1, "--nnodes", min=1, help="Nodes (torchrun)."),
     node_rank: int = typer.Option(0, "--node-rank", min=0, help="This node's rank (torchrun)."),
     master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Rendezvous host (torchrun)."),
-    master_port: int = typer.Option(29500, "--master-port", help="Rendezvous port (torchrun)."),
+    master_port: int = typer.Option(29500, "--master-port", min=1, max=65535, help="Rendezvous port (torchrun)."),
     parallel: Parallel = typer.Option(
         Parallel.auto, "--parallel", help="auto (FSDP2 for prx-1.2b, else DDP), ddp or fsdp."
     ),
@@ -208,7 +208,9 @@ def eval_cmd(
     """Evaluate a checkpoint with the track's fixed protocol (strict weight loading)."""
     from speedrun.eval.run import evaluate_checkpoint
 
-    path = evaluate_checkpoint(checkpoint, track, out=out, device=device.value if device else None, data_dir=data_dir, batch_size=batch_size)
+    path = evaluate_checkpoint(
+        checkpoint, track, out=out, device=device.value if device else None, data_dir=data_dir, batch_size=batch_size
+    )
     console.print(f"metrics: {path}")
 
 

@@ -38,7 +38,7 @@ from scipy import stats
 
 from speedrun.errors import SpeedrunError
 from speedrun.fileio import atomic_write_text
-from speedrun.results import RunResult, identity_problems, load_result
+from speedrun.results import RunResult, identity_problems, load_result, missing_seeds
 from speedrun.submission import discover_submissions
 from speedrun.tracks import REPO_ROOT, Track, all_tracks
 
@@ -187,7 +187,7 @@ def _status(group: pd.DataFrame, track: Track, ranked_seeds: int) -> str:
         if seeds:
             return f"{bad} (seed {', '.join(map(str, seeds))})"
     present = set(group["seed"].tolist())
-    if missing := sorted(set(range(max(present) + 1)) - present):
+    if missing := missing_seeds(present):
         return f"seed {', '.join(map(str, missing))} missing"
     have, need = len(present), track.rules.seeds_required
     if have < need:

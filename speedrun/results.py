@@ -179,6 +179,12 @@ def identity_problems(path: Path, folder: Path, r: RunResult) -> list[tuple[str,
     return problems
 
 
+def missing_seeds(present: set[int]) -> list[int]:
+    """The seeds below the highest of ``present`` that it lacks: an entry's seeds run 0, 1, 2, ...
+    without a gap, so that it cannot keep only its best runs."""
+    return sorted(set(range(max(present, default=-1) + 1)) - present)
+
+
 # ------------------------------------------------------------------ provenance helpers
 def tree_sha256(root: Path, pattern: str = "**/*.py") -> str:
     """sha256 over (relative path, file sha256) of every matching file, sorted."""

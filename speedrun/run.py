@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +21,9 @@ from rich.console import Console
 from rich.table import Table
 
 from speedrun.checkpoint import read_meta
-from speedrun.devices import DEVICES, PARALLEL_MODES
+from speedrun.devices import DEVICES, MAX_SEED, PARALLEL_MODES
 from speedrun.errors import SpeedrunError, TrainingInterrupted
+from speedrun.fileio import atomic_write_bytes
 from speedrun.locks import seed_lock
 from speedrun.paths import data_root, runs_root
 from speedrun.results import (
@@ -76,16 +76,20 @@ def check_options(o: RunOptions, track: Track) -> None:
         raise SpeedrunError(f"--parallel {o.parallel!r}: must be one of {', '.join(PARALLEL_MODES)}")
     if o.device is not None and o.device not in DEVICES:
         raise SpeedrunError(f"--device {o.device!r}: must be one of {', '.join(DEVICES)} (or left out)")
-    if o.seed is not None and o.seed < 0:
-        raise SpeedrunError(f"--seed {o.seed}: must be 0 or more")
-    if o.seeds < 1:
-        raise SpeedrunError(f"--seeds {o.seeds}: must be 1 or more")
+    if o.seed is not None and not 0 <= o.seed <= MAX_SEED:
+        raise SpeedrunError(f"--seed {o.seed}: must be from 0 to {MAX_SEED}")
+    if not 1 <= o.seeds <= MAX_SEED:
+        raise SpeedrunError(f"--seeds {o.seeds}: must be from 1 to {MAX_SEED}")
     if o.nproc < 1:
         raise SpeedrunError(f"--nproc {o.nproc}: must be 1 or more")
     if o.nnodes < 1:
         raise SpeedrunError(f"--nnodes {o.nnodes}: must be 1 or more")
     if not 0 <= o.node_rank < o.nnodes:
         raise SpeedrunError(f"--node-rank {o.node_rank}: must be from 0 to --nnodes - 1 ({o.nnodes - 1})")
+    if not 1 <= o.master_port <= 65535:
+        raise SpeedrunError(f"--master-port {o.master_port}: must be a TCP port, from 1 to 65535")
+    if o.device == "cuda" and not torch.cuda.is_available():
+        raise SpeedrunError("--device cuda: this machine has no usable CUDA device; use --device cpu")
     world = o.nproc * o.nnodes
     batch = track.train.global_batch
     if batch % world:
@@ -94,12 +98,19 @@ def check_options(o: RunOptions, track: Track) -> None:
             f"global batch {batch} (train.global_batch); use a process count that divides {batch}"
         )
     # The folders as paths.py resolves them, so $SPEEDRUN_DATA_DIR / $SPEEDRUN_RUNS_DIR are checked too.
-    for option, env, explicit, root in (
-        ("--data-dir", "$SPEEDRUN_DATA_DIR", o.data_dir, data_root(o.data_dir)),
-        ("--runs-dir", "$SPEEDRUN_RUNS_DIR", o.runs_dir, runs_root(o.runs_dir)),
+    # Each is created later, with its parents: the nearest part that exists must be a folder, and
+    # for the runs one a folder this process may write in (a prepared data folder may be read-only).
+    for option, env, explicit, root, write in (
+        ("--data-dir", "$SPEEDRUN_DATA_DIR", o.data_dir, data_root(o.data_dir), False),
+        ("--runs-dir", "$SPEEDRUN_RUNS_DIR", o.runs_dir, runs_root(o.runs_dir), True),
     ):
-        if root.exists() and not root.is_dir():
-            raise SpeedrunError(f"{option if explicit is not None else env} {root}: is a file, not a folder")
+        name = option if explicit is not None else env
+        existing = next(p for p in (root.absolute(), *root.absolute().parents) if p.exists())
+        if not existing.is_dir():
+            where = "" if existing == root.absolute() else f" (its part {existing})"
+            raise SpeedrunError(f"{name} {root}{where}: is a file, not a folder")
+        if write and not os.access(existing, os.W_OK | os.X_OK):
+            raise SpeedrunError(f"{name} {root}: cannot write in {existing} (permission denied)")
 
 
 def _train(
@@ -236,16 +247,18 @@ def _train_evaluate_record(
             f"[yellow]seed {seed}: files changed while it ran ({'; '.join(map(str, changed))}); its result names "
             "the code that trained, so `speedrun verify` will call it stale against the files now[/]"
         )
-    # A results write killed midway leaves only a hidden temporary file (never read); remove it so
-    # it is not committed with the results.
-    for stale in results_path.parent.glob(f".{results_path.name}.tmp-*"):
-        stale.unlink(missing_ok=True)
-    write_result(results_path, result)
+    # A write killed midway leaves only a hidden temporary file (never read); remove it so it is not
+    # committed with the results.
+    for name in (results_path.name, results_path.with_suffix(".png").name):
+        for stale in results_path.parent.glob(f".{name}.tmp-*"):
+            stale.unlink(missing_ok=True)
     if evals and evals[-1].get("grid"):
-        # The final sample grid travels with the results for the leaderboard page.
+        # The final sample grid travels with the results for the leaderboard page. It is in place
+        # before the results file, whose presence marks the seed finished (a re-run skips it).
         grid = run_dir / "eval" / evals[-1]["grid"]
         if grid.is_file():
-            shutil.copyfile(grid, results_path.with_suffix(".png"))
+            atomic_write_bytes(results_path.with_suffix(".png"), grid.read_bytes())
+    write_result(results_path, result)
     console.print(f"seed {seed}: {result.status}; results -> {results_path}")
     return results_path
 

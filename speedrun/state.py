@@ -26,6 +26,9 @@ class StepState:
         training: False at evaluation, where routing components must keep every token.
         x_t: the noisy input of this step (B, C, H, W), or None.
         t: the timesteps of this step (B,), or None.
+        prediction: what the network outputs under this run's objective, ``"velocity"`` or ``"x0"``
+            (:data:`speedrun.flow.PredictionKind`); :func:`speedrun.flow.velocity_from_prediction`
+            turns an output into velocity.
         token_index: (B, N_kept) long tensor of the image tokens currently flowing through the
             blocks, as indices into the full row-major token grid; None means all tokens in order.
             Routing hooks set and clear it; the model gathers RoPE positions with it; alignment
@@ -39,5 +42,6 @@ class StepState:
     training: bool = False
     x_t: torch.Tensor | None = None
     t: torch.Tensor | None = None
+    prediction: str = "velocity"
     token_index: torch.Tensor | None = None
     records: dict[str, Any] = field(default_factory=dict)

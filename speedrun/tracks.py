@@ -46,7 +46,8 @@ OVERRIDABLE = frozenset(
 class _Frozen(BaseModel):
     # strict: a TOML string is never coerced to a number or a bool ("1e-3", "true" are type errors);
     # tuple fields opt out with Field(strict=False) so TOML arrays fill them (their items stay strict).
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # No nan or inf: they pass one-sided bounds, train to nothing, and results JSON writes them as null.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class DataSpec(_Frozen):
@@ -115,6 +116,12 @@ class TimestepSpec(_Frozen):
     uniform_fraction: float = Field(0.1, ge=0, le=1)
     t_min: float = Field(1e-3, ge=0, lt=1)
     t_max: float = Field(1.0, gt=0, le=1, description="Exclusive upper clamp.")
+
+    @model_validator(mode="after")
+    def _clamp_is_an_interval(self) -> TimestepSpec:
+        if self.t_min >= self.t_max:
+            raise ValueError(f"t_min ({self.t_min}) must be below t_max ({self.t_max})")
+        return self
 
 
 class TrainSpec(_Frozen):
@@ -286,7 +293,17 @@ def load_track_file(path: Path) -> Track:
 
 
 def available_tracks(tracks_dir: Path = TRACKS_DIR) -> list[str]:
-    return sorted(p.stem for p in tracks_dir.glob("*.toml"))
+    """Ids of the track files in ``tracks_dir``; a ``*.toml`` that cannot be one is an error naming it
+    (a stray copy such as ``prx-256 copy.toml`` would otherwise break every command listing tracks)."""
+    ids = []
+    for path in sorted(tracks_dir.glob("*.toml")):
+        if not path.is_file() or not TRACK_ID.fullmatch(path.stem):
+            raise SpeedrunError(
+                f"{path}: not a track file (a track is a file named <id>.toml, the id lowercase letters, digits "
+                "and '-'); move it out of the tracks folder"
+            )
+        ids.append(path.stem)
+    return ids
 
 
 def load_track(track_id: str, tracks_dir: Path = TRACKS_DIR) -> Track:

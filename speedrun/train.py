@@ -138,8 +138,6 @@ def clip_gradients(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
     """
     with_grad = [p for p in params if p.grad is not None]
     kinds = [kind for kind in _by_kind(with_grad) if kind]
-    if len(kinds) == 1 and not updates_in_kernel(optimizer):
-        return _full(torch.nn.utils.clip_grad_norm_(kinds[0], max_norm))
     # One norm per kind (FSDP's sharded DTensors, plain heads), combined as the L2 norm of the two.
     norms = [_full(torch.nn.utils.get_total_norm([p.grad for p in kind])) for kind in kinds]
     norm = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
@@ -410,7 +408,7 @@ class Trainer:
             )
         self._new_optimizer()
         self.null_text, self.null_mask = (t.to(self.device) for t in self.data.null_embedding())
-        self.kernels = dispatch.active_backend(self.device)
+        self.kernels = dispatch.active_backend(self.device, self.model.config.head_dim)
 
     def _parallel_mode(self) -> str:
         if not self.dist.enabled:
@@ -509,7 +507,15 @@ class Trainer:
         drop = caption_drop_mask(g, self.track.train.caption_dropout, gen)[rows]
         text, mask = apply_caption_dropout(text, mask, self.null_text, self.null_mask, drop)
         x_t, target = self.objective.input_and_target(x0, noise, t)
-        state = StepState(step=step, seed=self.opt.seed, rank=self.dist.rank, training=True, x_t=x_t, t=t)
+        state = StepState(
+            step=step,
+            seed=self.opt.seed,
+            rank=self.dist.rank,
+            training=True,
+            x_t=x_t,
+            t=t,
+            prediction=self.objective.prediction,
+        )
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             pred = self.forward_model(x_t, t, text, mask, hooks=self.hooks, state=state)
             loss = self.objective.loss(pred.float(), target, x_t, t)

@@ -44,6 +44,7 @@ from speedrun.results import (
     harness_sha256,
     identity_problems,
     load_result,
+    missing_seeds,
 )
 from speedrun.submission import MANIFEST, Submission, discover_submissions, load_submission
 from speedrun.tracks import REPO_ROOT, Track, load_track_file
@@ -110,7 +111,7 @@ def _targets(paths: list[Path], repo_root: Path) -> tuple[dict[Path, tuple[list[
             if d in folders or not d.is_dir():
                 continue
             # _rel would resolve the link: name the entry itself.
-            where = d.relative_to(repo_root).as_posix() if d.is_relative_to(repo_root) else str(d)
+            where = d.relative_to(repo_root).as_posix()
             if d.is_symlink():
                 message = (
                     f"a symbolic link (to {d.readlink()}), not a submission folder: neither verified nor ranked, "
@@ -245,7 +246,7 @@ class _Verifier:
             message = self._seeds_message(folder, track_id, need, have, results, failing)
             problems.append(self.problem(where, "seeds", message))
         present = {r.seed for r in results} | {int(m.group(1)) for p in failing if (m := _SEED_FILE.fullmatch(p.stem))}
-        if missing := sorted(set(range(max(present, default=-1) + 1)) - present):
+        if missing := missing_seeds(present):
             command = f"speedrun run {_rel(folder, self.repo_root)} --track {track_id} --seed <N>"
             problems.append(
                 self.problem(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import traceback
 from collections.abc import Iterator
@@ -115,7 +116,7 @@ def train_seed(
     if summary["status"] == "interrupted":
         # Not a result: no summary file, so `speedrun run` never evaluates or records this seed.
         distributed.teardown()
-        resume = resume_command(submission, track, seed, run_dir, data_dir, trainer.dist.world_size)
+        resume = resume_command(submission, track, seed, run_dir, data_dir, device, parallel, trainer.dist.world_size)
         raise TrainingInterrupted(
             f"training of seed {seed} {summary['reason']}; checkpoint step-{summary['steps']:08d} is in "
             f"{run_dir / 'checkpoints'}. `{resume}` resumes it; the same command with --no-resume starts "
@@ -129,9 +130,20 @@ def train_seed(
 
 
 def resume_command(
-    submission: Submission, track: Track, seed: int, run_dir: Path, data_dir: Path | None, world_size: int
+    submission: Submission,
+    track: Track,
+    seed: int,
+    run_dir: Path,
+    data_dir: Path | None,
+    device: str | None,
+    parallel: str,
+    world_size: int,
 ) -> str:
-    """The ``speedrun run`` command line that continues this seed from its last checkpoint."""
+    """The ``speedrun run`` command line that continues this seed from its last checkpoint.
+
+    Under torchrun the launch comes from its environment: processes per node, and for several nodes
+    this node's rank and the rendezvous (each node runs its own line).
+    """
     from shlex import quote
 
     from speedrun.paths import runs_root
@@ -142,8 +154,19 @@ def resume_command(
         cmd += f" --runs-dir {quote(str(runs))}"
     if data_dir is not None:
         cmd += f" --data-dir {quote(str(data_dir))}"
+    if device is not None:
+        cmd += f" --device {device}"
+    if parallel != "auto":
+        cmd += f" --parallel {parallel}"
     if world_size > 1:
-        cmd += f" --nproc {world_size}"
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        cmd += f" --nproc {per_node}"
+        if per_node < world_size:
+            cmd += (
+                f" --nnodes {world_size // per_node} --node-rank {os.environ.get('GROUP_RANK', '0')}"
+                f" --master-addr {quote(os.environ.get('MASTER_ADDR', '127.0.0.1'))}"
+                f" --master-port {os.environ.get('MASTER_PORT', '29500')}"
+            )
     return cmd
 
 

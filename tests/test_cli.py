@@ -181,6 +181,15 @@ def _check_structure(node: Any, root: dict[str, Any]) -> None:
             _check_structure(v, root)
 
 
+def test_schema_that_cannot_be_written_is_one_clean_error(tmp_path: Path) -> None:
+    out = tmp_path / "schemas"
+    (out / "track.schema.json").mkdir(parents=True)  # a folder where the file goes
+    result = invoke("schema", "--out", str(out))
+    assert_clean_exit(result, 2)
+    assert f"{out / 'track.schema.json'}: cannot write it" in result.output
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
 def test_schema_writes_valid_json_schemas(tmp_path: Path) -> None:
     out = tmp_path / "schemas"
     result = invoke("schema", "--out", str(out))

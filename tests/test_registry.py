@@ -187,6 +187,14 @@ def test_declared_component_names_reads_without_running(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("depth", [5_000, 100_000])
+def test_declared_component_names_refuses_too_deep_a_file(tmp_path: Path, depth: int) -> None:
+    # The parser recurses per level: RecursionError at one depth, MemoryError at another.
+    path = _write(tmp_path, "x = " + "-" * depth + "1\n")
+    with pytest.raises(SpeedrunError, match=re.escape(f"{path}: nested too deeply for Python to parse")):
+        declared_component_names(path)
+
+
 def test_declared_component_names_follows_bases_as_import_does(tmp_path: Path) -> None:
     text = CUSTOM + """
 

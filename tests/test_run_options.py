@@ -47,6 +47,8 @@ def _run(tmp_path: Path, **options: Any) -> None:
         ({"parallel": "zero"}, ["--parallel", "'zero'", "auto, ddp, fsdp"]),
         ({"device": "gpu"}, ["--device", "'gpu'", "cuda, cpu"]),
         ({"seed": -1}, ["--seed", "-1"]),
+        ({"seed": 2**63}, ["--seed", str(2**63), "from 0 to 9223372036854775807"]),
+        ({"master_port": 99999, "nproc": 2}, ["--master-port 99999", "from 1 to 65535"]),
         ({"seeds": 0}, ["--seeds", "0"]),
         ({"nproc": 0}, ["--nproc", "0"]),
         ({"nnodes": 2, "node_rank": 2}, ["--node-rank", "2"]),
@@ -85,6 +87,32 @@ def test_folder_option_that_is_a_file_is_refused(tmp_path: Path, untouched, opti
     flag = "--" + option.replace("_", "-")
     with pytest.raises(SpeedrunError, match=re.escape(f"{flag} {file}: is a file, not a folder")):
         _run(tmp_path, **{option: file})
+
+
+@pytest.mark.parametrize("option", ["data_dir", "runs_dir"])
+def test_folder_option_below_a_file_is_refused(tmp_path: Path, untouched, option: str) -> None:
+    file = tmp_path / "a-file"
+    file.write_text("")
+    flag = "--" + option.replace("_", "-")
+    message = f"{flag} {file / 'sub'} (its part {file}): is a file, not a folder"
+    with pytest.raises(SpeedrunError, match=re.escape(message)):
+        _run(tmp_path, **{option: file / "sub"})
+
+
+def test_runs_folder_where_nothing_can_be_written_is_refused(tmp_path: Path, untouched, monkeypatch) -> None:
+    # A prepared data folder may be read-only; the runs folder is written to.
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    monkeypatch.setattr("speedrun.run.os.access", lambda path, mode: Path(path) != locked)
+    with pytest.raises(SpeedrunError, match=re.escape(f"--runs-dir {locked / 'runs'}: cannot write in {locked}")):
+        _run(tmp_path, runs_dir=locked / "runs")
+    check_options(RunOptions(data_dir=locked / "data"), load_track("smoke"))
+
+
+def test_cuda_without_a_cuda_device_is_refused(tmp_path: Path, untouched, monkeypatch) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(SpeedrunError, match="--device cuda: this machine has no usable CUDA device"):
+        _run(tmp_path, device="cuda")
 
 
 @pytest.mark.parametrize("env", ["SPEEDRUN_DATA_DIR", "SPEEDRUN_RUNS_DIR"])

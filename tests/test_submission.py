@@ -404,6 +404,8 @@ def test_builtin_params_are_validated(tmp_path: Path) -> None:
         ("params = { weight = -1.0 }", ("field 'weight'", "greater than 0")),
         ('params = { weight = "heavy" }', ("field 'weight'", "(got 'heavy')")),
         ("params = { wieght = 1.0 }", ("field 'wieght'", "unknown field")),
+        ("params = { weight = inf }", ("field 'weight'", "finite number")),
+        ("params = { weight = nan }", ("field 'weight'", "finite number")),
     ]:
         root = tmp_path / str(abs(hash(body)))
         text = _ov(f'[[components]]\nname = "toy"\n{body}\n')

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -487,6 +488,10 @@ def test_with_overrides_rejects_forbidden_field(field: str, value: Any) -> None:
         ("optim.warmup_steps", 10.5, "valid integer"),
         ("optim.grad_clip", True, "valid number"),
         ("train.timesteps.uniform_fraction", 1.5, "less than or equal to 1"),
+        # nan and inf pass one-sided bounds (or none) and would be written to results as null
+        ("optim.grad_clip", float("inf"), "finite number"),
+        ("optim.lr", float("nan"), "finite number"),
+        ("train.timesteps.mean", float("nan"), "finite number"),
     ],
 )
 def test_with_overrides_wrong_value_names_field(field: str, value: Any, expected: str) -> None:
@@ -510,3 +515,23 @@ def test_to_toml_round_trips() -> None:
     d = prx_dict()
     assert tomllib.loads(to_toml(copy.deepcopy(d))) == d
     assert tomllib.loads(to_toml(copy.deepcopy(d), decorate=True)) == d
+
+
+def test_timestep_clamp_must_be_an_interval() -> None:
+    from speedrun.tracks import TimestepSpec
+
+    with pytest.raises(ValidationError, match=re.escape("t_min (0.5) must be below t_max (0.5)")):
+        TimestepSpec(t_min=0.5, t_max=0.5)
+    assert TimestepSpec(t_min=0.1, t_max=0.9).t_max == 0.9
+
+
+@pytest.mark.parametrize("stray", ["prx-256 copy.toml", "Smoke.toml", "folder.toml"])
+def test_a_stray_file_in_tracks_is_named(tmp_path: Path, stray: str) -> None:
+    tracks = tmp_path / "tracks"
+    write_track(tracks, PRX_TEXT, "prx-256")
+    if stray == "folder.toml":
+        (tracks / stray).mkdir()
+    else:
+        (tracks / stray).write_text(PRX_TEXT)
+    with pytest.raises(SpeedrunError, match=re.escape(f"{tracks / stray}: not a track file")):
+        available_tracks(tracks)

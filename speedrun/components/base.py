@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 class Params(BaseModel):
     """Base for component parameters: frozen, and unknown keys are errors."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No nan or inf: they pass one-sided bounds and results JSON would record them as null.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 @dataclass

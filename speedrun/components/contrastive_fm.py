@@ -6,8 +6,10 @@ rectified-flow velocity ``noise - x0`` of the batch (recomputed from ``TrainBatc
 neighbour, cyclically). Added to the objective's MSE it gives Stoica et al.'s
 ``|v - v_i|^2 - lambda |v - v_j|^2``; lambda 0.05 as in PRX part 2.
 
-Meant for velocity-predicting objectives (the rolled target is a velocity). With a local batch of
-one sample the "negative" is the sample's own target; the term then only rescales the MSE.
+The rolled target is a velocity, so the prediction is compared as the velocity it implies
+(``StepState.prediction``): under x-prediction, ``(x_t - x0_hat) / max(t, 0.05)`` as in that
+objective's own loss. With a local batch of one sample the "negative" is the sample's own target;
+the term then only rescales the MSE.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from speedrun.components.base import Component, Params, TrainBatch
-from speedrun.flow import velocity_target
+from speedrun.flow import velocity_from_prediction, velocity_target
 from speedrun.state import StepState
 
 
@@ -34,4 +36,5 @@ class ContrastiveFM(Component):
 
     def losses(self, batch: TrainBatch, prediction: torch.Tensor, state: StepState) -> dict[str, torch.Tensor]:
         negative = velocity_target(batch.x0, batch.noise).roll(1, dims=0)
-        return {self.name: -self.params.weight * F.mse_loss(prediction.float(), negative.float())}
+        velocity = velocity_from_prediction(state.prediction, prediction.float(), state.x_t.float(), state.t.float())
+        return {self.name: -self.params.weight * F.mse_loss(velocity, negative.float())}

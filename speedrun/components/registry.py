@@ -109,6 +109,9 @@ def declared_component_names(path: Path) -> list[str]:
         raise SpeedrunError(f"{path}: not valid Python (line {exc.lineno}: {exc.msg})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpeedrunError(f"{path}: cannot read ({exc})") from None
+    except (RecursionError, MemoryError):
+        # The parser recurses per nesting level; an untrusted file may nest past the stack.
+        raise SpeedrunError(f"{path}: nested too deeply for Python to parse") from None
     component_classes = {Component.__name__} | {entry.partition(":")[2] for entry in BUILTIN.values()}
     bases = set(component_classes)  # the names that stand for a component class in this file
     for node in ast.walk(tree):

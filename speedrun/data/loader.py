@@ -65,7 +65,9 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def host_rows(split: SplitDataset, indices: np.ndarray, images: bool = False, pin: bool = False) -> dict[str, torch.Tensor]:
+def host_rows(
+    split: SplitDataset, indices: np.ndarray, images: bool = False, pin: bool = False
+) -> dict[str, torch.Tensor]:
     """Rows ``indices`` of ``split`` as stored, as host tensors (pinned if ``pin``): ``x``, ``text``,
     ``mask``, ``index`` and, for a latent split with ``images``, ``images``."""
     rows = split.gather(indices)

@@ -270,7 +270,7 @@ def _reusable(split_dir: Path, job: _Job) -> bool:
     if entry is None or (entry.start, entry.count) != (job.start, job.count):
         return False
     try:
-        check_files(split_dir / job.name, entry.files, rehash=True)
+        check_files(split_dir / job.name, entry.files, rehash=True, remedy="it is rebuilt")
     except SpeedrunError:
         return False
     return True

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import shutil
 from collections import OrderedDict
 from pathlib import Path
@@ -52,9 +53,10 @@ NULL_DIR = "null"
 SPLITS = ("train", "validation", "reference")
 # Fields every shard has, gathered by the loader.
 ROW_FIELDS = ("x", "text", "mask", "index")
-# Open shards kept memory-mapped per split; a large split has thousands of shards and each map
-# holds a file descriptor.
-MAX_OPEN_SHARDS = 256
+# Memory maps one split keeps open (least recently used first out). Each holds a file descriptor,
+# so the bound also follows the process's limit (see open_map_budget); a prx-256 batch of 256 reads
+# about 250 shards x 4 fields.
+MAX_OPEN_MAPS = 4096
 
 
 class _Model(BaseModel):
@@ -190,30 +192,51 @@ def read_shard_entry(split_dir: Path, name: str) -> ShardEntry | None:
         return None
 
 
-def check_files(directory: Path, files: dict[str, FileEntry], *, rehash: bool) -> None:
-    """Raise SpeedrunError naming the first file that is missing, has the wrong size or hash."""
+def check_files(directory: Path, files: dict[str, FileEntry], *, rehash: bool, remedy: str) -> None:
+    """Raise SpeedrunError naming the first file that is missing, has the wrong size or hash, and
+    saying what to do (``remedy``)."""
     for filename, entry in files.items():
         path = directory / filename
         if not path.is_file():
-            raise SpeedrunError(f"{path}: missing from the prepared dataset; run prepare again to rebuild it")
+            raise SpeedrunError(f"{path}: missing from the prepared dataset; {remedy}")
         size = path.stat().st_size
         if size != entry.bytes:
             raise SpeedrunError(
                 f"{path}: {size} bytes but the manifest records {entry.bytes}; the file is truncated "
-                f"or corrupted: delete {directory} and run prepare again"
+                f"or corrupted: {remedy}"
             )
         if rehash:
             actual = sha256_file(path)
             if actual != entry.sha256:
                 raise SpeedrunError(
                     f"{path}: sha256 {actual[:16]}... does not match the manifest "
-                    f"({entry.sha256[:16]}...); the file is corrupted: delete {directory} and run "
-                    "prepare again"
+                    f"({entry.sha256[:16]}...); the file is corrupted: {remedy}"
                 )
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading
+
+
+def open_map_budget() -> int:
+    """How many memory maps one split may keep open in this process.
+
+    Each map holds a file descriptor, and the common soft limit (1024) is below what a large split
+    touches in a batch. The soft limit is first raised to the hard one where the system allows it;
+    a split then takes at most an eighth of it, leaving the rest to the other splits, the libraries
+    and the process group's sockets. Never fewer than 8 (two shards' fields).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
+        wanted = MAX_OPEN_MAPS * 8 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass  # the system refuses (e.g. a cap below the hard limit): live with the soft one
+    if soft == resource.RLIM_INFINITY:
+        return MAX_OPEN_MAPS
+    return max(8, min(MAX_OPEN_MAPS, soft // 8))
 
 
 class SplitDataset:
@@ -232,6 +255,7 @@ class SplitDataset:
         self.image_size = manifest.image_size
         self._starts = np.array([s.start for s in entry.shards], dtype=np.int64)
         self._open: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._max_open = open_map_budget()
         self._documents: dict[tuple[int, str], list[Any]] = {}
 
     def __len__(self) -> int:
@@ -254,7 +278,7 @@ class SplitDataset:
             return self._open[key]
         array = np.load(self._shard_dir(k) / f"{field}.npy", mmap_mode="r", allow_pickle=False)
         self._open[key] = array
-        if len(self._open) > MAX_OPEN_SHARDS * len(ROW_FIELDS):
+        if len(self._open) > self._max_open:
             self._open.popitem(last=False)
         return array
 
@@ -394,10 +418,16 @@ def read_manifest(root: Path) -> Manifest:
 
 
 def _check_all(root: Path, manifest: Manifest, *, rehash: bool) -> None:
-    check_files(root / NULL_DIR, manifest.null_text, rehash=rehash)
+    # prepare trusts a dataset with a manifest; without one it re-hashes every shard and rebuilds
+    # only those that fail, so deleting the manifest (not the shard) is the repair.
+    remedy = (
+        f"delete {root / MANIFEST_NAME} and run prepare again (it re-checks every shard and rebuilds only "
+        "the damaged ones)"
+    )
+    check_files(root / NULL_DIR, manifest.null_text, rehash=rehash, remedy=remedy)
     for split, entry in manifest.splits.items():
         for shard in entry.shards:
-            check_files(root / split / shard.name, shard.files, rehash=rehash)
+            check_files(root / split / shard.name, shard.files, rehash=rehash, remedy=remedy)
 
 
 def open_dataset(root: Path) -> PreparedDataset:

@@ -8,10 +8,11 @@ Backend selection, strongest first:
 
 1. :func:`set_backend` called in this process;
 2. the environment variable ``SPEEDRUN_KERNELS`` (``auto``, ``torch`` or ``triton``);
-3. ``auto``: Triton on CUDA tensors when ``triton`` and the kernel modules import, torch otherwise.
+3. ``auto``: Triton on CUDA tensors when ``triton`` and the kernel modules import and the head dim
+   is one the kernels take (:func:`triton_head_dim`), torch otherwise.
 
-Asking for ``triton`` explicitly on a non-CUDA tensor, or where the kernels cannot be imported,
-is an error rather than a silent fallback.
+Asking for ``triton`` explicitly on a non-CUDA tensor, where the kernels cannot be imported, or for
+a head dim they do not take, is an error rather than a silent fallback.
 """
 
 from __future__ import annotations
@@ -69,19 +70,30 @@ def _triton_kernels() -> tuple[Callable, Callable] | ImportError:
     return _kernels
 
 
-def active_backend(device: torch.device | str) -> Literal["torch", "triton"]:
-    """The backend that runs for tensors on ``device``."""
+def triton_head_dim(head_dim: int) -> bool:
+    """Whether the Triton kernels take this head dim: a power of two of at least 16 (the attention
+    kernel's ``tl.dot`` tiles; the RoPE kernel takes any power of two)."""
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
+
+
+def active_backend(device: torch.device | str, head_dim: int) -> Literal["torch", "triton"]:
+    """The backend that runs for tensors on ``device`` with ``head_dim`` channels per head."""
     device = torch.device(device)
     requested = requested_backend()
     if requested == "torch":
         return "torch"
     kernels = _triton_kernels() if device.type == "cuda" else None
     if requested == "auto":
-        return "triton" if isinstance(kernels, tuple) else "torch"
+        return "triton" if isinstance(kernels, tuple) and triton_head_dim(head_dim) else "torch"
     if device.type != "cuda":
         raise SpeedrunError(f"kernel backend 'triton' needs CUDA tensors, got device '{device}'")
     if isinstance(kernels, ImportError):
         raise SpeedrunError(f"kernel backend 'triton' is unavailable: {kernels}")
+    if not triton_head_dim(head_dim):
+        raise SpeedrunError(
+            f"kernel backend 'triton' takes head dims that are powers of two of at least 16, got {head_dim}; "
+            f"choose 'torch' or 'auto' ({ENV_VAR})"
+        )
     return "triton"
 
 
@@ -98,7 +110,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch
         ``(B, H, Nq, D)``: ``softmax(q k^T / sqrt(D) + mask) v``. A sample whose keys are all masked
         gets zeros (not NaN).
     """
-    if active_backend(q.device) == "triton":
+    if active_backend(q.device, q.shape[-1]) == "triton":
         return _triton_kernels()[0](q, k, v, key_mask)
     # A row with no valid key would softmax over -inf only (NaN): let it attend everywhere, then zero it.
     any_valid = key_mask.any(dim=-1)
@@ -138,7 +150,7 @@ def qk_norm_rope(
         ``(q, k)`` with the shapes and dtypes of the inputs, equal to
         ``apply_rope(rms_norm(x, w, eps), cos, sin)`` for each.
     """
-    if active_backend(q.device) == "triton":
+    if active_backend(q.device, q.shape[-1]) == "triton":
         return _triton_kernels()[1](q, k, q_weight, k_weight, cos, sin, eps)
     return (
         apply_rope(rms_norm(q, q_weight, eps), cos, sin),

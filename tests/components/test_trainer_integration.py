@@ -15,6 +15,7 @@ from speedrun.components.irepa import IREPA, IREPAParams
 from speedrun.components.repa import REPA, REPAParams
 from speedrun.components.teachers import load_teacher
 from speedrun.components.tread import TREAD, TREADParams
+from speedrun.components.xpred import XPrediction, XPredParams
 from speedrun.data.loader import Loader
 from speedrun.data.prepare import prepare
 from speedrun.data.shards import open_dataset
@@ -54,6 +55,27 @@ def test_repa_irepa_tread_contrastive_together(smoke_data_root, tmp_path, short_
     assert len(meta["component_keys"]) == 6 + 2  # three Linear layers; one Conv2d
     for key, value in fresh.state_dict().items():
         assert torch.equal(value, trainer.model.state_dict()[key]), key
+
+
+class PredictionSpy(Component):
+    """Test-only: keeps what each step's state says the network output means."""
+
+    name = "test-prediction-spy"
+
+    def __init__(self) -> None:
+        super().__init__(Params())
+        self.seen: list[str] = []
+
+    def losses(self, batch, prediction, state):
+        self.seen.append(state.prediction)
+        return {}
+
+
+def test_components_learn_what_the_output_means_from_the_objective(smoke_data_root, tmp_path, short_smoke):
+    # contrastive-fm converts an x0 output to velocity before contrasting it with a velocity.
+    spy = PredictionSpy()
+    _, summary = train(short_smoke, smoke_data_root, tmp_path / "run", components=[XPrediction(XPredParams()), spy])
+    assert summary.status == "ok" and spy.seen == ["x0", "x0"]
 
 
 class ImageSpy(Component):

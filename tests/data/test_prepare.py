@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,17 +76,34 @@ def test_resume_keeps_complete_shards_and_redoes_the_rest(tmp_path, monkeypatch,
     verify(out)
 
 
-def test_a_corrupted_shard_is_redone_on_resume(tmp_path, small_track, hash_encoder):
+@pytest.mark.parametrize("damage", ["flipped byte", "shard deleted"])
+def test_following_the_error_repairs_a_damaged_shard(tmp_path, small_track, hash_encoder, damage):
+    # The error names what to delete; doing exactly that and preparing again rebuilds the bad shard
+    # (and only it) into the dataset first written.
     encoder = hash_encoder(small_track.data.text_max_tokens)
     track = small_track.model_copy(update={"data": small_track.data.model_copy(update={"train_examples": 40})})
     out = prepare(track, tmp_path, progress=False, text_encoder=encoder, examples_per_shard=16)
-    target = out / "train" / "shard-00001" / "x.npy"
-    data = bytearray(target.read_bytes())
-    data[-1] ^= 0xFF
-    target.write_bytes(bytes(data))
-    (out / MANIFEST_NAME).unlink()
-    prepare(track, tmp_path, progress=False, text_encoder=encoder, examples_per_shard=16)
+    manifest = (out / MANIFEST_NAME).read_bytes()
+    target = out / "train" / "shard-00001"
+    if damage == "shard deleted":
+        shutil.rmtree(target)
+    else:
+        data = bytearray((target / "x.npy").read_bytes())
+        data[-1] ^= 0xFF
+        (target / "x.npy").write_bytes(bytes(data))
+    with pytest.raises(SpeedrunError, match="train/shard-00001/") as failed:
+        prepare(track, tmp_path, progress=False, text_encoder=encoder, examples_per_shard=16)
+    advised = re.search(r"delete (\S+) and run prepare again", str(failed.value))
+    assert advised and Path(advised.group(1)) == out / MANIFEST_NAME
+    Path(advised.group(1)).unlink()
+    rendered = []
+    real_render = shapes.render
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shapes, "render", lambda spec, size: rendered.append(1) or real_render(spec, size))
+        prepare(track, tmp_path, progress=False, text_encoder=encoder, examples_per_shard=16)
+    assert len(rendered) == 16
     verify(out)
+    assert (out / MANIFEST_NAME).read_bytes() == manifest
 
 
 def test_pinned_split_hashes_are_enforced(tmp_path, make_track, hash_encoder):

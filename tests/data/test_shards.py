@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -96,3 +98,31 @@ def test_interrupted_shard_write_leaves_nothing_complete(tmp_path, monkeypatch):
         write_shard(tmp_path, "shard-00000", 0, {"index": np.arange(3)}, {"captions": ["a", "b", "c"]})
     assert read_shard_entry(tmp_path, "shard-00000") is None
     assert not (tmp_path / "shard-00000").exists()
+
+
+READ_UNDER_A_LOW_FD_LIMIT = """
+import os, resource, sys
+import numpy as np
+from speedrun.data.shards import open_dataset, open_map_budget
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), int(sys.argv[3])))
+train = open_dataset(sys.argv[1]).split("train")
+rows = train.gather(np.arange(len(train))[::-1])  # every shard, every field
+print(len(rows["x"]), train._max_open, len(train._open), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+@pytest.mark.parametrize(("soft", "hard", "budget", "soft_after"), [(24, 24, 8, 24), (24, 4096, 512, 4096)])
+def test_open_maps_stay_within_the_file_descriptor_limit(prepared_root, soft, hard, budget, soft_after):
+    # Each memory map holds a descriptor: 5 shards x 4 fields would pass a limit of 24 with the
+    # interpreter's own. The soft limit is raised to the hard one where allowed, and a split keeps
+    # at most an eighth of the limit open.
+    out = subprocess.run(
+        [sys.executable, "-c", READ_UNDER_A_LOW_FD_LIMIT, str(prepared_root), str(soft), str(hard)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    n, max_open, still_open, soft_now = map(int, out.stdout.split())
+    assert (n, max_open, soft_now) == (300, budget, soft_after)
+    assert still_open == min(budget, 20)

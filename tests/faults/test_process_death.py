@@ -10,6 +10,7 @@ import sys
 
 import pytest
 from fault_helpers import (
+    BASELINE,
     copy_submission,
     log_rows,
     run,
@@ -156,7 +157,8 @@ def test_sigterm_in_worker_exits_143_with_resume_command(smoke_data_root, fault_
     proc = run(cmd, subprocess_env(fault_cache, "sigterm-step:1"))
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     assert "interrupted: training of seed 0 stopped by SIGTERM after 2 steps" in proc.stderr
-    assert f"speedrun run {sub} --track smoke --seed 0 --runs-dir {tmp_path / 'runs'}" in proc.stderr
+    resume = f"speedrun run {sub} --track smoke --seed 0 --runs-dir {tmp_path / 'runs'} --data-dir {smoke_data_root}"
+    assert f"`{resume} --device cpu` resumes it" in proc.stderr  # the device it ran on, not the default
     assert "with --no-resume starts the seed over from step 0" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (run_dir / "train_summary.json").exists()
@@ -164,6 +166,27 @@ def test_sigterm_in_worker_exits_143_with_resume_command(smoke_data_root, fault_
     assert meta["step"] == 2
     rows = [json.loads(x) for x in (run_dir / "train.jsonl").read_text().splitlines()]
     assert rows[-1]["event"] == "end" and rows[-1]["status"] == "interrupted"
+
+
+def test_resume_command_repeats_the_launch(tmp_path, monkeypatch):
+    """Under torchrun the printed command carries the device, the parallel mode and, per node, the
+    processes per node, the node count, this node's rank and the rendezvous."""
+    from speedrun.submission import load_submission
+    from speedrun.tracks import load_track
+    from speedrun.worker import resume_command
+
+    sub, track = load_submission(BASELINE), load_track("smoke")
+    run_dir = tmp_path / "runs" / "baseline" / "smoke" / "seed3"
+    prefix = f"speedrun run {sub.path} --track smoke --seed 3 --runs-dir {tmp_path / 'runs'}"
+    torchrun = {"LOCAL_WORLD_SIZE": "4", "GROUP_RANK": "1", "MASTER_ADDR": "node-a", "MASTER_PORT": "29511"}
+    for name, value in torchrun.items():
+        monkeypatch.setenv(name, value)
+    assert resume_command(sub, track, 3, run_dir, None, "cuda", "fsdp", 8) == (
+        f"{prefix} --device cuda --parallel fsdp --nproc 4 --nnodes 2 --node-rank 1 --master-addr node-a "
+        "--master-port 29511"
+    )
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert resume_command(sub, track, 3, run_dir, None, None, "auto", 8) == f"{prefix} --nproc 8"
 
 
 def test_resume_drops_log_lines_written_after_the_checkpoint(smoke_data_root, small_reference, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,40 @@ def test_disk_full_while_writing_results_via_cli(smoke_data_root, tmp_path, monk
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output
     assert results.is_file()
+
+
+def test_disk_full_while_writing_the_sample_grid_via_cli(
+    reference_run, smoke_data_root, fault_cache, tmp_path, monkeypatch
+):
+    """The grid is written atomically before the results file (whose presence marks the seed done):
+    a failed write leaves neither, and the same command afterwards writes both, the grid whole. (The
+    reference run's trained and evaluated folder makes the command only record.)"""
+    sub = tmp_path / "baseline"
+    shutil.copytree(reference_run["results"].parents[2], sub, ignore=shutil.ignore_patterns("results"))
+    run_dir = tmp_path / "runs" / "baseline" / "smoke" / "seed0"
+    shutil.copytree(reference_run["run_dir"], run_dir)
+    results = sub / "results" / "smoke" / "seed0.json"
+    monkeypatch.setenv("SPEEDRUN_CACHE_DIR", str(fault_cache))
+    args = ["run", str(sub), "--track", "smoke", "--device", "cpu", "--data-dir", str(smoke_data_root),
+            "--runs-dir", str(tmp_path / "runs")]
+    real = speedrun.fileio.write_durably
+
+    def write_durably(path, write):
+        if path.name.startswith(".seed0.png.tmp-"):
+            path.write_bytes(b"\x89PNG")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, write)
+
+    with monkeypatch.context() as m:
+        m.setattr(speedrun.fileio, "write_durably", write_durably)
+        failed = CliRunner().invoke(app, args)
+    assert failed.exit_code == 2 and isinstance(failed.exception, SystemExit), failed.output
+    assert f"{results.with_suffix('.png')}: cannot write it (No space left on device)" in failed.output
+    assert not list(results.parent.iterdir())
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert results.is_file()
+    assert results.with_suffix(".png").read_bytes() == reference_run["results"].with_suffix(".png").read_bytes()
 
 
 def oom_from_step(monkeypatch, step: int) -> None:

@@ -221,14 +221,14 @@ def test_backend_selection(monkeypatch):
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
     dispatch.set_backend(None)
     assert dispatch.requested_backend() == "auto"
-    assert dispatch.active_backend("cpu") == "torch"
+    assert dispatch.active_backend("cpu", 64) == "torch"
     monkeypatch.setenv(dispatch.ENV_VAR, "triton")
     assert dispatch.requested_backend() == "triton"
     with pytest.raises(SpeedrunError, match="CUDA"):
-        dispatch.active_backend("cpu")
+        dispatch.active_backend("cpu", 64)
     try:
         dispatch.set_backend("torch")  # an explicit choice beats the environment
-        assert dispatch.active_backend("cpu") == "torch"
+        assert dispatch.active_backend("cpu", 64) == "torch"
         with pytest.raises(SpeedrunError, match="unknown kernel backend"):
             dispatch.set_backend("cuda")
     finally:
@@ -249,10 +249,23 @@ def test_auto_picks_triton_on_cuda_only_when_the_kernels_import(monkeypatch):
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
     dispatch.set_backend(None)
     monkeypatch.setattr(dispatch, "_kernels", (reference_attention, None))
-    assert dispatch.active_backend("cuda") == "triton"
-    assert dispatch.active_backend("cpu") == "torch"
+    assert dispatch.active_backend("cuda", 64) == "triton"
+    assert dispatch.active_backend("cpu", 64) == "torch"
     monkeypatch.setattr(dispatch, "_kernels", ImportError("no triton here"))
-    assert dispatch.active_backend("cuda") == "torch"
+    assert dispatch.active_backend("cuda", 64) == "torch"
     monkeypatch.setenv(dispatch.ENV_VAR, "triton")
     with pytest.raises(SpeedrunError, match="no triton here"):
-        dispatch.active_backend("cuda")
+        dispatch.active_backend("cuda", 64)
+
+
+@pytest.mark.parametrize("head_dim", [8, 12, 48, 96])
+def test_auto_keeps_torch_for_head_dims_the_kernels_do_not_take(monkeypatch, head_dim):
+    # The model allows any multiple of 4; the attention kernel's tiles need a power of two >= 16.
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    dispatch.set_backend(None)
+    monkeypatch.setattr(dispatch, "_kernels", (reference_attention, None))
+    assert dispatch.active_backend("cuda", head_dim) == "torch"
+    assert [d for d in (16, 32, 64, 128) if dispatch.active_backend("cuda", d) == "triton"] == [16, 32, 64, 128]
+    monkeypatch.setenv(dispatch.ENV_VAR, "triton")
+    with pytest.raises(SpeedrunError, match=f"got {head_dim}; choose 'torch' or 'auto'"):
+        dispatch.active_backend("cuda", head_dim)
