@@ -95,6 +95,24 @@ def test_disk_full_while_checkpointing_keeps_last_good_and_resumes(smoke_data_ro
     assert summary.status == "ok" and log_rows(run_dir) == log_rows(small_reference)
 
 
+def invoke_with_a_full_disk(monkeypatch, args: list[str], name: str):
+    """The CLI result of ``speedrun <args>`` when every write of a file called ``name`` puts half its
+    bytes on disk and then fails with ENOSPC."""
+    real = speedrun.fileio.write_durably
+
+    def write_durably(path, write):
+        if path.name.startswith(f".{name}.tmp-"):
+            buffer = io.BytesIO()
+            write(buffer)
+            path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, write)
+
+    with monkeypatch.context() as m:
+        m.setattr(speedrun.fileio, "write_durably", write_durably)
+        return CliRunner().invoke(app, args)
+
+
 def test_disk_full_while_writing_results_via_cli(smoke_data_root, tmp_path, monkeypatch):
     """`speedrun run`: the results write fails (ENOSPC, half written): exit 2, one line, no file, no
     temporary left; the same command afterwards writes it."""
@@ -102,19 +120,7 @@ def test_disk_full_while_writing_results_via_cli(smoke_data_root, tmp_path, monk
     results = sub / "results" / "smoke" / "seed0.json"
     args = ["run", str(sub), "--device", "cpu", "--data-dir", str(smoke_data_root),
             "--runs-dir", str(tmp_path / "runs")]
-    real = speedrun.fileio.write_durably
-
-    def write_durably(path, write):
-        if path.name.startswith(".seed0.json.tmp-"):
-            buffer = io.BytesIO()
-            write(buffer)
-            path.write_bytes(buffer.getvalue()[:100])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(path, write)
-
-    with monkeypatch.context() as m:
-        m.setattr(speedrun.fileio, "write_durably", write_durably)
-        failed = CliRunner().invoke(app, args)
+    failed = invoke_with_a_full_disk(monkeypatch, args, results.name)
     assert failed.exit_code == 2 and isinstance(failed.exception, SystemExit), failed.output
     assert "Traceback" not in failed.output
     assert f"{results}: cannot write it (No space left on device); the file is unchanged" in failed.output
@@ -138,17 +144,7 @@ def test_disk_full_while_writing_the_sample_grid_via_cli(
     monkeypatch.setenv("SPEEDRUN_CACHE_DIR", str(fault_cache))
     args = ["run", str(sub), "--track", "smoke", "--device", "cpu", "--data-dir", str(smoke_data_root),
             "--runs-dir", str(tmp_path / "runs")]
-    real = speedrun.fileio.write_durably
-
-    def write_durably(path, write):
-        if path.name.startswith(".seed0.png.tmp-"):
-            path.write_bytes(b"\x89PNG")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(path, write)
-
-    with monkeypatch.context() as m:
-        m.setattr(speedrun.fileio, "write_durably", write_durably)
-        failed = CliRunner().invoke(app, args)
+    failed = invoke_with_a_full_disk(monkeypatch, args, "seed0.png")
     assert failed.exit_code == 2 and isinstance(failed.exception, SystemExit), failed.output
     assert f"{results.with_suffix('.png')}: cannot write it (No space left on device)" in failed.output
     assert not list(results.parent.iterdir())
