@@ -25,6 +25,14 @@ from speedrun.tracks import load_track
 prepare_module = importlib.import_module("speedrun.data.prepare")
 
 
+def count_renders(monkeypatch) -> list[int]:
+    """A list that grows by one for each image ``shapes.render`` draws from now on."""
+    rendered: list[int] = []
+    real_render = shapes.render
+    monkeypatch.setattr(shapes, "render", lambda spec, size: rendered.append(1) or real_render(spec, size))
+    return rendered
+
+
 def _forbid(*args, **kwargs):
     raise AssertionError("prepare did work on an already prepared dataset")
 
@@ -66,9 +74,7 @@ def test_resume_keeps_complete_shards_and_redoes_the_rest(tmp_path, monkeypatch,
     assert [read_shard_entry(out / "train", f"shard-{k:05d}") is not None for k in range(3)] == [True, True, False]
     (out / "train" / ".shard-00002.partial-1").mkdir()  # debris of a killed writer
 
-    rendered = []
-    real_render = shapes.render
-    monkeypatch.setattr(shapes, "render", lambda spec, size: rendered.append(1) or real_render(spec, size))
+    rendered = count_renders(monkeypatch)
     encoder.encode = original
     assert prepare(small_track, tmp_path, progress=False, text_encoder=encoder, examples_per_shard=64) == out
     assert len(rendered) == 300 + 16 + 32 - 2 * 64
@@ -77,7 +83,7 @@ def test_resume_keeps_complete_shards_and_redoes_the_rest(tmp_path, monkeypatch,
 
 
 @pytest.mark.parametrize("damage", ["flipped byte", "shard deleted"])
-def test_following_the_error_repairs_a_damaged_shard(tmp_path, small_track, hash_encoder, damage):
+def test_following_the_error_repairs_a_damaged_shard(tmp_path, small_track, hash_encoder, monkeypatch, damage):
     # The error names what to delete; doing exactly that and preparing again rebuilds the bad shard
     # (and only it) into the dataset first written.
     encoder = hash_encoder(small_track.data.text_max_tokens)
@@ -96,11 +102,8 @@ def test_following_the_error_repairs_a_damaged_shard(tmp_path, small_track, hash
     advised = re.search(r"delete (\S+) and run prepare again", str(failed.value))
     assert advised and Path(advised.group(1)) == out / MANIFEST_NAME
     Path(advised.group(1)).unlink()
-    rendered = []
-    real_render = shapes.render
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(shapes, "render", lambda spec, size: rendered.append(1) or real_render(spec, size))
-        prepare(track, tmp_path, progress=False, text_encoder=encoder, examples_per_shard=16)
+    rendered = count_renders(monkeypatch)
+    prepare(track, tmp_path, progress=False, text_encoder=encoder, examples_per_shard=16)
     assert len(rendered) == 16
     verify(out)
     assert (out / MANIFEST_NAME).read_bytes() == manifest
