@@ -40,6 +40,8 @@ def format_validation_error(source: str, exc: Exception) -> str:
         # repr() any key with a newline or control character so the message stays one printable line
         loc = ".".join(str(p) if str(p).isprintable() else repr(p) for p in err.get("loc", ())) or "(top level)"
         msg = err.get("msg", "invalid value")
+        if err.get("type") == "value_error" and "error" in err.get("ctx", {}):
+            msg = str(err["ctx"]["error"])  # our validator's own words, without pydantic's "Value error, "
         if err.get("type") == "extra_forbidden":
             msg = "unknown field (not part of the schema)"
         value = err.get("input")

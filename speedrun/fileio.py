@@ -34,8 +34,18 @@ def write_durably(path: Path, write: Callable[[BinaryIO], Any]) -> None:
         os.fsync(handle.fileno())
 
 
+def fsync_folder(folder: Path) -> None:
+    """Make the entries of ``folder`` durable: a rename is only on disk once its folder is synced."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Readers see the old file or the whole new one: write a temporary file, then ``os.replace``.
+    """Readers see the old file or the whole new one: write a temporary file, then ``os.replace``,
+    and sync the folder so that a power cut after return still finds the new file.
 
     A failed write (disk full, permissions) removes the temporary file, leaves ``path`` as it was
     and raises ``SpeedrunError`` naming the file: it is the user's to fix, not a harness bug.
@@ -46,6 +56,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_durably(tmp, write)
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     except OSError as exc:
         raise SpeedrunError(
             f"{path}: cannot write it ({exc.strerror or exc}); the file is unchanged: "

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from speedrun.state import PredictionKind
 from speedrun.tracks import TimestepSpec
 
-PredictionKind = Literal["velocity", "x0"]
 PREDICTION_KINDS: tuple[str, ...] = ("velocity", "x0")
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``model_fn(x_t, t, text, text_mask) -> velocity`` with x_t (B, C, H, W) and t (B,)."""

@@ -417,6 +417,9 @@ def leaderboard_command(
     ``--track`` limits what is printed or rendered to HTML; ``leaderboard/README.md`` always holds
     every track, so ``--check`` compares the whole file.
     """
+    if check and (md or html is not None):
+        writes = " and ".join(flag for flag, on in (("--md", md), ("--html", html is not None)) if on)
+        raise SpeedrunError(f"--check writes nothing, so it cannot be combined with {writes}; run them separately")
     console = console or Console()
     board = build_board(repo_root)
     if track is not None and track not in board.tracks:

@@ -6,13 +6,18 @@ torchrun starts its workers in new sessions with every inherited descriptor clos
 share the launcher's lock: each takes a shared lock of its own on a second file, and a new run is
 refused while any of them is alive. The kernel releases a ``flock`` when the last process holding
 its descriptor ends, however it dies (SIGKILL included), so a killed run never leaves a stale lock
-and nothing needs cleaning up. The files stay: deleting one would let a third run lock a fresh file
-while the second still holds the old one.
+and nothing needs cleaning up. A third lock, in a temporary folder and named for the seed's results
+file, keeps two launchers with different run folders from writing that one file (``results_lock``).
+The files stay: deleting one would let a third run lock a fresh file while the second still holds
+the old one.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +57,33 @@ def seed_lock(run_dir: Path) -> Iterator[int]:
                 "them), then run this command again",
             )
         yield handle.fileno()
+
+
+@contextmanager
+def results_lock(results_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for the results file ``<submission>/results/<track>/seedN.json`` while
+    this launcher runs that seed.
+
+    ``run.lock`` lives in the run folder, so two runs of one seed with different ``--runs-dir`` would
+    both pass it, train, and write the one results file (the last to finish wins). Only the launcher
+    writes that file, so only the launcher holds this lock. The lock file lives in this user's folder
+    of the system's temporary directory, named by a hash of the results file's absolute path, so that
+    nothing is created in the submission before there is a result.
+    """
+    folder = Path(tempfile.gettempdir()) / f"speedrun-locks-{os.getuid()}"
+    path = folder / f"{hashlib.sha256(str(results_path.resolve()).encode()).hexdigest()[:32]}.lock"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        handle = open(path, "a")
+    except OSError as exc:
+        raise SpeedrunError(f"{path}: cannot create the lock of {results_path} ({exc.strerror or exc})") from None
+    with handle:
+        _lock_exclusive(
+            handle,
+            f"{results_path}: another `speedrun run` is running this seed (perhaps with another --runs-dir; "
+            f"{path} is locked); wait for it to finish or stop it, then run this command again",
+        )
+        yield
 
 
 def _lock_exclusive(handle: IO[str], refusal: str) -> None:

@@ -10,11 +10,18 @@ from speedrun.tracks import REPO_ROOT
 
 
 def _root(explicit: Path | None, env: str, default: str) -> Path:
+    # "~" is expanded here because no shell does it in "--runs-dir=~/x" or in a quoted variable.
     if explicit is not None:
-        return Path(explicit)
+        return Path(explicit).expanduser()
     if os.environ.get(env):
-        return Path(os.environ[env])
+        return Path(os.environ[env]).expanduser()
     return REPO_ROOT / default
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path``, or its nearest parent that exists: where creating ``path`` with its parents starts."""
+    path = Path(path).absolute()
+    return next(p for p in (path, *path.parents) if p.exists())
 
 
 def data_root(explicit: Path | None = None) -> Path:

@@ -7,6 +7,7 @@ provenance hashes tie the numbers to the exact files that produced them.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import importlib.metadata
 import json
@@ -199,12 +200,26 @@ def harness_sha256() -> str:
     return tree_sha256(REPO_ROOT / "speedrun")
 
 
+# What editors and file browsers leave beside the code; nothing a run reads, so hashing it would only
+# make results "stale" when a swap file comes or goes.
+_CACHE_FOLDERS = frozenset({"__pycache__", ".ipynb_checkpoints", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
+_JUNK_FILES = (".DS_Store", "._*", "Thumbs.db", "desktop.ini", ".*.sw?", "*~", ".#*", "#*#")
+
+
+def _left_out(rel: Path) -> bool:
+    """Whether ``rel`` (relative to a submission folder) is left out of its provenance: results,
+    caches and editor or file-browser litter (``.DS_Store``, ``.components.py.swp``, ``notes.txt~``)."""
+    if rel.parts[0] == "results" or not _CACHE_FOLDERS.isdisjoint(rel.parts):
+        return True
+    return any(fnmatch.fnmatchcase(rel.name, pattern) for pattern in _JUNK_FILES)
+
+
 def submission_file_hashes(folder: Path) -> dict[str, str]:
-    """sha256 of every file in the submission folder except its results and caches."""
+    """sha256 of every file in the submission folder except its results, caches and editor litter."""
     out = {}
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
-        if p.is_file() and rel.parts[0] != "results" and "__pycache__" not in rel.parts:
+        if p.is_file() and not _left_out(rel):
             out[rel.as_posix()] = sha256_file(p)
     return out
 

@@ -24,8 +24,8 @@ from speedrun.checkpoint import read_meta
 from speedrun.devices import DEVICES, MAX_SEED, PARALLEL_MODES
 from speedrun.errors import SpeedrunError, TrainingInterrupted
 from speedrun.fileio import atomic_write_bytes
-from speedrun.locks import seed_lock
-from speedrun.paths import data_root, runs_root
+from speedrun.locks import results_lock, seed_lock
+from speedrun.paths import data_root, nearest_existing, runs_root
 from speedrun.results import (
     EvalPoint,
     Provenance,
@@ -41,7 +41,7 @@ from speedrun.results import (
     write_result,
 )
 from speedrun.submission import MANIFEST, Submission, load_submission
-from speedrun.tracks import Track, load_track
+from speedrun.tracks import REPO_ROOT, Track, load_track
 from speedrun.worker import SUMMARY, train_seed
 
 
@@ -105,12 +105,23 @@ def check_options(o: RunOptions, track: Track) -> None:
         ("--runs-dir", "$SPEEDRUN_RUNS_DIR", o.runs_dir, runs_root(o.runs_dir), True),
     ):
         name = option if explicit is not None else env
-        existing = next(p for p in (root.absolute(), *root.absolute().parents) if p.exists())
+        existing = nearest_existing(root)
         if not existing.is_dir():
             where = "" if existing == root.absolute() else f" (its part {existing})"
             raise SpeedrunError(f"{name} {root}{where}: is a file, not a folder")
         if write and not os.access(existing, os.W_OK | os.X_OK):
             raise SpeedrunError(f"{name} {root}: cannot write in {existing} (permission denied)")
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    """The environment of the torchrun and evaluation processes this launcher starts.
+
+    ``python -m`` puts the current folder first on ``sys.path``, where a stray ``torch.py`` or another
+    checkout's ``speedrun/`` would be imported instead: PYTHONSAFEPATH (Python 3.11+) leaves it out,
+    and the folder this harness is imported from goes first, so the children run this very code.
+    """
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONSAFEPATH": "1", "PYTHONPATH": path, **extra}
 
 
 def _train(
@@ -135,7 +146,7 @@ def _train(
         cmd.append("--no-resume")
     if lock_fds:  # this launcher locked the seed: its workers lock too (the other nodes' do not)
         cmd.append("--worker-lock")
-    proc = subprocess.run(cmd, pass_fds=lock_fds)
+    proc = subprocess.run(cmd, env=_child_env(), pass_fds=lock_fds)
     if proc.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         raise TrainingInterrupted(
             f"training of seed {seed} was interrupted; its last checkpoint in {run_dir} resumes with the same "
@@ -158,7 +169,7 @@ def _evaluate(checkpoint: Path, track: Track, out: Path, o: RunOptions, lock_fds
         cmd += ["--device", o.device]
     if o.data_dir:
         cmd += ["--data-dir", str(o.data_dir)]
-    proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, pass_fds=lock_fds)
+    proc = subprocess.run(cmd, env=_child_env(PYTHONUNBUFFERED="1"), pass_fds=lock_fds)
     if proc.returncode != 0:
         raise SpeedrunError(f"evaluation of {checkpoint} failed (exit {proc.returncode}); see the message above")
     return _read_eval(out)
@@ -207,7 +218,7 @@ def run_one_seed(submission: Submission, track: Track, seed: int, o: RunOptions,
         # Only node 0's launcher and workers lock: on a shared filesystem the other nodes' would
         # find its locks held.
         return _train_evaluate_record(submission, track, seed, run_dir, results_path, o, console, ())
-    with seed_lock(run_dir) as lock_fd:
+    with results_lock(results_path), seed_lock(run_dir) as lock_fd:
         # Another run may have finished this seed between the check above and taking the lock.
         if _finished(submission, track, seed, results_path):
             console.print(f"seed {seed}: already finished ({results_path}), skipped")

@@ -7,9 +7,12 @@ package (the dependency points from components to the model, never back).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
+
+PredictionKind = Literal["velocity", "x0"]
+"""What a network outputs: a velocity, or the clean sample x0 (see :mod:`speedrun.flow`)."""
 
 BlockHook = Callable[[torch.Tensor, "StepState"], torch.Tensor]
 """``hook(tokens, state) -> tokens``: run before or after a block on the image tokens (B, N, hidden)."""
@@ -27,7 +30,7 @@ class StepState:
         x_t: the noisy input of this step (B, C, H, W), or None.
         t: the timesteps of this step (B,), or None.
         prediction: what the network outputs under this run's objective, ``"velocity"`` or ``"x0"``
-            (:data:`speedrun.flow.PredictionKind`); :func:`speedrun.flow.velocity_from_prediction`
+            (:data:`PredictionKind`); :func:`speedrun.flow.velocity_from_prediction`
             turns an output into velocity.
         token_index: (B, N_kept) long tensor of the image tokens currently flowing through the
             blocks, as indices into the full row-major token grid; None means all tokens in order.
@@ -42,6 +45,6 @@ class StepState:
     training: bool = False
     x_t: torch.Tensor | None = None
     t: torch.Tensor | None = None
-    prediction: str = "velocity"
+    prediction: PredictionKind = "velocity"
     token_index: torch.Tensor | None = None
     records: dict[str, Any] = field(default_factory=dict)

@@ -142,6 +142,9 @@ def load_submission(path: Path | str, tracks_dir: Path = TRACKS_DIR, registry: R
     ``components.py``; built-in parameters validate against the component's ``Params``.
     """
     path = Path(path)
+    if path.is_file() and path.name != MANIFEST:  # e.g. its components.py
+        hint = f"; pass its folder, {path.parent}" if (path.parent / MANIFEST).is_file() else ""
+        raise SpeedrunError(f"{path}: a file, not a submission folder{hint}")
     folder = path.parent if path.name == MANIFEST else path
     manifest_path = folder / MANIFEST
     if not folder.is_dir():

@@ -249,6 +249,7 @@ def canonical_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+MAX_TOML_BYTES = 1_000_000
 _MAX_KEY_PARTS = 64
 _KEY_PART = r"""(?:[A-Za-z0-9_-]++|"[^"\n]*"|'[^'\n]*')"""
 _DEEP_DOTTED_KEY = re.compile(rf"(?<![A-Za-z0-9_-])(?:{_KEY_PART}[ \t]*\.[ \t]*){{{_MAX_KEY_PARTS},}}")
@@ -257,13 +258,14 @@ _DEEP_DOTTED_KEY = re.compile(rf"(?<![A-Za-z0-9_-])(?:{_KEY_PART}[ \t]*\.[ \t]*)
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file, turning every failure into an error that names the file."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as handle:  # at most one byte past the limit: never a whole huge file
+            raw = handle.read(MAX_TOML_BYTES + 1)
     except FileNotFoundError:
         raise SpeedrunError(f"{path}: file not found") from None
     except OSError as exc:
         raise SpeedrunError(f"{path}: cannot read ({exc.strerror})") from None
-    if len(raw) > 1_000_000:
-        raise SpeedrunError(f"{path}: {len(raw)} bytes is too large (limit 1 MB)")
+    if len(raw) > MAX_TOML_BYTES:
+        raise SpeedrunError(f"{path}: more than {MAX_TOML_BYTES} bytes is too large (limit 1 MB)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -14,6 +14,7 @@ import pytest
 from rich.console import Console
 from scipy import stats
 
+from speedrun.errors import SpeedrunError
 from speedrun.leaderboard import HEADER, README, build_board, leaderboard_command, render_markdown
 from speedrun.results import finalize, write_result
 from speedrun.tracks import TRACKS_DIR, load_track
@@ -185,6 +186,14 @@ def test_markdown_is_deterministic_and_check_detects_a_hand_edit(filled: Path) -
     assert leaderboard_command(check=True, console=console, repo_root=filled) == 0
     readme.write_text(text.replace("| 1 | [solo]", "| 1 | [alpha]"))
     assert leaderboard_command(check=True, console=console, repo_root=filled) == 1
+
+
+@pytest.mark.parametrize(("flags", "named"), [({"md": True}, "--md"), ({"html": Path("page")}, "--html")])
+def test_check_with_a_writing_flag_is_refused(filled: Path, flags: dict, named: str) -> None:
+    # --check writes nothing: a combined --md or --html would otherwise be skipped without a word.
+    with pytest.raises(SpeedrunError, match=f"--check writes nothing, so it cannot be combined with {named}"):
+        leaderboard_command(check=True, console=Console(file=io.StringIO()), repo_root=filled, **flags)
+    assert not (filled / README).exists()
 
 
 def test_edited_results_are_skipped_and_submission_code_never_imported(filled: Path) -> None:

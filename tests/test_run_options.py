@@ -4,6 +4,8 @@ name the data folder. (The seed lock is tested in tests/faults/test_concurrent_r
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,9 @@ from rich.console import Console
 from speedrun.data.shards import read_manifest
 from speedrun.data.source import TrainData
 from speedrun.errors import SpeedrunError
-from speedrun.run import RunOptions, check_options, run_submission
-from speedrun.tracks import load_track
+from speedrun.paths import cache_root, data_root, runs_root
+from speedrun.run import RunOptions, _child_env, check_options, run_submission
+from speedrun.tracks import REPO_ROOT, load_track
 
 BASELINE = Path(__file__).resolve().parents[1] / "submissions" / "baseline"
 
@@ -140,3 +143,33 @@ def test_prepare_hint_leaves_out_the_default_data_folder() -> None:
     from speedrun.paths import data_root, prepare_command
 
     assert prepare_command("smoke", data_root()) == "speedrun prepare --track smoke"
+
+
+@pytest.mark.parametrize(
+    ("env", "root"),
+    [("SPEEDRUN_DATA_DIR", data_root), ("SPEEDRUN_RUNS_DIR", runs_root), ("SPEEDRUN_CACHE_DIR", cache_root)],
+)
+def test_a_tilde_in_a_folder_is_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env, root) -> None:
+    # No shell expands "~" in "--runs-dir=~/x" or in a quoted variable; the folder is still the home one.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv(env, "~/from-env")
+    assert root() == tmp_path / "from-env"
+    assert root(Path("~/from-flag")) == tmp_path / "from-flag"
+
+
+def test_child_processes_import_this_harness_not_the_current_folder(tmp_path: Path, monkeypatch) -> None:
+    # The torchrun and evaluation processes run `python -m`, which would put the current folder first
+    # on sys.path: a stray speedrun/ (or torch.py) there would be imported instead of this harness.
+    decoy = tmp_path / "speedrun"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise SystemExit('the decoy was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    probe = [sys.executable, "-m", "speedrun.paths"]
+    assert subprocess.run(probe, capture_output=True, text=True).stderr.strip() == "the decoy was imported"
+    child = subprocess.run(probe, env=_child_env(), capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr
+    printed = subprocess.run(
+        [sys.executable, "-c", "import speedrun; print(speedrun.__file__)"], env=_child_env(), capture_output=True,
+        text=True, check=True,
+    )
+    assert Path(printed.stdout.strip()) == REPO_ROOT / "speedrun" / "__init__.py"

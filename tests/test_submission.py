@@ -298,6 +298,19 @@ def test_missing_folder(tmp_path: Path) -> None:
         load_submission(tmp_path / "nope")
 
 
+def test_a_file_of_the_submission_names_its_folder(tmp_path: Path) -> None:
+    folder = make_submission(tmp_path, Case("ok", manifest(), (), files={"components.py": CUSTOM}))
+    with pytest.raises(SpeedrunError) as info:
+        load_submission(folder / "components.py")
+    assert str(info.value) == f"{folder / 'components.py'}: a file, not a submission folder; pass its folder, {folder}"
+    stray = tmp_path / "notes.txt"
+    stray.write_text("")
+    with pytest.raises(SpeedrunError) as info:
+        load_submission(stray)
+    assert str(info.value) == f"{stray}: a file, not a submission folder"
+    assert load_submission(folder / "submission.toml").path == folder
+
+
 # --------------------------------------------------------------------------------------------------
 # Valid submissions
 
@@ -400,9 +413,12 @@ def test_builtin_params_are_validated(tmp_path: Path) -> None:
     text = _ov('[[components]]\nname = "toy"\nparams = { weight = 2.0 }\n')
     good = make_submission(tmp_path / "g", Case("ok", text, ()))
     assert load_submission(good, registry=_toy_registry()).manifest.components[0].params == {"weight": 2.0}
+    assert _ToyParams.model_validate({"weight": 2}).weight == 2.0  # a TOML integer still fills a float
     for body, expected in [
         ("params = { weight = -1.0 }", ("field 'weight'", "greater than 0")),
         ('params = { weight = "heavy" }', ("field 'weight'", "(got 'heavy')")),
+        # strict, as tracks are: a number written as a string is not coerced
+        ('params = { weight = "0.5" }', ("field 'weight'", "valid number", "(got '0.5')")),
         ("params = { wieght = 1.0 }", ("field 'wieght'", "unknown field")),
         ("params = { weight = inf }", ("field 'weight'", "finite number")),
         ("params = { weight = nan }", ("field 'weight'", "finite number")),

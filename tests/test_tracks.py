@@ -30,6 +30,7 @@ from speedrun.tracks import (
     canonical_hash,
     load_track,
     load_track_file,
+    read_toml,
 )
 
 PRX_TEXT = (TRACKS_DIR / "prx-256.toml").read_text()
@@ -285,6 +286,17 @@ def test_malformed_track_names_file_and_field(
     for part in expected:
         assert part in msg, (part, msg)
     assert "\n" not in msg, "a message is one paragraph"
+    assert "Value error" not in msg, "a validator's own words, without pydantic's prefix"
+
+
+def test_read_toml_reads_no_more_than_its_limit(tmp_path: Path) -> None:
+    # /dev/zero never ends: reading it whole would exhaust memory before the size check.
+    with pytest.raises(SpeedrunError, match=re.escape("/dev/zero: more than 1000000 bytes is too large")):
+        read_toml(Path("/dev/zero"))
+    at_limit = tmp_path / "at-limit.toml"
+    at_limit.write_text('x = "' + "y" * (1_000_000 - 7) + '"\n')
+    assert at_limit.stat().st_size == 1_000_000
+    assert len(read_toml(at_limit)["x"]) == 1_000_000 - 7
 
 
 @pytest.mark.parametrize("track_id", ["nope", "../prx-256", "/abs", "a/b", "..", "smoke\n", "PRX-256", ""])

@@ -197,6 +197,21 @@ def test_a_submission_file_changed_after_the_run_makes_it_stale(repo: Repo, chan
     assert fields(problems) == ["provenance.submission_files", "seeds"]
 
 
+def test_editor_and_file_browser_litter_leaves_the_result_fresh(repo: Repo) -> None:
+    # Nothing a run reads: a swap file coming or going must not make a result stale.
+    repo.seal()
+    litter = [".DS_Store", ".components.py.swp", "NOTES.md~", ".#NOTES.md", "#NOTES.md#", "._NOTES.md", "Thumbs.db"]
+    for name in litter:
+        (repo.sub / name).write_text("editor state\n")
+    (repo.sub / ".ipynb_checkpoints").mkdir()
+    (repo.sub / ".ipynb_checkpoints" / "scratch.py").write_text("X = 1\n")
+    assert repo.verify() == []
+    # A hidden file that is not litter (a run may read it) still counts.
+    (repo.sub / ".settings.json").write_text("{}\n")
+    stale = [p for p in repo.verify() if p.field == "provenance.submission_files"]
+    assert len(stale) == 1 and "'.settings.json' was added" in stale[0].message
+
+
 def test_an_edited_manifest_makes_the_run_stale(repo: Repo) -> None:
     repo.seal()
     (repo.sub / "submission.toml").write_text(MANIFEST + "# a comment\n")

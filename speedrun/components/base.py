@@ -24,10 +24,11 @@ if TYPE_CHECKING:
 
 
 class Params(BaseModel):
-    """Base for component parameters: frozen, and unknown keys are errors."""
+    """Base for component parameters: frozen, strict (as tracks are), and unknown keys are errors."""
 
+    # strict: a TOML string is never coerced ("0.5" for a float, "true" for a bool is a type error).
     # No nan or inf: they pass one-sided bounds and results JSON would record them as null.
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 @dataclass

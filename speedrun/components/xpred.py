@@ -19,12 +19,8 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from speedrun.components.base import Component, ComponentContext, Params
-from speedrun.flow import (
-    Objective,
-    PredictionKind,
-    RectifiedFlowObjective,
-    velocity_from_prediction,
-)
+from speedrun.flow import Objective, RectifiedFlowObjective, velocity_from_prediction
+from speedrun.state import PredictionKind
 from speedrun.tracks import TimestepSpec
 
 EVAL_T_CLAMP: float = inspect.signature(velocity_from_prediction).parameters["t_clamp"].default

@@ -30,6 +30,7 @@ looks complete.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -43,7 +44,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from speedrun.errors import SpeedrunError, format_validation_error
-from speedrun.fileio import atomic_write, sha256_file, write_durably
+from speedrun.fileio import atomic_write, fsync_folder, sha256_file, write_durably
 from speedrun.paths import prepare_command
 
 FORMAT_VERSION = 1
@@ -178,6 +179,7 @@ def write_shard(
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    fsync_folder(split_dir)
     return entry
 
 
@@ -192,25 +194,26 @@ def read_shard_entry(split_dir: Path, name: str) -> ShardEntry | None:
         return None
 
 
-def check_files(directory: Path, files: dict[str, FileEntry], *, rehash: bool, remedy: str) -> None:
+def check_files(directory: Path, files: dict[str, FileEntry], *, rehash: bool, remedy: str | None = None) -> None:
     """Raise SpeedrunError naming the first file that is missing, has the wrong size or hash, and
-    saying what to do (``remedy``)."""
+    saying what to do (``remedy``; left out where the caller repairs the files itself)."""
+    then = f"; {remedy}" if remedy else ""
     for filename, entry in files.items():
         path = directory / filename
         if not path.is_file():
-            raise SpeedrunError(f"{path}: missing from the prepared dataset; {remedy}")
+            raise SpeedrunError(f"{path}: missing from the prepared dataset{then}")
         size = path.stat().st_size
         if size != entry.bytes:
             raise SpeedrunError(
                 f"{path}: {size} bytes but the manifest records {entry.bytes}; the file is truncated "
-                f"or corrupted: {remedy}"
+                f"or corrupted{then}"
             )
         if rehash:
             actual = sha256_file(path)
             if actual != entry.sha256:
                 raise SpeedrunError(
                     f"{path}: sha256 {actual[:16]}... does not match the manifest "
-                    f"({entry.sha256[:16]}...); the file is corrupted: {remedy}"
+                    f"({entry.sha256[:16]}...); the file is corrupted{then}"
                 )
 
 
@@ -218,6 +221,7 @@ def check_files(directory: Path, files: dict[str, FileEntry], *, rehash: bool, r
 # Reading
 
 
+@functools.cache  # the limit is process state: raise it and size the budget once per process
 def open_map_budget() -> int:
     """How many memory maps one split may keep open in this process.
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from speedrun.errors import SpeedrunError
+from speedrun.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
     from speedrun.eval.features import Extractor
@@ -144,10 +145,7 @@ class StreamingMoments:
         digest = _content_sha256(state)
         buffer = io.BytesIO()
         np.savez(buffer, sha256=np.asarray(digest), **state)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, buffer.getvalue())
         return digest
 
     @classmethod

@@ -121,6 +121,25 @@ def test_pinned_split_hashes_are_enforced(tmp_path, make_track, hash_encoder):
         prepare(bad, tmp_path, progress=False, text_encoder=encoder)
 
 
+@pytest.mark.parametrize("problem", ["read-only", "a-file"])
+def test_a_folder_prepare_cannot_write_in_is_refused_before_any_work(tmp_path, monkeypatch, small_track, problem):
+    # The encoders take minutes to load at prx-256: the folder is checked first, with the way out.
+    if problem == "a-file":
+        (tmp_path / "data").write_text("")
+        existing, why = tmp_path / "data", "is a file"
+    else:
+        (tmp_path / "data").mkdir()
+        existing, why = tmp_path / "data", "cannot be written (permission denied)"
+        monkeypatch.setattr(prepare_module.os, "access", lambda path, mode: Path(path) != existing)
+    monkeypatch.setattr(prepare_module, "get_text_encoder", _forbid)
+    monkeypatch.setattr(shapes, "render", _forbid)
+    with pytest.raises(SpeedrunError) as info:
+        prepare(small_track, tmp_path / "data" / "datasets", progress=False)
+    message = str(info.value)
+    assert f": cannot prepare the dataset there: {existing} {why}; choose another folder with --data-dir" in message
+    assert message.startswith(str(tmp_path / "data" / "datasets" / "shapes-"))
+
+
 def test_ranks_without_a_process_group_share_the_shards(tmp_path, make_track, hash_encoder):
     track = make_track(train_examples=24, validation_examples=4, reference_examples=4)
     encoder = hash_encoder(32)

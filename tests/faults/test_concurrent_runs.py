@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 from rich.console import Console
 
 from speedrun.errors import SpeedrunError
-from speedrun.locks import LOCK_NAME, WORKERS_LOCK_NAME, seed_lock
+from speedrun.locks import LOCK_NAME, WORKERS_LOCK_NAME, results_lock, seed_lock
 from speedrun.run import RunOptions, run_submission
 from speedrun.worker import SUMMARY
 
@@ -63,12 +64,20 @@ class _Stop(Exception):
     pass
 
 
-def _run_seed0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, train: Any) -> None:
+def _baseline_copy(tmp_path: Path) -> Path:
+    """A copy of the baseline submission without its results, so no lock file lands in the repository."""
+    copy = tmp_path / "submissions" / "baseline"
+    if not copy.exists():
+        shutil.copytree(BASELINE, copy, ignore=shutil.ignore_patterns("results", "__pycache__"))
+    return copy
+
+
+def _run_seed0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, train: Any, runs: str = "runs") -> None:
     """run_submission of baseline seed 0 on smoke, with prepare skipped and ``train`` in place of training."""
     monkeypatch.setattr("speedrun.data.prepare.prepare", lambda *a, **k: None)
     monkeypatch.setattr("speedrun.run._train", train)
-    options = RunOptions(track="smoke", seed=0, runs_dir=tmp_path / "runs", data_dir=tmp_path / "data", progress=False)
-    run_submission(BASELINE, options, Console(quiet=True))
+    options = RunOptions(track="smoke", seed=0, runs_dir=tmp_path / runs, data_dir=tmp_path / "data", progress=False)
+    run_submission(_baseline_copy(tmp_path), options, Console(quiet=True))
 
 
 def test_run_submission_refuses_a_locked_seed_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -93,6 +102,24 @@ def test_lock_is_held_while_the_seed_trains_and_freed_after(tmp_path: Path, monk
         _run_seed0(tmp_path, monkeypatch, train)
     with seed_lock(tmp_path / "runs" / "baseline" / "smoke" / "seed0"):
         pass
+
+
+def test_a_second_run_of_the_seed_in_another_runs_folder_is_refused(tmp_path: Path, monkeypatch):
+    # Both would pass their own run.lock, train, and write the one results file; the last would win.
+    results = _baseline_copy(tmp_path) / "results" / "smoke" / "seed0.json"
+
+    def train(submission: Any, track: Any, seed: int, run_dir: Path, o: Any, lock_fds: tuple[int, ...]) -> dict:
+        busy = re.escape(f"{results}: another `speedrun run` is running this seed (perhaps with another --runs-dir")
+        with pytest.raises(SpeedrunError, match=busy):
+            _run_seed0(tmp_path, monkeypatch, train, runs="other-runs")
+        assert not (tmp_path / "other-runs").exists(), "refused before its run folder was made"
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        _run_seed0(tmp_path, monkeypatch, train)
+    with results_lock(results):  # freed with the first launcher's block
+        pass
+    assert not results.parent.parent.exists(), "nothing is made in the submission before there is a result"
 
 
 def _wait_until_unlocked(run_dir: Path) -> None:
@@ -223,7 +250,7 @@ def test_torchrun_and_evaluation_inherit_the_seed_lock(tmp_path: Path, monkeypat
     run_dir.mkdir(parents=True)
     (run_dir / SUMMARY).write_text(json.dumps({"status": "ok", "eval_checkpoints": ["step_1"]}))
     with pytest.raises(_Stop):
-        run_submission(BASELINE, options, Console(quiet=True))
+        run_submission(_baseline_copy(tmp_path), options, Console(quiet=True))
     assert len(inherited) == 2
     torchrun, evaluation = commands
     assert "torch.distributed.run" in torchrun and "--worker-lock" in torchrun  # the workers lock too
