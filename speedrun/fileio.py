@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -35,10 +36,17 @@ def write_durably(path: Path, write: Callable[[BinaryIO], Any]) -> None:
 
 
 def fsync_folder(folder: Path) -> None:
-    """Make the entries of ``folder`` durable: a rename is only on disk once its folder is synced."""
+    """Make the entries of ``folder`` durable: a rename is only on disk once its folder is synced.
+
+    Filesystems that cannot sync a folder (some network ones answer EINVAL) are left to their own
+    guarantees rather than failing every write.
+    """
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
     finally:
         os.close(fd)
 
@@ -56,7 +64,6 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_durably(tmp, write)
         os.replace(tmp, path)
-        fsync_folder(path.parent)
     except OSError as exc:
         raise SpeedrunError(
             f"{path}: cannot write it ({exc.strerror or exc}); the file is unchanged: "
@@ -65,6 +72,13 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+    try:
+        fsync_folder(path.parent)
+    except OSError as exc:
+        raise SpeedrunError(
+            f"{path}: written, but its folder could not be synced to disk ({exc.strerror or exc}); "
+            "check the disk, then run the command again"
+        ) from exc
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

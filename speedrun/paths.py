@@ -6,15 +6,23 @@ import os
 from pathlib import Path
 from shlex import quote
 
+from speedrun.errors import SpeedrunError
 from speedrun.tracks import REPO_ROOT
 
 
-def _root(explicit: Path | None, env: str, default: str) -> Path:
+def _expand(path: Path, where: str) -> Path:
     # "~" is expanded here because no shell does it in "--runs-dir=~/x" or in a quoted variable.
+    try:
+        return path.expanduser()
+    except RuntimeError:  # "~nobody-here/x", or no home folder at all
+        raise SpeedrunError(f"{where} {path}: cannot expand '~' (no such user, or no home folder)") from None
+
+
+def _root(explicit: Path | None, flag: str, env: str, default: str) -> Path:
     if explicit is not None:
-        return Path(explicit).expanduser()
+        return _expand(Path(explicit), flag)
     if os.environ.get(env):
-        return Path(os.environ[env]).expanduser()
+        return _expand(Path(os.environ[env]), f"${env}")
     return REPO_ROOT / default
 
 
@@ -26,7 +34,7 @@ def nearest_existing(path: Path) -> Path:
 
 def data_root(explicit: Path | None = None) -> Path:
     """Prepared datasets: ``--data-dir``, else ``$SPEEDRUN_DATA_DIR``, else ``<repo>/data``."""
-    return _root(explicit, "SPEEDRUN_DATA_DIR", "data")
+    return _root(explicit, "--data-dir", "SPEEDRUN_DATA_DIR", "data")
 
 
 def prepare_command(track_id: str, root: Path) -> str:
@@ -42,9 +50,9 @@ def prepare_command(track_id: str, root: Path) -> str:
 
 def runs_root(explicit: Path | None = None) -> Path:
     """Checkpoints and logs: ``--runs-dir``, else ``$SPEEDRUN_RUNS_DIR``, else ``<repo>/runs``."""
-    return _root(explicit, "SPEEDRUN_RUNS_DIR", "runs")
+    return _root(explicit, "--runs-dir", "SPEEDRUN_RUNS_DIR", "runs")
 
 
 def cache_root(explicit: Path | None = None) -> Path:
     """Reference statistics and other derived caches: ``$SPEEDRUN_CACHE_DIR``, else ``<repo>/cache``."""
-    return _root(explicit, "SPEEDRUN_CACHE_DIR", "cache")
+    return _root(explicit, "folder", "SPEEDRUN_CACHE_DIR", "cache")

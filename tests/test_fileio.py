@@ -56,3 +56,25 @@ def test_a_written_shard_is_synced_into_its_split_folder(tmp_path: Path, fsyncs)
     write_shard(tmp_path / "train", "shard-00000", 0, {"index": np.arange(3)}, {"captions": ["a", "b", "c"]})
     assert fsyncs[-1] == ("folder", tmp_path / "train")
     assert (tmp_path / "train" / "shard-00000" / "shard.json").is_file()
+
+
+@pytest.mark.parametrize(("errno_", "message"), [(22, None), (5, "written, but its folder could not be synced")])
+def test_a_folder_that_cannot_be_synced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, errno_: int, message):
+    # EINVAL: the filesystem cannot sync a folder (some network ones), so the write stands as it is.
+    # EIO: the file is in place but may not survive a power cut; the message must not say "unchanged".
+    real = os.fsync
+
+    def folder_fails(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno_, os.strerror(errno_))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", folder_fails)
+    target = tmp_path / "a.json"
+    if message is None:
+        atomic_write_text(target, "new")
+    else:
+        with pytest.raises(SpeedrunError, match=f"{target}: {message}") as info:
+            atomic_write_text(target, "new")
+        assert "unchanged" not in str(info.value)
+    assert target.read_text() == "new"

@@ -146,15 +146,24 @@ def test_prepare_hint_leaves_out_the_default_data_folder() -> None:
 
 
 @pytest.mark.parametrize(
-    ("env", "root"),
-    [("SPEEDRUN_DATA_DIR", data_root), ("SPEEDRUN_RUNS_DIR", runs_root), ("SPEEDRUN_CACHE_DIR", cache_root)],
+    ("env", "flag", "root"),
+    [
+        ("SPEEDRUN_DATA_DIR", "--data-dir", data_root),
+        ("SPEEDRUN_RUNS_DIR", "--runs-dir", runs_root),
+        ("SPEEDRUN_CACHE_DIR", "folder", cache_root),
+    ],
 )
-def test_a_tilde_in_a_folder_is_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env, root) -> None:
+def test_a_tilde_in_a_folder_is_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env, flag, root):
     # No shell expands "~" in "--runs-dir=~/x" or in a quoted variable; the folder is still the home one.
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv(env, "~/from-env")
     assert root() == tmp_path / "from-env"
     assert root(Path("~/from-flag")) == tmp_path / "from-flag"
+    with pytest.raises(SpeedrunError, match=re.escape(f"{flag} ~nobody-here/x: cannot expand '~' (no such user")):
+        root(Path("~nobody-here/x"))
+    monkeypatch.setenv(env, "~nobody-here/x")
+    with pytest.raises(SpeedrunError, match=re.escape(f"${env} ~nobody-here/x: cannot expand '~'")):
+        root()
 
 
 def test_child_processes_import_this_harness_not_the_current_folder(tmp_path: Path, monkeypatch) -> None:
