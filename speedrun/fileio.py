@@ -38,10 +38,14 @@ def write_durably(path: Path, write: Callable[[BinaryIO], Any]) -> None:
 def fsync_folder(folder: Path) -> None:
     """Make the entries of ``folder`` durable: a rename is only on disk once its folder is synced.
 
-    Filesystems that cannot sync a folder (some network ones answer EINVAL) are left to their own
-    guarantees rather than failing every write.
+    Filesystems that cannot sync a folder (some network ones answer EINVAL), and folders this
+    process may write in but not read (EACCES), are left to their own guarantees rather than
+    failing every write.
     """
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except PermissionError:
+        return
     try:
         os.fsync(fd)
     except OSError as exc:

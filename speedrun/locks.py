@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,17 +68,25 @@ def results_lock(results_path: Path) -> Iterator[None]:
     ``run.lock`` lives in the run folder, so two runs of one seed with different ``--runs-dir`` would
     both pass it, train, and write the one results file (the last to finish wins). Only the launcher
     writes that file, so only the launcher holds this lock. The lock file lives in this user's folder
-    of the system's temporary directory, named by a hash of the results file's absolute path, so that
-    nothing is created in the submission before there is a result.
+    of the system's temporary directory (``$TMPDIR``, so both runs need the same one), named by a hash
+    of the results file's absolute path, so that nothing is created in the submission before there
+    is a result. That folder must be a real one of this user's that nobody else may write in: in a
+    shared ``/tmp`` another user could otherwise plant links or hold the locks.
     """
     folder = Path(tempfile.gettempdir()) / f"speedrun-locks-{os.getuid()}"
     path = folder / f"{hashlib.sha256(str(results_path.resolve()).encode()).hexdigest()[:32]}.lock"
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
-        handle = open(path, "a")
+        info = folder.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+            raise SpeedrunError(
+                f"{folder}: the lock folder of `speedrun run` is not a folder of this user that only they "
+                "may write in; remove it (or set $TMPDIR elsewhere) and run the command again"
+            )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise SpeedrunError(f"{path}: cannot create the lock of {results_path} ({exc.strerror or exc})") from None
-    with handle:
+    with open(fd, "a") as handle:
         _lock_exclusive(
             handle,
             f"{results_path}: another `speedrun run` is running this seed (perhaps with another --runs-dir; "

@@ -26,10 +26,26 @@ def _root(explicit: Path | None, flag: str, env: str, default: str) -> Path:
     return REPO_ROOT / default
 
 
-def nearest_existing(path: Path) -> Path:
-    """``path``, or its nearest parent that exists: where creating ``path`` with its parents starts."""
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except PermissionError:  # a parent that may not be searched: look further up
+        return False
+
+
+def unusable_part(path: Path, *, write: bool = True) -> str | None:
+    """What stops creating ``path`` with its parents, in words, or None if nothing does.
+
+    Its nearest existing part must be a folder and, with ``write``, one this process may write in:
+    "<part> is a file" or "<part> cannot be written (permission denied)".
+    """
     path = Path(path).absolute()
-    return next(p for p in (path, *path.parents) if p.exists())
+    existing = next(p for p in (path, *path.parents) if _exists(p))
+    if not existing.is_dir():
+        return f"{existing} is a file"
+    if write and not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} cannot be written (permission denied)"
+    return None
 
 
 def data_root(explicit: Path | None = None) -> Path:

@@ -25,7 +25,7 @@ from speedrun.devices import DEVICES, MAX_SEED, PARALLEL_MODES
 from speedrun.errors import SpeedrunError, TrainingInterrupted
 from speedrun.fileio import atomic_write_bytes
 from speedrun.locks import results_lock, seed_lock
-from speedrun.paths import data_root, nearest_existing, runs_root
+from speedrun.paths import data_root, runs_root, unusable_part
 from speedrun.results import (
     EvalPoint,
     Provenance,
@@ -98,19 +98,15 @@ def check_options(o: RunOptions, track: Track) -> None:
             f"global batch {batch} (train.global_batch); use a process count that divides {batch}"
         )
     # The folders as paths.py resolves them, so $SPEEDRUN_DATA_DIR / $SPEEDRUN_RUNS_DIR are checked too.
-    # Each is created later, with its parents: the nearest part that exists must be a folder, and
-    # for the runs one a folder this process may write in (a prepared data folder may be read-only).
+    # Each is created later, with its parents; a prepared data folder may be read-only (prepare
+    # itself refuses one it has to write in).
     for option, env, explicit, root, write in (
         ("--data-dir", "$SPEEDRUN_DATA_DIR", o.data_dir, data_root(o.data_dir), False),
         ("--runs-dir", "$SPEEDRUN_RUNS_DIR", o.runs_dir, runs_root(o.runs_dir), True),
     ):
-        name = option if explicit is not None else env
-        existing = nearest_existing(root)
-        if not existing.is_dir():
-            where = "" if existing == root.absolute() else f" (its part {existing})"
-            raise SpeedrunError(f"{name} {root}{where}: is a file, not a folder")
-        if write and not os.access(existing, os.W_OK | os.X_OK):
-            raise SpeedrunError(f"{name} {root}: cannot write in {existing} (permission denied)")
+        problem = unusable_part(root, write=write)
+        if problem is not None:
+            raise SpeedrunError(f"{option if explicit is not None else env} {root}: {problem}")
 
 
 def _child_env(**extra: str) -> dict[str, str]:

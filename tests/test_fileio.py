@@ -15,14 +15,18 @@ from speedrun.fileio import atomic_write_text
 
 
 @pytest.fixture
-def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Path]]:
-    """Each os.fsync from now on, as (kind, path): "file" or "folder", and what the descriptor is."""
-    seen: list[tuple[str, Path]] = []
+def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Path, list[str]]]:
+    """Each os.fsync from now on, as (kind, path, names): "file" or "folder", what the descriptor is
+    (read from Linux's /proc), and for a folder the names in it at that moment."""
+    seen: list[tuple[str, Path, list[str]]] = []
     real = os.fsync
 
     def spy(fd: int) -> None:
-        kind = "folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
-        seen.append((kind, Path(os.readlink(f"/proc/self/fd/{fd}"))))
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            seen.append(("folder", path, sorted(p.name for p in path.iterdir())))
+        else:
+            seen.append(("file", path, []))
         real(fd)
 
     monkeypatch.setattr(os, "fsync", spy)
@@ -34,9 +38,9 @@ def test_atomic_write_syncs_the_folder_after_the_rename(tmp_path: Path, fsyncs) 
     # content (or gone) although the write had returned.
     target = tmp_path / "results" / "seed0.json"
     atomic_write_text(target, "{}")
-    assert [kind for kind, _ in fsyncs] == ["file", "folder"]
-    assert fsyncs[1][1] == target.parent
-    assert target.read_text() == "{}" and sorted(p.name for p in target.parent.iterdir()) == ["seed0.json"]
+    assert [kind for kind, _, _ in fsyncs] == ["file", "folder"]
+    assert fsyncs[1][1:] == (target.parent, ["seed0.json"]), "synced after the rename: no temporary name left"
+    assert target.read_text() == "{}"
 
 
 def test_a_failed_atomic_write_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,8 +58,37 @@ def test_a_failed_atomic_write_leaves_the_old_file(tmp_path: Path, monkeypatch: 
 
 def test_a_written_shard_is_synced_into_its_split_folder(tmp_path: Path, fsyncs) -> None:
     write_shard(tmp_path / "train", "shard-00000", 0, {"index": np.arange(3)}, {"captions": ["a", "b", "c"]})
-    assert fsyncs[-1] == ("folder", tmp_path / "train")
-    assert (tmp_path / "train" / "shard-00000" / "shard.json").is_file()
+    partial, split = fsyncs[-2], fsyncs[-1]
+    # the shard's own folder before it takes its name, then the split folder after
+    assert partial[0] == "folder" and partial[1].name.startswith(".shard-00000.partial-")
+    assert partial[2] == ["captions.json", "index.npy", "shard.json"]
+    assert split == ("folder", tmp_path / "train", ["shard-00000"])
+
+
+def test_a_shard_that_cannot_be_written_is_one_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*_a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(SpeedrunError) as info:
+        write_shard(tmp_path / "train", "shard-00000", 0, {"index": np.arange(3)}, {"captions": ["a", "b", "c"]})
+    assert str(info.value).startswith(f"{tmp_path / 'train' / 'shard-00000'}: cannot write this shard (No space left")
+    assert "run prepare again" in str(info.value)
+    assert list((tmp_path / "train").iterdir()) == [], "the partial copy is removed"
+
+
+def test_a_folder_that_may_not_be_read_is_not_synced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A folder with write but no read permission (-wx) takes the file; opening it to sync fails.
+    real_open = os.open
+
+    def no_read(path, flags, *args):
+        if flags & os.O_DIRECTORY:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_read)
+    atomic_write_text(tmp_path / "a.json", "new")
+    assert (tmp_path / "a.json").read_text() == "new"
 
 
 @pytest.mark.parametrize(("errno_", "message"), [(22, None), (5, "written, but its folder could not be synced")])

@@ -3,6 +3,7 @@ name the data folder. (The seed lock is tested in tests/faults/test_concurrent_r
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -88,7 +89,7 @@ def test_folder_option_that_is_a_file_is_refused(tmp_path: Path, untouched, opti
     file = tmp_path / "a-file"
     file.write_text("")
     flag = "--" + option.replace("_", "-")
-    with pytest.raises(SpeedrunError, match=re.escape(f"{flag} {file}: is a file, not a folder")):
+    with pytest.raises(SpeedrunError, match=re.escape(f"{flag} {file}: {file} is a file")):
         _run(tmp_path, **{option: file})
 
 
@@ -97,7 +98,7 @@ def test_folder_option_below_a_file_is_refused(tmp_path: Path, untouched, option
     file = tmp_path / "a-file"
     file.write_text("")
     flag = "--" + option.replace("_", "-")
-    message = f"{flag} {file / 'sub'} (its part {file}): is a file, not a folder"
+    message = f"{flag} {file / 'sub'}: {file} is a file"
     with pytest.raises(SpeedrunError, match=re.escape(message)):
         _run(tmp_path, **{option: file / "sub"})
 
@@ -106,8 +107,9 @@ def test_runs_folder_where_nothing_can_be_written_is_refused(tmp_path: Path, unt
     # A prepared data folder may be read-only; the runs folder is written to.
     locked = tmp_path / "read-only"
     locked.mkdir()
-    monkeypatch.setattr("speedrun.run.os.access", lambda path, mode: Path(path) != locked)
-    with pytest.raises(SpeedrunError, match=re.escape(f"--runs-dir {locked / 'runs'}: cannot write in {locked}")):
+    monkeypatch.setattr("speedrun.paths.os.access", lambda path, mode: Path(path) != locked)
+    message = f"--runs-dir {locked / 'runs'}: {locked} cannot be written (permission denied)"
+    with pytest.raises(SpeedrunError, match=re.escape(message)):
         _run(tmp_path, runs_dir=locked / "runs")
     check_options(RunOptions(data_dir=locked / "data"), load_track("smoke"))
 
@@ -123,7 +125,7 @@ def test_folder_env_var_that_is_a_file_is_refused(tmp_path: Path, monkeypatch: p
     file = tmp_path / "a-file"
     file.write_text("")
     monkeypatch.setenv(env, str(file))
-    with pytest.raises(SpeedrunError, match=re.escape(f"${env} {file}: is a file, not a folder")):
+    with pytest.raises(SpeedrunError, match=re.escape(f"${env} {file}: {file} is a file")):
         run_submission(BASELINE, RunOptions(track="smoke", progress=False), Console(quiet=True))
 
 
@@ -174,7 +176,8 @@ def test_child_processes_import_this_harness_not_the_current_folder(tmp_path: Pa
     (decoy / "__init__.py").write_text("raise SystemExit('the decoy was imported')\n")
     monkeypatch.chdir(tmp_path)
     probe = [sys.executable, "-m", "speedrun.paths"]
-    assert subprocess.run(probe, capture_output=True, text=True).stderr.strip() == "the decoy was imported"
+    plain = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    assert subprocess.run(probe, env=plain, capture_output=True, text=True).stderr.strip() == "the decoy was imported"
     child = subprocess.run(probe, env=_child_env(), capture_output=True, text=True)
     assert child.returncode == 0, child.stderr
     printed = subprocess.run(

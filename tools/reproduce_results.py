@@ -159,16 +159,15 @@ def compare(target: Target, new_path: Path) -> tuple[list[str], str]:
 
 def replace(target: Target, new_path: Path, work: Path) -> None:
     """Keep the committed results file and grid in ``work/committed/`` and put the new ones in place."""
+    from speedrun.fileio import atomic_write_bytes
+
     kept = work / "committed" / target.submission.name / target.track
     kept.mkdir(parents=True, exist_ok=True)
     for old, new in ((target.result, new_path), (target.grid, new_path.with_suffix(".png"))):
         if old.is_file():
             shutil.copy2(old, kept / old.name)
         if new.is_file():
-            # A copy beside the destination, then one rename: the committed file is never half-written.
-            partial = old.with_name(f".{old.name}.partial-{os.getpid()}")
-            shutil.copyfile(new, partial)
-            os.replace(partial, old)
+            atomic_write_bytes(old, new.read_bytes())  # the committed file is never half-written
         elif old.is_file():
             old.unlink()
 

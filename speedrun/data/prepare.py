@@ -23,7 +23,6 @@ must match or prepare fails before writing the manifest.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -59,7 +58,7 @@ from speedrun.data.text import TextEncoder, get_text_encoder, text_encoder_class
 from speedrun.data.vae import FluxVAE, load_flux_vae, parse_ref
 from speedrun.errors import SpeedrunError
 from speedrun.fileio import atomic_write_json
-from speedrun.paths import data_root, nearest_existing
+from speedrun.paths import data_root, unusable_part
 from speedrun.tracks import Track, canonical_hash
 
 # Shards hold about this many bytes; big enough to keep file counts low, small enough that a
@@ -271,7 +270,7 @@ def _reusable(split_dir: Path, job: _Job) -> bool:
     if entry is None or (entry.start, entry.count) != (job.start, job.count):
         return False
     try:
-        check_files(split_dir / job.name, entry.files, rehash=True)
+        check_files(split_dir / job.name, entry.files, rehash=True, remedy=None)
     except SpeedrunError:
         return False
     return True
@@ -464,12 +463,11 @@ def prepare(
         verify(out)
         return out
 
-    existing = nearest_existing(out)  # checked before the encoders load: they take minutes at prx-256
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        why = "is a file" if not existing.is_dir() else "cannot be written (permission denied)"
+    problem = unusable_part(out)  # checked before the encoders load: they take minutes at prx-256
+    if problem is not None:
         raise SpeedrunError(
-            f"{out}: cannot prepare the dataset there: {existing} {why}; choose another folder with "
-            "--data-dir or $SPEEDRUN_DATA_DIR"
+            f"{out}: cannot prepare the dataset there: {problem}; choose another folder with --data-dir or "
+            "$SPEEDRUN_DATA_DIR"
         )
     if track.data.dataset == "shapes":
         data_source: Any = _ShapesSource(track)

@@ -157,29 +157,37 @@ def write_shard(
     The shard is complete on disk, with its ``shard.json``, before it appears under its final
     name; an existing shard of that name (a corrupted one being redone) is replaced.
     """
-    split_dir.mkdir(parents=True, exist_ok=True)
     final = split_dir / name
     tmp = split_dir / f".{name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    files = {}
-    for key, array in arrays.items():
-        path = tmp / f"{key}.npy"
-        write_durably(path, lambda h, a=array: np.save(h, np.ascontiguousarray(a), allow_pickle=False))
-        files[path.name] = file_entry(path)
-    for key, document in documents.items():
-        path = tmp / f"{key}.json"
-        payload = json.dumps(document, ensure_ascii=False).encode()
-        write_durably(path, lambda h, p=payload: h.write(p))
-        files[path.name] = file_entry(path)
-    entry = ShardEntry(name=name, start=start, count=len(arrays["index"]), files=files)
-    payload = entry.model_dump_json(indent=1).encode()
-    write_durably(tmp / SHARD_ENTRY_NAME, lambda h: h.write(payload))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_folder(split_dir)
+    try:
+        split_dir.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        files = {}
+        for key, array in arrays.items():
+            path = tmp / f"{key}.npy"
+            write_durably(path, lambda h, a=array: np.save(h, np.ascontiguousarray(a), allow_pickle=False))
+            files[path.name] = file_entry(path)
+        for key, document in documents.items():
+            path = tmp / f"{key}.json"
+            payload = json.dumps(document, ensure_ascii=False).encode()
+            write_durably(path, lambda h, p=payload: h.write(p))
+            files[path.name] = file_entry(path)
+        entry = ShardEntry(name=name, start=start, count=len(arrays["index"]), files=files)
+        payload = entry.model_dump_json(indent=1).encode()
+        write_durably(tmp / SHARD_ENTRY_NAME, lambda h: h.write(payload))
+        fsync_folder(tmp)  # the names of the files in it, before the folder takes its final name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_folder(split_dir)
+    except OSError as exc:  # disk full, permissions, I/O errors: the user's to fix
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SpeedrunError(
+            f"{final}: cannot write this shard ({exc.strerror or exc}); its partial copy was removed: fix "
+            "that (e.g. free disk space) and run prepare again (the finished shards are kept)"
+        ) from exc
     return entry
 
 
@@ -194,7 +202,7 @@ def read_shard_entry(split_dir: Path, name: str) -> ShardEntry | None:
         return None
 
 
-def check_files(directory: Path, files: dict[str, FileEntry], *, rehash: bool, remedy: str | None = None) -> None:
+def check_files(directory: Path, files: dict[str, FileEntry], *, rehash: bool, remedy: str | None) -> None:
     """Raise SpeedrunError naming the first file that is missing, has the wrong size or hash, and
     saying what to do (``remedy``; left out where the caller repairs the files itself)."""
     then = f"; {remedy}" if remedy else ""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,7 @@ from speedrun.errors import SpeedrunError
 from speedrun.fileio import atomic_write, atomic_write_text, sha256_file
 from speedrun.flow import euler_sample, validation_loss, velocity_from_prediction
 from speedrun.model import build_model
-from speedrun.paths import cache_root, data_root
+from speedrun.paths import cache_root, data_root, unusable_part
 from speedrun.state import StepState
 from speedrun.tracks import Track, canonical_hash, load_track
 
@@ -232,13 +231,9 @@ def check_out(out: Path) -> None:
         if path.is_dir():
             raise SpeedrunError(f"--out {out}: {path} is a directory; --out names the metrics JSON file to write")
     # The writer creates missing folders: the nearest one that exists must be a writable folder.
-    folder = out.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise SpeedrunError(f"--out {out}: {folder} is a file, so the folder {out.parent} cannot be created")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise SpeedrunError(f"--out {out}: {folder} is not writable, so {out} cannot be written there")
+    problem = unusable_part(out.parent)
+    if problem is not None:
+        raise SpeedrunError(f"--out {out}: {problem}, so {out} cannot be written")
 
 
 def evaluate_checkpoint(

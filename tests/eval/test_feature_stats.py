@@ -71,6 +71,23 @@ def test_save_load_roundtrip_is_exact(tmp_path, features) -> None:
     assert loaded.count == moments.count + 5
 
 
+def test_statistics_that_cannot_be_saved_are_one_message(tmp_path, features, monkeypatch) -> None:
+    # The cache goes through the harness's atomic write: a full disk keeps the old file and leaves no
+    # temporary one behind.
+    path = tmp_path / "stats.npz"
+    old = _moments(features, [333]).save(path)
+
+    def full(*_a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", full)
+    with pytest.raises(SpeedrunError, match=f"{path}: cannot write it \\(No space left on device\\)"):
+        _moments(features[:100], [50]).save(path)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["stats.npz"]
+    assert StreamingMoments.load(path).count == len(features) and len(old) == 64
+
+
 def test_altered_file_is_reported_with_its_path(tmp_path, features) -> None:
     path = tmp_path / "stats.npz"
     _moments(features, []).save(path)

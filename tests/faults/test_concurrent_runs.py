@@ -65,7 +65,7 @@ class _Stop(Exception):
 
 
 def _baseline_copy(tmp_path: Path) -> Path:
-    """A copy of the baseline submission without its results, so no lock file lands in the repository."""
+    """A copy of the baseline submission without its results: a test run never writes into the repository."""
     copy = tmp_path / "submissions" / "baseline"
     if not copy.exists():
         shutil.copytree(BASELINE, copy, ignore=shutil.ignore_patterns("results", "__pycache__"))
@@ -120,6 +120,28 @@ def test_a_second_run_of_the_seed_in_another_runs_folder_is_refused(tmp_path: Pa
     with results_lock(results):  # freed with the first launcher's block
         pass
     assert not results.parent.parent.exists(), "nothing is made in the submission before there is a result"
+
+
+def test_the_results_lock_folder_must_be_this_users_alone(tmp_path: Path, monkeypatch) -> None:
+    # In a shared /tmp another user could create the folder first, to hold the locks or plant links.
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path))
+    results = tmp_path / "sub" / "results" / "smoke" / "seed0.json"
+    folder = tmp_path / f"speedrun-locks-{os.getuid()}"
+    folder.mkdir(mode=0o777)
+    folder.chmod(0o777)
+    with pytest.raises(SpeedrunError, match=re.escape(f"{folder}: the lock folder of `speedrun run` is not a folder")):
+        with results_lock(results):
+            pass
+    folder.chmod(0o700)
+    with results_lock(results):
+        (lock,) = folder.iterdir()
+        assert oct(lock.stat().st_mode & 0o777) == "0o600"
+    lock.unlink()
+    lock.symlink_to(tmp_path / "planted")
+    with pytest.raises(SpeedrunError, match=re.escape(f"{lock}: cannot create the lock of {results}")):
+        with results_lock(results):
+            pass
+    assert not (tmp_path / "planted").exists(), "a planted link is never followed"
 
 
 def _wait_until_unlocked(run_dir: Path) -> None:
@@ -233,6 +255,7 @@ def test_torchrun_and_evaluation_inherit_the_seed_lock(tmp_path: Path, monkeypat
     def fake_run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
         inherited.append(kwargs["pass_fds"])
         commands.append(cmd)
+        assert kwargs["env"]["PYTHONSAFEPATH"] == "1", "children never import from the current folder"
         (fd,) = kwargs["pass_fds"]
         assert os.fstat(fd).st_ino == (run_dir / LOCK_NAME).stat().st_ino
         return subprocess.CompletedProcess(cmd, 0)
