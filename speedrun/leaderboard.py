@@ -6,7 +6,8 @@ submission code and never re-runs anything; ``speedrun verify`` is what checks p
 Per track, an entry is a submission with results there. Its value for each quantity (the track's
 metrics, batches/s, GPU-hours) is the mean over its ``ok`` seeds with a 95% confidence half-width
 ``t_{0.975, n-1} * s / sqrt(n)`` (``s`` with ddof=1; "–" for one seed), and its difference to the
-``baseline`` submission's mean with a Welch t-test p-value ("–" when either side has < 2 seeds).
+``baseline`` submission's mean with a Welch t-test p-value ("–" when either side has < 2 seeds or
+neither side varies).
 An entry is ranked by the mean of the track's ``ranking.metric`` in its ``direction`` only when
 every seed is ok, its seeds run 0, 1, 2, ... without a gap, and at least the track's required number
 of them have that metric; otherwise it is listed, unranked, with its status. Only the folders
@@ -74,10 +75,13 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided Welch t-test p-value of equal means; NaN when either side has fewer than 2 values."""
-    if len(a) < 2 or len(b) < 2:
+    """Two-sided Welch t-test p-value of equal means; NaN when either side has fewer than 2 values or
+    neither side varies (the test is undefined there: scipy's 0 for [1, 1] against [2, 2] would read
+    as certainty from two seeds)."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if x.size < 2 or y.size < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
         return math.nan
-    return float(stats.ttest_ind(np.asarray(a, np.float64), np.asarray(b, np.float64), equal_var=False).pvalue)
+    return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
 
 
 # ---------------------------------------------------------------------- loading
@@ -258,8 +262,9 @@ def _track_intro(track: Track) -> str:
 _EXPLAIN = (
     "Mean over ok seeds ± 95% confidence half-width (t-distribution, s with ddof=1; – with one seed). "
     f"Δ: difference to the `{BASELINE}` submission's mean, with the two-sided Welch t-test p-value "
-    "(– when either side has fewer than 2 seeds). Entries with a failed or diverged seed, too few seeds or "
-    "no ranking metric are listed unranked. Provenance is checked by `speedrun verify`, not here."
+    "(– when either side has fewer than 2 seeds or neither side varies). Entries with a failed or diverged "
+    "seed, too few seeds or no ranking metric are listed unranked. Provenance is checked by `speedrun verify`, "
+    "not here."
 )
 
 

@@ -49,7 +49,9 @@ class Timing(_Model):
     train_clock_s: float = Field(description="Harness clock: timed training incl. data loading, excl. eval/ckpt.")
     warmup_s: float = Field(description="Untimed warmup/compile steps (then undone).")
     data_s: float = Field(description="Part of the clock spent waiting for batches.")
-    checkpoint_s: float = Field(description="Checkpoint writing (clock paused).")
+    checkpoint_s: float = Field(
+        description="Checkpoint writing (clock paused); a resumed run's lacks the writing of the one resumed from."
+    )
     validation_s: float = Field(description="Validation-loss passes (clock paused).")
     eval_s: float = Field(description="Separate-process evaluation (sampling + metrics).")
     wall_s: float = Field(description="Whole run, start to results file.")
@@ -266,7 +268,8 @@ def code_changes(recorded: dict[str, Any], now: dict[str, Any]) -> list[CodeChan
 def hardware_info(device: torch.device, world_size: int) -> Hardware:
     names, driver = [], None
     if device.type == "cuda":
-        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        # The cards this node's processes use (local ranks 0..n-1), not every card the machine shows.
+        names = [torch.cuda.get_device_name(i) for i in range(min(torch.cuda.device_count(), world_size))]
         try:
             import subprocess
 

@@ -35,13 +35,14 @@ from speedrun.results import (
     code_record,
     finalize,
     hardware_info,
+    harness_sha256,
     load_result,
     now_iso,
     software_info,
     write_result,
 )
 from speedrun.submission import MANIFEST, Submission, load_submission
-from speedrun.tracks import REPO_ROOT, Track, load_track
+from speedrun.tracks import REPO_ROOT, Track, canonical_hash, load_track
 from speedrun.worker import SUMMARY, train_seed
 
 
@@ -183,6 +184,24 @@ def _read_eval(path: Path) -> dict:
     return report
 
 
+def _scored_here(report: dict, checkpoint: Path, track: Track) -> bool:
+    """Whether an earlier metrics file may stand for evaluating ``checkpoint`` now: it scored these
+    very weights, under this track's protocol, with this harness code.
+
+    Weights alone are not enough: a seed started over with --no-resume after an evaluation change
+    (a new track version, a fix to a metric) trains bit-identical weights on a CPU, and its results
+    would carry the old numbers under the new track and code hashes.
+    """
+    from speedrun.eval.run import protocol
+
+    return (
+        report.get("model_sha256") == read_meta(checkpoint, verify=False)["files"].get("model.safetensors")
+        and report.get("track_hash") == track.content_hash
+        and report.get("protocol_hash") == canonical_hash(protocol(track))
+        and report.get("harness_sha256") == harness_sha256()
+    )
+
+
 def _finished(submission: Submission, track: Track, seed: int, results_path: Path) -> bool:
     """Whether the seed has a result of this very code and track; SpeedrunError for a damaged or stale one."""
     if not results_path.exists():
@@ -239,9 +258,7 @@ def _train_evaluate_record(
             out = run_dir / "eval" / f"{name}.json"
             if out.exists():
                 report = _read_eval(out)
-                # Reuse it only if it scored these very weights (not those of an earlier run that
-                # was started over with --no-resume in the same run directory).
-                if report.get("model_sha256") == read_meta(ckpt, verify=False)["files"].get("model.safetensors"):
+                if _scored_here(report, ckpt, track):
                     evals.append(report)
                     continue
             console.print(f"seed {seed}: evaluating {name}")

@@ -148,7 +148,7 @@ class ValLossSpec(_Frozen):
 
 class EvalSpec(_Frozen):
     interval: int = Field(gt=0, description="Evaluate every this many steps (and at the end).")
-    samples: int = Field(gt=0)
+    samples: int = Field(ge=2, description="Generated images per evaluation; FID needs two for a covariance.")
     sampler: Literal["euler"] = "euler"
     sampler_steps: int = Field(gt=0)
     cfg_scale: float = Field(ge=0)

@@ -43,8 +43,17 @@ from speedrun.tracks import Track
 # Windows of this many timed steps give one batches/s reading; the reported figure is their median,
 # which ignores the first window (allocator and cache warm-up) when there are at least three.
 SPEED_WINDOW = 20
-# Peak dense bf16 tensor FLOP/s per device, for MFU; None where no meaningful peak is known (CPU).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+# Peak dense bf16 tensor FLOP/s per device (NVIDIA's datasheets, half the "with sparsity" figure), for
+# MFU; None where no meaningful peak is known (CPU, other cards). The first name contained in the
+# device's name wins, so the PCIe and NVL cards, with lower clocks and power, come before the SXM ones.
+PEAK_FLOPS = {
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H200 NVL": 835e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+}
 # Keys of a training-log step line other than the components' loss terms ("event" marks the lines
 # that are not steps): a term under one of these names would overwrite the trainer's value.
 STEP_LOG_KEYS = frozenset({"step", "loss", "lr", "grad_norm", "step_s", "clock_s", "loss_fm", "event"})
@@ -276,8 +285,12 @@ def choose_objective(track: Track, components: list[Component]) -> Objective:
 def device_peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    return peak_flops_of(torch.cuda.get_device_name(device))
+
+
+def peak_flops_of(device_name: str) -> float | None:
+    """Peak dense bf16 FLOP/s of a CUDA device named ``device_name`` ("NVIDIA H100 PCIe"), or None."""
+    return next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
 
 
 def median_speed(step_seconds: list[float]) -> float | None:
@@ -676,6 +689,10 @@ class Trainer:
         flops_per_step: int | None = times.get("flops_per_step")
         clock.start()
         completed = start_step
+        # A step's time is the clock's advance since the previous step ended, so the host work between
+        # steps (the log line, the budget check, the progress bar) is charged to the speed figures as it
+        # is to the clock; validation and checkpoints, paused, are not.
+        t_prev = clock.elapsed
         try:
             for step in range(start_step, end):
                 t0 = clock.elapsed
@@ -708,7 +725,8 @@ class Trainer:
                     self.optimizer.step()
                 self.scheduler.step()
                 t1 = clock.elapsed
-                step_seconds.append(t1 - t0)
+                step_s, t_prev = t1 - t_prev, t1
+                step_seconds.append(step_s)
                 data_seconds += t_data - t0
                 last_finite = loss_value
                 completed = step + 1
@@ -718,7 +736,7 @@ class Trainer:
                         "loss": loss_value,
                         "lr": lr,
                         "grad_norm": gn,
-                        "step_s": t1 - t0,
+                        "step_s": step_s,
                         "clock_s": t1,
                         **{k: float(v) for k, v in terms.items()},
                     }

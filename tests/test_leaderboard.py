@@ -15,7 +15,7 @@ from rich.console import Console
 from scipy import stats
 
 from speedrun.errors import SpeedrunError
-from speedrun.leaderboard import HEADER, README, build_board, leaderboard_command, render_markdown
+from speedrun.leaderboard import HEADER, README, build_board, leaderboard_command, render_markdown, welch_p
 from speedrun.results import finalize, write_result
 from speedrun.tracks import TRACKS_DIR, load_track
 
@@ -109,6 +109,15 @@ def test_mean_ci_and_welch_p_equal_scipy(filled: Path) -> None:
     md = render_markdown(build_board(filled))
     solo_line = next(line for line in md.splitlines() if "[solo]" in line)
     assert "9 ± –" in solo_line and "(p –)" in solo_line
+
+
+def test_welch_p_without_any_variance_is_undefined() -> None:
+    """scipy gives p 0 for [1, 1] against [2, 2] (an infinite t) and NaN for equal constants; the board
+    shows "–" for both: two seeds that happen to tie are no evidence. One varying side is a real test."""
+    assert stats.ttest_ind([1.0, 1.0], [2.0, 2.0], equal_var=False).pvalue == 0.0
+    assert math.isnan(welch_p([1.0, 1.0], [2.0, 2.0])) and math.isnan(welch_p([3.0, 3.0], [3.0, 3.0]))
+    expected = stats.ttest_ind([1.0, 1.0], [2.0, 2.5], equal_var=False).pvalue
+    assert welch_p([1.0, 1.0], [2.0, 2.5]) == pytest.approx(expected, rel=1e-12) and 0 < expected < 1
 
 
 @pytest.mark.parametrize(

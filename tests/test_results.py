@@ -29,6 +29,15 @@ def test_cpu_hardware_record():
     assert platform.machine() in hw.cpu
 
 
+def test_cuda_hardware_record_names_the_cards_the_run_used(monkeypatch):
+    """Two processes on a machine with eight cards: the record names two, not every visible card."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"card {i}")
+    monkeypatch.setenv("PATH", "")  # no nvidia-smi: the driver is unknown, the names still stand
+    hw = hardware_info(torch.device("cuda"), world_size=2)
+    assert hw.device_names == ["card 0", "card 1"] and hw.device_count == 2 and hw.driver is None
+
+
 def test_load_result_errors_describe_without_a_remedy(tmp_path: Path):
     # `speedrun run` and `speedrun verify` each append their own remedy; one here would be said twice.
     path = tmp_path / "seed0.json"

@@ -231,6 +231,8 @@ TRACK_CASES: list[tuple[str, Any, str, tuple[str, ...]]] = [
     ("fractional-batch", _set("train.global_batch", 256.5), "prx-256", ("field 'train.global_batch'", "256.5")),
     ("data-as-scalar", _set("data", 3), "prx-256", ("field 'data'", "(got 3)")),
     ("negative-lr", _set("optim.lr", -1e-4), "prx-256", ("field 'optim.lr'", "greater than 0", "-0.0001")),
+    # One generated image has no covariance: FID would fail after all the training.
+    ("one-eval-sample", _set("eval.samples", 1), "prx-256", ("field 'eval.samples'", "greater than or equal to 2")),
     ("beta-of-one", _set("optim.betas", [0.9, 1.0]), "prx-256", ("field 'optim.betas'", "[0, 1)")),
     ("three-betas", _set("optim.betas", [0.9, 0.95, 0.99]), "prx-256", ("field 'optim.betas'",)),
     ("t-min-one", _set("train.timesteps.t_min", 1.0), "prx-256", ("field 'train.timesteps.t_min'", "less than 1")),

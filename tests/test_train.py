@@ -27,6 +27,7 @@ from speedrun.train import (
     check_optimizer_coverage,
     clip_gradients,
     median_speed,
+    peak_flops_of,
     restore_generator,
 )
 
@@ -188,6 +189,29 @@ def test_a_finished_run_resumed_reports_what_it_reported(smoke_data_root, tmp_pa
         assert getattr(again, name) == getattr(done, name), name
     assert again.clock_seconds == pytest.approx(done.clock_seconds, abs=0.01)  # the checkpoint's reading
     assert done.flops_per_step > 0 and done.final_loss is not None
+
+
+def test_step_times_cover_the_clock_between_steps(smoke_data_root, tmp_path, track_variant, monkeypatch):
+    """Host work between two steps (here a progress bar that takes 50 ms) runs on the clock, so the
+    per-step times that make batches/s must include it: they add up to the clock."""
+    pause = 0.05
+
+    def slow_progress(*_):
+        def update(step, loss, speed):
+            if step is not None:
+                time.sleep(pause)
+
+        return update
+
+    monkeypatch.setattr("speedrun.train._progress", slow_progress)
+    track = track_variant(train={"steps": 6, "checkpoint_every": 6})
+    _, summary = train(track, smoke_data_root, tmp_path / "run")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    step_s = [r["step_s"] for r in rows if "event" not in r]
+    assert len(step_s) == 6 and min(step_s[1:]) >= pause
+    # Only the last update, after the last step, is on the clock but in no step.
+    assert sum(step_s) == pytest.approx(summary.clock_seconds - pause, abs=0.01)
+    assert summary.batches_per_second == pytest.approx(6 / sum(step_s))
 
 
 def test_a_timed_budget_ends_on_an_evaluated_step_and_stays_spent(smoke_data_root, tmp_path, track_variant):
@@ -530,6 +554,25 @@ def test_clock_pauses_and_median_speed():
     # 3+ windows: the first (warm-up) window is dropped, the median of the rest is taken.
     steps = [1.0] * 20 + [0.1] * 20 + [0.2] * 20 + [0.1] * 20
     assert median_speed(steps) == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize(
+    "name, tflops",
+    [
+        ("NVIDIA H100 80GB HBM3", 989),
+        ("NVIDIA H100 PCIe", 756),
+        ("NVIDIA H100 NVL", 835),
+        ("NVIDIA H200", 989),
+        ("NVIDIA H200 NVL", 835),
+        ("NVIDIA A100-SXM4-80GB", 312),
+        ("NVIDIA GeForce RTX 4090", None),
+    ],
+)
+def test_peak_flops_by_device_name(name, tflops):
+    """MFU's denominator, dense bf16 per NVIDIA's datasheets: a PCIe or NVL card is not charged the
+    SXM peak its name also contains (that understated their MFU by up to 24%)."""
+    peak = peak_flops_of(name)
+    assert peak == (None if tflops is None else tflops * 1e12)
 
 
 def test_lr_warmup_then_constant(smoke_data_root, tmp_path, track_variant):

@@ -27,6 +27,7 @@ from speedrun.fileio import atomic_write, atomic_write_text, sha256_file
 from speedrun.flow import euler_sample, validation_loss, velocity_from_prediction
 from speedrun.model import build_model
 from speedrun.paths import cache_root, data_root, unusable_part
+from speedrun.results import harness_sha256
 from speedrun.state import StepState
 from speedrun.tracks import Track, canonical_hash, load_track
 
@@ -279,6 +280,8 @@ def evaluate_checkpoint(
         "model_sha256": sha256_file(checkpoint / "model.safetensors"),
         "prediction": prediction,
         "protocol_hash": canonical_hash(protocol(track)),
+        # The code that scored it: `speedrun run` reuses a metrics file only from the same harness.
+        "harness_sha256": harness_sha256(),
         "samples": track.eval.samples,
         "metrics": {},
         "unavailable": {},
