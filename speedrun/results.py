@@ -265,11 +265,13 @@ def code_changes(recorded: dict[str, Any], now: dict[str, Any]) -> list[CodeChan
     return out
 
 
-def hardware_info(device: torch.device, world_size: int) -> Hardware:
+def hardware_info(device: torch.device, world_size: int, per_node: int | None = None) -> Hardware:
+    """What ran: ``world_size`` processes in all, ``per_node`` (default: all of them) on this node."""
     names, driver = [], None
     if device.type == "cuda":
         # The cards this node's processes use (local ranks 0..n-1), not every card the machine shows.
-        names = [torch.cuda.get_device_name(i) for i in range(min(torch.cuda.device_count(), world_size))]
+        used = min(torch.cuda.device_count(), per_node or world_size)
+        names = [torch.cuda.get_device_name(i) for i in range(used)]
         try:
             import subprocess
 

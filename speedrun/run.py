@@ -186,7 +186,8 @@ def _read_eval(path: Path) -> dict:
 
 def _scored_here(report: dict, checkpoint: Path, track: Track) -> bool:
     """Whether an earlier metrics file may stand for evaluating ``checkpoint`` now: it scored these
-    very weights, under this track's protocol, with this harness code.
+    very weights, under this track's version and protocol, with this harness code. ``speedrun eval``
+    records the hash of the track file (overrides only change training), so that is the one compared.
 
     Weights alone are not enough: a seed started over with --no-resume after an evaluation change
     (a new track version, a fix to a metric) trains bit-identical weights on a CPU, and its results
@@ -196,7 +197,7 @@ def _scored_here(report: dict, checkpoint: Path, track: Track) -> bool:
 
     return (
         report.get("model_sha256") == read_meta(checkpoint, verify=False)["files"].get("model.safetensors")
-        and report.get("track_hash") == track.content_hash
+        and report.get("track_hash") == load_track(track.id).content_hash
         and report.get("protocol_hash") == canonical_hash(protocol(track))
         and report.get("harness_sha256") == harness_sha256()
     )
@@ -342,7 +343,7 @@ def assemble_result(submission, track, seed, summary, evals, eval_s, wall_s, o: 
         ),
         "kernels": summary["kernels"],
         "world_size": world,
-        "hardware": hardware_info(device, world),
+        "hardware": hardware_info(device, world, o.nproc),
         "software": software_info(),
         "provenance": Provenance(
             manifest_sha256=code["submission_files"][MANIFEST],

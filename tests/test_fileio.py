@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speedrun.data.shards import write_shard
+from speedrun.data.shards import read_shard_entry, write_shard
 from speedrun.errors import SpeedrunError
 from speedrun.fileio import atomic_write_text
 
@@ -75,6 +75,29 @@ def test_a_shard_that_cannot_be_written_is_one_message(tmp_path: Path, monkeypat
     assert str(info.value).startswith(f"{tmp_path / 'train' / 'shard-00000'}: cannot write this shard (No space left")
     assert "run prepare again" in str(info.value)
     assert list((tmp_path / "train").iterdir()) == [], "the partial copy is removed"
+
+
+def test_a_shard_whose_split_folder_cannot_be_synced_is_not_called_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last sync, of the split folder after the rename, fails: the shard is complete and in place,
+    and the message says so rather than "its partial copy was removed"."""
+    split = tmp_path / "train"
+    real_fsync = os.fsync
+
+    def fail_on_the_split_folder(fd):
+        if os.path.samefile(f"/proc/self/fd/{fd}", split):
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fail_on_the_split_folder)
+    with pytest.raises(SpeedrunError) as info:
+        write_shard(split, "shard-00000", 0, {"index": np.arange(3)}, {"captions": ["a", "b", "c"]})
+    message = str(info.value)
+    assert message.startswith(f"{split / 'shard-00000'}: written, but its folder could not be synced to disk (Input")
+    assert "removed" not in message
+    assert [p.name for p in split.iterdir()] == ["shard-00000"]
+    assert read_shard_entry(split, "shard-00000").count == 3
 
 
 def test_a_folder_that_may_not_be_read_is_not_synced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -114,7 +114,6 @@ def test_mean_ci_and_welch_p_equal_scipy(filled: Path) -> None:
 def test_welch_p_without_any_variance_is_undefined() -> None:
     """scipy gives p 0 for [1, 1] against [2, 2] (an infinite t) and NaN for equal constants; the board
     shows "–" for both: two seeds that happen to tie are no evidence. One varying side is a real test."""
-    assert stats.ttest_ind([1.0, 1.0], [2.0, 2.0], equal_var=False).pvalue == 0.0
     assert math.isnan(welch_p([1.0, 1.0], [2.0, 2.0])) and math.isnan(welch_p([3.0, 3.0], [3.0, 3.0]))
     expected = stats.ttest_ind([1.0, 1.0], [2.0, 2.5], equal_var=False).pvalue
     assert welch_p([1.0, 1.0], [2.0, 2.5]) == pytest.approx(expected, rel=1e-12) and 0 < expected < 1

@@ -30,12 +30,15 @@ def test_cpu_hardware_record():
 
 
 def test_cuda_hardware_record_names_the_cards_the_run_used(monkeypatch):
-    """Two processes on a machine with eight cards: the record names two, not every visible card."""
+    """Processes on machines with eight cards: the record names the cards of this node's processes
+    (cuda:LOCAL_RANK), not every visible card, and counts the processes of all nodes."""
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"card {i}")
     monkeypatch.setenv("PATH", "")  # no nvidia-smi: the driver is unknown, the names still stand
     hw = hardware_info(torch.device("cuda"), world_size=2)
     assert hw.device_names == ["card 0", "card 1"] and hw.device_count == 2 and hw.driver is None
+    two_nodes = hardware_info(torch.device("cuda"), world_size=8, per_node=4)
+    assert two_nodes.device_names == [f"card {i}" for i in range(4)] and two_nodes.device_count == 8
 
 
 def test_load_result_errors_describe_without_a_remedy(tmp_path: Path):

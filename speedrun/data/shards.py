@@ -181,12 +181,18 @@ def write_shard(
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        fsync_folder(split_dir)
     except OSError as exc:  # disk full, permissions, I/O errors: the user's to fix
         shutil.rmtree(tmp, ignore_errors=True)
         raise SpeedrunError(
             f"{final}: cannot write this shard ({exc.strerror or exc}); its partial copy was removed: fix "
             "that (e.g. free disk space) and run prepare again (the finished shards are kept)"
+        ) from exc
+    try:
+        fsync_folder(split_dir)
+    except OSError as exc:
+        raise SpeedrunError(
+            f"{final}: written, but its folder could not be synced to disk ({exc.strerror or exc}); check the "
+            "disk, then run prepare again"
         ) from exc
     return entry
 

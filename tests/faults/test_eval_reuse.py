@@ -12,7 +12,8 @@ from fault_helpers import copy_submission
 from rich.console import Console
 
 from speedrun.results import load_result
-from speedrun.run import RunOptions, run_submission
+from speedrun.run import RunOptions, _scored_here, run_submission
+from speedrun.tracks import load_track
 
 MARKER_FID = 12345.0
 
@@ -53,3 +54,16 @@ def test_a_cached_evaluation_is_reused_only_for_the_same_weights_protocol_and_co
         assert result.evals == reference.evals and result.metrics == reference.metrics
         for path in cached:
             assert json.loads(path.read_text())[stale_field] != "0" * 64
+
+
+def test_a_submission_with_overrides_reuses_its_cached_evaluation(reference_run):
+    """`speedrun eval` records the track file's hash; overrides (training only) change the effective
+    track's hash but not what an evaluation means, so they must not force a re-evaluation."""
+    run_dir = reference_run["run_dir"]
+    report_path = sorted((run_dir / "eval").glob("step-*.json"))[-1]
+    report = json.loads(report_path.read_text())
+    checkpoint = run_dir / "checkpoints" / report_path.stem
+    track = load_track("smoke")
+    overridden = track.with_overrides({"optim.lr": track.optim.lr * 2})
+    assert overridden.content_hash != track.content_hash == report["track_hash"]
+    assert _scored_here(report, checkpoint, track) and _scored_here(report, checkpoint, overridden)
