@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from speedrun.data import shapes
 from speedrun.data.shards import (
     combine_digests,
     open_dataset,
+    open_map_budget,
     read_shard_entry,
     sha256_file,
     verify,
@@ -126,3 +128,17 @@ def test_open_maps_stay_within_the_file_descriptor_limit(prepared_root, soft, ha
     n, max_open, still_open, soft_now = map(int, out.stdout.split())
     assert (n, max_open, soft_now) == (300, budget, soft_after)
     assert still_open == min(budget, 20)
+
+
+def test_the_descriptor_budget_is_sized_once_per_process(monkeypatch):
+    """The limit is process state: the first split raises it and sizes the budget; later splits (and
+    the other splits of a run) get the same budget without another getrlimit or setrlimit."""
+    calls = []
+    monkeypatch.setattr(resource, "getrlimit", lambda which: calls.append("get") or (1024, 4096))
+    monkeypatch.setattr(resource, "setrlimit", lambda which, limits: calls.append(("set", limits)))
+    open_map_budget.cache_clear()
+    try:
+        assert [open_map_budget(), open_map_budget()] == [512, 512]  # an eighth of the raised limit
+        assert calls == ["get", ("set", (4096, 4096))]
+    finally:
+        open_map_budget.cache_clear()  # the next caller sizes it from the real limits
