@@ -1,7 +1,8 @@
 """The extractor contract, checked on the random-init networks (no weights needed).
 
 uint8 in, float64 out; floats refused; pixel values reach the network unscaled-twice; TF32 off;
-fixed-size forward passes; the registry; and a clear error when pretrained weights are missing.
+fixed-size forward passes; the registry; a clear error when pretrained weights are missing; and the
+CLIP and DINO inputs against PIL's float bicubic and transformers' CLIPImageProcessor.
 """
 
 from __future__ import annotations
@@ -155,3 +156,70 @@ def test_tf32_guard_copes_with_the_new_precision_api() -> None:
         assert (matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision) == ("tf32", "tf32", "ieee")
     finally:
         matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = saved
+
+
+def _pil_float_bicubic(images: np.ndarray, size: int) -> np.ndarray:
+    """(B, H, W, 3) uint8 -> (B, 3, size, size) in [0, 1]: PIL's bicubic on float ("F") channels, then
+    clipped, the resize REFERENCE §5 names (clean-fid's "clean" resize, at the extractor's size)."""
+    from PIL import Image
+
+    def channel(plane: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(plane.astype(np.float32), mode="F").resize((size, size), Image.BICUBIC))
+
+    out = np.stack([np.stack([channel(image[..., c]) for c in range(3)]) for image in images])
+    return np.clip(out, 0, 255) / 255.0
+
+
+def _normalised(x: np.ndarray, mean, std) -> np.ndarray:
+    return (x - np.array(mean)[None, :, None, None]) / np.array(std)[None, :, None, None]
+
+
+def _smooth_image(height: int, width: int) -> np.ndarray:
+    """Low-frequency colour waves: what generated and reference images look like to a resize, unlike
+    noise, whose bicubic overshoot PIL's uint8 path clips between its two passes."""
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    waves = [127 + 100 * np.sin(2 * np.pi * (a * x + b * y) + c) for a, b, c in ((1, 2, 0), (3, 1, 1), (2, 2, 2))]
+    return np.stack(waves, -1).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (40, 56)])
+def test_dino_input_is_pil_float_bicubic_without_a_crop(extractors, shape) -> None:
+    """Noise images, square and not: the whole image (aspect ratio not kept) resized to 518 as PIL
+    does it on float pixels, clipped, ImageNet-normalised."""
+    images = np.random.default_rng(1).integers(0, 256, size=(2, *shape, 3), dtype=np.uint8)
+    ours = extractors["dino_mmd"].preprocess(torch.from_numpy(images)).numpy()
+    expected = _normalised(_pil_float_bicubic(images, 518), _IMAGENET_MEAN, _IMAGENET_STD)
+    assert ours.shape == expected.shape and np.abs(ours - expected).max() < 2e-4
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (40, 56), (56, 40)])
+def test_clip_input_is_the_centre_square_pil_float_bicubic(extractors, shape) -> None:
+    """Noise images: the centre square (offset (H - side) // 2, (W - side) // 2) resized to 336 as PIL
+    does it on float pixels, clipped, CLIP-normalised."""
+    images = np.random.default_rng(2).integers(0, 256, size=(2, *shape, 3), dtype=np.uint8)
+    side = min(shape)
+    top, left = (shape[0] - side) // 2, (shape[1] - side) // 2
+    square = images[:, top : top + side, left : left + side]
+    ours = extractors["cmmd"].preprocess(torch.from_numpy(images)).numpy()
+    expected = _normalised(_pil_float_bicubic(square, 336), _CLIP_MEAN, _CLIP_STD)
+    assert ours.shape == expected.shape and np.abs(ours - expected).max() < 2e-4
+
+
+@pytest.mark.parametrize("side", [32, 256])
+def test_clip_input_matches_clips_own_image_processor(extractors, side) -> None:
+    """transformers' CLIPImageProcessor with the openai/clip-vit-large-patch14-336 settings (shortest
+    edge 336, centre crop 336, bicubic, /255, CLIP mean/std) resizes uint8 pixels and rounds them: on a
+    smooth square image the two inputs agree to about one grey level (1/255/std = 0.015)."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, resample=Image.BICUBIC,
+        image_mean=list(_CLIP_MEAN), image_std=list(_CLIP_STD),
+    )
+    image = _smooth_image(side, side)
+    ours = extractors["cmmd"].preprocess(torch.from_numpy(image[None])).numpy()
+    theirs = processor(images=[Image.fromarray(image)], return_tensors="np")["pixel_values"]
+    assert ours.shape == theirs.shape
+    difference = np.abs(ours - theirs)
+    assert difference.max() < 0.02 and difference.mean() < 0.006
