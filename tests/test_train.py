@@ -34,15 +34,18 @@ from speedrun.train import (
 REPO = Path(__file__).resolve().parent.parent
 
 
+def log_rows(run_dir: Path) -> list[dict]:
+    """Every line of the run's training log (steps, and the events marked "event")."""
+    return [json.loads(line) for line in (run_dir / "train.jsonl").read_text().splitlines()]
+
+
 def losses(run_dir: Path) -> list[float]:
-    rows = [json.loads(line) for line in (run_dir / "train.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if "loss" in r and "event" not in r]
+    return [r["loss"] for r in log_rows(run_dir) if "loss" in r and "event" not in r]
 
 
 def starts(run_dir: Path) -> list[str | None]:
     """The checkpoint each session of the run's log resumed from (None: from scratch)."""
-    rows = [json.loads(line) for line in (run_dir / "train.jsonl").read_text().splitlines()]
-    return [r["resumed_from"] for r in rows if r.get("event") == "start"]
+    return [r["resumed_from"] for r in log_rows(run_dir) if r.get("event") == "start"]
 
 
 def train(track, data_root, run_dir, components=(), seed=0, code=None, **opts):
@@ -172,7 +175,7 @@ def test_a_resumed_run_warms_up_before_its_clock_starts(smoke_data_root, tmp_pat
     _, part = train(track, smoke_data_root, tmp_path / "run", stop_after=2)
     _, rest = train(track, smoke_data_root, tmp_path / "run")
     assert starts(tmp_path / "run") == [None, "step-00000002"] and rest.steps == 4
-    rows = [json.loads(line) for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    rows = log_rows(tmp_path / "run")
     assert [r["step"] for r in rows if "step_s" in r] == [0, 1, 2, 3]
     assert max(r["step_s"] for r in rows if "step_s" in r) < first_call_s
     assert part.warmup_seconds >= first_call_s and rest.warmup_seconds >= part.warmup_seconds + first_call_s
@@ -206,7 +209,7 @@ def test_step_times_cover_the_clock_between_steps(smoke_data_root, tmp_path, tra
     monkeypatch.setattr("speedrun.train._progress", slow_progress)
     track = track_variant(train={"steps": 6, "checkpoint_every": 6})
     _, summary = train(track, smoke_data_root, tmp_path / "run")
-    rows = [json.loads(x) for x in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    rows = log_rows(tmp_path / "run")
     steps = [r for r in rows if "event" not in r]
     step_s = [r["step_s"] for r in steps]
     assert len(step_s) == 6 and min(step_s[1:]) >= pause
@@ -291,7 +294,7 @@ def test_component_hooks_heads_and_losses(smoke_data_root, tmp_path, track_varia
     align = FeatureAlign(AlignParams(block=1))
     trainer, summary = train(track, smoke_data_root, tmp_path / "run", components=[align, TokenDrop(DropParams())])
     assert summary.status == "ok"
-    rows = [json.loads(x) for x in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    rows = log_rows(tmp_path / "run")
     steps = [r for r in rows if "step" in r and "event" not in r]
     assert all("align" in r and r["align"] < 0.5 for r in steps)
     assert all(math.isclose(r["loss"], r["loss_fm"] + r["align"], rel_tol=1e-5) for r in steps)
@@ -356,7 +359,7 @@ def test_fused_adamw_trains_like_the_default_with_the_clip_in_its_kernel(smoke_d
     assert trainer.optimizer.param_groups[0]["fused"]
 
     def logged(run: str, key: str) -> list[float]:
-        rows = [json.loads(x) for x in (tmp_path / run / "train.jsonl").read_text().splitlines()]
+        rows = log_rows(tmp_path / run)
         return [r[key] for r in rows if key in r and "event" not in r]
 
     assert min(logged("default", "grad_norm")) > 0.05 * 2  # every step was clipped
@@ -581,7 +584,7 @@ def test_peak_flops_by_device_name(name, tflops):
 def test_lr_warmup_then_constant(smoke_data_root, tmp_path, track_variant):
     track = track_variant(train={"steps": 8, "checkpoint_every": 8}, optim={"warmup_steps": 4})
     train(track, smoke_data_root, tmp_path / "run")
-    rows = [json.loads(x) for x in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    rows = log_rows(tmp_path / "run")
     lrs = [r["lr"] for r in rows if "lr" in r]
     lr = track.optim.lr
     assert lrs == pytest.approx([lr * 0.25, lr * 0.5, lr * 0.75, lr, lr, lr, lr, lr])
@@ -667,5 +670,5 @@ def test_ranks_agree_on_the_step_that_spends_a_timed_budget(smoke_data_root, tmp
          "--device", "cpu", "--no-progress", "--run-dir", str(tmp_path / "run"), "--parallel", "ddp"],
         env, port=29518, timeout=240,
     )  # fmt: skip
-    end = [json.loads(line) for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()][-1]
+    end = log_rows(tmp_path / "run")[-1]
     assert (end["event"], end["status"], end["steps"], end["eval_checkpoints"]) == ("end", "ok", 1, ["step-00000001"])
