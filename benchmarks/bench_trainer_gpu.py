@@ -22,7 +22,7 @@ float16 copies, float32 conversion on the GPU).
     python benchmarks/bench_trainer_gpu.py --host-update
 
 Prints one JSON line with the summary (batches_per_second is the median over steady-state windows,
-as results report it; mfu uses the peak bf16 rate in ``speedrun.train.PEAK_FLOPS``). GPU only.
+as results report it; mfu uses the peak bf16 rate in ``speedrun.devices.PEAK_FLOPS``). GPU only.
 
 ``--profile N`` runs torch.profiler over N steady-state steps (after the warmup and two timed steps)
 and first prints where the GPU time of a step goes: the share of the step's wall time in which
@@ -342,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         help="set a torch._inductor.config entry before compiling (repeatable), e.g. max_autotune=True",
     )
     parser.add_argument(
-        "--host-update", action="store_true", help="clip in place and read the loss before the update (see the module doc)"
+        "--host-update",
+        action="store_true",
+        help="clip in place and read the loss before the update (see the module doc)",
     )
     args = parser.parse_args(argv)
     try:

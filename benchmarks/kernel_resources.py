@@ -237,11 +237,13 @@ def main() -> int:
         f"sm_{TARGET_ARCH}, triton {triton.__version__} | B={BATCH} H={HEADS} D={HEAD_DIM} "
         f"image={IMAGE_TOKENS} text={TEXT_TOKENS} {str(DTYPE).removeprefix('torch.')}"
     )
-    print("| source | kernel | config | warps | stages | registers | spill B | shared KiB | programs/SM | waves | cp.async |")
+    columns = "source kernel config warps stages registers spill_B shared_KiB programs/SM waves cp.async".split()
+    print("| " + " | ".join(c.replace("_", " ") for c in columns) + " |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for v in variants:
         print(
-            f"| {v.source} | {v.kernel} | {v.config} | {v.num_warps} | {v.num_stages} | {v.registers} | {v.spill_bytes} | "
+            f"| {v.source} | {v.kernel} | {v.config} | {v.num_warps} | {v.num_stages} | {v.registers} | "
+            f"{v.spill_bytes} | "
             f"{v.shared_bytes / 1024:.1f} | {v.programs_per_sm} | {v.waves} | {v.pipelined_copies} |"
         )
     return 0

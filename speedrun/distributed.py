@@ -76,6 +76,15 @@ def all_reduce_mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
     return value / d.world_size
 
 
+def all_reduce_max(value: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Largest ``value`` over ranks (a no-op for one process)."""
+    if not d.enabled:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
 def all_reduce_grads(params: list[torch.nn.Parameter], d: Dist) -> None:
     """Average gradients of parameters DDP does not own (component heads) across ranks."""
     if not d.enabled:

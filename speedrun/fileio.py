@@ -76,12 +76,20 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+    sync_after_rename(path)
+
+
+def sync_after_rename(path: Path, again: str = "run the command again") -> None:
+    """Sync the folder of ``path``, just renamed into place; the error tells the user to ``again``.
+
+    The new file is already what readers see, so the message says so rather than "unchanged".
+    """
     try:
         fsync_folder(path.parent)
     except OSError as exc:
         raise SpeedrunError(
             f"{path}: written, but its folder could not be synced to disk ({exc.strerror or exc}); "
-            "check the disk, then run the command again"
+            f"check the disk, then {again}"
         ) from exc
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from typing import Callable
+from typing import Callable, get_args
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from speedrun.state import PredictionKind
 from speedrun.tracks import TimestepSpec
 
-PREDICTION_KINDS: tuple[str, ...] = ("velocity", "x0")
+PREDICTION_KINDS: tuple[str, ...] = get_args(PredictionKind)
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``model_fn(x_t, t, text, text_mask) -> velocity`` with x_t (B, C, H, W) and t (B,)."""
 

@@ -1,4 +1,5 @@
-"""The locks that keep one seed's run folder to one run at a time.
+"""The locks that keep one seed's run folder to one run at a time, and one shard of a prepared
+dataset to one writer (``shard_lock``).
 
 A seed is trained by up to three kinds of process: the ``speedrun run`` launcher, the torchrun agent
 and the evaluation process it starts (both inherit the launcher's lock), and torchrun's workers.
@@ -28,6 +29,7 @@ from speedrun.errors import SpeedrunError
 
 LOCK_NAME = "run.lock"
 WORKERS_LOCK_NAME = "workers.lock"
+SHARD_LOCKS = ".locks"  # folder of a dataset being prepared that holds its shards' lock files
 
 
 @contextmanager
@@ -115,4 +117,20 @@ def worker_lock(run_dir: Path) -> Iterator[None]:
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / WORKERS_LOCK_NAME, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_SH)
+        yield
+
+
+@contextmanager
+def shard_lock(dataset: Path, split: str, name: str) -> Iterator[None]:
+    """Hold an exclusive lock on shard ``name`` of ``split`` while it is checked, built and written.
+
+    Two prepares of one data folder (two ``speedrun run`` of different seeds started together on a
+    fresh machine) take turns on each shard: the second waits, then finds it written. Without the
+    lock each deleted the other's partial copy as the debris of a killed writer. Blocking, as the
+    holder is making progress; a killed holder's lock is released by the kernel.
+    """
+    folder = dataset / SHARD_LOCKS
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{split}-{name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
         yield

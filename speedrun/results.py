@@ -46,7 +46,9 @@ class EvalPoint(_Model):
 
 
 class Timing(_Model):
-    train_clock_s: float = Field(description="Harness clock: timed training incl. data loading, excl. eval/ckpt.")
+    train_clock_s: float = Field(
+        description="Harness clock: timed training incl. data loading, excl. eval/ckpt; the slowest rank's."
+    )
     warmup_s: float = Field(description="Untimed warmup/compile steps (then undone).")
     data_s: float = Field(description="Part of the clock spent waiting for batches.")
     checkpoint_s: float = Field(
@@ -265,12 +267,12 @@ def code_changes(recorded: dict[str, Any], now: dict[str, Any]) -> list[CodeChan
     return out
 
 
-def hardware_info(device: torch.device, world_size: int, per_node: int | None = None) -> Hardware:
-    """What ran: ``world_size`` processes in all, ``per_node`` (default: all of them) on this node."""
+def hardware_info(device: torch.device, world_size: int, per_node: int) -> Hardware:
+    """What ran: ``world_size`` processes in all, ``per_node`` of them on this node."""
     names, driver = [], None
     if device.type == "cuda":
         # The cards this node's processes use (local ranks 0..n-1), not every card the machine shows.
-        used = min(torch.cuda.device_count(), per_node or world_size)
+        used = min(torch.cuda.device_count(), per_node)
         names = [torch.cuda.get_device_name(i) for i in range(used)]
         try:
             import subprocess

@@ -184,10 +184,10 @@ def _read_eval(path: Path) -> dict:
     return report
 
 
-def _scored_here(report: dict, checkpoint: Path, track: Track) -> bool:
-    """Whether an earlier metrics file may stand for evaluating ``checkpoint`` now: it scored these
-    very weights, under this track's version and protocol, with this harness code. ``speedrun eval``
-    records the hash of the track file (overrides only change training), so that is the one compared.
+def _evaluation_identity(track: Track) -> dict[str, str]:
+    """What a metrics file must record to stand for an evaluation now, besides its weights: this
+    track's version and protocol, scored by this harness code. ``speedrun eval`` records the hash of
+    the track file (overrides only change training), so that is the one expected.
 
     Weights alone are not enough: a seed started over with --no-resume after an evaluation change
     (a new track version, a fix to a metric) trains bit-identical weights on a CPU, and its results
@@ -195,12 +195,18 @@ def _scored_here(report: dict, checkpoint: Path, track: Track) -> bool:
     """
     from speedrun.eval.run import protocol
 
-    return (
-        report.get("model_sha256") == read_meta(checkpoint, verify=False)["files"].get("model.safetensors")
-        and report.get("track_hash") == load_track(track.id).content_hash
-        and report.get("protocol_hash") == canonical_hash(protocol(track))
-        and report.get("harness_sha256") == harness_sha256()
-    )
+    return {
+        "track_hash": load_track(track.id).content_hash,
+        "protocol_hash": canonical_hash(protocol(track)),
+        "harness_sha256": harness_sha256(),
+    }
+
+
+def _scored_here(report: dict, checkpoint: Path, identity: dict[str, str]) -> bool:
+    """Whether an earlier metrics file may stand for evaluating ``checkpoint`` now: it scored these
+    very weights, and records ``identity`` (``_evaluation_identity`` of the track)."""
+    weights = read_meta(checkpoint, verify=False)["files"].get("model.safetensors")
+    return report.get("model_sha256") == weights and all(report.get(k) == v for k, v in identity.items())
 
 
 def _finished(submission: Submission, track: Track, seed: int, results_path: Path) -> bool:
@@ -254,12 +260,13 @@ def _train_evaluate_record(
     evals: list[dict] = []
     eval_s = 0.0
     if summary["status"] == "ok":
+        identity = _evaluation_identity(track)
         for name in summary["eval_checkpoints"]:
             ckpt = run_dir / "checkpoints" / name
             out = run_dir / "eval" / f"{name}.json"
             if out.exists():
                 report = _read_eval(out)
-                if _scored_here(report, ckpt, track):
+                if _scored_here(report, ckpt, identity):
                     evals.append(report)
                     continue
             console.print(f"seed {seed}: evaluating {name}")

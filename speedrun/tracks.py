@@ -126,7 +126,9 @@ class TimestepSpec(_Frozen):
 
 class TrainSpec(_Frozen):
     steps: int = Field(gt=0, description="Step budget.")
-    max_seconds: float | None = Field(None, gt=0, description="Optional timed budget (clock s).")
+    max_seconds: float | None = Field(
+        None, gt=0, description="Optional timed budget (clock s): the run ends after the step its clock passes it in."
+    )
     global_batch: int = Field(gt=0)
     caption_dropout: float = Field(ge=0, le=1)
     precision: Literal["fp32", "bf16"] = Field(description="bf16 = autocast on CUDA, fp32 master.")

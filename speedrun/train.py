@@ -31,7 +31,7 @@ from speedrun import distributed
 from speedrun.checkpoint import latest_checkpoint, load_training_state, save_checkpoint, split_component_tensors
 from speedrun.clock import Clock, Paused
 from speedrun.components.base import Component, ComponentContext, TrainBatch
-from speedrun.devices import ParallelMode
+from speedrun.devices import ParallelMode, model_flops_utilisation
 from speedrun.errors import SpeedrunError
 from speedrun.flow import Objective, RectifiedFlowObjective, apply_caption_dropout, caption_drop_mask, validation_loss
 from speedrun.kernels import dispatch
@@ -43,17 +43,6 @@ from speedrun.tracks import Track
 # Windows of this many timed steps give one batches/s reading; the reported figure is their median,
 # which ignores the first window (allocator and cache warm-up) when there are at least three.
 SPEED_WINDOW = 20
-# Peak dense bf16 tensor FLOP/s per device (NVIDIA's datasheets, half the "with sparsity" figure), for
-# MFU; None where no meaningful peak is known (CPU, other cards). The first name contained in the
-# device's name wins, so the PCIe and NVL cards, with lower clocks and power, come before the SXM ones.
-PEAK_FLOPS = {
-    "H100 PCIe": 756e12,
-    "H100 NVL": 835e12,
-    "H200 NVL": 835e12,
-    "H100": 989e12,
-    "H200": 989e12,
-    "A100": 312e12,
-}
 # Keys of a training-log step line other than the components' loss terms ("event" marks the lines
 # that are not steps): a term under one of these names would overwrite the trainer's value.
 STEP_LOG_KEYS = frozenset({"step", "loss", "lr", "grad_norm", "step_s", "clock_s", "loss_fm", "event"})
@@ -280,17 +269,6 @@ def choose_objective(track: Track, components: list[Component]) -> Objective:
     if len(replacing) > 1:
         raise SpeedrunError(f"components {[n for n, _ in replacing]} each replace the objective; at most one may")
     return replacing[0][1] if replacing else RectifiedFlowObjective(track.train.timesteps)
-
-
-def device_peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    return peak_flops_of(torch.cuda.get_device_name(device))
-
-
-def peak_flops_of(device_name: str) -> float | None:
-    """Peak dense bf16 FLOP/s of a CUDA device named ``device_name`` ("NVIDIA H100 PCIe"), or None."""
-    return next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
 
 
 def median_speed(step_seconds: list[float]) -> float | None:
@@ -742,11 +720,10 @@ class Trainer:
                     }
                     log.write(json.dumps(record) + "\n")
                 done = step + 1
-                # A timed budget ends the run after the step in which any rank's clock passed it: one
-                # collective decision, so every rank stops at the same step.
+                # A timed budget ends the run after the step in which the run's clock (its slowest
+                # rank's) passed it: one collective decision, so every rank stops at the same step.
                 if track.train.max_seconds is not None and done < end:
-                    over = torch.tensor(float(clock.elapsed >= track.train.max_seconds), device=self.device)
-                    if float(distributed.all_reduce_mean(over, d)) > 0:
+                    if self._run_clock(clock) >= track.train.max_seconds:
                         end = budget_end = done
                 # The last step of the budget, in steps or seconds: validated, evaluated, checkpointed.
                 last = done in (track.train.steps, budget_end)
@@ -778,7 +755,7 @@ class Trainer:
                             log.flush()
                             log_bytes = os.fstat(log.fileno()).st_size
                         self._checkpoint(
-                            done, clock.elapsed, loader, gen, val_curve, eval_ckpts, times, warmup_seconds,
+                            done, self._run_clock(clock), loader, gen, val_curve, eval_ckpts, times, warmup_seconds,
                             log_bytes=log_bytes,
                         )
                         ckpt_seconds += time.perf_counter() - c0
@@ -798,10 +775,7 @@ class Trainer:
             progress(None, None, None)
         speed = median_speed(step_seconds)
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
-        peak_flops = device_peak_flops(self.device)
-        mfu = None
-        if speed and peak_flops and flops_per_step:
-            mfu = (flops_per_step * speed) / (peak_flops * d.world_size)
+        card = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
         summary = TrainSummary(
             status=status,
             steps=completed,
@@ -809,7 +783,7 @@ class Trainer:
             last_finite_loss=last_finite,
             diverged_at=diverged_at,
             reason=reason,
-            clock_seconds=clock.elapsed,
+            clock_seconds=self._run_clock(clock),
             warmup_seconds=warmup_seconds,
             checkpoint_seconds=ckpt_seconds,
             validation_seconds=val_seconds,
@@ -817,7 +791,7 @@ class Trainer:
             batches_per_second=speed,
             images_per_second=speed * track.train.global_batch if speed else None,
             flops_per_step=flops_per_step or 0,
-            mfu=mfu,
+            mfu=model_flops_utilisation(flops_per_step, speed, card, d.world_size),
             peak_memory_bytes=peak,
             kernels=self.kernels,
             world_size=d.world_size,
@@ -828,6 +802,12 @@ class Trainer:
             with open(log_path, "a") as f:
                 f.write(json.dumps({"event": "end", **summary.to_json()}) + "\n")
         return summary
+
+    def _run_clock(self, clock: Clock) -> float:
+        """The run's clock in seconds: the largest of the ranks' clocks, as a run takes as long as its
+        slowest rank (rank 0's starts last, after it alone writes the log header). A collective."""
+        elapsed = torch.tensor(clock.elapsed, dtype=torch.float64, device=self.device)
+        return float(distributed.all_reduce_max(elapsed, self.dist))
 
     def _flops_per_step(self, model_hw: tuple[int, int]) -> int:
         """The model's FLOPs for one global batch at the spatial size the model sees: the latent

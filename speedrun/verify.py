@@ -34,6 +34,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from speedrun.data.source import dataset_manifest_sha256
+from speedrun.devices import model_flops_utilisation
 from speedrun.errors import SpeedrunError
 from speedrun.paths import data_root
 from speedrun.results import (
@@ -395,8 +396,15 @@ class _Verifier:
         if r.status == "ok":
             if r.failure is not None:
                 yield "failure", "an ok run records a failure"
-            if track.train.max_seconds is None and r.steps != track.train.steps:
+            budget = track.train.max_seconds
+            if budget is None and r.steps != track.train.steps:
                 yield "steps", f"an ok run completes the budget of {track.train.steps} steps, this one has {r.steps}"
+            elif budget is not None and r.steps < track.train.steps and r.timing.train_clock_s < budget:
+                yield (
+                    "steps",
+                    f"an ok run completes the budget of {track.train.steps} steps or of {budget} clock seconds, "
+                    f"this one stopped after {r.steps} steps and {r.timing.train_clock_s} s",
+                )
             missing = [m for m in track.eval.metrics if m not in r.metrics and m not in r.unavailable]
             if missing:
                 yield "metrics", f"track metric(s) {missing} neither reported nor explained in 'unavailable'"
@@ -415,6 +423,11 @@ class _Verifier:
         bps, ips = r.speed.batches_per_second, r.speed.images_per_second
         if bps is not None and ips is not None and not _close(ips, bps * track.train.global_batch):
             yield "speed.images_per_second", f"is {ips}, batches/s x global batch is {bps * track.train.global_batch}"
+        card = r.hardware.device_names[0] if r.hardware.device_type == "cuda" and r.hardware.device_names else None
+        mfu = model_flops_utilisation(r.speed.flops_per_step, bps, card, r.world_size)
+        if (mfu is None) != (r.speed.mfu is None) or (mfu is not None and not _close(r.speed.mfu, mfu)):
+            of = f"{r.world_size} x {card}" if card else "no card (a CPU run)"
+            yield "speed.mfu", f"is {r.speed.mfu}; flops/step x batches/s over the peak FLOP/s of {of} is {mfu}"
         gpu_hours = r.timing.train_clock_s * r.world_size / 3600 if r.hardware.device_type == "cuda" else 0.0
         if not _close(r.timing.gpu_hours, gpu_hours):
             yield "timing.gpu_hours", f"is {r.timing.gpu_hours}, train clock x devices / 3600 is {gpu_hours}"

@@ -95,7 +95,7 @@ def test_a_shard_whose_split_folder_cannot_be_synced_is_not_called_removed(
         write_shard(split, "shard-00000", 0, {"index": np.arange(3)}, {"captions": ["a", "b", "c"]})
     message = str(info.value)
     assert message.startswith(f"{split / 'shard-00000'}: written, but its folder could not be synced to disk (Input")
-    assert "removed" not in message
+    assert "removed" not in message and message.endswith("check the disk, then run prepare again")
     assert [p.name for p in split.iterdir()] == ["shard-00000"]
     assert read_shard_entry(split, "shard-00000").count == 3
 

@@ -23,7 +23,7 @@ def test_cpu_is_named_by_its_model_name():
 
 
 def test_cpu_hardware_record():
-    hw = hardware_info(torch.device("cpu"), world_size=1)
+    hw = hardware_info(torch.device("cpu"), world_size=1, per_node=1)
     assert hw.device_type == "cpu" and hw.device_names == [hw.cpu] and hw.driver is None
     assert hw.cpu_count == len(os.sched_getaffinity(0))
     assert platform.machine() in hw.cpu
@@ -35,7 +35,7 @@ def test_cuda_hardware_record_names_the_cards_the_run_used(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"card {i}")
     monkeypatch.setenv("PATH", "")  # no nvidia-smi: the driver is unknown, the names still stand
-    hw = hardware_info(torch.device("cuda"), world_size=2)
+    hw = hardware_info(torch.device("cuda"), world_size=2, per_node=2)
     assert hw.device_names == ["card 0", "card 1"] and hw.device_count == 2 and hw.driver is None
     two_nodes = hardware_info(torch.device("cuda"), world_size=8, per_node=4)
     assert two_nodes.device_names == [f"card {i}" for i in range(4)] and two_nodes.device_count == 8

@@ -346,6 +346,53 @@ def test_derived_fields_are_recomputed(repo: Repo, change: dict, field: str) -> 
     assert field in fields(repo.verify())
 
 
+def cuda_record(mfu: float | None, card: str = "NVIDIA H100 80GB HBM3") -> dict:
+    """The fields of a one-card CUDA run at 4 batches/s of 1e12 FLOPs, with ``mfu`` as recorded."""
+    return {
+        "speed": {"batches_per_second": 4.0, "images_per_second": 32.0, "flops_per_step": 10**12, "mfu": mfu,
+                  "peak_memory_bytes": 1 << 30},
+        "timing": {"train_clock_s": 5.0, "warmup_s": 1.0, "data_s": 0.5, "checkpoint_s": 0.1, "validation_s": 0.2,
+                   "eval_s": 2.0, "wall_s": 9.0, "gpu_hours": 5.0 / 3600},
+        "hardware": {"device_type": "cuda", "device_names": [card], "device_count": 1, "driver": "1",
+                     "cpu": "x86_64", "cpu_count": 2},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "record, problem",
+    [
+        (cuda_record(4e12 / 989e12), False),
+        (cuda_record(4e12 / 756e12, card="NVIDIA H100 PCIe"), False),
+        (cuda_record(None, card="NVIDIA GeForce RTX 4090"), False),
+        (cuda_record(0.5), True),
+        (cuda_record(None), True),
+        (cuda_record(4e12 / 989e12, card="NVIDIA GeForce RTX 4090"), True),
+        ({"speed": {"batches_per_second": 4.0, "images_per_second": 32.0, "flops_per_step": 10**12, "mfu": 0.3,
+                    "peak_memory_bytes": None}}, True),
+    ],
+    ids=["h100", "h100-pcie", "unknown-card", "wrong", "missing", "unknown-card-with-mfu", "cpu-with-mfu"],
+)  # fmt: skip
+def test_mfu_is_recomputed_from_flops_speed_and_the_cards_peak(repo: Repo, record: dict, problem: bool) -> None:
+    # 4 batches/s x 1e12 FLOPs on one H100 SXM (989e12 FLOP/s dense bf16), or PCIe (756e12).
+    repo.seal(**record)
+    assert ("speed.mfu" in fields(repo.verify())) == problem
+
+
+@pytest.mark.parametrize(("clock_s", "problem"), [(5.0, False), (3.0, True)])
+def test_an_ok_run_short_of_its_steps_must_have_spent_its_timed_budget(repo: Repo, clock_s, problem) -> None:
+    """On a track with train.max_seconds = 4, a run may stop after 10 of its 20 steps only once its
+    clock (the slowest rank's) has passed 4 s."""
+    smoke = repo.tracks / "smoke.toml"
+    smoke.write_text(smoke.read_text().replace("[train]\n", "[train]\nmax_seconds = 4.0\n", 1))
+    timing = {"train_clock_s": clock_s, "warmup_s": 1.0, "data_s": 0.5, "checkpoint_s": 0.1, "validation_s": 0.2,
+              "eval_s": 2.0, "wall_s": 9.0, "gpu_hours": 0.0}  # fmt: skip
+    repo.seal(steps=10, timing=timing)
+    found = [p for p in repo.verify() if p.field == "steps"]
+    assert bool(found) == problem
+    if problem:
+        assert "stopped after 10 steps and 3.0 s" in found[0].message and "4.0 clock seconds" in found[0].message
+
+
 def test_explicit_paths(repo: Repo) -> None:
     path = repo.seal("tiny", 0)
     # One results file: its own checks only, the three-seed entry rule is for whole submissions.

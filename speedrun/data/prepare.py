@@ -58,6 +58,7 @@ from speedrun.data.text import TextEncoder, get_text_encoder, text_encoder_class
 from speedrun.data.vae import FluxVAE, load_flux_vae, parse_ref
 from speedrun.errors import SpeedrunError
 from speedrun.fileio import atomic_write_json
+from speedrun.locks import shard_lock
 from speedrun.paths import data_root, unusable_part
 from speedrun.tracks import Track, canonical_hash
 
@@ -488,14 +489,16 @@ def prepare(
                 tasks[split] = bar.add_task(f"{out.name} {split}", total=total)
         for job in mine:
             split_dir = out / job.split
-            for stale in split_dir.glob(f".{job.name}.partial-*"):
-                shutil.rmtree(stale, ignore_errors=True)
             advance = _advancer(bar, tasks.get(job.split))
-            if _reusable(split_dir, job):
-                advance(job.count)
-                continue
-            arrays, documents = _build_shard(job, data_source, models, track, advance)
-            write_shard(split_dir, job.name, job.start, arrays, documents)
+            with shard_lock(out, job.split, job.name):
+                # Under the lock, a partial copy is the debris of a killed writer.
+                for stale in split_dir.glob(f".{job.name}.partial-*"):
+                    shutil.rmtree(stale, ignore_errors=True)
+                if _reusable(split_dir, job):
+                    advance(job.count)
+                    continue
+                arrays, documents = _build_shard(job, data_source, models, track, advance)
+                write_shard(split_dir, job.name, job.start, arrays, documents)
     if distributed:
         torch.distributed.barrier()
     if not distributed or rank == 0:

@@ -44,7 +44,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from speedrun.errors import SpeedrunError, format_validation_error
-from speedrun.fileio import atomic_write, fsync_folder, sha256_file, write_durably
+from speedrun.fileio import atomic_write, fsync_folder, sha256_file, sync_after_rename, write_durably
 from speedrun.paths import prepare_command
 
 FORMAT_VERSION = 1
@@ -187,13 +187,7 @@ def write_shard(
             f"{final}: cannot write this shard ({exc.strerror or exc}); its partial copy was removed: fix "
             "that (e.g. free disk space) and run prepare again (the finished shards are kept)"
         ) from exc
-    try:
-        fsync_folder(split_dir)
-    except OSError as exc:
-        raise SpeedrunError(
-            f"{final}: written, but its folder could not be synced to disk ({exc.strerror or exc}); check the "
-            "disk, then run prepare again"
-        ) from exc
+    sync_after_rename(final, again="run prepare again")
     return entry
 
 

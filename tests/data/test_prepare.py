@@ -6,6 +6,7 @@ import importlib
 import json
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -15,11 +16,12 @@ import torch
 
 from speedrun.data import mjv6, shapes
 from speedrun.data.loader import Loader
-from speedrun.data.prepare import dataset_definition, prepare
+from speedrun.data.prepare import dataset_definition, dataset_dir, prepare
 from speedrun.data.shards import MANIFEST_NAME, open_dataset, read_shard_entry, verify
 from speedrun.data.text import get_text_encoder
 from speedrun.data.vae import random_init_vae
 from speedrun.errors import SpeedrunError
+from speedrun.locks import shard_lock
 from speedrun.tracks import load_track
 
 prepare_module = importlib.import_module("speedrun.data.prepare")
@@ -79,6 +81,26 @@ def test_resume_keeps_complete_shards_and_redoes_the_rest(tmp_path, monkeypatch,
     assert prepare(small_track, tmp_path, progress=False, text_encoder=encoder, examples_per_shard=64) == out
     assert len(rendered) == 300 + 16 + 32 - 2 * 64
     assert not list((out / "train").glob(".*"))
+    verify(out)
+
+
+def test_a_shard_another_prepare_is_writing_is_waited_for(tmp_path, small_track, hash_encoder):
+    """Two prepares of one data folder (two `speedrun run`s started together): while one holds a
+    shard, with its partial copy on disk, the other waits rather than delete that copy as debris;
+    then it finds the shard written, or, as here where the holder left without writing, builds it."""
+    encoder = hash_encoder(small_track.data.text_max_tokens)
+    kwargs = {"progress": False, "text_encoder": encoder, "examples_per_shard": 64}
+    out = dataset_dir(small_track, tmp_path, **{k: kwargs[k] for k in ("text_encoder", "examples_per_shard")})
+    partial = out / "train" / ".shard-00000.partial-99999"
+    result: dict[str, object] = {}
+    with shard_lock(out, "train", "shard-00000"):
+        partial.mkdir(parents=True)
+        other = threading.Thread(target=lambda: result.update(out=prepare(small_track, tmp_path, **kwargs)))
+        other.start()
+        other.join(timeout=2.0)
+        assert other.is_alive() and partial.is_dir() and read_shard_entry(out / "train", "shard-00000") is None
+    other.join(timeout=120)
+    assert result["out"] == out and not partial.exists()
     verify(out)
 
 

@@ -12,7 +12,7 @@ from fault_helpers import copy_submission
 from rich.console import Console
 
 from speedrun.results import load_result
-from speedrun.run import RunOptions, _scored_here, run_submission
+from speedrun.run import RunOptions, _evaluation_identity, _scored_here, run_submission
 from speedrun.tracks import load_track
 
 MARKER_FID = 12345.0
@@ -66,4 +66,5 @@ def test_a_submission_with_overrides_reuses_its_cached_evaluation(reference_run)
     track = load_track("smoke")
     overridden = track.with_overrides({"optim.lr": track.optim.lr * 2})
     assert overridden.content_hash != track.content_hash == report["track_hash"]
-    assert _scored_here(report, checkpoint, track) and _scored_here(report, checkpoint, overridden)
+    assert _evaluation_identity(overridden) == _evaluation_identity(track)
+    assert _scored_here(report, checkpoint, _evaluation_identity(overridden))
