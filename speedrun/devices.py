@@ -7,6 +7,7 @@ them at import) starts fast; the worker, the option checks and ``speedrun.distri
 
 from __future__ import annotations
 
+import re
 from typing import Literal, get_args
 
 DEVICES = ("cuda", "cpu")
@@ -16,8 +17,8 @@ PARALLEL_MODES: tuple[str, ...] = get_args(ParallelMode)
 MAX_SEED = 2**63 - 1
 
 # Peak dense bf16 tensor FLOP/s per device (NVIDIA's datasheets, half the "with sparsity" figure), for
-# MFU; None where no meaningful peak is known (CPU, other cards). The first name contained in the
-# device's name wins, so the PCIe and NVL cards, with lower clocks and power, come before the SXM ones.
+# MFU; None where no meaningful peak is known (CPU, other cards). The first name found in the device's
+# name, as whole words, wins, so the PCIe and NVL cards (lower clocks and power) come before the SXM ones.
 PEAK_FLOPS = {
     "H100 PCIe": 756e12,
     "H100 NVL": 835e12,
@@ -30,7 +31,8 @@ PEAK_FLOPS = {
 
 def peak_flops_of(device_name: str) -> float | None:
     """Peak dense bf16 FLOP/s of a CUDA device named ``device_name`` ("NVIDIA H100 PCIe"), or None."""
-    return next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
+    # A whole-word match: "RTX A1000" is no A100.
+    return next((v for k, v in PEAK_FLOPS.items() if re.search(rf"\b{re.escape(k)}\b", device_name)), None)
 
 
 def model_flops_utilisation(

@@ -20,7 +20,7 @@ import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -121,16 +121,31 @@ def worker_lock(run_dir: Path) -> Iterator[None]:
 
 
 @contextmanager
-def shard_lock(dataset: Path, split: str, name: str) -> Iterator[None]:
+def shard_lock(dataset: Path, split: str, name: str, on_wait: Callable[[Path], None]) -> Iterator[None]:
     """Hold an exclusive lock on shard ``name`` of ``split`` while it is checked, built and written.
 
     Two prepares of one data folder (two ``speedrun run`` of different seeds started together on a
     fresh machine) take turns on each shard: the second waits, then finds it written. Without the
-    lock each deleted the other's partial copy as the debris of a killed writer. Blocking, as the
-    holder is making progress; a killed holder's lock is released by the kernel.
+    lock each deleted the other's partial copy as the debris of a killed writer. A shard another
+    process holds is waited for, after ``on_wait(lock file)`` says so: the holder is making progress,
+    and if it is killed the kernel releases its lock.
     """
-    folder = dataset / SHARD_LOCKS
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{split}-{name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    path = dataset / SHARD_LOCKS / f"{split}-{name}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+    except OSError as exc:
+        raise SpeedrunError(f"{path}: cannot create the lock of shard {split}/{name} ({exc.strerror or exc})") from None
+    with handle:
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                on_wait(path)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as exc:  # a filesystem without flock (some network ones)
+            raise SpeedrunError(
+                f"{path}: cannot lock shard {split}/{name} ({exc.strerror or exc}); prepare the data on a local "
+                "filesystem (--data-dir, $SPEEDRUN_DATA_DIR)"
+            ) from None
         yield

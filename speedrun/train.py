@@ -658,8 +658,10 @@ class Trainer:
         status, reason, diverged_at, loss_value = "ok", None, None, last_finite
         end = track.train.steps if self.opt.stop_after is None else min(track.train.steps, self.opt.stop_after)
         budget_end = None  # the step after which the timed budget (train.max_seconds) ran out
-        if track.train.max_seconds is not None and clock_offset >= track.train.max_seconds:
-            end = budget_end = start_step  # it ran out before this checkpoint was written: no step is left
+        # The checkpoint of the step that spent the budget says so: its clock, read after that step's
+        # decision, may have passed the budget without spending it, and then one more step is due.
+        if track.train.max_seconds is not None and times.get("budget_spent"):
+            end = budget_end = start_step
         progress = _progress(self.opt.progress and d.is_main, start_step, track.train.steps)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -746,6 +748,7 @@ class Trainer:
                             "data_seconds": data_seconds,
                             "last_finite_loss": last_finite,
                             "flops_per_step": flops_per_step,
+                            "budget_spent": budget_end == done,
                         }
                         if is_eval:
                             eval_ckpts.append(f"step-{done:08d}")

@@ -16,7 +16,9 @@ from speedrun.devices import model_flops_utilisation, peak_flops_of
         ("NVIDIA H200", 989),
         ("NVIDIA H200 NVL", 835),
         ("NVIDIA A100-SXM4-80GB", 312),
+        ("NVIDIA A100 80GB PCIe", 312),
         ("NVIDIA GeForce RTX 4090", None),
+        ("NVIDIA RTX A1000 Laptop GPU", None),
     ],
 )
 def test_peak_flops_by_device_name(name, tflops):

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from speedrun.checkpoint import read_meta
 from speedrun.clock import Clock, Paused
 from speedrun.components import Component, ComponentContext, Params, StepState, TrainBatch
 from speedrun.data.source import TrainData
@@ -189,7 +190,9 @@ def test_a_finished_run_resumed_reports_what_it_reported(smoke_data_root, tmp_pa
     assert starts(tmp_path / "run") == [None, "step-00000004"] and again.steps == 4
     for name in ("status", "final_loss", "last_finite_loss", "flops_per_step", "batches_per_second"):
         assert getattr(again, name) == getattr(done, name), name
-    assert again.clock_seconds == pytest.approx(done.clock_seconds, abs=0.01)  # the checkpoint's reading
+    # The checkpoint's reading: the resumed clock starts and stops with no step between (microseconds).
+    saved = read_meta(tmp_path / "run" / "checkpoints" / "step-00000004")["clock_seconds"]
+    assert saved <= again.clock_seconds < saved + 0.01 and saved <= done.clock_seconds
     assert done.flops_per_step > 0 and done.final_loss is not None
 
 
@@ -229,6 +232,24 @@ def test_a_timed_budget_ends_on_an_evaluated_step_and_stays_spent(smoke_data_roo
     _, again = train(track, smoke_data_root, tmp_path / "run")
     assert (again.steps, again.eval_checkpoints, again.val_loss_curve) == (1, ["step-00000001"], spent.val_loss_curve)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*")) == ["step-00000001"]
+
+
+def test_a_checkpoint_whose_clock_passed_the_budget_after_the_decision_takes_one_more_step(
+    smoke_data_root, tmp_path, track_variant, monkeypatch
+):
+    """The budget is decided on a reading of the running clock; the checkpoint's clock is read later,
+    paused. A checkpoint clock past the budget that no decision spent (here every paused reading is
+    1000 s late) must not end the resumed run without a step: the step in which the clock passes the
+    budget is taken, validated and evaluated, as the budget's last."""
+    track = track_variant(train={"steps": 20, "checkpoint_every": 10, "max_seconds": 500.0})
+    real = Trainer._run_clock
+    monkeypatch.setattr(Trainer, "_run_clock", lambda self, clock: real(self, clock) + (0 if clock.running else 1e3))
+    _, part = train(track, smoke_data_root, tmp_path / "run", stop_after=10)
+    assert part.steps == 10 and part.clock_seconds >= 1e3
+    monkeypatch.setattr(Trainer, "_run_clock", real)
+    _, rest = train(track, smoke_data_root, tmp_path / "run")
+    assert (rest.status, rest.steps) == ("ok", 11) and rest.eval_checkpoints[-1] == "step-00000011"
+    assert rest.val_loss_curve[-1]["step"] == 11 and rest.clock_seconds >= 1e3
 
 
 def test_resume_refuses_a_generator_of_another_device_kind(tmp_path):

@@ -24,6 +24,7 @@ must match or prepare fails before writing the manifest.
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -400,6 +401,10 @@ def _finalize(
     return True
 
 
+def _say_waiting(lock: Path) -> None:
+    print(f"waiting for another prepare of this data folder to finish a shard ({lock} is locked)", file=sys.stderr)
+
+
 def _advancer(bar: Any, task: Any) -> Callable[[float], None]:
     """``advance(n)``: move ``task`` of ``bar`` on by n examples (nothing without a bar)."""
     if bar is None:
@@ -490,7 +495,7 @@ def prepare(
         for job in mine:
             split_dir = out / job.split
             advance = _advancer(bar, tasks.get(job.split))
-            with shard_lock(out, job.split, job.name):
+            with shard_lock(out, job.split, job.name, on_wait=_say_waiting):
                 # Under the lock, a partial copy is the debris of a killed writer.
                 for stale in split_dir.glob(f".{job.name}.partial-*"):
                     shutil.rmtree(stale, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
 import re
@@ -84,24 +85,47 @@ def test_resume_keeps_complete_shards_and_redoes_the_rest(tmp_path, monkeypatch,
     verify(out)
 
 
-def test_a_shard_another_prepare_is_writing_is_waited_for(tmp_path, small_track, hash_encoder):
+def test_a_shard_another_prepare_is_writing_is_waited_for(tmp_path, small_track, hash_encoder, monkeypatch):
     """Two prepares of one data folder (two `speedrun run`s started together): while one holds a
-    shard, with its partial copy on disk, the other waits rather than delete that copy as debris;
-    then it finds the shard written, or, as here where the holder left without writing, builds it."""
+    shard, with its partial copy on disk, the other says it waits and waits rather than delete that
+    copy as debris; then it finds the shard written, or, as here where the holder left without
+    writing, builds it."""
     encoder = hash_encoder(small_track.data.text_max_tokens)
     kwargs = {"progress": False, "text_encoder": encoder, "examples_per_shard": 64}
     out = dataset_dir(small_track, tmp_path, **{k: kwargs[k] for k in ("text_encoder", "examples_per_shard")})
     partial = out / "train" / ".shard-00000.partial-99999"
+    waiting = threading.Event()
+    monkeypatch.setattr(prepare_module, "_say_waiting", lambda lock: waiting.set())
     result: dict[str, object] = {}
-    with shard_lock(out, "train", "shard-00000"):
+
+    def other_prepare() -> None:
+        try:
+            result["out"] = prepare(small_track, tmp_path, **kwargs)
+        except BaseException as exc:  # re-raised in the test's thread below
+            result["error"] = exc
+
+    other = threading.Thread(target=other_prepare)
+    with shard_lock(out, "train", "shard-00000", on_wait=lambda lock: None):
         partial.mkdir(parents=True)
-        other = threading.Thread(target=lambda: result.update(out=prepare(small_track, tmp_path, **kwargs)))
         other.start()
-        other.join(timeout=2.0)
-        assert other.is_alive() and partial.is_dir() and read_shard_entry(out / "train", "shard-00000") is None
-    other.join(timeout=120)
+        assert waiting.wait(timeout=120), result.get("error")
+        assert partial.is_dir() and read_shard_entry(out / "train", "shard-00000") is None
+    other.join(timeout=300)
+    assert not other.is_alive()
+    if "error" in result:
+        raise result["error"]
     assert result["out"] == out and not partial.exists()
     verify(out)
+
+
+def test_a_shard_lock_that_cannot_be_taken_names_the_file(tmp_path, monkeypatch):
+    def no_flock(handle, operation):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with pytest.raises(SpeedrunError, match=r"train-shard-00003\.lock: cannot lock shard train/shard-00003 \(No locks"):
+        with shard_lock(tmp_path, "train", "shard-00003", on_wait=lambda lock: None):
+            pass
 
 
 @pytest.mark.parametrize("damage", ["flipped byte", "shard deleted"])
