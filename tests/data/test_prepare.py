@@ -91,8 +91,7 @@ def test_a_shard_another_prepare_is_writing_is_waited_for(tmp_path, small_track,
     copy as debris; then it finds the shard written, or, as here where the holder left without
     writing, builds it."""
     encoder = hash_encoder(small_track.data.text_max_tokens)
-    kwargs = {"progress": False, "text_encoder": encoder, "examples_per_shard": 64}
-    out = dataset_dir(small_track, tmp_path, **{k: kwargs[k] for k in ("text_encoder", "examples_per_shard")})
+    out = dataset_dir(small_track, tmp_path, text_encoder=encoder, examples_per_shard=64)
     partial = out / "train" / ".shard-00000.partial-99999"
     waiting = threading.Event()
     monkeypatch.setattr(prepare_module, "_say_waiting", lambda lock: waiting.set())
@@ -100,7 +99,7 @@ def test_a_shard_another_prepare_is_writing_is_waited_for(tmp_path, small_track,
 
     def other_prepare() -> None:
         try:
-            result["out"] = prepare(small_track, tmp_path, **kwargs)
+            result["out"] = prepare(small_track, tmp_path, progress=False, text_encoder=encoder, examples_per_shard=64)
         except BaseException as exc:  # re-raised in the test's thread below
             result["error"] = exc
 
