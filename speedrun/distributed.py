@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -67,22 +68,13 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
-    """Mean of ``value`` over ranks (a no-op for one process)."""
+def all_reduce(value: torch.Tensor, d: Dist, op: Literal["mean", "max"]) -> torch.Tensor:
+    """The mean or the largest of ``value`` over ranks, in a new tensor (``value`` for one process)."""
     if not d.enabled:
         return value
     value = value.detach().clone()
-    dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value / d.world_size
-
-
-def all_reduce_max(value: torch.Tensor, d: Dist) -> torch.Tensor:
-    """Largest ``value`` over ranks (a no-op for one process)."""
-    if not d.enabled:
-        return value
-    value = value.detach().clone()
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return value
+    dist.all_reduce(value, op=dist.ReduceOp.SUM if op == "mean" else dist.ReduceOp.MAX)
+    return value / d.world_size if op == "mean" else value
 
 
 def all_reduce_grads(params: list[torch.nn.Parameter], d: Dist) -> None:

@@ -121,14 +121,16 @@ def worker_lock(run_dir: Path) -> Iterator[None]:
 
 
 @contextmanager
-def shard_lock(dataset: Path, split: str, name: str, on_wait: Callable[[Path], None]) -> Iterator[None]:
-    """Hold an exclusive lock on shard ``name`` of ``split`` while it is checked, built and written.
+def shard_lock(dataset: Path, split: str, name: str, on_wait: Callable[[Path], None] | None) -> Iterator[bool]:
+    """Lock shard ``name`` of ``split`` exclusively while it is checked, built and written; yields
+    whether this process holds the lock.
 
     Two prepares of one data folder (two ``speedrun run`` of different seeds started together on a
-    fresh machine) take turns on each shard: the second waits, then finds it written. Without the
-    lock each deleted the other's partial copy as the debris of a killed writer. A shard another
-    process holds is waited for, after ``on_wait(lock file)`` says so: the holder is making progress,
-    and if it is killed the kernel releases its lock.
+    fresh machine) share the shards out: each first passes over the shards the other holds
+    (``on_wait=None`` yields False at once), then comes back to them, waiting after ``on_wait(lock
+    file)`` says so, and finds them written. The holder is making progress, and if it is killed the
+    kernel releases its lock. Without the lock each deleted the other's partial copy as the debris
+    of a killed writer.
     """
     path = dataset / SHARD_LOCKS / f"{split}-{name}.lock"
     try:
@@ -138,14 +140,23 @@ def shard_lock(dataset: Path, split: str, name: str, on_wait: Callable[[Path], N
         raise SpeedrunError(f"{path}: cannot create the lock of shard {split}/{name} ({exc.strerror or exc})") from None
     with handle:
         try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                on_wait(path)
-                fcntl.flock(handle, fcntl.LOCK_EX)
+            held = _lock_or_wait(handle, path, on_wait)
         except OSError as exc:  # a filesystem without flock (some network ones)
             raise SpeedrunError(
                 f"{path}: cannot lock shard {split}/{name} ({exc.strerror or exc}); prepare the data on a local "
                 "filesystem (--data-dir, $SPEEDRUN_DATA_DIR)"
             ) from None
-        yield
+        yield held
+
+
+def _lock_or_wait(handle: IO[str], path: Path, on_wait: Callable[[Path], None] | None) -> bool:
+    """Lock ``handle`` exclusively now; if another process holds it, wait for it after ``on_wait(path)``,
+    or with no ``on_wait`` return False without the lock."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if on_wait is None:
+            return False
+        on_wait(path)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    return True

@@ -70,7 +70,7 @@ class Speed(_Model):
 
 class Hardware(_Model):
     device_type: str
-    device_names: list[str]
+    device_names: list[str] = Field(min_length=1, description="Each device's name; the CPU's for a CPU run.")
     device_count: int
     driver: str | None
     cpu: str = Field(description="CPU model name and architecture, from /proc/cpuinfo on Linux.")

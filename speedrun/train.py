@@ -684,7 +684,7 @@ class Trainer:
                 # One all-reduce carries the loss and "a stop signal arrived here", so every rank
                 # agrees on the step after which it stops (signals reach ranks at different times).
                 flag = torch.tensor(float(self._stop.requested), device=total.device)
-                reduced = distributed.all_reduce_mean(torch.stack([total.float(), flag]), d)
+                reduced = distributed.all_reduce(torch.stack([total.float(), flag]), d, "mean")
                 lr = self.optimizer.param_groups[0]["lr"]
                 in_kernel = updates_in_kernel(self.optimizer)
                 if in_kernel:
@@ -810,7 +810,7 @@ class Trainer:
         """The run's clock in seconds: the largest of the ranks' clocks, as a run takes as long as its
         slowest rank (rank 0's starts last, after it alone writes the log header). A collective."""
         elapsed = torch.tensor(clock.elapsed, dtype=torch.float64, device=self.device)
-        return float(distributed.all_reduce_max(elapsed, self.dist))
+        return float(distributed.all_reduce(elapsed, self.dist, "max"))
 
     def _flops_per_step(self, model_hw: tuple[int, int]) -> int:
         """The model's FLOPs for one global batch at the spatial size the model sees: the latent

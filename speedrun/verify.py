@@ -423,7 +423,7 @@ class _Verifier:
         bps, ips = r.speed.batches_per_second, r.speed.images_per_second
         if bps is not None and ips is not None and not _close(ips, bps * track.train.global_batch):
             yield "speed.images_per_second", f"is {ips}, batches/s x global batch is {bps * track.train.global_batch}"
-        card = r.hardware.device_names[0] if r.hardware.device_type == "cuda" and r.hardware.device_names else None
+        card = r.hardware.device_names[0] if r.hardware.device_type == "cuda" else None
         mfu = model_flops_utilisation(r.speed.flops_per_step, bps, card, r.world_size)
         if (mfu is None) != (r.speed.mfu is None) or (mfu is not None and not _close(r.speed.mfu, mfu)):
             of = f"{r.world_size} x {card}" if card else "no card (a CPU run)"

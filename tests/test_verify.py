@@ -378,6 +378,16 @@ def test_mfu_is_recomputed_from_flops_speed_and_the_cards_peak(repo: Repo, recor
     assert ("speed.mfu" in fields(repo.verify())) == problem
 
 
+def test_a_record_naming_no_device_is_a_problem_not_a_crash(repo: Repo) -> None:
+    path = repo.seal(**cuda_record(None))
+    data = json.loads(path.read_text())
+    data["hardware"]["device_names"] = []
+    path.write_text(json.dumps(data))
+    problems = repo.verify()
+    assert fields(problems)[0] == "hardware.device_names"
+    assert "at least 1 item" in problems[0].message
+
+
 @pytest.mark.parametrize(("clock_s", "problem"), [(5.0, False), (3.0, True)])
 def test_an_ok_run_short_of_its_steps_must_have_spent_its_timed_budget(repo: Repo, clock_s, problem) -> None:
     """On a track with train.max_seconds = 4, a run may stop after 10 of its 20 steps only once its

@@ -401,6 +401,21 @@ def _finalize(
     return True
 
 
+def _prepare_shard(
+    out: Path, job: _Job, data_source: Any, models: _Models, track: Track, advance: Callable[[float], None]
+) -> None:
+    """Make shard ``job`` complete in ``out``, reusing a valid copy; the caller holds its lock, so a
+    partial copy is the debris of a killed writer."""
+    split_dir = out / job.split
+    for stale in split_dir.glob(f".{job.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if _reusable(split_dir, job):
+        advance(job.count)
+        return
+    arrays, documents = _build_shard(job, data_source, models, track, advance)
+    write_shard(split_dir, job.name, job.start, arrays, documents)
+
+
 def _say_waiting(lock: Path) -> None:
     print(f"waiting for another prepare of this data folder to finish a shard ({lock} is locked)", file=sys.stderr)
 
@@ -492,18 +507,18 @@ def prepare(
             total = sum(j.count for j in mine if j.split == split)
             if bar is not None and total:
                 tasks[split] = bar.add_task(f"{out.name} {split}", total=total)
+        # Shards another prepare of this folder is writing are left for a second pass, by when
+        # they are usually written: two prepares started together share the work.
+        deferred = []
         for job in mine:
-            split_dir = out / job.split
-            advance = _advancer(bar, tasks.get(job.split))
+            with shard_lock(out, job.split, job.name, on_wait=None) as held:
+                if held:
+                    _prepare_shard(out, job, data_source, models, track, _advancer(bar, tasks.get(job.split)))
+                else:
+                    deferred.append(job)
+        for job in deferred:
             with shard_lock(out, job.split, job.name, on_wait=_say_waiting):
-                # Under the lock, a partial copy is the debris of a killed writer.
-                for stale in split_dir.glob(f".{job.name}.partial-*"):
-                    shutil.rmtree(stale, ignore_errors=True)
-                if _reusable(split_dir, job):
-                    advance(job.count)
-                    continue
-                arrays, documents = _build_shard(job, data_source, models, track, advance)
-                write_shard(split_dir, job.name, job.start, arrays, documents)
+                _prepare_shard(out, job, data_source, models, track, _advancer(bar, tasks.get(job.split)))
     if distributed:
         torch.distributed.barrier()
     if not distributed or rank == 0:

@@ -18,7 +18,7 @@ import torch
 from speedrun.data import mjv6, shapes
 from speedrun.data.loader import Loader
 from speedrun.data.prepare import dataset_definition, dataset_dir, prepare
-from speedrun.data.shards import MANIFEST_NAME, open_dataset, read_shard_entry, verify
+from speedrun.data.shards import MANIFEST_NAME, SPLITS, open_dataset, read_shard_entry, verify
 from speedrun.data.text import get_text_encoder
 from speedrun.data.vae import random_init_vae
 from speedrun.errors import SpeedrunError
@@ -85,11 +85,11 @@ def test_resume_keeps_complete_shards_and_redoes_the_rest(tmp_path, monkeypatch,
     verify(out)
 
 
-def test_a_shard_another_prepare_is_writing_is_waited_for(tmp_path, small_track, hash_encoder, monkeypatch):
+def test_a_shard_another_prepare_is_writing_is_left_for_last(tmp_path, small_track, hash_encoder, monkeypatch):
     """Two prepares of one data folder (two `speedrun run`s started together): while one holds a
-    shard, with its partial copy on disk, the other says it waits and waits rather than delete that
-    copy as debris; then it finds the shard written, or, as here where the holder left without
-    writing, builds it."""
+    shard, with its partial copy on disk, the other writes every other shard first, then says it
+    waits and waits rather than delete that copy as debris; then it finds the shard written, or, as
+    here where the holder left without writing, builds it."""
     encoder = hash_encoder(small_track.data.text_max_tokens)
     out = dataset_dir(small_track, tmp_path, text_encoder=encoder, examples_per_shard=64)
     partial = out / "train" / ".shard-00000.partial-99999"
@@ -109,12 +109,26 @@ def test_a_shard_another_prepare_is_writing_is_waited_for(tmp_path, small_track,
         other.start()
         assert waiting.wait(timeout=120), result.get("error")
         assert partial.is_dir() and read_shard_entry(out / "train", "shard-00000") is None
+        written = {split: sorted(p.name for p in (out / split).glob("shard-*")) for split in SPLITS}
+        others = [f"shard-{k:05d}" for k in range(1, 5)]
+        assert written == {"train": others, "validation": ["shard-00000"], "reference": ["shard-00000"]}
     other.join(timeout=300)
     assert not other.is_alive()
     if "error" in result:
         raise result["error"]
     assert result["out"] == out and not partial.exists()
     verify(out)
+
+
+def test_a_shard_lock_without_on_wait_reports_a_held_shard_instead_of_waiting(tmp_path):
+    with shard_lock(tmp_path, "train", "shard-00000", on_wait=None) as held:
+        assert held
+        with shard_lock(tmp_path, "train", "shard-00000", on_wait=None) as second:
+            assert not second
+        with shard_lock(tmp_path, "train", "shard-00001", on_wait=None) as other_shard:
+            assert other_shard
+    with shard_lock(tmp_path, "train", "shard-00000", on_wait=None) as again:
+        assert again
 
 
 def test_a_shard_lock_that_cannot_be_taken_names_the_file(tmp_path, monkeypatch):
