@@ -133,6 +133,11 @@ def read_meta(path: Path, verify: bool = True) -> dict[str, Any]:
         raise SpeedrunError(
             f"{meta_path}: corrupted ({exc}); delete {path} to resume from an earlier checkpoint"
         ) from None
+    except OSError as exc:  # a folder of that name, or no permission to read it
+        raise SpeedrunError(
+            f"{meta_path}: cannot read it ({exc.strerror or exc}); fix that, or delete {path} to resume from an "
+            "earlier checkpoint"
+        ) from None
     if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
         raise SpeedrunError(
             f"{meta_path}: corrupted (no file list); delete {path} to resume from an earlier checkpoint"

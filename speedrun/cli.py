@@ -166,7 +166,11 @@ def run_cmd(
     device: Optional[Device] = typer.Option(
         None, "--device", help="cuda or cpu (default: cuda when present)."
     ),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue a killed seed from its checkpoint."),
+    resume: bool = typer.Option(
+        True,
+        "--resume/--no-resume",
+        help="Continue a killed seed from its checkpoint; --no-resume starts it over, deleting its checkpoints.",
+    ),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP),
 ) -> None:

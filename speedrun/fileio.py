@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -20,6 +21,10 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := handle.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# Bytes in one file name on the filesystems runs write to (ext4, xfs, APFS, NTFS).
+NAME_MAX = 255
 
 
 def temp_name(path: Path) -> Path:
@@ -68,13 +73,15 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_durably(tmp, write)
         os.replace(tmp, path)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise SpeedrunError(f"{path}: cannot write it: part of its folder's path is a file ({exc.strerror})") from exc
     except OSError as exc:
         raise SpeedrunError(
             f"{path}: cannot write it ({exc.strerror or exc}); the file is unchanged: "
             "fix that (e.g. free disk space) and run the command again"
         ) from exc
     finally:
-        if tmp.exists():
+        with suppress(OSError):  # nothing to remove, or cannot: the error above is the one to report
             tmp.unlink()
     sync_after_rename(path)
 

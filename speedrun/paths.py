@@ -26,21 +26,22 @@ def _root(explicit: Path | None, flag: str, env: str, default: str) -> Path:
     return REPO_ROOT / default
 
 
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except PermissionError:  # a parent that may not be searched: look further up
-        return False
-
-
 def unusable_part(path: Path, *, write: bool = True) -> str | None:
     """What stops creating ``path`` with its parents, in words, or None if nothing does.
 
     Its nearest existing part must be a folder and, with ``write``, one this process may write in:
-    "<part> is a file" or "<part> cannot be written (permission denied)".
+    "<part> is a file" or "<part> cannot be written (permission denied)"; and the system must accept
+    its name ("<path> cannot be used (File name too long)").
     """
     path = Path(path).absolute()
-    existing = next(p for p in (path, *path.parents) if _exists(p))
+    for existing in (path, *path.parents):
+        try:
+            if existing.exists():
+                break
+        except PermissionError:  # a parent that may not be searched: look further up
+            continue
+        except OSError as exc:  # a name longer than the filesystem allows, say
+            return f"{existing} cannot be used ({exc.strerror or exc})"
     if not existing.is_dir():
         return f"{existing} is a file"
     if write and not os.access(existing, os.W_OK | os.X_OK):

@@ -158,6 +158,8 @@ def load_result(path: Path, check_digest: bool = True) -> RunResult:
         raise SpeedrunError(f"{path}: no such results file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SpeedrunError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:  # a folder of that name, or no permission to read it
+        raise SpeedrunError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     try:
         result = RunResult.model_validate(data)
     except ValidationError as exc:

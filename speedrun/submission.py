@@ -112,7 +112,7 @@ class Submission:
 
     def track(self, track_id: str | None = None, tracks_dir: Path = TRACKS_DIR) -> Track:
         """The effective track (overrides applied); default: the manifest's first track."""
-        track_id = track_id or self.manifest.tracks[0]
+        track_id = self.manifest.tracks[0] if track_id is None else track_id
         if track_id not in self.manifest.tracks:
             raise SpeedrunError(
                 f"{self.path / MANIFEST}: submission '{self.name}' does not target track '{track_id}' "
@@ -142,15 +142,18 @@ def load_submission(path: Path | str, tracks_dir: Path = TRACKS_DIR, registry: R
     ``components.py``; built-in parameters validate against the component's ``Params``.
     """
     path = Path(path)
-    if path.is_file() and path.name != MANIFEST:  # e.g. its components.py
-        hint = f"; pass its folder, {path.parent}" if (path.parent / MANIFEST).is_file() else ""
-        raise SpeedrunError(f"{path}: a file, not a submission folder{hint}")
-    folder = path.parent if path.name == MANIFEST else path
-    manifest_path = folder / MANIFEST
-    if not folder.is_dir():
-        raise SpeedrunError(f"{folder}: no such submission folder")
-    if not manifest_path.is_file():
-        raise SpeedrunError(f"{folder}: no {MANIFEST} in this folder (see CONTRIBUTING.md)")
+    try:
+        if path.is_file() and path.name != MANIFEST:  # e.g. its components.py
+            hint = f"; pass its folder, {path.parent}" if (path.parent / MANIFEST).is_file() else ""
+            raise SpeedrunError(f"{path}: a file, not a submission folder{hint}")
+        folder = path.parent if path.name == MANIFEST else path
+        manifest_path = folder / MANIFEST
+        if not folder.is_dir():
+            raise SpeedrunError(f"{folder}: no such submission folder")
+        if not manifest_path.is_file():
+            raise SpeedrunError(f"{folder}: no {MANIFEST} in this folder (see CONTRIBUTING.md)")
+    except OSError as exc:  # a name too long, or a folder that may not be entered
+        raise SpeedrunError(f"{path}: cannot look at this submission folder ({exc.strerror or exc})") from None
     _check_inside(folder)
     data = read_toml(manifest_path)
     try:

@@ -132,11 +132,18 @@ class TrainSpec(_Frozen):
     global_batch: int = Field(gt=0)
     caption_dropout: float = Field(ge=0, le=1)
     precision: Literal["fp32", "bf16"] = Field(description="bf16 = autocast on CUDA, fp32 master.")
-    ema: bool = False
+    ema: bool = Field(False, description="Not implemented (the PRX baseline disables it): must be false.")
     compile: bool = False
     untimed_warmup_steps: int = Field(ge=0, description="Run, then model and optimizer reset.")
     checkpoint_every: int = Field(gt=0)
     timesteps: TimestepSpec = TimestepSpec()
+
+    @field_validator("ema")
+    @classmethod
+    def _no_ema(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("EMA of the weights is not implemented (the PRX baseline trains without it); set false")
+        return v
 
 
 class ValLossSpec(_Frozen):

@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import reprlib
+import shutil
 import signal
 import statistics
 import sys
@@ -611,6 +612,10 @@ class Trainer:
         start_step, clock_offset, val_curve, eval_ckpts, times = 0, 0.0, [], [], {}
         resumed_from = None
         self._resume_log_bytes: int | None = None
+        if not self.opt.resume and d.is_main and self.ckpt_dir.exists():
+            # Starting over: should this run die before its first checkpoint, the next plain run must
+            # start over too, not resume the abandoned run's last checkpoint.
+            shutil.rmtree(self.ckpt_dir)
         ckpt = latest_checkpoint(self.ckpt_dir) if self.opt.resume else None
         # A resumed run warms up too (compilation, allocator, caches), or its first timed step would
         # pay for them; the restore then replaces whatever the warmup left.
@@ -724,7 +729,7 @@ class Trainer:
                 done = step + 1
                 # A timed budget ends the run after the step in which the run's clock (its slowest
                 # rank's) passed it: one collective decision, so every rank stops at the same step.
-                if track.train.max_seconds is not None and done < end:
+                if track.train.max_seconds is not None and done < track.train.steps:
                     if self._run_clock(clock) >= track.train.max_seconds:
                         end = budget_end = done
                 # The last step of the budget, in steps or seconds: validated, evaluated, checkpointed.

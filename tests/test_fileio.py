@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -54,6 +55,24 @@ def test_a_failed_atomic_write_leaves_the_old_file(tmp_path: Path, monkeypatch: 
     with pytest.raises(SpeedrunError, match=f"{target}: cannot write it \\(No space left on device\\)"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_an_atomic_write_below_a_file_names_the_file_in_the_way(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    for target in (blocker / "a.json", blocker / "sub" / "a.json"):
+        with pytest.raises(SpeedrunError) as info:
+            atomic_write_text(target, "{}")
+        assert str(info.value).startswith(f"{target}: cannot write it: part of its folder's path is a file (")
+    assert [p.name for p in tmp_path.iterdir()] == ["blocker"] and blocker.read_text() == ""
+
+
+def test_an_atomic_write_whose_temporary_name_is_too_long_is_its_own_error(tmp_path: Path) -> None:
+    """The temporary file's longer name fails to open; its clean-up must not raise over that error."""
+    target = tmp_path / ("b" * 250)
+    with pytest.raises(SpeedrunError, match=re.escape(f"{target}: cannot write it (File name too long)")):
+        atomic_write_text(target, "{}")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_written_shard_is_synced_into_its_split_folder(tmp_path: Path, fsyncs) -> None:

@@ -232,6 +232,10 @@ def test_declared_component_names_errors_name_the_file(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(SpeedrunError, match=r"components.py: cannot read"):
         declared_component_names(binary)
+    nul = _write(tmp_path, "x = 1\0\n", "nul")
+    with pytest.raises(SpeedrunError) as info:
+        declared_component_names(nul)
+    assert str(info.value) == f"{nul}: not valid Python (source code string cannot contain null bytes)"
 
 
 def test_declared_component_names_refuses_one_name_twice(tmp_path: Path) -> None:

@@ -49,3 +49,8 @@ def test_load_result_errors_describe_without_a_remedy(tmp_path: Path):
         load_result(path)
     message = str(info.value)
     assert message.startswith(f"{path}: not valid JSON (") and message.endswith(")")
+    folder = tmp_path / "seed1.json"
+    folder.mkdir()
+    with pytest.raises(SpeedrunError) as info:
+        load_result(folder)
+    assert str(info.value) == f"{folder}: cannot read it (Is a directory)"

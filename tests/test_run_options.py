@@ -103,6 +103,14 @@ def test_folder_option_below_a_file_is_refused(tmp_path: Path, untouched, option
         _run(tmp_path, **{option: file / "sub"})
 
 
+@pytest.mark.parametrize("option", ["data_dir", "runs_dir"])
+def test_folder_option_with_a_name_too_long_is_refused(tmp_path: Path, untouched, option: str) -> None:
+    long = tmp_path / ("a" * 300)
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(SpeedrunError, match=re.escape(f"{flag} {long}: {long} cannot be used (File name too long)")):
+        _run(tmp_path, **{option: long})
+
+
 def test_runs_folder_where_nothing_can_be_written_is_refused(tmp_path: Path, untouched, monkeypatch) -> None:
     # A prepared data folder may be read-only; the runs folder is written to.
     locked = tmp_path / "read-only"

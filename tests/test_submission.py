@@ -298,6 +298,13 @@ def test_missing_folder(tmp_path: Path) -> None:
         load_submission(tmp_path / "nope")
 
 
+def test_a_folder_name_too_long_is_one_message(tmp_path: Path) -> None:
+    long = tmp_path / ("a" * 300)
+    with pytest.raises(SpeedrunError) as info:
+        load_submission(long)
+    assert str(info.value) == f"{long}: cannot look at this submission folder (File name too long)"
+
+
 def test_a_file_of_the_submission_names_its_folder(tmp_path: Path) -> None:
     folder = make_submission(tmp_path, Case("ok", manifest(), (), files={"components.py": CUSTOM}))
     with pytest.raises(SpeedrunError) as info:
@@ -333,6 +340,8 @@ def test_track_not_targeted_names_field() -> None:
     sub = load_submission(REPO_ROOT / "submissions" / "baseline")
     with pytest.raises(SpeedrunError, match=r"submission.toml: submission 'baseline' does not target track 'x'"):
         sub.track("x")
+    with pytest.raises(SpeedrunError, match=r"does not target track ''"):  # `--track ""` is no default
+        sub.track("")
 
 
 def test_discover_submissions(tmp_path: Path) -> None:

@@ -234,6 +234,16 @@ def test_a_timed_budget_ends_on_an_evaluated_step_and_stays_spent(smoke_data_roo
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*")) == ["step-00000001"]
 
 
+def test_a_run_cut_at_the_step_that_spends_its_timed_budget_resumes_spent(smoke_data_root, tmp_path, track_variant):
+    """--stop-after cuts the run at the very step whose clock passes the budget: that step still spends
+    it, so the resumed run takes no further step, like the uninterrupted run (one step)."""
+    track = track_variant(train={"steps": 20, "checkpoint_every": 10, "max_seconds": 1e-9})
+    _, part = train(track, smoke_data_root, tmp_path / "run", stop_after=1)
+    assert part.steps == 1
+    _, rest = train(track, smoke_data_root, tmp_path / "run")
+    assert (rest.status, rest.steps, rest.eval_checkpoints) == ("ok", 1, ["step-00000001"])
+
+
 def test_a_checkpoint_whose_clock_passed_the_budget_after_the_decision_takes_one_more_step(
     smoke_data_root, tmp_path, track_variant, monkeypatch
 ):
@@ -298,6 +308,28 @@ def test_resume_refuses_a_checkpoint_written_by_other_code(smoke_data_root, tmp_
     _, fresh = train(track, smoke_data_root, run_dir, code=edited, resume=False)
     assert fresh.steps == 4 and starts(run_dir) == [None]
     assert json.loads((run_dir / "checkpoints" / "step-00000004" / "meta.json").read_text())["code"] == edited
+
+
+def test_a_run_started_over_that_dies_before_its_first_checkpoint_is_not_resumed_from_the_old_run(
+    smoke_data_root, tmp_path, track_variant, monkeypatch
+):
+    track = track_variant(train={"steps": 4, "checkpoint_every": 2})
+    run_dir = tmp_path / "run"
+    train(track, smoke_data_root, run_dir)
+    original = Trainer._step
+
+    def killed(self, step, *args):
+        if step == 1:
+            raise KeyboardInterrupt  # the fresh run dies in its second step, before its first checkpoint
+        return original(self, step, *args)
+
+    monkeypatch.setattr(Trainer, "_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(track, smoke_data_root, run_dir, resume=False)
+    assert list((run_dir / "checkpoints").glob("step-*")) == []
+    monkeypatch.setattr(Trainer, "_step", original)
+    _, again = train(track, smoke_data_root, run_dir)
+    assert again.steps == 4 and starts(run_dir) == [None]
 
 
 def test_loss_decreases_on_smoke(smoke_data_root, tmp_path, track_variant):

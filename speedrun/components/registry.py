@@ -106,7 +106,8 @@ def declared_component_names(path: Path) -> list[str]:
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except SyntaxError as exc:
-        raise SpeedrunError(f"{path}: not valid Python (line {exc.lineno}: {exc.msg})") from None
+        where = f"line {exc.lineno}: " if exc.lineno else ""  # None for a file holding a NUL byte
+        raise SpeedrunError(f"{path}: not valid Python ({where}{exc.msg})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpeedrunError(f"{path}: cannot read ({exc})") from None
     except (RecursionError, MemoryError):

@@ -473,7 +473,14 @@ def prepare(
     text = _text_info(track, text_encoder)
     definition = dataset_definition(track, text_encoder=text_encoder, vae=vae, examples_per_shard=examples_per_shard)
     out = _dir_for(track, root, definition)
-    if (out / MANIFEST_NAME).is_file():
+    try:
+        prepared = (out / MANIFEST_NAME).is_file()
+    except OSError as exc:  # a name too long, or a folder that may not be entered
+        raise SpeedrunError(
+            f"{out}: cannot look for the dataset there ({exc.strerror or exc}); choose another folder with "
+            "--data-dir or $SPEEDRUN_DATA_DIR"
+        ) from None
+    if prepared:
         manifest = read_manifest(out)
         if manifest.dataset_hash != canonical_hash(definition):
             raise SpeedrunError(

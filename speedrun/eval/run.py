@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from speedrun import distributed
 from speedrun.checkpoint import latest_checkpoint, load_denoiser_strict, read_meta
 from speedrun.devices import DEVICES
 from speedrun.errors import SpeedrunError
-from speedrun.fileio import atomic_write, atomic_write_text, sha256_file
+from speedrun.fileio import NAME_MAX, atomic_write, atomic_write_text, sha256_file, temp_name
 from speedrun.flow import euler_sample, validation_loss, velocity_from_prediction
 from speedrun.model import build_model
 from speedrun.paths import cache_root, data_root, unusable_part
@@ -229,6 +230,9 @@ def check_out(out: Path) -> None:
     if grid == out:
         raise SpeedrunError(f"--out {out}: the sample grid is written to <out>.png, so --out must not end in .png")
     for path in (out, grid):
+        excess = len(os.fsencode(temp_name(path).name)) - NAME_MAX
+        if excess > 0:  # found now, not when the writer's temporary file beside it fails to open
+            raise SpeedrunError(f"--out {out}: the file name {path.name} is too long; shorten it by {excess} bytes")
         if path.is_dir():
             raise SpeedrunError(f"--out {out}: {path} is a directory; --out names the metrics JSON file to write")
     # The writer creates missing folders: the nearest one that exists must be a writable folder.

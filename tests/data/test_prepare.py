@@ -168,6 +168,12 @@ def test_following_the_error_repairs_a_damaged_shard(tmp_path, small_track, hash
     assert (out / MANIFEST_NAME).read_bytes() == manifest
 
 
+def test_a_data_folder_name_too_long_is_one_message(tmp_path, small_track, hash_encoder):
+    encoder = hash_encoder(small_track.data.text_max_tokens)
+    with pytest.raises(SpeedrunError, match=r"cannot look for the dataset there \(File name too long\); choose"):
+        prepare(small_track, tmp_path / ("a" * 300), progress=False, text_encoder=encoder)
+
+
 def test_pinned_split_hashes_are_enforced(tmp_path, make_track, hash_encoder):
     counts = {"train_examples": 20, "validation_examples": 4, "reference_examples": 4}
     good = shapes.split_definition_hash("validation", 4, 32)

@@ -129,6 +129,15 @@ def test_corrupted_checkpoint_is_detected(checkpoint, tmp_path):
         read_meta(dest)
 
 
+def test_a_checkpoint_whose_meta_cannot_be_read_is_one_message(checkpoint, tmp_path):
+    dest = tmp_path / "ck"
+    shutil.copytree(checkpoint, dest)
+    (dest / "meta.json").unlink()
+    (dest / "meta.json").mkdir()
+    with pytest.raises(SpeedrunError, match=r"meta.json: cannot read it \(Is a directory\); fix that, or delete"):
+        read_meta(dest)
+
+
 def test_eval_refuses_a_checkpoint_of_another_track(checkpoint, smoke_data_root, tmp_path):
     with pytest.raises(SpeedrunError, match="trained on track 'smoke', not 'tiny'"):
         evaluate_checkpoint(checkpoint, "tiny", out=tmp_path / "x.json", device="cpu", data_dir=smoke_data_root)
@@ -192,6 +201,8 @@ def test_anything_else_is_refused_with_what_was_expected(tmp_path, layout):
         (lambda d: None, "m.png", "must not end in .png"),
         (lambda d: (d / "f").write_text(""), "f/m.json", "f is a file"),
         (lambda d: (d / "f").write_text(""), "f/sub/m.json", "f is a file"),
+        # 250 bytes is a legal name, but not its writer's temporary ".<name>.tmp-<pid>" beside it
+        (lambda d: None, "m" * 245 + ".json", "the file name m+.json is too long; shorten it by [0-9]+ bytes"),
     ],
 )
 def test_unwritable_out_is_refused_before_evaluating(
