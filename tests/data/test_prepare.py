@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import importlib
 import json
+import multiprocessing
+import os
 import re
 import shutil
 import threading
@@ -117,6 +119,42 @@ def test_a_shard_another_prepare_is_writing_is_left_for_last(tmp_path, small_tra
     if "error" in result:
         raise result["error"]
     assert result["out"] == out and not partial.exists()
+    verify(out)
+
+
+def test_two_prepares_started_together_split_the_shards(tmp_path, small_track, hash_encoder, monkeypatch):
+    """Two prepare processes of one folder at once (forked, so they share this test's fakes): every
+    shard is built exactly once, both build some, and the dataset verifies. Building is slowed to
+    0.2 s a shard so that the two overlap."""
+    encoder = hash_encoder(small_track.data.text_max_tokens)
+    real_build = prepare_module._build_shard
+    marks = tmp_path / "built"
+    marks.mkdir()
+
+    def slow_build(job, *args):
+        (marks / f"{job.split}-{job.name}-{os.getpid()}").touch()
+        time.sleep(0.2)
+        return real_build(job, *args)
+
+    monkeypatch.setattr(prepare_module, "_build_shard", slow_build)
+    monkeypatch.setattr(prepare_module, "_say_waiting", lambda lock: None)
+    data = tmp_path / "data"
+    fork = multiprocessing.get_context("fork")
+
+    def one() -> None:
+        prepare(small_track, data, progress=False, text_encoder=encoder, examples_per_shard=64)
+
+    processes = [fork.Process(target=one) for _ in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+    assert [process.exitcode for process in processes] == [0, 0]
+    built = [name.rsplit("-", 1) for name in sorted(p.name for p in marks.iterdir())]
+    shards = [shard for shard, _ in built]
+    assert len(shards) == 5 + 1 + 1 and len(set(shards)) == len(shards), built
+    assert {pid for _, pid in built} == {str(process.pid) for process in processes}, built
+    (out,) = data.iterdir()
     verify(out)
 
 
