@@ -47,10 +47,13 @@ def save_checkpoint(
     optimizer_state: dict[str, Any],
     meta: dict[str, Any],
     rng: dict[str, Any],
+    *,
+    rerun: str = "run the same command again",
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically and point ``root/latest`` at it.
 
-    ``model_state`` and ``optimizer_state`` are full (unsharded) state dicts.
+    ``model_state`` and ``optimizer_state`` are full (unsharded) state dicts. ``rerun`` says how to
+    resume should the write fail.
     """
     final = step_dir(root, step)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
@@ -95,7 +98,7 @@ def save_checkpoint(
         reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
         raise SpeedrunError(
             f"{final}: cannot write this checkpoint ({reason}); the partial copy was removed and "
-            f"{_previous(root)}: fix that (e.g. free disk space) and run the same command again"
+            f"{_previous(root)}: fix that (e.g. free disk space) and {rerun}"
         ) from exc
     atomic_write_text(root / "latest", final.name + "\n")
     return final
@@ -177,6 +180,20 @@ def latest_checkpoint(root: Path) -> Path | None:
             return root / name
     steps = sorted(p for p in root.glob("step-*") if STEP_NAME.fullmatch(p.name) and p.is_dir())
     return steps[-1] if steps else None
+
+
+def discard_checkpoints(root: Path) -> None:
+    """Delete every checkpoint under ``root``, for a seed started over: should it die before its
+    first checkpoint, the next plain run must start over too, not resume the abandoned run."""
+    try:
+        shutil.rmtree(root)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise SpeedrunError(
+            f"{exc.filename or root}: cannot delete the old checkpoints to start the seed over "
+            f"({exc.strerror or exc}); delete {root} yourself, then run the same command again"
+        ) from None
 
 
 def load_training_state(path: Path, device: torch.device) -> tuple[dict[str, torch.Tensor], dict, dict, dict]:

@@ -32,6 +32,11 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+# The most bytes temp_name adds to a name: a pid has at most 7 digits (Linux's pid_max is at most 2**22),
+# so a name that fits with it fits whichever process writes it.
+TEMP_NAME_EXTRA = len("..tmp-") + len(str(2**22))
+
+
 def write_durably(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     """Create ``path`` with ``write(handle)`` and fsync it before returning."""
     with open(path, "wb") as handle:

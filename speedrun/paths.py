@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 from shlex import quote
 
 from speedrun.errors import SpeedrunError
+from speedrun.fileio import NAME_MAX
 from speedrun.tracks import REPO_ROOT
 
 
@@ -26,24 +29,48 @@ def _root(explicit: Path | None, flag: str, env: str, default: str) -> Path:
     return REPO_ROOT / default
 
 
+def lookup(path: Path) -> str | None:
+    """What is at ``path``: "folder", "file" (anything else), or None where nothing is (no such
+    entry, or a file where a folder of its path should be).
+
+    Raises OSError for what else stops the look: a name the system refuses (too long), a folder
+    that may not be searched. ``Path.exists`` and friends cannot tell those from "nothing there":
+    from Python 3.14 they answer False, and a name too long would read as merely missing.
+    """
+    try:
+        found = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return "folder" if stat.S_ISDIR(found.st_mode) else "file"
+
+
 def unusable_part(path: Path, *, write: bool = True) -> str | None:
     """What stops creating ``path`` with its parents, in words, or None if nothing does.
 
-    Its nearest existing part must be a folder and, with ``write``, one this process may write in:
-    "<part> is a file" or "<part> cannot be written (permission denied)"; and the system must accept
-    its name ("<path> cannot be used (File name too long)").
+    Its nearest existing part must be a folder that may be searched and, with ``write``, written in
+    ("<part> is a file", "<part> cannot be written (permission denied)"), and every name must fit
+    ("<part> cannot be used (File name too long)"), those still to be created too: no lookup
+    checks a name below a missing folder.
     """
     path = Path(path).absolute()
+    for part in reversed((path, *path.parents)):  # the outermost name too long, found before any lookup
+        if len(os.fsencode(part.name)) > NAME_MAX:
+            return f"{part} cannot be used ({os.strerror(errno.ENAMETOOLONG)})"
+    denied = False
     for existing in (path, *path.parents):
         try:
-            if existing.exists():
-                break
-        except PermissionError:  # a parent that may not be searched: look further up
+            found = lookup(existing)
+        except PermissionError:  # a folder above may not be searched: the first one that can be looked at
+            denied = True
             continue
-        except OSError as exc:  # a name longer than the filesystem allows, say
+        except OSError as exc:  # e.g. a filesystem with shorter names, or a path over PATH_MAX
             return f"{existing} cannot be used ({exc.strerror or exc})"
-    if not existing.is_dir():
+        if found is not None:
+            break
+    if found == "file":
         return f"{existing} is a file"
+    if denied:
+        return f"{existing} cannot be entered (permission denied)"
     if write and not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} cannot be written (permission denied)"
     return None

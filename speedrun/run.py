@@ -145,9 +145,11 @@ def _train(
         cmd.append("--worker-lock")
     proc = subprocess.run(cmd, env=_child_env(), pass_fds=lock_fds)
     if proc.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        # The same command with --no-resume would delete the checkpoints this run wrote.
+        again = "the same command" if o.resume else "the command without --no-resume"
         raise TrainingInterrupted(
-            f"training of seed {seed} was interrupted; its last checkpoint in {run_dir} resumes with the same "
-            "command (add --no-resume to start the seed over instead)",
+            f"training of seed {seed} was interrupted; {again} resumes it from its last checkpoint in {run_dir} "
+            "(with --no-resume, the seed starts over instead)",
             proc.returncode - 128,
         )
     if proc.returncode != 0:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from speedrun.components.registry import Registry, declared_component_names
 from speedrun.errors import SpeedrunError, format_validation_error
+from speedrun.paths import lookup
 from speedrun.tracks import TRACKS_DIR, Track, load_track, read_toml
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # use fullmatch: "$" would accept a trailing "\n"
@@ -143,14 +144,14 @@ def load_submission(path: Path | str, tracks_dir: Path = TRACKS_DIR, registry: R
     """
     path = Path(path)
     try:
-        if path.is_file() and path.name != MANIFEST:  # e.g. its components.py
-            hint = f"; pass its folder, {path.parent}" if (path.parent / MANIFEST).is_file() else ""
+        if lookup(path) == "file" and path.name != MANIFEST:  # e.g. its components.py
+            hint = f"; pass its folder, {path.parent}" if lookup(path.parent / MANIFEST) == "file" else ""
             raise SpeedrunError(f"{path}: a file, not a submission folder{hint}")
         folder = path.parent if path.name == MANIFEST else path
         manifest_path = folder / MANIFEST
-        if not folder.is_dir():
+        if lookup(folder) != "folder":
             raise SpeedrunError(f"{folder}: no such submission folder")
-        if not manifest_path.is_file():
+        if lookup(manifest_path) != "file":
             raise SpeedrunError(f"{folder}: no {MANIFEST} in this folder (see CONTRIBUTING.md)")
     except OSError as exc:  # a name too long, or a folder that may not be entered
         raise SpeedrunError(f"{path}: cannot look at this submission folder ({exc.strerror or exc})") from None

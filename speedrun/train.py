@@ -15,7 +15,6 @@ import math
 import os
 import platform
 import reprlib
-import shutil
 import signal
 import statistics
 import sys
@@ -29,7 +28,13 @@ import torch
 from torch import nn
 
 from speedrun import distributed
-from speedrun.checkpoint import latest_checkpoint, load_training_state, save_checkpoint, split_component_tensors
+from speedrun.checkpoint import (
+    discard_checkpoints,
+    latest_checkpoint,
+    load_training_state,
+    save_checkpoint,
+    split_component_tensors,
+)
 from speedrun.clock import Clock, Paused
 from speedrun.components.base import Component, ComponentContext, TrainBatch
 from speedrun.devices import ParallelMode, model_flops_utilisation
@@ -597,12 +602,18 @@ class Trainer:
 
     def _resume_words(self) -> str:
         try:
-            ckpt = latest_checkpoint(self.ckpt_dir) if self.opt.resume else None
+            ckpt = latest_checkpoint(self.ckpt_dir)
         except SpeedrunError:
             ckpt = None
         if ckpt is None:
             return "run the same command again (no checkpoint yet: it starts over)"
-        return f"run the same command again to resume from the last good checkpoint {ckpt}"
+        return f"{self._rerun()} to resume from the last good checkpoint {ckpt}"
+
+    def _rerun(self) -> str:
+        """How to run this seed again so that it resumes."""
+        if self.opt.resume:
+            return "run the same command again"
+        return "run the command again without --no-resume"  # with it, the checkpoints are deleted
 
     def _run(self, loader: Any) -> TrainSummary:
         track, d = self.track, self.dist
@@ -612,10 +623,8 @@ class Trainer:
         start_step, clock_offset, val_curve, eval_ckpts, times = 0, 0.0, [], [], {}
         resumed_from = None
         self._resume_log_bytes: int | None = None
-        if not self.opt.resume and d.is_main and self.ckpt_dir.exists():
-            # Starting over: should this run die before its first checkpoint, the next plain run must
-            # start over too, not resume the abandoned run's last checkpoint.
-            shutil.rmtree(self.ckpt_dir)
+        if not self.opt.resume and d.is_main:
+            discard_checkpoints(self.ckpt_dir)
         ckpt = latest_checkpoint(self.ckpt_dir) if self.opt.resume else None
         # A resumed run warms up too (compilation, allocator, caches), or its first timed step would
         # pay for them; the restore then replaces whatever the warmup left.
@@ -871,7 +880,7 @@ class Trainer:
             "times": times,
             "log_bytes": log_bytes,
         }
-        save_checkpoint(self.ckpt_dir, step, model_state, self.heads, optim_state, meta, rng)
+        save_checkpoint(self.ckpt_dir, step, model_state, self.heads, optim_state, meta, rng, rerun=self._rerun())
         distributed.barrier(self.dist)
 
     def _restore(self, path: Path, loader: Any, gen: torch.Generator):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,10 @@ from rich.console import Console
 
 from speedrun.data.shards import read_manifest
 from speedrun.data.source import TrainData
-from speedrun.errors import SpeedrunError
+from speedrun.errors import SpeedrunError, TrainingInterrupted
 from speedrun.paths import cache_root, data_root, runs_root
-from speedrun.run import RunOptions, _child_env, check_options, run_submission
+from speedrun.run import RunOptions, _child_env, _train, check_options, run_submission
+from speedrun.submission import load_submission
 from speedrun.tracks import REPO_ROOT, load_track
 
 BASELINE = Path(__file__).resolve().parents[1] / "submissions" / "baseline"
@@ -120,6 +122,19 @@ def test_runs_folder_where_nothing_can_be_written_is_refused(tmp_path: Path, unt
     with pytest.raises(SpeedrunError, match=re.escape(message)):
         _run(tmp_path, runs_dir=locked / "runs")
     check_options(RunOptions(data_dir=locked / "data"), load_track("smoke"))
+
+
+@pytest.mark.parametrize(
+    ("resume", "again"), [(True, "the same command resumes it"), (False, "the command without --no-resume resumes it")]
+)
+def test_an_interrupted_torchrun_says_how_to_resume(tmp_path: Path, monkeypatch, resume: bool, again: str) -> None:
+    # The same command with --no-resume would delete the checkpoints it names.
+    monkeypatch.setattr(
+        "speedrun.run.subprocess.run", lambda cmd, **_k: subprocess.CompletedProcess(cmd, 128 + signal.SIGTERM)
+    )
+    options = RunOptions(track="smoke", nproc=2, resume=resume)
+    with pytest.raises(TrainingInterrupted, match=f"interrupted; {again} from its last checkpoint in {tmp_path}"):
+        _train(load_submission(BASELINE), load_track("smoke"), 0, tmp_path, options, ())
 
 
 def test_cuda_without_a_cuda_device_is_refused(tmp_path: Path, untouched, monkeypatch) -> None:

@@ -60,7 +60,7 @@ from speedrun.data.vae import FluxVAE, load_flux_vae, parse_ref
 from speedrun.errors import SpeedrunError
 from speedrun.fileio import atomic_write_json
 from speedrun.locks import shard_lock
-from speedrun.paths import data_root, unusable_part
+from speedrun.paths import data_root, lookup, unusable_part
 from speedrun.tracks import Track, canonical_hash
 
 # Shards hold about this many bytes; big enough to keep file counts low, small enough that a
@@ -474,7 +474,7 @@ def prepare(
     definition = dataset_definition(track, text_encoder=text_encoder, vae=vae, examples_per_shard=examples_per_shard)
     out = _dir_for(track, root, definition)
     try:
-        prepared = (out / MANIFEST_NAME).is_file()
+        prepared = lookup(out / MANIFEST_NAME) == "file"
     except OSError as exc:  # a name too long, or a folder that may not be entered
         raise SpeedrunError(
             f"{out}: cannot look for the dataset there ({exc.strerror or exc}); choose another folder with "
@@ -516,16 +516,17 @@ def prepare(
                 tasks[split] = bar.add_task(f"{out.name} {split}", total=total)
         # Shards another prepare of this folder is writing are left for a second pass, by when
         # they are usually written: two prepares started together share the work.
+        advance = {split: _advancer(bar, tasks.get(split)) for split in SPLITS}
         deferred = []
         for job in mine:
             with shard_lock(out, job.split, job.name, on_wait=None) as held:
                 if held:
-                    _prepare_shard(out, job, data_source, models, track, _advancer(bar, tasks.get(job.split)))
+                    _prepare_shard(out, job, data_source, models, track, advance[job.split])
                 else:
                     deferred.append(job)
         for job in deferred:
             with shard_lock(out, job.split, job.name, on_wait=_say_waiting):
-                _prepare_shard(out, job, data_source, models, track, _advancer(bar, tasks.get(job.split)))
+                _prepare_shard(out, job, data_source, models, track, advance[job.split])
     if distributed:
         torch.distributed.barrier()
     if not distributed or rank == 0:

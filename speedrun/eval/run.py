@@ -24,10 +24,10 @@ from speedrun import distributed
 from speedrun.checkpoint import latest_checkpoint, load_denoiser_strict, read_meta
 from speedrun.devices import DEVICES
 from speedrun.errors import SpeedrunError
-from speedrun.fileio import NAME_MAX, atomic_write, atomic_write_text, sha256_file, temp_name
+from speedrun.fileio import NAME_MAX, TEMP_NAME_EXTRA, atomic_write, atomic_write_text, sha256_file
 from speedrun.flow import euler_sample, validation_loss, velocity_from_prediction
 from speedrun.model import build_model
-from speedrun.paths import cache_root, data_root, unusable_part
+from speedrun.paths import cache_root, data_root, lookup, unusable_part
 from speedrun.results import harness_sha256
 from speedrun.state import StepState
 from speedrun.tracks import Track, canonical_hash, load_track
@@ -204,10 +204,15 @@ def resolve_checkpoint(path: Path) -> Path:
     the trainer would resume from it.
     """
     path = Path(path)
-    if (path / "meta.json").is_file():
-        return path
-    root = path.parent if path.name == "latest" and path.is_file() else path
-    if (root / "latest").is_file():
+    try:
+        if lookup(path / "meta.json") == "file":
+            return path
+        root = path.parent if path.name == "latest" and lookup(path) == "file" else path
+        has_latest = lookup(root / "latest") == "file"
+        problem = "not found" if lookup(path) is None else "not a checkpoint"
+    except OSError as exc:  # a name too long, or a folder that may not be entered
+        raise SpeedrunError(f"{path}: cannot look for a checkpoint there ({exc.strerror or exc})") from None
+    if has_latest:
         found = latest_checkpoint(root)
         if found is None:
             raise SpeedrunError(
@@ -215,7 +220,6 @@ def resolve_checkpoint(path: Path) -> Path:
                 "step-NNNNNNNN directory; pass a checkpoint directory instead"
             )
         return found
-    problem = "not found" if not path.exists() else "not a checkpoint"
     raise SpeedrunError(
         f"{path}: {problem}; expected a checkpoint directory (with meta.json, e.g. "
         "<run>/checkpoints/step-00001000) or a run's checkpoints folder (with a `latest` file, e.g. "
@@ -229,16 +233,18 @@ def check_out(out: Path) -> None:
     grid = out.with_suffix(".png")
     if grid == out:
         raise SpeedrunError(f"--out {out}: the sample grid is written to <out>.png, so --out must not end in .png")
+    # Found now, not when the writer's temporary file beside it fails to open after the evaluation.
     for path in (out, grid):
-        excess = len(os.fsencode(temp_name(path).name)) - NAME_MAX
-        if excess > 0:  # found now, not when the writer's temporary file beside it fails to open
+        excess = len(os.fsencode(path.name)) + TEMP_NAME_EXTRA - NAME_MAX
+        if excess > 0:
             raise SpeedrunError(f"--out {out}: the file name {path.name} is too long; shorten it by {excess} bytes")
-        if path.is_dir():
-            raise SpeedrunError(f"--out {out}: {path} is a directory; --out names the metrics JSON file to write")
     # The writer creates missing folders: the nearest one that exists must be a writable folder.
     problem = unusable_part(out.parent)
     if problem is not None:
         raise SpeedrunError(f"--out {out}: {problem}, so {out} cannot be written")
+    for path in (out, grid):
+        if lookup(path) == "folder":
+            raise SpeedrunError(f"--out {out}: {path} is a directory; --out names the metrics JSON file to write")
 
 
 def evaluate_checkpoint(

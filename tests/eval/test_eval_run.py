@@ -178,6 +178,23 @@ def test_latest_is_followed_to_the_step_it_names(tmp_path):
     assert resolve_checkpoint(root / "step-00000020") == root / "step-00000020"
 
 
+@pytest.mark.parametrize("pid", [1, 4194304])
+def test_an_out_name_that_fits_any_pid_passes(tmp_path, monkeypatch, pid):
+    from speedrun.eval.run import check_out
+
+    monkeypatch.setattr(os, "getpid", lambda: pid)
+    check_out(tmp_path / ("m" * 237 + ".json"))  # 242 bytes: ".<name>.tmp-4194304" is 255
+    with pytest.raises(SpeedrunError, match="shorten it by 1 bytes"):
+        check_out(tmp_path / ("m" * 238 + ".json"))
+
+
+def test_a_checkpoint_path_too_long_is_one_message(tmp_path, python314_path_checks):
+    path = tmp_path / ("a" * 300) / "checkpoints"
+    with pytest.raises(SpeedrunError) as info:
+        resolve_checkpoint(path)
+    assert str(info.value) == f"{path}: cannot look for a checkpoint there (File name too long)"
+
+
 @pytest.mark.parametrize("layout", ["missing", "run folder", "empty folder", "latest names nothing"])
 def test_anything_else_is_refused_with_what_was_expected(tmp_path, layout):
     path = tmp_path / "given"
@@ -202,7 +219,10 @@ def test_anything_else_is_refused_with_what_was_expected(tmp_path, layout):
         (lambda d: (d / "f").write_text(""), "f/m.json", "f is a file"),
         (lambda d: (d / "f").write_text(""), "f/sub/m.json", "f is a file"),
         # 250 bytes is a legal name, but not its writer's temporary ".<name>.tmp-<pid>" beside it
-        (lambda d: None, "m" * 245 + ".json", "the file name m+.json is too long; shorten it by [0-9]+ bytes"),
+        # 250 bytes + ".", ".tmp-" and a 7-digit pid (the most Linux gives) is 263: 8 too many, whatever this pid
+        (lambda d: None, "m" * 245 + ".json", "the file name m+.json is too long; shorten it by 8 bytes"),
+        (lambda d: None, "a" * 300 + "/m.json", "a+ cannot be used \\(File name too long\\), so"),
+        (lambda d: None, "new/" + "a" * 300 + "/m.json", "a+ cannot be used \\(File name too long\\), so"),
     ],
 )
 def test_unwritable_out_is_refused_before_evaluating(

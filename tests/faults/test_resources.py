@@ -185,6 +185,28 @@ def test_out_of_memory_keeps_last_checkpoint_and_resumes(smoke_data_root, small_
     }
 
 
+def test_a_run_started_over_is_told_to_drop_no_resume_to_resume(smoke_data_root, small_reference, tmp_path,
+                                                                monkeypatch):
+    """The same command with --no-resume would delete the checkpoint the advice names."""
+    track = small_track()
+    run_dir = tmp_path / "run"
+    ckpts = run_dir / "checkpoints"
+    with monkeypatch.context() as m:
+        failing_from_step(m, "model", 4)
+        with pytest.raises(SpeedrunError) as full:
+            train_in_process(track, smoke_data_root, run_dir, resume=False)
+    assert str(full.value).endswith("and run the command again without --no-resume"), full.value
+    with monkeypatch.context() as m:
+        oom_from_step(m, 3)
+        with pytest.raises(SpeedrunError) as oom:
+            train_in_process(track, smoke_data_root, run_dir, resume=False)
+    assert str(oom.value).endswith(
+        f"run the command again without --no-resume to resume from the last good checkpoint {ckpts / 'step-00000002'}"
+    ), oom.value
+    _, summary = train_in_process(track, smoke_data_root, run_dir)
+    assert summary.status == "ok" and log_rows(run_dir) == log_rows(small_reference)
+
+
 def test_out_of_memory_via_cli_is_one_message(smoke_data_root, tmp_path, monkeypatch):
     sub = copy_submission(tmp_path)
     oom_from_step(monkeypatch, 0)
