@@ -48,12 +48,12 @@ def save_checkpoint(
     meta: dict[str, Any],
     rng: dict[str, Any],
     *,
-    rerun: str = "run the same command again",
+    rerun: str = "run the command again",
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically and point ``root/latest`` at it.
 
-    ``model_state`` and ``optimizer_state`` are full (unsharded) state dicts. ``rerun`` says how to
-    resume should the write fail.
+    ``model_state`` and ``optimizer_state`` are full (unsharded) state dicts. Should a write fail,
+    the message says to ``rerun`` (``rerun_advice``) once its cause is fixed.
     """
     final = step_dir(root, step)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
@@ -100,8 +100,16 @@ def save_checkpoint(
             f"{final}: cannot write this checkpoint ({reason}); the partial copy was removed and "
             f"{_previous(root)}: fix that (e.g. free disk space) and {rerun}"
         ) from exc
-    atomic_write_text(root / "latest", final.name + "\n")
+    atomic_write_text(root / "latest", final.name + "\n", again=rerun)
     return final
+
+
+def rerun_advice(seed: int, resume: bool) -> str:
+    """How to run seed ``seed`` again so that it resumes from its checkpoints, for error messages."""
+    if resume:
+        return "run the same command again"
+    # The same command would delete the checkpoints; and other seeds of a --seeds run must still start over.
+    return f"run seed {seed} again without --no-resume (--seed {seed})"
 
 
 def _previous(root: Path) -> str:
@@ -185,10 +193,10 @@ def latest_checkpoint(root: Path) -> Path | None:
 def discard_checkpoints(root: Path) -> None:
     """Delete every checkpoint under ``root``, for a seed started over: should it die before its
     first checkpoint, the next plain run must start over too, not resume the abandoned run."""
+    if not os.path.lexists(root):
+        return
     try:
         shutil.rmtree(root)
-    except FileNotFoundError:
-        return
     except OSError as exc:
         raise SpeedrunError(
             f"{exc.filename or root}: cannot delete the old checkpoints to start the seed over "

@@ -65,12 +65,13 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any], *, again: str = "run the command again") -> None:
     """Readers see the old file or the whole new one: write a temporary file, then ``os.replace``,
     and sync the folder so that a power cut after return still finds the new file.
 
     A failed write (disk full, permissions) removes the temporary file, leaves ``path`` as it was
-    and raises ``SpeedrunError`` naming the file: it is the user's to fix, not a harness bug.
+    and raises ``SpeedrunError`` naming the file: it is the user's to fix, not a harness bug, and
+    the message tells them to ``again`` once they have.
     """
     path = Path(path)
     tmp = temp_name(path)
@@ -83,12 +84,12 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     except OSError as exc:
         raise SpeedrunError(
             f"{path}: cannot write it ({exc.strerror or exc}); the file is unchanged: "
-            "fix that (e.g. free disk space) and run the command again"
+            f"fix that (e.g. free disk space) and {again}"
         ) from exc
     finally:
         with suppress(OSError):  # nothing to remove, or cannot: the error above is the one to report
             tmp.unlink()
-    sync_after_rename(path)
+    sync_after_rename(path, again)
 
 
 def sync_after_rename(path: Path, again: str = "run the command again") -> None:
@@ -105,12 +106,12 @@ def sync_after_rename(path: Path, again: str = "run the command again") -> None:
         ) from exc
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda handle: handle.write(data))
+def atomic_write_bytes(path: Path, data: bytes, *, again: str = "run the command again") -> None:
+    atomic_write(path, lambda handle: handle.write(data), again=again)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, *, again: str = "run the command again") -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), again=again)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -47,15 +47,13 @@ def lookup(path: Path) -> str | None:
 def unusable_part(path: Path, *, write: bool = True) -> str | None:
     """What stops creating ``path`` with its parents, in words, or None if nothing does.
 
-    Its nearest existing part must be a folder that may be searched and, with ``write``, written in
-    ("<part> is a file", "<part> cannot be written (permission denied)"), and every name must fit
-    ("<part> cannot be used (File name too long)"), those still to be created too: no lookup
-    checks a name below a missing folder.
+    Its nearest existing part must be a folder that may be entered and, with ``write``, written in
+    ("<part> is a file", "<part> cannot be entered/written (permission denied)"); no part may be a
+    broken symbolic link; and the names still to be created must fit ("<part> cannot be used (File
+    name too long)"): no lookup checks a name below a missing folder.
     """
     path = Path(path).absolute()
-    for part in reversed((path, *path.parents)):  # the outermost name too long, found before any lookup
-        if len(os.fsencode(part.name)) > NAME_MAX:
-            return f"{part} cannot be used ({os.strerror(errno.ENAMETOOLONG)})"
+    refused: OSError | None = None  # a lookup the system refused for another reason than permission
     denied = False
     for existing in (path, *path.parents):
         try:
@@ -63,16 +61,25 @@ def unusable_part(path: Path, *, write: bool = True) -> str | None:
         except PermissionError:  # a folder above may not be searched: the first one that can be looked at
             denied = True
             continue
-        except OSError as exc:  # e.g. a filesystem with shorter names, or a path over PATH_MAX
-            return f"{existing} cannot be used ({exc.strerror or exc})"
+        except OSError as exc:  # a name too long (named below, where it can be), a symbolic link loop
+            refused = exc  # the outermost: the part at fault
+            continue
         if found is not None:
             break
+        if os.path.islink(existing):  # mkdir(exist_ok=True) fails on it: "File exists"
+            return f"{existing} is a broken symbolic link (to {os.readlink(existing)})"
     if found == "file":
         return f"{existing} is a file"
-    if denied:
+    if denied or not os.access(existing, os.X_OK):
         return f"{existing} cannot be entered (permission denied)"
-    if write and not os.access(existing, os.W_OK | os.X_OK):
+    if write and not os.access(existing, os.W_OK):
         return f"{existing} cannot be written (permission denied)"
+    missing = [p for p in (path, *path.parents) if len(p.parts) > len(existing.parts)]
+    for part in reversed(missing):  # the outermost name too long
+        if len(os.fsencode(part.name)) > NAME_MAX:
+            return f"{part} cannot be used ({os.strerror(errno.ENAMETOOLONG)})"
+    if refused is not None:
+        return f"{refused.filename or path} cannot be used ({refused.strerror or refused})"
     return None
 
 

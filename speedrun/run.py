@@ -43,7 +43,7 @@ from speedrun.results import (
 )
 from speedrun.submission import MANIFEST, Submission, load_submission
 from speedrun.tracks import REPO_ROOT, Track, canonical_hash, load_track
-from speedrun.worker import SUMMARY, train_seed
+from speedrun.worker import INTERRUPTED, SUMMARY, train_seed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,19 +143,16 @@ def _train(
         cmd.append("--no-resume")
     if lock_fds:  # this launcher locked the seed: its workers lock too (the other nodes' do not)
         cmd.append("--worker-lock")
-    proc = subprocess.run(cmd, env=_child_env(), pass_fds=lock_fds)
-    if proc.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
-        # The same command with --no-resume would delete the checkpoints this run wrote.
-        again = "the same command" if o.resume else "the command without --no-resume"
-        raise TrainingInterrupted(
-            f"training of seed {seed} was interrupted; {again} resumes it from its last checkpoint in {run_dir} "
-            "(with --no-resume, the seed starts over instead)",
-            proc.returncode - 128,
-        )
-    if proc.returncode != 0:
-        raise SpeedrunError(
-            f"training of seed {seed} failed under torchrun (exit {proc.returncode}); see the log above"
-        )
+    stopped = run_dir / INTERRUPTED  # rank 0 runs on node 0, whose launcher alone reads it
+    if o.node_rank == 0:
+        stopped.unlink(missing_ok=True)  # an earlier launch's
+    returncode = _wait_for_torchrun(cmd, lock_fds)
+    if returncode != 0 and o.node_rank == 0:
+        stop = _stop_message(stopped)
+        if stop is not None:
+            raise stop
+    if returncode != 0:
+        raise SpeedrunError(f"training of seed {seed} failed under torchrun (exit {returncode}); see the log above")
     if o.node_rank != 0:
         return {}
     return json.loads((run_dir / SUMMARY).read_text())
@@ -250,6 +247,35 @@ def run_one_seed(submission: Submission, track: Track, seed: int, o: RunOptions,
         return _train_evaluate_record(submission, track, seed, run_dir, results_path, o, console, (lock_fd,))
 
 
+def _wait_for_torchrun(cmd: list[str], lock_fds: tuple[int, ...]) -> int:
+    """Run torchrun to its end and return its exit status.
+
+    A terminal's Ctrl-C reaches torchrun as well as this launcher: torchrun stops its workers, which
+    finish their step and checkpoint. Dying of it here would leave them to do so unwatched and lose
+    their stop message, so this launcher waits for them instead.
+    """
+    proc = subprocess.Popen(cmd, env=_child_env(), pass_fds=lock_fds)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_message(path: Path) -> TrainingInterrupted | None:
+    """The interruption rank 0 recorded in ``path`` (and removes), or None if there is none to read.
+
+    torchrun exits 1 whatever stopped its workers; this message has the signal and the command that
+    resumes the seed.
+    """
+    try:
+        stop = json.loads(path.read_text())
+        path.unlink()
+        return TrainingInterrupted(str(stop["message"]), int(stop["signum"]))
+    except (OSError, ValueError, KeyError, TypeError):  # none, or not one this harness wrote
+        return None
+
+
 def _train_evaluate_record(
     submission: Submission, track: Track, seed: int, run_dir: Path, results_path: Path, o: RunOptions,
     console: Console, lock_fds: tuple[int, ...],
@@ -259,6 +285,26 @@ def _train_evaluate_record(
     summary = _train(submission, track, seed, run_dir, o, lock_fds)
     if not summary:
         return None
+    if o.resume:
+        return _evaluate_record(submission, track, seed, run_dir, results_path, o, console, lock_fds, summary, wall0)
+    # Any advice to run the same command again would train the seed again from step 0.
+    trained = (
+        f"Seed {seed} is trained: run it again without --no-resume (--seed {seed}) to evaluate and record its "
+        "checkpoints; with --no-resume it trains again from step 0."
+    )
+    try:
+        return _evaluate_record(submission, track, seed, run_dir, results_path, o, console, lock_fds, summary, wall0)
+    except SpeedrunError as exc:
+        raise SpeedrunError(f"{exc}\n{trained}") from None
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"evaluation of seed {seed} was interrupted. {trained}", signal.SIGINT) from None
+
+
+def _evaluate_record(
+    submission: Submission, track: Track, seed: int, run_dir: Path, results_path: Path, o: RunOptions,
+    console: Console, lock_fds: tuple[int, ...], summary: dict, wall0: float,
+) -> Path:
+    """Evaluate a trained seed's checkpoints (reusing metrics that still stand) and write its result."""
     evals: list[dict] = []
     eval_s = 0.0
     if summary["status"] == "ok":

@@ -32,6 +32,7 @@ from speedrun.checkpoint import (
     discard_checkpoints,
     latest_checkpoint,
     load_training_state,
+    rerun_advice,
     save_checkpoint,
     split_component_tensors,
 )
@@ -607,13 +608,7 @@ class Trainer:
             ckpt = None
         if ckpt is None:
             return "run the same command again (no checkpoint yet: it starts over)"
-        return f"{self._rerun()} to resume from the last good checkpoint {ckpt}"
-
-    def _rerun(self) -> str:
-        """How to run this seed again so that it resumes."""
-        if self.opt.resume:
-            return "run the same command again"
-        return "run the command again without --no-resume"  # with it, the checkpoints are deleted
+        return f"{rerun_advice(self.opt.seed, self.opt.resume)} to resume from the last good checkpoint {ckpt}"
 
     def _run(self, loader: Any) -> TrainSummary:
         track, d = self.track, self.dist
@@ -880,7 +875,8 @@ class Trainer:
             "times": times,
             "log_bytes": log_bytes,
         }
-        save_checkpoint(self.ckpt_dir, step, model_state, self.heads, optim_state, meta, rng, rerun=self._rerun())
+        rerun = rerun_advice(self.opt.seed, self.opt.resume)
+        save_checkpoint(self.ckpt_dir, step, model_state, self.heads, optim_state, meta, rng, rerun=rerun)
         distributed.barrier(self.dist)
 
     def _restore(self, path: Path, loader: Any, gen: torch.Generator):

@@ -14,9 +14,11 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 from speedrun import distributed
+from speedrun.checkpoint import rerun_advice
 from speedrun.components.base import Component
 from speedrun.components.registry import Registry
 from speedrun.devices import PARALLEL_MODES
@@ -27,6 +29,8 @@ from speedrun.submission import Submission, load_submission
 from speedrun.tracks import Track
 
 SUMMARY = "train_summary.json"
+# Rank 0's stop message under torchrun, for the launcher: torchrun exits 1 whatever stopped its workers.
+INTERRUPTED = "interrupted.json"
 
 
 def build_components(submission: Submission) -> list[Component]:
@@ -115,16 +119,21 @@ def train_seed(
     summary["code"] = code  # the result's provenance names this code, not the files at the run's end
     if summary["status"] == "interrupted":
         # Not a result: no summary file, so `speedrun run` never evaluates or records this seed.
-        distributed.teardown()
-        resume = resume_command(submission, track, seed, run_dir, data_dir, device, parallel, trainer.dist.world_size)
-        raise TrainingInterrupted(
+        again = resume_command(submission, track, seed, run_dir, data_dir, device, parallel, trainer.dist.world_size)
+        stop = TrainingInterrupted(
             f"training of seed {seed} {summary['reason']}; checkpoint step-{summary['steps']:08d} is in "
-            f"{run_dir / 'checkpoints'}. `{resume}` resumes it; the same command with --no-resume starts "
+            f"{run_dir / 'checkpoints'}. `{again}` resumes it; the same command with --no-resume starts "
             "the seed over from step 0",
             trainer.stop_signal,
         )
+        if trainer.dist.is_main and trainer.dist.world_size > 1:
+            # Before the teardown's barrier: once another rank exits, torchrun stops this one.
+            with suppress(SpeedrunError):  # without it the launcher says "failed", and this message stands
+                atomic_write_text(run_dir / INTERRUPTED, json.dumps({"message": str(stop), "signum": stop.signum}))
+        distributed.teardown()
+        raise stop
     if trainer.dist.is_main:
-        atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2))
+        atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2), again=rerun_advice(seed, resume))
     distributed.teardown()
     return summary
 

@@ -39,3 +39,17 @@ def test_a_checkpoint_that_cannot_be_deleted_is_one_message(tmp_path: Path, monk
         f"{busy}: cannot delete the old checkpoints to start the seed over (Permission denied); "
         f"delete {root} yourself, then run the same command again"
     )
+
+
+def test_an_entry_vanishing_mid_delete_is_not_taken_for_nothing_to_delete(tmp_path: Path, monkeypatch) -> None:
+    # rmtree raises FileNotFoundError for an inner entry another process removed; the rest may remain.
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    (root / "latest").write_text("step-00000002\n")
+
+    def vanished(path, *args, **kwargs):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(root / "step-00000002"))
+
+    monkeypatch.setattr(shutil, "rmtree", vanished)
+    with pytest.raises(SpeedrunError, match="step-00000002: cannot delete the old checkpoints"):
+        discard_checkpoints(root)

@@ -22,7 +22,7 @@ def test_lookup_tells_folders_files_and_nothing_apart(tmp_path: Path) -> None:
     assert lookup(tmp_path / "f" / "below-a-file") is None
 
 
-def test_lookup_raises_for_a_name_the_system_refuses(tmp_path: Path, python314_path_checks) -> None:
+def test_lookup_raises_for_a_name_the_system_refuses(tmp_path: Path) -> None:
     with pytest.raises(OSError) as info:
         lookup(tmp_path / LONG)
     assert info.value.errno == errno.ENAMETOOLONG
@@ -72,3 +72,40 @@ def test_a_file_on_the_way_is_named(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("")
     assert unusable_part(tmp_path / "f" / "a" / "b") == f"{tmp_path / 'f'} is a file"
     assert unusable_part(tmp_path / "f") == f"{tmp_path / 'f'} is a file"
+
+
+def test_a_folder_that_may_not_be_entered_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A data folder is only read, yet it must be entered.
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setattr(speedrun.paths.os, "access", lambda path, mode: Path(path) != data)
+    assert unusable_part(data, write=False) == f"{data} cannot be entered (permission denied)"
+
+
+def test_a_broken_symbolic_link_on_the_way_is_named(tmp_path: Path) -> None:
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    problem = f"{tmp_path / 'link'} is a broken symbolic link (to {tmp_path / 'gone'})"
+    assert unusable_part(tmp_path / "link") == problem
+    assert unusable_part(tmp_path / "link" / "runs") == problem
+    with pytest.raises(FileExistsError):  # what mkdir would have said
+        (tmp_path / "link" / "runs").mkdir(parents=True, exist_ok=True)
+
+
+def test_a_symbolic_link_loop_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    loop = f"{tmp_path / 'loop'} cannot be used ({os.strerror(errno.ELOOP)})"
+    assert unusable_part(tmp_path / "loop" / "runs") == loop
+    # The folder above is looked at all the same: what stops the write there is said first.
+    monkeypatch.setattr(speedrun.paths.os, "access", lambda path, mode: Path(path) != tmp_path or mode == os.X_OK)
+    assert unusable_part(tmp_path / "loop" / "runs") == f"{tmp_path} cannot be written (permission denied)"
+
+
+def test_only_names_still_to_be_created_are_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Existing names were accepted by their filesystem, which may count characters, not bytes (APFS).
+    monkeypatch.setattr(speedrun.paths, "NAME_MAX", 10)
+    existing = tmp_path / "an-existing-long-name"
+    existing.mkdir()
+    assert unusable_part(existing / "short") is None
+    assert unusable_part(existing / "a-new-long-name" / "x") == (
+        f"{existing / 'a-new-long-name'} cannot be used (File name too long)"
+    )

@@ -243,7 +243,11 @@ def check_out(out: Path) -> None:
     if problem is not None:
         raise SpeedrunError(f"--out {out}: {problem}, so {out} cannot be written")
     for path in (out, grid):
-        if lookup(path) == "folder":
+        try:
+            found = lookup(path)
+        except OSError as exc:  # a symbolic link loop, say
+            raise SpeedrunError(f"--out {out}: {path} cannot be used ({exc.strerror or exc})") from None
+        if found == "folder":
             raise SpeedrunError(f"--out {out}: {path} is a directory; --out names the metrics JSON file to write")
 
 

@@ -236,7 +236,7 @@ def test_a_folder_prepare_cannot_write_in_is_refused_before_any_work(tmp_path, m
     else:
         (tmp_path / "data").mkdir()
         existing, why = tmp_path / "data", "cannot be written (permission denied)"
-        monkeypatch.setattr("speedrun.paths.os.access", lambda path, mode: Path(path) != existing)
+        monkeypatch.setattr("speedrun.paths.os.access", lambda path, mode: Path(path) != existing or mode == os.X_OK)
     monkeypatch.setattr(prepare_module, "get_text_encoder", _forbid)
     monkeypatch.setattr(shapes, "render", _forbid)
     with pytest.raises(SpeedrunError) as info:

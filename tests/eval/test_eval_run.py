@@ -237,7 +237,7 @@ def test_out_in_a_read_only_folder_is_refused_before_evaluating(
     checkpoint, smoke_data_root, tmp_path, no_heavy_work, monkeypatch
 ):
     # os.access stands in for a read-only folder: root (as in CI containers) may write anywhere.
-    monkeypatch.setattr("speedrun.paths.os.access", lambda path, mode: Path(path) != tmp_path)
+    monkeypatch.setattr("speedrun.paths.os.access", lambda path, mode: not (Path(path) == tmp_path and mode & os.W_OK))
     out = tmp_path / "sub" / "m.json"
     message = f"--out {out}: {tmp_path} cannot be written (permission denied), so {out} cannot be written"
     with pytest.raises(SpeedrunError, match=re.escape(message)):

@@ -260,12 +260,20 @@ def test_torchrun_and_evaluation_inherit_the_seed_lock(tmp_path: Path, monkeypat
         assert os.fstat(fd).st_ino == (run_dir / LOCK_NAME).stat().st_ino
         return subprocess.CompletedProcess(cmd, 0)
 
+    class FakePopen:  # torchrun, which the launcher waits for
+        def __init__(self, cmd: list[str], **kwargs: Any) -> None:
+            fake_run(cmd, **kwargs)
+
+        def wait(self) -> int:
+            return 0
+
     def summary_then_stop(path: Path) -> dict:
         raise _Stop
 
     run_dir = tmp_path / "runs" / "baseline" / "smoke" / "seed0"
     monkeypatch.setattr("speedrun.data.prepare.prepare", lambda *a, **k: None)
     monkeypatch.setattr(speedrun.run.subprocess, "run", fake_run)
+    monkeypatch.setattr(speedrun.run.subprocess, "Popen", FakePopen)
     monkeypatch.setattr(speedrun.run, "_read_eval", summary_then_stop)
     options = RunOptions(
         track="smoke", seed=0, nproc=2, runs_dir=tmp_path / "runs", data_dir=tmp_path / "data", progress=False

@@ -113,17 +113,21 @@ def invoke_with_a_full_disk(monkeypatch, args: list[str], name: str):
         return CliRunner().invoke(app, args)
 
 
-def test_disk_full_while_writing_results_via_cli(smoke_data_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("resume", [True, False])
+def test_disk_full_while_writing_results_via_cli(smoke_data_root, tmp_path, monkeypatch, resume):
     """`speedrun run`: the results write fails (ENOSPC, half written): exit 2, one line, no file, no
-    temporary left; the same command afterwards writes it."""
+    temporary left; the same command afterwards writes it. After a --no-resume run, the message says
+    to drop the flag: with it, the seed would train again from step 0."""
     sub = write_submission(tmp_path, "poison", [{"name": "poison"}], POISON)  # diverges: no evaluation
     results = sub / "results" / "smoke" / "seed0.json"
     args = ["run", str(sub), "--device", "cpu", "--data-dir", str(smoke_data_root),
             "--runs-dir", str(tmp_path / "runs")]
-    failed = invoke_with_a_full_disk(monkeypatch, args, results.name)
+    failed = invoke_with_a_full_disk(monkeypatch, args + ([] if resume else ["--no-resume"]), results.name)
     assert failed.exit_code == 2 and isinstance(failed.exception, SystemExit), failed.output
     assert "Traceback" not in failed.output
     assert f"{results}: cannot write it (No space left on device); the file is unchanged" in failed.output
+    dropped = "Seed 0 is trained: run it again without --no-resume (--seed 0) to evaluate and record"
+    assert (dropped in " ".join(failed.output.split())) is not resume, failed.output
     assert not results.parent.exists() or not list(results.parent.iterdir())
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output
@@ -191,18 +195,32 @@ def test_a_run_started_over_is_told_to_drop_no_resume_to_resume(smoke_data_root,
     track = small_track()
     run_dir = tmp_path / "run"
     ckpts = run_dir / "checkpoints"
+    again = "run seed 0 again without --no-resume (--seed 0)"
     with monkeypatch.context() as m:
         failing_from_step(m, "model", 4)
         with pytest.raises(SpeedrunError) as full:
             train_in_process(track, smoke_data_root, run_dir, resume=False)
-    assert str(full.value).endswith("and run the command again without --no-resume"), full.value
+    assert str(full.value).endswith(f"free disk space) and {again}"), full.value
+    (ckpts / "step-00000002" / "abandoned").write_text("")  # gone once the next --no-resume run starts
+    real = speedrun.fileio.write_durably
+
+    def latest_on_a_full_disk(path, write):
+        if path.name.startswith(".latest.tmp-") and (ckpts / "step-00000004").exists():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, write)
+
+    with monkeypatch.context() as m:
+        m.setattr(speedrun.fileio, "write_durably", latest_on_a_full_disk)
+        with pytest.raises(SpeedrunError) as pointer:
+            train_in_process(track, smoke_data_root, run_dir, resume=False)
+    assert not (ckpts / "step-00000002" / "abandoned").exists()
+    assert f"{ckpts / 'latest'}: cannot write it (No space left on device)" in str(pointer.value)
+    assert str(pointer.value).endswith(f"free disk space) and {again}"), pointer.value
     with monkeypatch.context() as m:
         oom_from_step(m, 3)
         with pytest.raises(SpeedrunError) as oom:
             train_in_process(track, smoke_data_root, run_dir, resume=False)
-    assert str(oom.value).endswith(
-        f"run the command again without --no-resume to resume from the last good checkpoint {ckpts / 'step-00000002'}"
-    ), oom.value
+    assert str(oom.value).endswith(f"{again} to resume from the last good checkpoint {ckpts / 'step-00000002'}")
     _, summary = train_in_process(track, smoke_data_root, run_dir)
     assert summary.status == "ok" and log_rows(run_dir) == log_rows(small_reference)
 

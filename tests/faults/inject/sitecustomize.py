@@ -12,6 +12,8 @@ SPEEDRUN_FAULT is one ``kind:step`` (step = the checkpoint or training step it a
 * ``kill-eval:N``       SIGKILL the ``speedrun eval`` process of checkpoint N while it samples
 * ``kill-results:N``    SIGKILL while the results file is written (half of it on disk), N unused
 * ``sigterm-step:N``    send this process SIGTERM inside training step N (graceful stop expected)
+* ``ctrl-c-step:N``     rank 0 sends SIGINT to its launcher's process group (``speedrun run`` and torchrun,
+                        not the workers) inside training step N: a terminal's Ctrl-C
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def _die() -> None:
 def _install(kind: str, n: int) -> None:
     from pathlib import Path
 
-    if kind in ("kill-step", "sigterm-step"):
+    if kind in ("kill-step", "sigterm-step", "ctrl-c-step"):
         from speedrun import train
 
         in_warmup = [False]
@@ -48,7 +50,10 @@ def _install(kind: str, n: int) -> None:
             if index == n and not in_warmup[0]:
                 if kind == "kill-step":
                     _die()
-                os.kill(os.getpid(), signal.SIGTERM)
+                elif kind == "sigterm-step":
+                    os.kill(os.getpid(), signal.SIGTERM)
+                elif os.environ.get("RANK") == "0":  # torchrun's workers run in sessions of their own
+                    os.killpg(os.getpgid(os.getppid()), signal.SIGINT)
             return out
 
         train.Trainer._untimed_warmup = untimed_warmup
@@ -71,10 +76,10 @@ def _install(kind: str, n: int) -> None:
 
         write_text = checkpoint.atomic_write_text
 
-        def before_latest(path, text):
+        def before_latest(path, text, **kwargs):
             if Path(path).name == "latest" and text.strip() == f"step-{n:08d}":
                 _die()
-            return write_text(path, text)
+            return write_text(path, text, **kwargs)
 
         checkpoint.atomic_write_text = before_latest
     elif kind == "kill-eval":
