@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from launch_helpers import free_port
 from torch import nn
 
 from speedrun.checkpoint import read_meta
@@ -625,11 +626,11 @@ def test_lr_warmup_then_constant(smoke_data_root, tmp_path, track_variant):
     assert lrs == pytest.approx([lr * 0.25, lr * 0.5, lr * 0.75, lr, lr, lr, lr, lr])
 
 
-def torchrun(worker_and_args: list[str], env: dict[str, str], port: int, timeout: float | None = None) -> None:
+def torchrun(worker_and_args: list[str], env: dict[str, str], timeout: float | None = None) -> None:
     """``python -m torch.distributed.run --nproc-per-node=2`` of a worker (``-m speedrun.worker`` or a
     script) and its arguments; asserts a clean exit."""
     run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
          *worker_and_args],
         env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
@@ -668,7 +669,7 @@ def test_two_process_gloo_matches_one_process(smoke_data_root, tmp_path, paralle
     assert one.returncode == 0, one.stderr
     def two_processes(stop_after: int) -> None:
         args = [a if a != "4" else str(stop_after) for a in base[1 + len(worker):]]
-        torchrun([*worker, *args, "--run-dir", str(tmp_path / "two"), "--parallel", parallel], env, port=29517)
+        torchrun([*worker, *args, "--run-dir", str(tmp_path / "two"), "--parallel", parallel], env)
 
     two_processes(2)
     two_processes(4)  # resumes from the step-2 checkpoint
@@ -704,7 +705,7 @@ def test_ranks_agree_on_the_step_that_spends_a_timed_budget(smoke_data_root, tmp
     torchrun(
         [str(tmp_path / "worker.py"), str(REPO / "submissions" / "baseline"), "--track", "smoke", "--seed", "0",
          "--device", "cpu", "--no-progress", "--run-dir", str(tmp_path / "run"), "--parallel", "ddp"],
-        env, port=29518, timeout=240,
+        env, timeout=240,
     )  # fmt: skip
     end = log_rows(tmp_path / "run")[-1]
     assert (end["event"], end["status"], end["steps"], end["eval_checkpoints"]) == ("end", "ok", 1, ["step-00000001"])

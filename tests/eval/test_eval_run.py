@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from launch_helpers import free_port
 from safetensors.torch import load_file, save_file
 
 from speedrun.checkpoint import load_denoiser_strict, read_meta
@@ -69,7 +70,7 @@ def test_two_process_eval_equals_one_process(checkpoint, smoke_data_root, tmp_pa
     one = _evaluate(checkpoint, smoke_data_root, tmp_path / "one.json", batch_size=16)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29531",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
          "-m", "speedrun.cli", "eval", str(checkpoint), "--track", "smoke", "--device", "cpu",
          "--data-dir", str(smoke_data_root), "--out", str(tmp_path / "two.json"), "--batch-size", "16"],
         env=env, capture_output=True, text=True, cwd=REPO,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 
 from fault_helpers import copy_submission, log_rows, run, speedrun_run_cmd, subprocess_env, write_submission
+from launch_helpers import free_port
 
 from speedrun.checkpoint import latest_checkpoint
 
@@ -31,12 +31,6 @@ class DieOnce(Component):
             os._exit(1)
         return {}
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(sub, run_dir, data_root, max_restarts: int) -> list[str]:
