@@ -72,3 +72,16 @@ def python314_path_checks(monkeypatch: pytest.MonkeyPatch) -> None:
                 return False
 
         monkeypatch.setattr(Path, name, quiet)
+
+
+@pytest.fixture
+def read_only(monkeypatch: pytest.MonkeyPatch):
+    """``read_only(folder)``: from then on the harness's folder checks (``speedrun.paths``) find
+    ``folder`` may be entered but not written. os.access stands in for the permission bits: tests
+    run as root here, who may write anywhere."""
+    from pathlib import Path
+
+    def deny_writes(folder: Path) -> None:
+        monkeypatch.setattr("speedrun.paths.os.access", lambda path, mode: Path(path) != folder or not mode & os.W_OK)
+
+    return deny_writes

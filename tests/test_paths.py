@@ -91,12 +91,12 @@ def test_a_broken_symbolic_link_on_the_way_is_named(tmp_path: Path) -> None:
         (tmp_path / "link" / "runs").mkdir(parents=True, exist_ok=True)
 
 
-def test_a_symbolic_link_loop_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_symbolic_link_loop_is_named(tmp_path: Path, read_only) -> None:
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     loop = f"{tmp_path / 'loop'} cannot be used ({os.strerror(errno.ELOOP)})"
     assert unusable_part(tmp_path / "loop" / "runs") == loop
     # The folder above is looked at all the same: what stops the write there is said first.
-    monkeypatch.setattr(speedrun.paths.os, "access", lambda path, mode: Path(path) != tmp_path or mode == os.X_OK)
+    read_only(tmp_path)
     assert unusable_part(tmp_path / "loop" / "runs") == f"{tmp_path} cannot be written (permission denied)"
 
 

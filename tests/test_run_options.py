@@ -120,11 +120,11 @@ def test_folder_option_with_a_name_too_long_is_refused(
         _run(tmp_path, **{option: long})
 
 
-def test_runs_folder_where_nothing_can_be_written_is_refused(tmp_path: Path, untouched, monkeypatch) -> None:
+def test_runs_folder_where_nothing_can_be_written_is_refused(tmp_path: Path, untouched, read_only) -> None:
     # A prepared data folder may be read-only; the runs folder is written to.
     locked = tmp_path / "read-only"
     locked.mkdir()
-    monkeypatch.setattr("speedrun.paths.os.access", lambda path, mode: not (Path(path) == locked and mode & os.W_OK))
+    read_only(locked)
     message = f"--runs-dir {locked / 'runs'}: {locked} cannot be written (permission denied)"
     with pytest.raises(SpeedrunError, match=re.escape(message)):
         _run(tmp_path, runs_dir=locked / "runs")

@@ -228,7 +228,9 @@ def test_pinned_split_hashes_are_enforced(tmp_path, make_track, hash_encoder):
 
 
 @pytest.mark.parametrize("problem", ["read-only", "a-file"])
-def test_a_folder_prepare_cannot_write_in_is_refused_before_any_work(tmp_path, monkeypatch, small_track, problem):
+def test_a_folder_prepare_cannot_write_in_is_refused_before_any_work(
+    tmp_path, monkeypatch, read_only, small_track, problem
+):
     # The encoders take minutes to load at prx-256: the folder is checked first, with the way out.
     if problem == "a-file":
         (tmp_path / "data").write_text("")
@@ -236,7 +238,7 @@ def test_a_folder_prepare_cannot_write_in_is_refused_before_any_work(tmp_path, m
     else:
         (tmp_path / "data").mkdir()
         existing, why = tmp_path / "data", "cannot be written (permission denied)"
-        monkeypatch.setattr("speedrun.paths.os.access", lambda path, mode: Path(path) != existing or mode == os.X_OK)
+        read_only(existing)
     monkeypatch.setattr(prepare_module, "get_text_encoder", _forbid)
     monkeypatch.setattr(shapes, "render", _forbid)
     with pytest.raises(SpeedrunError) as info:

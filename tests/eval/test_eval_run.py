@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from speedrun.checkpoint import load_denoiser_strict, read_meta
 from speedrun.data.source import TrainData
 from speedrun.errors import SpeedrunError
-from speedrun.eval.run import evaluate_checkpoint, resolve_checkpoint, sample_noise, write_grid
+from speedrun.eval.run import check_out, evaluate_checkpoint, resolve_checkpoint, sample_noise, write_grid
 from speedrun.fileio import sha256_file
 from speedrun.model import build_model
 from speedrun.train import Trainer, TrainOptions
@@ -181,8 +181,6 @@ def test_latest_is_followed_to_the_step_it_names(tmp_path):
 
 @pytest.mark.parametrize("pid", [1, 4194304])
 def test_an_out_name_that_fits_any_pid_passes(tmp_path, monkeypatch, pid):
-    from speedrun.eval.run import check_out
-
     monkeypatch.setattr(os, "getpid", lambda: pid)
     check_out(tmp_path / ("m" * 237 + ".json"))  # 242 bytes: ".<name>.tmp-4194304" is 255
     with pytest.raises(SpeedrunError, match="shorten it by 1 bytes"):
@@ -235,10 +233,9 @@ def test_unwritable_out_is_refused_before_evaluating(
 
 
 def test_out_in_a_read_only_folder_is_refused_before_evaluating(
-    checkpoint, smoke_data_root, tmp_path, no_heavy_work, monkeypatch
+    checkpoint, smoke_data_root, tmp_path, no_heavy_work, read_only
 ):
-    # os.access stands in for a read-only folder: root (as in CI containers) may write anywhere.
-    monkeypatch.setattr("speedrun.paths.os.access", lambda path, mode: not (Path(path) == tmp_path and mode & os.W_OK))
+    read_only(tmp_path)
     out = tmp_path / "sub" / "m.json"
     message = f"--out {out}: {tmp_path} cannot be written (permission denied), so {out} cannot be written"
     with pytest.raises(SpeedrunError, match=re.escape(message)):
