@@ -97,8 +97,8 @@ def save_checkpoint(
         cause = exc.__cause__ if isinstance(exc, SpeedrunError) else exc  # fileio wraps the OSError
         reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
         raise SpeedrunError(
-            f"{final}: cannot write this checkpoint ({reason}); the partial copy was removed and "
-            f"{_previous(root)}: fix that (e.g. free disk space) and {rerun}"
+            f"{final}: cannot write this checkpoint ({reason}); the partial copy was removed. Fix that (e.g. free "
+            f"disk space), then {resume_advice(root, rerun)}"
         ) from exc
     atomic_write_text(root / "latest", final.name + "\n", again=rerun)
     return final
@@ -112,15 +112,18 @@ def rerun_advice(seed: int, resume: bool) -> str:
     return f"run seed {seed} again without --no-resume (--seed {seed})"
 
 
-def _previous(root: Path) -> str:
-    """Words for the checkpoint a run would resume from now."""
+def resume_advice(root: Path, rerun: str) -> str:
+    """How to go on after an error, for its message: ``rerun`` (``rerun_advice``) resumes from the
+    checkpoint in ``root`` a run would resume from now; with none, the run starts over."""
     try:
         path = latest_checkpoint(root)
-    except SpeedrunError:
-        path = None
+    except SpeedrunError as exc:  # a damaged ``latest``: the run would stop on it too
+        return f"{rerun} once this is mended: {exc}"
+    except OSError as exc:  # this is a message about another error: it must not raise one of its own
+        return f"{rerun} once {exc.filename or root} can be read ({exc.strerror or exc})"
     if path is None:
-        return "there is no earlier checkpoint, so the run will start over"
-    return f"the last good checkpoint {path} is intact and the run will resume from it"
+        return "run the same command again (no checkpoint yet: it starts over)"
+    return f"{rerun} to resume from the last good checkpoint {path}"
 
 
 def _meta_digest(meta: dict[str, Any]) -> str:

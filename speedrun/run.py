@@ -12,7 +12,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +23,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from speedrun.checkpoint import read_meta
+from speedrun.checkpoint import discard_checkpoints, read_meta, rerun_advice
 from speedrun.devices import DEVICES, MAX_SEED, PARALLEL_MODES
 from speedrun.errors import SpeedrunError, TrainingInterrupted
 from speedrun.fileio import atomic_write_bytes
@@ -43,7 +46,7 @@ from speedrun.results import (
 )
 from speedrun.submission import MANIFEST, Submission, load_submission
 from speedrun.tracks import REPO_ROOT, Track, canonical_hash, load_track
-from speedrun.worker import INTERRUPTED, SUMMARY, train_seed
+from speedrun.worker import SUMMARY, train_seed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,15 +146,25 @@ def _train(
         cmd.append("--no-resume")
     if lock_fds:  # this launcher locked the seed: its workers lock too (the other nodes' do not)
         cmd.append("--worker-lock")
-    stopped = run_dir / INTERRUPTED  # rank 0 runs on node 0, whose launcher alone reads it
-    if o.node_rank == 0:
+    # Named here, not by the workers from their environment: a dynamic rendezvous numbers the nodes
+    # itself. Nodes may share the run folder, so each has its own.
+    stopped = run_dir / f"interrupted-node{o.node_rank}.json"
+    cmd += ["--stop-message", str(stopped)]
+    if not o.resume and o.node_rank == 0:
+        # Here, not only on rank 0: should that fail, the other ranks would wait for it at their first
+        # collective until torchrun stopped them.
+        discard_checkpoints(run_dir / "checkpoints")
+    try:
         stopped.unlink(missing_ok=True)  # an earlier launch's
+    except OSError as exc:
+        raise SpeedrunError(
+            f"{stopped}: cannot remove an earlier launch's stop message ({exc.strerror or exc}); delete it yourself"
+        ) from None
     returncode = _wait_for_torchrun(cmd, lock_fds)
-    if returncode != 0 and o.node_rank == 0:
+    if returncode != 0:
         stop = _stop_message(stopped)
         if stop is not None:
             raise stop
-    if returncode != 0:
         raise SpeedrunError(f"training of seed {seed} failed under torchrun (exit {returncode}); see the log above")
     if o.node_rank != 0:
         return {}
@@ -255,25 +268,29 @@ def _wait_for_torchrun(cmd: list[str], lock_fds: tuple[int, ...]) -> int:
     their stop message, so this launcher waits for them instead.
     """
     proc = subprocess.Popen(cmd, env=_child_env(), pass_fds=lock_fds)
+    if threading.current_thread() is not threading.main_thread():
+        return proc.wait()  # only the main thread may set signal handlers; signals reach it alone anyway
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         return proc.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
 
 
 def _stop_message(path: Path) -> TrainingInterrupted | None:
-    """The interruption rank 0 recorded in ``path`` (and removes), or None if there is none to read.
+    """The interruption this node's first worker recorded in ``path`` (and removes), or None if there is none to read.
 
     torchrun exits 1 whatever stopped its workers; this message has the signal and the command that
     resumes the seed.
     """
     try:
         stop = json.loads(path.read_text())
-        path.unlink()
-        return TrainingInterrupted(str(stop["message"]), int(stop["signum"]))
+        interrupted = TrainingInterrupted(str(stop["message"]), int(stop["signum"]))
     except (OSError, ValueError, KeyError, TypeError):  # none, or not one this harness wrote
         return None
+    with suppress(OSError):  # the next launch removes it first, and says so if it cannot
+        path.unlink()
+    return interrupted
 
 
 def _train_evaluate_record(
@@ -285,62 +302,62 @@ def _train_evaluate_record(
     summary = _train(submission, track, seed, run_dir, o, lock_fds)
     if not summary:
         return None
-    if o.resume:
-        return _evaluate_record(submission, track, seed, run_dir, results_path, o, console, lock_fds, summary, wall0)
-    # Any advice to run the same command again would train the seed again from step 0.
+    with _advice_once_trained(seed, o.resume):
+        evals: list[dict] = []
+        eval_s = 0.0
+        if summary["status"] == "ok":
+            identity = _evaluation_identity(track)
+            for name in summary["eval_checkpoints"]:
+                ckpt = run_dir / "checkpoints" / name
+                out = run_dir / "eval" / f"{name}.json"
+                if out.exists():
+                    report = _read_eval(out)
+                    if _scored_here(report, ckpt, identity):
+                        evals.append(report)
+                        continue
+                console.print(f"seed {seed}: evaluating {name}")
+                t0 = time.perf_counter()
+                evals.append(_evaluate(ckpt, track, out, o, lock_fds))
+                eval_s += time.perf_counter() - t0
+        result = assemble_result(submission, track, seed, summary, evals, eval_s, time.perf_counter() - wall0, o)
+        if changed := code_changes(summary["code"], code_record(submission.path)):
+            console.print(
+                f"[yellow]seed {seed}: files changed while it ran ({'; '.join(map(str, changed))}); its result names "
+                "the code that trained, so `speedrun verify` will call it stale against the files now[/]"
+            )
+        # A write killed midway leaves only a hidden temporary file (never read); remove it so it is not
+        # committed with the results.
+        for name in (results_path.name, results_path.with_suffix(".png").name):
+            for stale in results_path.parent.glob(f".{name}.tmp-*"):
+                stale.unlink(missing_ok=True)
+        if evals and evals[-1].get("grid"):
+            # The final sample grid travels with the results for the leaderboard page. It is in place
+            # before the results file, whose presence marks the seed finished (a re-run skips it).
+            grid = run_dir / "eval" / evals[-1]["grid"]
+            if grid.is_file():
+                atomic_write_bytes(results_path.with_suffix(".png"), grid.read_bytes())
+        write_result(results_path, result)
+        console.print(f"seed {seed}: {result.status}; results -> {results_path}")
+        return results_path
+
+
+@contextmanager
+def _advice_once_trained(seed: int, resume: bool) -> Iterator[None]:
+    """After training a ``--no-resume`` seed, say how to finish it without training it again: any
+    advice to run the same command again would start it over from step 0."""
+    if resume:
+        yield
+        return
     trained = (
-        f"Seed {seed} is trained: run it again without --no-resume (--seed {seed}) to evaluate and record its "
-        "checkpoints; with --no-resume it trains again from step 0."
+        f"Seed {seed} is trained: {rerun_advice(seed, False)} to evaluate and record its checkpoints; with "
+        "--no-resume it trains again from step 0."
     )
     try:
-        return _evaluate_record(submission, track, seed, run_dir, results_path, o, console, lock_fds, summary, wall0)
+        yield
     except SpeedrunError as exc:
         raise SpeedrunError(f"{exc}\n{trained}") from None
     except KeyboardInterrupt:
         raise TrainingInterrupted(f"evaluation of seed {seed} was interrupted. {trained}", signal.SIGINT) from None
-
-
-def _evaluate_record(
-    submission: Submission, track: Track, seed: int, run_dir: Path, results_path: Path, o: RunOptions,
-    console: Console, lock_fds: tuple[int, ...], summary: dict, wall0: float,
-) -> Path:
-    """Evaluate a trained seed's checkpoints (reusing metrics that still stand) and write its result."""
-    evals: list[dict] = []
-    eval_s = 0.0
-    if summary["status"] == "ok":
-        identity = _evaluation_identity(track)
-        for name in summary["eval_checkpoints"]:
-            ckpt = run_dir / "checkpoints" / name
-            out = run_dir / "eval" / f"{name}.json"
-            if out.exists():
-                report = _read_eval(out)
-                if _scored_here(report, ckpt, identity):
-                    evals.append(report)
-                    continue
-            console.print(f"seed {seed}: evaluating {name}")
-            t0 = time.perf_counter()
-            evals.append(_evaluate(ckpt, track, out, o, lock_fds))
-            eval_s += time.perf_counter() - t0
-    result = assemble_result(submission, track, seed, summary, evals, eval_s, time.perf_counter() - wall0, o)
-    if changed := code_changes(summary["code"], code_record(submission.path)):
-        console.print(
-            f"[yellow]seed {seed}: files changed while it ran ({'; '.join(map(str, changed))}); its result names "
-            "the code that trained, so `speedrun verify` will call it stale against the files now[/]"
-        )
-    # A write killed midway leaves only a hidden temporary file (never read); remove it so it is not
-    # committed with the results.
-    for name in (results_path.name, results_path.with_suffix(".png").name):
-        for stale in results_path.parent.glob(f".{name}.tmp-*"):
-            stale.unlink(missing_ok=True)
-    if evals and evals[-1].get("grid"):
-        # The final sample grid travels with the results for the leaderboard page. It is in place
-        # before the results file, whose presence marks the seed finished (a re-run skips it).
-        grid = run_dir / "eval" / evals[-1]["grid"]
-        if grid.is_file():
-            atomic_write_bytes(results_path.with_suffix(".png"), grid.read_bytes())
-    write_result(results_path, result)
-    console.print(f"seed {seed}: {result.status}; results -> {results_path}")
-    return results_path
 
 
 def assemble_result(submission, track, seed, summary, evals, eval_s, wall_s, o: RunOptions):

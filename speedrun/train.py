@@ -33,6 +33,7 @@ from speedrun.checkpoint import (
     latest_checkpoint,
     load_training_state,
     rerun_advice,
+    resume_advice,
     save_checkpoint,
     split_component_tensors,
 )
@@ -602,13 +603,7 @@ class Trainer:
             loader.close()
 
     def _resume_words(self) -> str:
-        try:
-            ckpt = latest_checkpoint(self.ckpt_dir)
-        except SpeedrunError:
-            ckpt = None
-        if ckpt is None:
-            return "run the same command again (no checkpoint yet: it starts over)"
-        return f"{rerun_advice(self.opt.seed, self.opt.resume)} to resume from the last good checkpoint {ckpt}"
+        return resume_advice(self.ckpt_dir, rerun_advice(self.opt.seed, self.opt.resume))
 
     def _run(self, loader: Any) -> TrainSummary:
         track, d = self.track, self.dist
@@ -619,6 +614,7 @@ class Trainer:
         resumed_from = None
         self._resume_log_bytes: int | None = None
         if not self.opt.resume and d.is_main:
+            # For a process of its own; under torchrun the launcher has already done it (nothing left).
             discard_checkpoints(self.ckpt_dir)
         ckpt = latest_checkpoint(self.ckpt_dir) if self.opt.resume else None
         # A resumed run warms up too (compilation, allocator, caches), or its first timed step would

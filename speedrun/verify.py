@@ -48,7 +48,7 @@ from speedrun.results import (
     missing_seeds,
 )
 from speedrun.submission import MANIFEST, Submission, discover_submissions, load_submission
-from speedrun.tracks import REPO_ROOT, Track, load_track_file
+from speedrun.tracks import REPO_ROOT, Track, canonical_hash, load_track_file
 
 RERUN_TRACK = "smoke"
 # A re-run on other hardware or software is not bit-identical; it only has to land near the record.
@@ -165,6 +165,28 @@ def _field_of(exc: SpeedrunError) -> str:
     return m.group(1) if m else "(file)"
 
 
+def model_grid_side(track: Track) -> int:
+    """The side of the square grid the model sees on ``track``: the image, or the Flux VAE's latents."""
+    from speedrun.data.vae import FLUX_DOWNSAMPLE
+
+    data = track.data
+    return data.image_size if data.representation == "pixels" else data.image_size // FLUX_DOWNSAMPLE
+
+
+def flops_per_step_of(track: Track) -> int:
+    """The ``flops_per_step`` the trainer records on ``track``, from the track alone: its model at the
+    text encoder's width, on ``model_grid_side``, at the global batch and ``text_max_tokens``."""
+    import torch
+
+    from speedrun.data.text import text_encoder_class
+    from speedrun.model import build_model
+
+    side = model_grid_side(track)
+    with torch.device("meta"):  # the count needs the config only, not 1.2B parameters' memory
+        model = build_model(track.model.config, text_dim=text_encoder_class(track.data.text_encoder).dim)
+    return model.flops_per_step(track.train.global_batch, (side, side), track.data.text_max_tokens)
+
+
 def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
 
@@ -180,6 +202,7 @@ class _Verifier:
         self.harness = harness_sha256()
         self.tracks: dict[str, Track] = {}
         self._datasets: dict[str, str | None] = {}
+        self._flops_counts: dict[str, int | None] = {}
         self._noted: set[str] = set()
 
     def problem(self, path: Path, field: str, message: str) -> Problem:
@@ -308,6 +331,7 @@ class _Verifier:
         for field, message in [
             *self._provenance(result, folder, code, track, rerun_hint),
             *self._dataset(result, sub, rerun_hint),
+            *self._flops(result, sub),
             *self._recompute(result, track),
         ]:
             problems.append(self.problem(path, field, message))
@@ -390,6 +414,31 @@ class _Verifier:
             if self._datasets[key] is None:
                 self.note(f"cannot check the dataset manifest of track '{track.id}': data not prepared")
         return self._datasets[key]
+
+    def _flops(self, r: RunResult, sub: Submission | None) -> Iterable[tuple[str, str]]:
+        """``flops_per_step``, which MFU scales, is the model's count at the track's shapes."""
+        if sub is None or r.track not in sub.manifest.tracks:
+            return  # the manifest problem is reported; the effective track cannot be built
+        track = sub.track(r.track, self.tracks_dir)
+        key = canonical_hash(track.model_dump(mode="json"))
+        if key not in self._flops_counts:
+            try:
+                self._flops_counts[key] = flops_per_step_of(track)
+            except SpeedrunError as exc:  # an unknown model config or text encoder
+                self._flops_counts[key] = None
+                self.note(f"cannot check flops_per_step on track '{track.id}': {exc}")
+        expected = self._flops_counts[key]
+        # The trainer counts them at its first batch: a run that stopped before one has none.
+        if expected is None or r.speed.flops_per_step == expected or (r.steps == 0 and r.speed.flops_per_step == 0):
+            return
+        side = model_grid_side(track)
+        yield (
+            "speed.flops_per_step",
+            f"is {r.speed.flops_per_step}; model '{track.model.config}' at the track's global batch "
+            f"{track.train.global_batch}, on a {side} x {side} grid ({track.data.representation} of "
+            f"{track.data.image_size} x {track.data.image_size} images) with {track.data.text_max_tokens} text "
+            f"tokens, does {expected} FLOPs per step (3 x forward matmul FLOPs)",
+        )
 
     def _recompute(self, r: RunResult, track: Track) -> Iterable[tuple[str, str]]:
         """Fields derived from other fields of the same file must agree with them."""

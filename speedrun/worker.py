@@ -14,7 +14,6 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
-from contextlib import suppress
 from pathlib import Path
 
 from speedrun import distributed
@@ -29,8 +28,6 @@ from speedrun.submission import Submission, load_submission
 from speedrun.tracks import Track
 
 SUMMARY = "train_summary.json"
-# Rank 0's stop message under torchrun, for the launcher: torchrun exits 1 whatever stopped its workers.
-INTERRUPTED = "interrupted.json"
 
 
 def build_components(submission: Submission) -> list[Component]:
@@ -93,8 +90,13 @@ def train_seed(
     progress: bool = True,
     stop_after: int | None = None,
     parallel: str = "auto",
+    stop_message: Path | None = None,
 ) -> dict:
-    """Train one seed and return (and, on rank 0, write) the summary."""
+    """Train one seed and return (and, on rank 0, write) the summary.
+
+    Under torchrun, which exits 1 whatever stopped its workers, ``stop_message`` is the file where
+    each node's first worker leaves an interruption for that node's launcher to report.
+    """
     from speedrun.data.source import TrainData
     from speedrun.paths import data_root
     from speedrun.results import code_record
@@ -126,16 +128,28 @@ def train_seed(
             "the seed over from step 0",
             trainer.stop_signal,
         )
-        if trainer.dist.is_main and trainer.dist.world_size > 1:
-            # Before the teardown's barrier: once another rank exits, torchrun stops this one.
-            with suppress(SpeedrunError):  # without it the launcher says "failed", and this message stands
-                atomic_write_text(run_dir / INTERRUPTED, json.dumps({"message": str(stop), "signum": stop.signum}))
+        if stop_message is not None and trainer.dist.local_rank == 0:
+            _leave_stop_message(stop, stop_message)
         distributed.teardown()
         raise stop
     if trainer.dist.is_main:
         atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2), again=rerun_advice(seed, resume))
     distributed.teardown()
     return summary
+
+
+def _leave_stop_message(stop: TrainingInterrupted, path: Path) -> None:
+    """Hand this node's stop message to its launcher, which reports it (the workers stay quiet).
+
+    Written before the teardown's barrier: once another rank exits, torchrun stops this one. If it
+    is not there to read, the launcher says "failed", so the message is printed here instead (a
+    write that failed only to sync its folder did put it there).
+    """
+    try:
+        atomic_write_text(path, json.dumps({"message": str(stop), "signum": stop.signum}))
+    except SpeedrunError:
+        if not path.is_file():
+            print(f"interrupted: {stop}", file=sys.stderr)
 
 
 def resume_command(
@@ -192,6 +206,7 @@ def _train_from_args(args: argparse.Namespace) -> None:
         progress=not args.no_progress,
         stop_after=args.stop_after,
         parallel=args.parallel,
+        stop_message=args.stop_message,
     )
 
 
@@ -208,13 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-after", type=int, default=None)
     parser.add_argument("--parallel", choices=PARALLEL_MODES, default="auto")
     parser.add_argument("--worker-lock", action="store_true", help="share-lock the run folder's workers.lock")
+    parser.add_argument("--stop-message", type=Path, default=None, help="hand an interruption to the launcher here")
     args = parser.parse_args(argv)
 
     try:
         with worker_lock(args.run_dir) if args.worker_lock else contextlib.nullcontext():
             _train_from_args(args)
     except TrainingInterrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
+        if args.stop_message is None:  # else this node's launcher reports it
+            print(f"interrupted: {exc}", file=sys.stderr)
         return 128 + exc.signum  # the shell's convention for "ended by this signal"
     except SpeedrunError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,12 +3,14 @@ name the data folder. (The seed lock is tested in tests/faults/test_concurrent_r
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,10 @@ from speedrun.data.shards import read_manifest
 from speedrun.data.source import TrainData
 from speedrun.errors import SpeedrunError, TrainingInterrupted
 from speedrun.paths import cache_root, data_root, runs_root
-from speedrun.run import RunOptions, _child_env, _train, check_options, run_submission
+from speedrun.run import RunOptions, _child_env, _train, _wait_for_torchrun, check_options, run_submission
 from speedrun.submission import load_submission
 from speedrun.tracks import REPO_ROOT, load_track
-from speedrun.worker import INTERRUPTED
+from speedrun.worker import SUMMARY, _leave_stop_message
 
 BASELINE = Path(__file__).resolve().parents[1] / "submissions" / "baseline"
 
@@ -131,22 +133,38 @@ def test_runs_folder_where_nothing_can_be_written_is_refused(tmp_path: Path, unt
     check_options(RunOptions(data_dir=locked / "data"), load_track("smoke"))
 
 
-@pytest.mark.parametrize("left", ["stop message", "nothing", "stale stop message"])
-def test_a_torchrun_launch_reports_what_its_rank_0_left(tmp_path: Path, monkeypatch, left: str) -> None:
-    """torchrun exits 1 whatever stopped its workers: a stop message rank 0 wrote is the interruption
-    (with its exit code and resume command); without one, or with an earlier launch's, it failed."""
-    stopped = tmp_path / INTERRUPTED
+@pytest.mark.parametrize("node", [0, 1])
+@pytest.mark.parametrize(
+    "left",
+    ["stop message", "stop message it cannot remove", "nothing", "stale stop message", "another node's stop message"],
+)
+def test_a_torchrun_launch_reports_what_its_node_left(tmp_path: Path, monkeypatch, left: str, node: int) -> None:
+    """torchrun exits 1 whatever stopped its workers: a stop message this node's first worker wrote is
+    the interruption (with its exit code and resume command); without one, with an earlier launch's,
+    or with only another node's (nodes may share the run folder), it failed."""
+    stopped = tmp_path / f"interrupted-node{node}.json"
+    other = tmp_path / f"interrupted-node{1 - node}.json"
     if left == "stale stop message":
         stopped.write_text(json.dumps({"message": "an earlier launch's", "signum": signal.SIGINT}))
 
+    def refuse(path, missing_ok=False):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
     def torchrun(cmd, lock_fds):
-        if left == "stop message":
-            stopped.write_text(json.dumps({"message": "stopped by SIGTERM; `speedrun run x` resumes it", "signum": 15}))
+        assert cmd[cmd.index("--stop-message") + 1] == str(stopped)  # where the workers leave it
+        message = json.dumps({"message": "stopped by SIGTERM; `speedrun run x` resumes it", "signum": 15})
+        if left.startswith("stop message"):
+            stopped.write_text(message)
+        if left == "stop message it cannot remove":
+            monkeypatch.setattr(Path, "unlink", refuse)
+        if left == "another node's stop message":
+            other.write_text(message)
         return 1
 
     monkeypatch.setattr("speedrun.run._wait_for_torchrun", torchrun)
-    launch = (load_submission(BASELINE), load_track("smoke"), 0, tmp_path, RunOptions(track="smoke", nproc=2), ())
-    if left == "stop message":
+    options = RunOptions(track="smoke", nproc=2, nnodes=2 if node else 1, node_rank=node)
+    launch = (load_submission(BASELINE), load_track("smoke"), 0, tmp_path, options, ())
+    if left.startswith("stop message"):
         with pytest.raises(TrainingInterrupted) as info:
             _train(*launch)
         assert (str(info.value), info.value.signum) == ("stopped by SIGTERM; `speedrun run x` resumes it", 15)
@@ -154,7 +172,66 @@ def test_a_torchrun_launch_reports_what_its_rank_0_left(tmp_path: Path, monkeypa
         with pytest.raises(SpeedrunError, match=r"failed under torchrun \(exit 1\)") as info:
             _train(*launch)
         assert not isinstance(info.value, TrainingInterrupted)
-    assert not stopped.exists()
+    assert stopped.exists() == (left == "stop message it cannot remove")  # the next launch removes it
+
+
+@pytest.mark.parametrize("node", [0, 1])
+def test_a_torchrun_launch_with_no_resume_deletes_the_checkpoints_first(tmp_path: Path, monkeypatch, node: int):
+    """Node 0's launcher deletes the old checkpoints before torchrun starts (on rank 0 alone, a
+    failure would leave the other ranks waiting at their first collective); the other nodes' leave
+    the shared folder alone. A deletion that fails is one message, and torchrun never starts."""
+    old = tmp_path / "checkpoints" / "step-00000002"
+    old.mkdir(parents=True)
+    seen = []
+    monkeypatch.setattr("speedrun.run._wait_for_torchrun", lambda cmd, fds: seen.append(old.exists()) or 0)
+    options = RunOptions(track="smoke", nproc=2, nnodes=2 if node else 1, node_rank=node, resume=False)
+    launch = (load_submission(BASELINE), load_track("smoke"), 0, tmp_path, options, ())
+    if node:
+        assert _train(*launch) == {} and seen == [True]
+        return
+    (tmp_path / SUMMARY).write_text(json.dumps({"status": "ok"}))
+    assert _train(*launch) == {"status": "ok"} and seen == [False]
+    old.mkdir(parents=True)
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr("shutil.rmtree", refuse)
+    with pytest.raises(SpeedrunError, match="cannot delete the old checkpoints to start the seed over"):
+        _train(*launch)
+    assert seen == [False]
+
+
+@pytest.mark.parametrize("written", ["yes", "but its folder not synced", "no"])
+def test_a_worker_hands_its_stop_message_to_the_launcher(tmp_path: Path, monkeypatch, capsys, written: str):
+    """Under torchrun a node's first worker writes the interruption for its launcher and stays quiet;
+    when the file is not there for the launcher to read (which then says "failed"), it prints it."""
+    path = tmp_path / "interrupted-node1.json"
+    stop = TrainingInterrupted("training of seed 0 stopped by SIGTERM after 2 steps", signal.SIGTERM)
+
+    def fail(*args):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    if written != "yes":
+        monkeypatch.setattr("speedrun.fileio.fsync_folder" if written == "but its folder not synced" else
+                            "speedrun.fileio.write_durably", fail)
+    _leave_stop_message(stop, path)
+    printed = capsys.readouterr().err
+    if written == "no":
+        assert not path.exists() and printed == f"interrupted: {stop}\n"
+    else:
+        assert json.loads(path.read_text()) == {"message": str(stop), "signum": signal.SIGTERM} and printed == ""
+
+
+def test_waiting_for_torchrun_from_another_thread(monkeypatch) -> None:
+    """The Python API may launch from a thread, where signal handlers cannot be set: the launcher
+    still waits for torchrun, and the main thread's SIGINT handler is left as it was."""
+    before = signal.getsignal(signal.SIGINT)
+    codes = []
+    thread = threading.Thread(target=lambda: codes.append(_wait_for_torchrun([sys.executable, "-c", "exit(3)"], ())))
+    thread.start()
+    thread.join(60)
+    assert codes == [3] and signal.getsignal(signal.SIGINT) is before
 
 
 def test_cuda_without_a_cuda_device_is_refused(tmp_path: Path, untouched, monkeypatch) -> None:

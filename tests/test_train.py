@@ -31,6 +31,7 @@ from speedrun.train import (
     median_speed,
     restore_generator,
 )
+from speedrun.verify import flops_per_step_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -518,6 +519,7 @@ def test_flops_count_the_grid_the_model_sees(tmp_path, track_variant):
     summary = trainer.run()
     batch, tokens = track.train.global_batch, track.data.text_max_tokens
     assert summary.flops_per_step == trainer.model.flops_per_step(batch, (8, 8), tokens)
+    assert summary.flops_per_step == flops_per_step_of(track)  # what `speedrun verify` expects
     assert summary.flops_per_step < trainer.model.flops_per_step(batch, (64, 64), tokens) / 10
 
 

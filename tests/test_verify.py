@@ -8,14 +8,19 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from model_helpers import reference_attention
+from torch.utils.flop_counter import FlopCounterMode
 
 import speedrun.verify as verify_mod
 from speedrun.data.shards import MANIFEST_NAME
 from speedrun.data.source import dataset_dir, dataset_manifest_sha256
 from speedrun.fileio import sha256_file
+from speedrun.kernels import dispatch
+from speedrun.model import build_model
 from speedrun.results import finalize, harness_sha256, submission_file_hashes, write_result
 from speedrun.tracks import TRACKS_DIR, load_track
-from speedrun.verify import Problem, verify_paths
+from speedrun.verify import Problem, flops_per_step_of, verify_paths
 
 MANIFEST = """\
 name = "alpha"
@@ -48,7 +53,7 @@ def seal(folder: Path, track_id: str, seed: int, *, tracks_dir: Path, data_dir: 
         "speed": {
             "batches_per_second": 4.0,
             "images_per_second": 4.0 * track.train.global_batch,
-            "flops_per_step": 1000,
+            "flops_per_step": flops_per_step_of(track),
             "mfu": None,
             "peak_memory_bytes": None,
         },
@@ -427,3 +432,41 @@ def test_rerun_compares_with_the_recorded_smoke_result(repo: Repo, monkeypatch, 
     assert copy != repo.sub and copy.name == "alpha" and options.track == "smoke"
     assert recorded.read_bytes() == before
     assert fields(problems) == ([] if ok else ["metrics.fid"])
+
+
+def test_flops_per_step_is_3x_the_counted_forward_at_the_tracks_shapes(monkeypatch) -> None:
+    """What verify expects is torch's FLOP count of one forward at the track's global batch, image
+    size, MiniLM width (384) and text length, times 3 (forward and backward)."""
+    monkeypatch.setattr(dispatch, "attention", reference_attention)  # the fused CPU kernel is not counted
+    track = load_track("smoke")
+    batch, side, length = track.train.global_batch, track.data.image_size, track.data.text_max_tokens
+    model = build_model(track.model.config, text_dim=384)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.randn(batch, 3, side, side), torch.rand(batch), torch.randn(batch, length, 384),
+              torch.ones(batch, length, dtype=torch.bool))
+    assert flops_per_step_of(track) == 3 * counter.get_total_flops()
+
+
+@pytest.mark.parametrize(
+    "steps, recorded, problem",
+    [(None, "counted", False), (None, "double", True), (None, "zero", True), (0, "zero", False), (0, "double", True)],
+    ids=["counted", "other", "none", "before-the-first-batch", "other-before-the-first-batch"],
+)
+def test_flops_per_step_is_recomputed(repo: Repo, steps: int | None, recorded: str, problem: bool) -> None:
+    """MFU scales with flops_per_step, so a count other than the model's is a problem; a run that
+    stopped before its first batch counted nothing."""
+    track = load_track("smoke", repo.tracks)
+    expected = flops_per_step_of(track)
+    flops = {"counted": expected, "double": 2 * expected, "zero": 0}[recorded]
+    change = {"speed": {"batches_per_second": 4.0, "images_per_second": 4.0 * track.train.global_batch,
+                        "flops_per_step": flops, "mfu": None, "peak_memory_bytes": None}}
+    if steps is not None:
+        change |= {"steps": steps, "status": "failed", "failure": {"step": 0, "reason": "x", "last_finite_loss": None}}
+    repo.seal(**change)
+    found = [p.message for p in repo.verify() if p.field == "speed.flops_per_step"]
+    message = (
+        f"is {flops}; model 'smoke' at the track's global batch 8, on a 32 x 32 grid (pixels of 32 x 32 images) with "
+        f"32 text tokens, does {expected} FLOPs per step (3 x forward matmul FLOPs)"
+    )
+    assert found == ([message] if problem else []), found

@@ -56,7 +56,7 @@ from speedrun.data.shards import (
     write_shard,
 )
 from speedrun.data.text import TextEncoder, get_text_encoder, text_encoder_class
-from speedrun.data.vae import FluxVAE, load_flux_vae, parse_ref
+from speedrun.data.vae import FLUX_DOWNSAMPLE, FLUX_LATENT_CHANNELS, FluxVAE, load_flux_vae, parse_ref
 from speedrun.errors import SpeedrunError
 from speedrun.fileio import atomic_write_json
 from speedrun.locks import shard_lock
@@ -68,8 +68,6 @@ from speedrun.tracks import Track, canonical_hash
 SHARD_BYTES = 256 << 20
 # Distinct captions per text-encoder call from prepare (bounds float32 temporaries).
 _TEXT_CHUNK = 512
-# Flux VAE latent geometry, for sizing shards before the VAE is loaded.
-_FLUX_LATENT_CHANNELS, _FLUX_DOWNSAMPLE = 16, 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +179,7 @@ def _examples_per_shard(track: Track, text: TextEncoderInfo, vae: FluxVAE | None
         channels, h, w = (
             vae.latent_shape(size)
             if vae
-            else (_FLUX_LATENT_CHANNELS, size // _FLUX_DOWNSAMPLE, size // _FLUX_DOWNSAMPLE)
+            else (FLUX_LATENT_CHANNELS, size // FLUX_DOWNSAMPLE, size // FLUX_DOWNSAMPLE)
         )
         x_bytes = 2 * channels * h * w + image_bytes  # the reference split also keeps images
     # float16 embeddings + bool mask + int64 index + 32-byte digest

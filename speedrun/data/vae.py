@@ -24,6 +24,8 @@ FLUX_VAE_SUBFOLDER = "vae"
 # A commit of FLUX.1-schnell whose vae/ folder holds the diffusers config and weights.
 FLUX_VAE_REVISION = "f1e6c9fa059429dceee1c6b43b4446cfbe8fd8f4"
 FLUX_VAE_REF = f"{FLUX_VAE_REPO}@{FLUX_VAE_REVISION}#{FLUX_VAE_SUBFOLDER}"
+# Flux VAE latent geometry, for what is known before the VAE is loaded (shard sizes, FLOP counts).
+FLUX_LATENT_CHANNELS, FLUX_DOWNSAMPLE = 16, 8
 # A Flux-shaped VAE (16 latent channels, 8x downsampling, Flux's factors) small enough for CPU tests.
 SMALL_VAE_CONFIG: dict[str, Any] = {
     "in_channels": 3,

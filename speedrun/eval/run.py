@@ -207,24 +207,26 @@ def resolve_checkpoint(path: Path) -> Path:
     try:
         if lookup(path / "meta.json") == "file":
             return path
-        root = path.parent if path.name == "latest" and lookup(path) == "file" else path
-        has_latest = lookup(root / "latest") == "file"
-        problem = "not found" if lookup(path) is None else "not a checkpoint"
+        found = lookup(path)
+        if path.name == "latest" and found == "file":
+            root = path.parent
+        elif found == "folder" and lookup(path / "latest") == "file":
+            root = path
+        else:
+            raise SpeedrunError(
+                f"{path}: {'not found' if found is None else 'not a checkpoint'}; expected a checkpoint directory "
+                "(with meta.json, e.g. <run>/checkpoints/step-00001000) or a run's checkpoints folder (with a "
+                "`latest` file, e.g. <run>/checkpoints)"
+            )
     except OSError as exc:  # a name too long, or a folder that may not be entered
         raise SpeedrunError(f"{path}: cannot look for a checkpoint there ({exc.strerror or exc})") from None
-    if has_latest:
-        found = latest_checkpoint(root)
-        if found is None:
-            raise SpeedrunError(
-                f"{root / 'latest'}: names no existing checkpoint directory and {root} holds no "
-                "step-NNNNNNNN directory; pass a checkpoint directory instead"
-            )
-        return found
-    raise SpeedrunError(
-        f"{path}: {problem}; expected a checkpoint directory (with meta.json, e.g. "
-        "<run>/checkpoints/step-00001000) or a run's checkpoints folder (with a `latest` file, e.g. "
-        "<run>/checkpoints)"
-    )
+    checkpoint = latest_checkpoint(root)
+    if checkpoint is None:
+        raise SpeedrunError(
+            f"{root / 'latest'}: names no existing checkpoint directory and {root} holds no "
+            "step-NNNNNNNN directory; pass a checkpoint directory instead"
+        )
+    return checkpoint
 
 
 def check_out(out: Path) -> None:

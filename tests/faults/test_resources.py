@@ -87,7 +87,8 @@ def test_disk_full_while_checkpointing_keeps_last_good_and_resumes(smoke_data_ro
             train_in_process(track, smoke_data_root, run_dir)
     text = str(err.value)
     assert "No space left on device" in text and str(ckpts / "step-00000004") in text, text
-    assert f"the last good checkpoint {ckpts / 'step-00000002'} is intact" in text, text
+    resumes = f"run the same command again to resume from the last good checkpoint {ckpts / 'step-00000002'}"
+    assert f"free disk space), then {resumes}" in text, text
     assert not list(ckpts.glob(".*")) and not (ckpts / "step-00000004").exists(), "partial checkpoint removed"
     assert latest_checkpoint(ckpts).name == "step-00000002"
     read_meta(ckpts / "step-00000002")  # every file still matches its hash
@@ -126,7 +127,7 @@ def test_disk_full_while_writing_results_via_cli(smoke_data_root, tmp_path, monk
     assert failed.exit_code == 2 and isinstance(failed.exception, SystemExit), failed.output
     assert "Traceback" not in failed.output
     assert f"{results}: cannot write it (No space left on device); the file is unchanged" in failed.output
-    dropped = "Seed 0 is trained: run it again without --no-resume (--seed 0) to evaluate and record"
+    dropped = "Seed 0 is trained: run seed 0 again without --no-resume (--seed 0) to evaluate and record"
     assert (dropped in " ".join(failed.output.split())) is not resume, failed.output
     assert not results.parent.exists() or not list(results.parent.iterdir())
     done = CliRunner().invoke(app, args)
@@ -200,7 +201,8 @@ def test_a_run_started_over_is_told_to_drop_no_resume_to_resume(smoke_data_root,
         failing_from_step(m, "model", 4)
         with pytest.raises(SpeedrunError) as full:
             train_in_process(track, smoke_data_root, run_dir, resume=False)
-    assert str(full.value).endswith(f"free disk space) and {again}"), full.value
+    resumes = f"{again} to resume from the last good checkpoint {ckpts / 'step-00000002'}"
+    assert str(full.value).endswith(f"free disk space), then {resumes}"), full.value
     (ckpts / "step-00000002" / "abandoned").write_text("")  # gone once the next --no-resume run starts
     real = speedrun.fileio.write_durably
 
@@ -220,7 +222,7 @@ def test_a_run_started_over_is_told_to_drop_no_resume_to_resume(smoke_data_root,
         oom_from_step(m, 3)
         with pytest.raises(SpeedrunError) as oom:
             train_in_process(track, smoke_data_root, run_dir, resume=False)
-    assert str(oom.value).endswith(f"{again} to resume from the last good checkpoint {ckpts / 'step-00000002'}")
+    assert str(oom.value).endswith(resumes), oom.value
     _, summary = train_in_process(track, smoke_data_root, run_dir)
     assert summary.status == "ok" and log_rows(run_dir) == log_rows(small_reference)
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import randomized
+from model_helpers import randomized, reference_attention
 from torch.utils.flop_counter import FlopCounterMode
 
 from speedrun.errors import SpeedrunError
@@ -186,12 +186,6 @@ def test_prx_1_2b_flops_at_the_baseline_shape():
 
 
 # --- kernel dispatch (torch path) -------------------------------------------------------------
-
-
-def reference_attention(q, k, v, key_mask):
-    scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
-    scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-    return scores.softmax(dim=-1) @ v
 
 
 def test_attention_matches_explicit_softmax_and_guards_empty_rows():
