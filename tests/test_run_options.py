@@ -223,7 +223,7 @@ def test_a_worker_hands_its_stop_message_to_the_launcher(tmp_path: Path, monkeyp
         assert json.loads(path.read_text()) == {"message": str(stop), "signum": signal.SIGTERM} and printed == ""
 
 
-def test_waiting_for_torchrun_from_another_thread(monkeypatch) -> None:
+def test_waiting_for_torchrun_from_another_thread() -> None:
     """The Python API may launch from a thread, where signal handlers cannot be set: the launcher
     still waits for torchrun, and the main thread's SIGINT handler is left as it was."""
     before = signal.getsignal(signal.SIGINT)
