@@ -29,9 +29,9 @@ from speedrun.components.tread import TREAD, TREADParams
 from speedrun.data.loader import to_uint8
 from speedrun.flow import RectifiedFlowObjective
 from speedrun.model import build_model
-from speedrun.state import StepState
+from speedrun.optim import build_optimizer
+from speedrun.protocol import StepState, collect_hooks
 from speedrun.tracks import load_track
-from speedrun.train import build_optimizer, collect_hooks
 
 TEXT_DIM = 384  # MiniLM, the tiny track's text encoder
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from speedrun.kernels.dispatch import rms_norm
-from speedrun.model.rope import apply_rope, rope_tables
+from speedrun.kernels.rope import apply_rope, rope_tables
 
 # Triton (through the kernel modules) is imported inside the cases only: the first import of
 # triton fixes compile-or-interpret for the process, and this file may be collected in one pytest

@@ -45,14 +45,14 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from prx_rows import LATENT_SHAPE, TEXT_DIM, prx_rows_split
 
-import speedrun.train
+import speedrun.optim
+from speedrun.checkpoint import Checkpointer
 from speedrun.data.loader import Batch, Loader
 from speedrun.kernels import dispatch
 from speedrun.tracks import Track, load_track
@@ -161,14 +161,17 @@ class ShardData(SyntheticData):
         return Loader(self.split, batch_size, seed, rank=rank, world_size=world_size, device=device, prefetch=True)
 
 
+class NoCheckpoints(Checkpointer):
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class BenchTrainer(Trainer):
     """The reference trainer minus checkpoint writes (clock-paused in real runs, ~14 GB here), with
     an optional profiler advanced at the start of every step (warmup steps included)."""
 
     profiler: Any = None
-
-    def _checkpoint(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    checkpointer = NoCheckpoints
 
     def _step(self, *args: Any, **kwargs: Any):
         if self.profiler is not None:
@@ -310,10 +313,10 @@ def apply_inductor_options(pairs: list[str]) -> dict[str, Any]:
 
 def choose_update(host: bool) -> str:
     """Make the trainer update as before 2026-11-27 when ``host`` (see the module doc); the label for
-    the JSON. The trainer asks :func:`speedrun.train.updates_in_kernel` at each use, so this is one
+    the JSON. The trainer asks :func:`speedrun.optim.updates_in_kernel` at each use, so this is one
     switch for the whole process."""
     if host:
-        speedrun.train.updates_in_kernel = lambda optimizer: False
+        speedrun.optim.updates_in_kernel = lambda optimizer: False
         return "host"
     return "in-kernel"
 
@@ -386,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(wall, 1),
         "first_timed_steps_s": [round(s, 4) for s in step_s[:3]],
         "losses": [round(r["loss"], 4) for r in rows if "loss" in r][:: max(1, args.steps // 8)],
-        **{k: v for k, v in asdict(summary).items() if k not in ("val_loss_curve", "eval_checkpoints")},
+        **summary.model_dump(exclude={"val_loss_curve", "eval_checkpoints", "code"}),
     }
     print(json.dumps(out))
     return 0 if summary.status == "ok" else 1

@@ -116,7 +116,7 @@ def capture_launches(alternatives: Sequence[tuple[str, str]] = ()) -> list[Launc
             out = module.flash_attention(*leaves, key_mask)
             torch.autograd.grad(out, leaves, torch.ones_like(out))
 
-        from speedrun.model.rope import rope_tables
+        from speedrun.kernels.rope import rope_tables
 
         source = "project"
         side = math.isqrt(IMAGE_TOKENS)

@@ -1,16 +1,6 @@
-"""Checkpoints: written atomically, verified on read, loaded strictly.
-
-Layout of ``<run>/checkpoints/step-00001000/``:
-  model.safetensors   denoiser weights, plus component heads under ``components.<name>.*``
-  optimizer.pt        optimizer state (torch.save)
-  rng.pt              torch CPU/CUDA RNG states and the trainer's generator state (with its device kind)
-  meta.json           step, clock seconds, loader state, prediction kind, the keys components own,
-                      model config, track hash; written last, with the sha256 of every other file
-
-A checkpoint directory is built under a temporary name and renamed into place, and ``latest`` is
-replaced atomically after it, so a process killed at any point leaves either the previous or the
-new checkpoint, never a half-written one that looks complete.
-"""
+"""Checkpoints ``<run>/checkpoints/step-00001000/``: ``model.safetensors`` (heads under ``components.<name>.*``),
+``optimizer.pt``, ``rng.pt``, and ``meta.json`` last (the sha256 of the others and of its own fields). Renamed into
+place before ``latest`` moves, so a killed process never leaves a half-written one that looks complete."""
 
 from __future__ import annotations
 
@@ -19,166 +9,67 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from speedrun.errors import SpeedrunError
+from speedrun import distributed
+from speedrun.clock import Budget, Paused
+from speedrun.errors import SpeedrunError, WriteFailed, format_validation_error
 from speedrun.fileio import atomic_write_text, sha256_file
+from speedrun.parallel import Parallel
+from speedrun.provenance import code_changes
+from speedrun.results import CheckpointMeta
+from speedrun.runlog import RunLog
+from speedrun.tracks import Track
 
 COMPONENT_PREFIX = "components."
-FORMAT_VERSION = 1
 META_DIGEST = "meta_sha256"
+# The fields of a checkpoint's meta that say where the run stood; a resume continues from them.
+RUN_STATE = ("step", "clock_seconds", "warmup_seconds", "val_loss_curve", "eval_checkpoints", "times", "log_bytes")
 STEP_NAME = re.compile(r"step-\d{8}")
 
 
-def step_dir(root: Path, step: int) -> Path:
-    return root / f"step-{step:08d}"
-
-
-def save_checkpoint(
-    root: Path,
-    step: int,
-    model_state: dict[str, torch.Tensor],
-    heads: dict[str, nn.Module],
-    optimizer_state: dict[str, Any],
-    meta: dict[str, Any],
-    rng: dict[str, Any],
-    *,
-    rerun: str = "run the command again",
-) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically and point ``root/latest`` at it.
-
-    ``model_state`` and ``optimizer_state`` are full (unsharded) state dicts. Should a write fail,
-    the message says to ``rerun`` (``rerun_advice``) once its cause is fixed.
-    """
-    final = step_dir(root, step)
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    # One process (rank 0) writes a run's checkpoints, so any temporary directory here is the
-    # leftover of a killed writer: never read, but as large as a checkpoint, so removed.
-    for stale in root.glob(".step-*.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
-        component_keys = []
-        for name, head in heads.items():
-            for k, v in head.state_dict().items():
-                key = f"{COMPONENT_PREFIX}{name}.{k}"
-                tensors[key] = v.detach().contiguous().cpu()
-                component_keys.append(key)
-        save_file(tensors, str(tmp / "model.safetensors"))
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-        torch.save(rng, tmp / "rng.pt")
-        files = {name: sha256_file(tmp / name) for name in ("model.safetensors", "optimizer.pt", "rng.pt")}
-        full_meta = {
-            **meta,
-            "format": FORMAT_VERSION,
-            "step": step,
-            "component_keys": sorted(component_keys),
-            "files": files,
-        }
-        # meta.json hashes its own fields too: a flipped bit in the step or loader state is caught on read.
-        full_meta[META_DIGEST] = _meta_digest(full_meta)
-        atomic_write_text(tmp / "meta.json", json.dumps(full_meta, indent=2, sort_keys=True))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except (OSError, SpeedrunError) as exc:
-        # Disk full (or similar) mid-write: drop the partial copy; the previous checkpoint and
-        # ``latest`` were not touched, so the run resumes from there.
-        shutil.rmtree(tmp, ignore_errors=True)
-        cause = exc.__cause__ if isinstance(exc, SpeedrunError) else exc  # fileio wraps the OSError
-        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
-        raise SpeedrunError(
-            f"{final}: cannot write this checkpoint ({reason}); the partial copy was removed. Fix that (e.g. free "
-            f"disk space), then {resume_advice(root, rerun)}"
-        ) from exc
-    atomic_write_text(root / "latest", final.name + "\n", again=rerun)
-    return final
-
-
-def rerun_advice(seed: int, resume: bool) -> str:
-    """How to run seed ``seed`` again so that it resumes from its checkpoints, for error messages."""
-    if resume:
-        return "run the same command again"
-    # The same command would delete the checkpoints; and other seeds of a --seeds run must still start over.
-    return f"run seed {seed} again without --no-resume (--seed {seed})"
-
-
-def resume_advice(root: Path, rerun: str) -> str:
-    """How to go on after an error, for its message: ``rerun`` (``rerun_advice``) resumes from the
-    checkpoint in ``root`` a run would resume from now; with none, the run starts over."""
-    try:
-        path = latest_checkpoint(root)
-    except SpeedrunError as exc:  # a damaged ``latest``: the run would stop on it too
-        return f"{rerun} once this is mended: {exc}"
-    except OSError as exc:  # this is a message about another error: it must not raise one of its own
-        return f"{rerun} once {exc.filename or root} can be read ({exc.strerror or exc})"
-    if path is None:
-        return "run the same command again (no checkpoint yet: it starts over)"
-    return f"{rerun} to resume from the last good checkpoint {path}"
-
-
 def _meta_digest(meta: dict[str, Any]) -> str:
-    """sha256 of the fields nothing else checks (step, loader and RNG bookkeeping, prediction kind...).
-
-    ``files`` is checked against the files it hashes and ``component_keys`` against the weights
-    (strict loading), so tools that re-save the weights and update those two stay valid.
-    """
+    """sha256 of the fields nothing else checks (``files``, ``component_keys``: tools re-saving weights update them)."""
     body = {k: v for k, v in meta.items() if k not in (META_DIGEST, "files", "component_keys")}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def read_meta(path: Path, verify: bool = True) -> dict[str, Any]:
+def read_meta(path: Path, verify: bool = True) -> CheckpointMeta:
     """Read ``meta.json`` of a checkpoint directory; with ``verify``, re-hash every file it lists."""
     meta_path = path / "meta.json"
+    again = f"delete {path} to resume from an earlier checkpoint"
     try:
-        meta = json.loads(meta_path.read_text())
+        data = json.loads(meta_path.read_text())
     except FileNotFoundError:
         raise SpeedrunError(f"{path}: not a checkpoint (no meta.json)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SpeedrunError(
-            f"{meta_path}: corrupted ({exc}); delete {path} to resume from an earlier checkpoint"
-        ) from None
+        raise SpeedrunError(f"{meta_path}: corrupted ({exc}); {again}") from None
     except OSError as exc:  # a folder of that name, or no permission to read it
-        raise SpeedrunError(
-            f"{meta_path}: cannot read it ({exc.strerror or exc}); fix that, or delete {path} to resume from an "
-            "earlier checkpoint"
-        ) from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
-        raise SpeedrunError(
-            f"{meta_path}: corrupted (no file list); delete {path} to resume from an earlier checkpoint"
-        )
-    if META_DIGEST in meta and meta[META_DIGEST] != _meta_digest(meta):
-        raise SpeedrunError(
-            f"{meta_path}: corrupted (its content does not match its sha256); delete {path} to resume "
-            "from an earlier checkpoint"
-        )
-    if verify:
-        for name, digest in meta["files"].items():
-            f = path / name
-            if not f.is_file() or sha256_file(f) != digest:
-                raise SpeedrunError(
-                    f"{f}: missing or corrupted (sha256 mismatch); delete {path} to resume from an earlier checkpoint"
-                )
+        raise SpeedrunError(f"{meta_path}: cannot read it ({exc.strerror or exc}); fix that, or {again}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        raise SpeedrunError(f"{meta_path}: corrupted (no file list); {again}")
+    if META_DIGEST in data and data[META_DIGEST] != _meta_digest(data):
+        raise SpeedrunError(f"{meta_path}: corrupted (its content does not match its sha256); {again}")
+    try:
+        meta = CheckpointMeta.model_validate(data)
+    except ValidationError as exc:
+        raise SpeedrunError(f"{format_validation_error(f'{meta_path}: corrupted', exc)}; {again}") from None
+    for name, digest in meta.files.items() if verify else ():
+        f = path / name
+        if not f.is_file() or sha256_file(f) != digest:
+            raise SpeedrunError(f"{f}: missing or corrupted (sha256 mismatch); {again}")
     return meta
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The checkpoint to resume from: the one ``latest`` points to, or None when there is none yet.
-
-    Without a usable pointer (a process killed between renaming a checkpoint into place and
-    updating ``latest``, or a corrupted checkpoint deleted as its error message advises) the newest
-    ``step-*`` directory is used: only complete checkpoints are ever renamed to that name, and each
-    is re-hashed when read.
-    """
+    """The checkpoint ``latest`` names, else the newest ``step-*`` (only complete ones get that name), else None."""
     pointer = root / "latest"
     if pointer.is_file():
         name = pointer.read_bytes().decode("utf-8", "replace").strip()
@@ -194,8 +85,7 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def discard_checkpoints(root: Path) -> None:
-    """Delete every checkpoint under ``root``, for a seed started over: should it die before its
-    first checkpoint, the next plain run must start over too, not resume the abandoned run."""
+    """Delete every checkpoint under ``root``, for a seed started over (a plain rerun must not resume the old run)."""
     if not os.path.lexists(root):
         return
     try:
@@ -207,40 +97,141 @@ def discard_checkpoints(root: Path) -> None:
         ) from None
 
 
-def load_training_state(path: Path, device: torch.device) -> tuple[dict[str, torch.Tensor], dict, dict, dict]:
-    """(tensors, optimizer state, rng state, meta) of a verified checkpoint."""
-    meta = read_meta(path)
-    tensors = load_file(str(path / "model.safetensors"), device=str(device))
-    optim_state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
-    # weights_only: a checkpoint directory copied from elsewhere cannot run code when resumed.
-    rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
-    return tensors, optim_state, rng, meta
+class Checkpointer:
+    """The checkpoints of one run: when one is due, and the run's state (weights, RNG streams, loader) in and out."""
 
+    def __init__(
+        self, run_dir: Path, track: Track, code: dict[str, Any], parallel: Parallel, loader: Any, gen: torch.Generator
+    ) -> None:
+        self.run_dir, self.root, self.track, self.code = run_dir, run_dir / "checkpoints", track, code
+        self.parallel, self.dist, self.loader, self.gen = parallel, parallel.dist, loader, gen
 
-def split_component_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict, dict[str, dict]]:
-    """Separate denoiser weights from ``components.<name>.*`` head weights."""
-    model_sd: dict[str, torch.Tensor] = {}
-    heads: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith(COMPONENT_PREFIX):
+    def to_resume(self, resume: bool) -> Path | None:
+        """The checkpoint to resume from (None: start at step 0); a run started over deletes the old ones."""
+        if resume:
+            return latest_checkpoint(self.root)
+        if self.dist.is_main:  # for a process of its own; under torchrun the launcher has already done it
+            discard_checkpoints(self.root)
+        return None
+
+    def after(
+        self, done: int, last: bool, final: bool, record: CheckpointMeta, optimizer: torch.optim.Optimizer,
+        budget: Budget, log: RunLog,
+    ) -> None:  # fmt: skip
+        """Checkpoint step ``done`` (clock paused) if due: every ``checkpoint_every``, evaluation and ``final`` step."""
+        evaluated = done % self.track.eval.interval == 0 or last
+        if not (evaluated or final or done % self.track.train.checkpoint_every == 0):
+            return
+        with Paused(budget.clock):
+            c0 = time.perf_counter()
+            if evaluated:
+                record.eval_checkpoints.append(f"step-{done:08d}")
+            record.times.budget_spent = budget.spent_at == done
+            # The log as of this checkpoint: a resume truncates it back to here.
+            record.clock_seconds, record.log_bytes = budget.run_clock(), log.checkpoint()
+            self.save(record, optimizer)
+            record.times.checkpoint_seconds += time.perf_counter() - c0
+
+    def save(self, record: CheckpointMeta, optimizer: torch.optim.Optimizer) -> None:
+        """Write checkpoint ``record.step`` and point ``latest`` at it (rank 0; a collective under FSDP)."""
+        model_state, optim_state = self.parallel.model_state(), self.parallel.optim_state(optimizer)
+        if self.dist.is_main:
+            self._write(record, model_state, optim_state)
+        distributed.barrier(self.dist)
+
+    def _write(self, meta: CheckpointMeta, model_state: dict[str, torch.Tensor], optim_state: dict[str, Any]) -> None:
+        gen = self.gen
+        rng = {"torch": torch.get_rng_state(), "generator": gen.get_state(), "generator_device": gen.device.type}
+        if self.dist.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.dist.device)
+        meta.loader = self.loader.state_dict()
+        final = self.root / f"step-{meta.step:08d}"
+        tmp = self.root / f".{final.name}.tmp-{os.getpid()}"
+        # One process writes a run's checkpoints: a temporary directory here is a killed writer's leftover.
+        for stale in self.root.glob(".step-*.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            tmp.mkdir(parents=True)
+            heads = self.parallel.heads.items()
+            heads_state = {f"{COMPONENT_PREFIX}{name}.{k}": v for name, h in heads for k, v in h.state_dict().items()}
+            tensors = {k: v.detach().contiguous().cpu() for k, v in {**model_state, **heads_state}.items()}
+            save_file(tensors, str(tmp / "model.safetensors"))
+            torch.save(optim_state, tmp / "optimizer.pt")
+            torch.save(rng, tmp / "rng.pt")
+            files = {name: sha256_file(tmp / name) for name in ("model.safetensors", "optimizer.pt", "rng.pt")}
+            data = meta.model_copy(update={"files": files, "component_keys": sorted(heads_state)}).model_dump()
+            data[META_DIGEST] = _meta_digest(data)  # a flipped bit in the step or loader state is caught on read
+            atomic_write_text(tmp / "meta.json", json.dumps(data, indent=2, sort_keys=True))
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except (OSError, SpeedrunError) as exc:
+            # Disk full mid-write: drop the partial copy; the previous checkpoint and ``latest`` are untouched.
+            shutil.rmtree(tmp, ignore_errors=True)
+            cause = exc.__cause__ if isinstance(exc, SpeedrunError) else exc  # fileio wraps the OSError
+            reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
+            raise WriteFailed(final, reason, "the partial copy was removed") from exc
+        atomic_write_text(self.root / "latest", final.name + "\n")
+
+    def restore(self, path: Path, record: CheckpointMeta, optimizer: torch.optim.Optimizer) -> CheckpointMeta:
+        """Load checkpoint ``path`` into the run's state; returns ``record`` continued from its step."""
+        device = self.dist.device
+        meta = read_meta(path)
+        tensors = load_file(str(path / "model.safetensors"), device=str(device))
+        # weights_only: a checkpoint directory copied from elsewhere cannot run code when resumed.
+        optim_state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
+        rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
+        if meta.track_hash != self.track.content_hash:
+            raise SpeedrunError(
+                f"{path}: written for another version of track '{self.track.id}'; "
+                f"start over with --no-resume or delete {self.run_dir}"
+            )
+        if changed := code_changes(meta.code, self.code):
+            raise SpeedrunError(
+                f"{path}: written by other code ({'; '.join(map(str, changed))}), and a run's steps must all come "
+                f"from the code its results name; restore that code to resume, or start over with --no-resume"
+            )
+        if meta.world_size != self.dist.world_size:
+            raise SpeedrunError(
+                f"{path}: written by {meta.world_size} processes, resuming with {self.dist.world_size}; "
+                "resume with the same --nproc"
+            )
+        heads: dict[str, dict[str, torch.Tensor]] = {name: {} for name in self.parallel.heads}
+        for key in [k for k in tensors if k.startswith(COMPONENT_PREFIX)]:
             name, _, rest = key[len(COMPONENT_PREFIX) :].partition(".")
-            heads.setdefault(name, {})[rest] = value
-        else:
-            model_sd[key] = value
-    return model_sd, heads
+            heads.setdefault(name, {})[rest] = tensors.pop(key)
+        self.parallel.load_model_state(tensors)
+        for name, head in self.parallel.heads.items():
+            head.load_state_dict(heads[name], strict=True)
+        self.parallel.load_optim_state(optimizer, optim_state)
+        self.loader.load_state_dict(meta.loader)
+        torch.set_rng_state(rng["torch"])
+        restore_generator(self.gen, rng, path)
+        if "cuda" in rng and device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        return record.model_copy(update={k: getattr(meta, k) for k in RUN_STATE})
 
 
-def load_denoiser_strict(path: Path, model: nn.Module) -> dict[str, Any]:
-    """Load only the denoiser weights of checkpoint ``path`` into ``model`` with strict keys.
+def restore_generator(gen: torch.Generator, rng: dict[str, Any], path: Path) -> None:
+    """Set ``gen`` from ``rng.pt``, refusing another device kind's (Mersenne Twister vs Philox states)."""
+    saved = rng.get("generator_device", "cpu")
+    if saved != gen.device.type:
+        raise SpeedrunError(
+            f"{path}: written by a run on {saved}, resumed on {gen.device.type}; a run's training randomness "
+            f"is drawn on its device, so resume on {saved}, or start over with --no-resume"
+        )
+    gen.set_state(rng["generator"])
 
-    Keys the checkpoint declares as component-owned are dropped; any other unexpected or missing
-    key is an error naming it. Returns the checkpoint's meta.
-    """
+
+def load_denoiser_strict(path: Path, model: nn.Module) -> CheckpointMeta:
+    """Load checkpoint ``path``'s denoiser weights (no declared component keys) into ``model`` strictly; its meta."""
     meta = read_meta(path)
     tensors = load_file(str(path / "model.safetensors"))
-    declared = set(meta.get("component_keys", []))
-    undeclared = sorted(k for k in tensors if k.startswith(COMPONENT_PREFIX) and k not in declared)
-    if undeclared:
+    declared = set(meta.component_keys)
+    if undeclared := sorted(k for k in tensors if k.startswith(COMPONENT_PREFIX) and k not in declared):
         raise SpeedrunError(f"{path}: component weights not declared in meta.json: {undeclared[:5]}")
     weights = {k: v for k, v in tensors.items() if k not in declared}
     expected = model.state_dict()
@@ -252,8 +243,7 @@ def load_denoiser_strict(path: Path, model: nn.Module) -> dict[str, Any]:
             f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
         )
-    bad_shapes = [k for k in expected if expected[k].shape != weights[k].shape]
-    if bad_shapes:
+    if bad_shapes := [k for k in expected if expected[k].shape != weights[k].shape]:
         raise SpeedrunError(f"{path}: weights with the wrong shape for the track's architecture: {bad_shapes[:5]}")
     model.load_state_dict(weights, strict=True)
     return meta

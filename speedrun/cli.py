@@ -1,14 +1,10 @@
-"""The ``speedrun`` command line: parses arguments and dispatches; the work lives in the modules.
-
-User mistakes (``SpeedrunError``) print one paragraph and exit 2; no traceback. An interrupted
-run exits 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM).
-"""
+"""The ``speedrun`` command line: parses arguments and dispatches to the modules. A ``SpeedrunError`` prints
+one paragraph and exits 2; an interrupted run exits 128 + the signal number (130 for Ctrl-C)."""
 
 from __future__ import annotations
 
 import functools
 import json
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -18,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from speedrun.devices import DEVICES, MAX_SEED, PARALLEL_MODES
+from speedrun import advice
+from speedrun.devices import DEVICES
 from speedrun.errors import SpeedrunError, TrainingInterrupted
 
 app = typer.Typer(
@@ -30,46 +27,42 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 USER_ERROR = 2
-
-
-# Typer takes an option's choices from an Enum; these mirror speedrun.devices' tuples.
-Device = Enum("Device", {d: d for d in DEVICES}, type=str)
-Parallel = Enum("Parallel", {m: m for m in PARALLEL_MODES}, type=str)
-
-
-# The real defaults (speedrun/paths.py), not "./data": the repository's folders, wherever it is run from
+Device = Enum("Device", {d: d for d in DEVICES}, type=str)  # typer takes an option's choices from an Enum
+# The real defaults (speedrun/paths.py): the repository's folders, wherever it is run from
 DATA_DIR_HELP = "Prepared data (default: $SPEEDRUN_DATA_DIR, else the repository's data/)."
 RUNS_DIR_HELP = "Checkpoints and logs (default: $SPEEDRUN_RUNS_DIR, else the repository's runs/)."
 
 
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn ``SpeedrunError`` into a one-paragraph message and exit code 2."""
+def _command(name: str) -> Callable[[Callable[..., Any]], Any]:
+    """Register ``speedrun <name>``; a ``SpeedrunError`` becomes a one-paragraph message and exit code 2."""
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except TrainingInterrupted as exc:
-            err_console.print(
-                Text.assemble(("interrupted:", "bold yellow"), f" {exc}"), highlight=False, soft_wrap=True
-            )
-            raise typer.Exit(128 + exc.signum) from None
-        except SpeedrunError as exc:
-            # Text, not a markup string: a message quoting user input such as "[/]" must print verbatim
-            err_console.print(Text.assemble(("error:", "bold red"), f" {exc}"), highlight=False, soft_wrap=True)
-            raise typer.Exit(USER_ERROR) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted")
-            raise typer.Exit(130) from None
+    def register(fn: Callable[..., Any]) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except TrainingInterrupted as exc:
+                err_console.print(
+                    Text.assemble(("interrupted:", "bold yellow"), f" {exc}"), highlight=False, soft_wrap=True
+                )
+                raise typer.Exit(128 + exc.signum) from None
+            except SpeedrunError as exc:
+                # Text, not a markup string: a message quoting user input such as "[/]" must print verbatim
+                err_console.print(
+                    Text.assemble(("error:", "bold red"), f" {advice.explain(exc)}"), highlight=False, soft_wrap=True
+                )
+                raise typer.Exit(USER_ERROR) from None
+            except KeyboardInterrupt:
+                err_console.print("interrupted")
+                raise typer.Exit(130) from None
 
-    return wrapper
+        return app.command(name)(wrapper)
+
+    return register
 
 
-@app.command("tracks")
-@_user_errors
-def tracks_cmd(
-    as_json: bool = typer.Option(False, "--json", help="Print the tracks as JSON."),
-) -> None:
+@_command("tracks")
+def tracks_cmd(as_json: bool = typer.Option(False, "--json", help="Print the tracks as JSON.")) -> None:
     """List the tracks with their budget, data, model and ranking."""
     from speedrun.tracks import all_tracks
 
@@ -95,8 +88,7 @@ def tracks_cmd(
     console.print(table)
 
 
-@app.command("validate")
-@_user_errors
+@_command("validate")
 def validate_cmd(
     paths: Optional[list[Path]] = typer.Argument(None, help="Submission folders (default: all in submissions/)."),
 ) -> None:
@@ -105,27 +97,22 @@ def validate_cmd(
     from speedrun.tracks import REPO_ROOT, all_tracks
 
     all_tracks()
-    targets = paths or discover_submissions(REPO_ROOT / "submissions")
     failures = 0
-    for p in targets:
+    for p in paths or discover_submissions(REPO_ROOT / "submissions"):
         try:
             sub = load_submission(p)
         except SpeedrunError as exc:
             failures += 1
             err_console.print(Text.assemble(("invalid:", "red"), f" {exc}"), highlight=False, soft_wrap=True)
             continue
-        tracks = ", ".join(sub.manifest.tracks)
-        line = Text.assemble(("ok", "green"), f" {sub.path} (tracks: {tracks})")
+        line = Text.assemble(("ok", "green"), f" {sub.path} (tracks: {', '.join(sub.manifest.tracks)})")
         console.print(line, highlight=False, soft_wrap=True)
     if failures:
         raise typer.Exit(1)
 
 
-@app.command("schema")
-@_user_errors
-def schema_cmd(
-    out: Path = typer.Option(Path("schemas"), "--out", help="Folder for the JSON Schema files."),
-) -> None:
+@_command("schema")
+def schema_cmd(out: Path = typer.Option(Path("schemas"), "--out", help="Folder for the JSON Schema files.")) -> None:
     """Write the JSON Schemas of the track and submission manifest models (and results, when built)."""
     from speedrun.schemas import write_schemas
 
@@ -133,8 +120,7 @@ def schema_cmd(
         console.print(Text(f"wrote {path}"), highlight=False, soft_wrap=True)  # whole paths, even in pipes
 
 
-@app.command("prepare")
-@_user_errors
+@_command("prepare")
 def prepare_cmd(
     track: str = typer.Option("tiny", "--track", "-t", help="Track whose data to prepare."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
@@ -148,24 +134,19 @@ def prepare_cmd(
     console.print(f"data ready: {root}")
 
 
-@app.command("run")
-@_user_errors
+@_command("run")
 def run_cmd(
     submission: Path = typer.Argument(..., help="Submission folder, e.g. submissions/baseline."),
     track: Optional[str] = typer.Option(None, "--track", "-t", help="Track (default: the manifest's first)."),
-    seeds: int = typer.Option(1, "--seeds", min=1, max=MAX_SEED, help="Number of seeds (0..N-1 unless --seed)."),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=MAX_SEED, help="Run exactly this seed."),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes per node (torchrun when > 1)."),
-    nnodes: int = typer.Option(1, "--nnodes", min=1, help="Nodes (torchrun)."),
-    node_rank: int = typer.Option(0, "--node-rank", min=0, help="This node's rank (torchrun)."),
+    seeds: int = typer.Option(1, "--seeds", help="Number of seeds (0..N-1 unless --seed)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Run exactly this seed."),
+    nproc: int = typer.Option(1, "--nproc", help="Processes per node (torchrun when > 1)."),
+    nnodes: int = typer.Option(1, "--nnodes", help="Nodes (torchrun)."),
+    node_rank: int = typer.Option(0, "--node-rank", help="This node's rank (torchrun)."),
     master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Rendezvous host (torchrun)."),
-    master_port: int = typer.Option(29500, "--master-port", min=1, max=65535, help="Rendezvous port (torchrun)."),
-    parallel: Parallel = typer.Option(
-        Parallel.auto, "--parallel", help="auto (FSDP2 for prx-1.2b, else DDP), ddp or fsdp."
-    ),
-    device: Optional[Device] = typer.Option(
-        None, "--device", help="cuda or cpu (default: cuda when present)."
-    ),
+    master_port: int = typer.Option(29500, "--master-port", help="Rendezvous port (torchrun)."),
+    parallel: str = typer.Option("auto", "--parallel", help="auto (FSDP2 for prx-1.2b, else DDP), ddp or fsdp."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
     resume: bool = typer.Option(
         True,
         "--resume/--no-resume",
@@ -175,35 +156,18 @@ def run_cmd(
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP),
 ) -> None:
     """Validate, prepare if needed, train, evaluate in a separate process, write results."""
+    options = {k: v for k, v in locals().items() if k != "submission"}  # each named as RunOptions names it
     from speedrun.run import RunOptions, run_submission
 
-    options = RunOptions(
-        track=track,
-        seeds=seeds,
-        seed=seed,
-        nproc=nproc,
-        nnodes=nnodes,
-        node_rank=node_rank,
-        master_addr=master_addr,
-        master_port=master_port,
-        parallel=parallel.value,
-        device=device.value if device else None,
-        resume=resume,
-        data_dir=data_dir,
-        runs_dir=runs_dir,
-    )
-    run_submission(submission, options, console=console)
+    run_submission(submission, RunOptions(**options), console=console)
 
 
-@app.command("eval")
-@_user_errors
+@_command("eval")
 def eval_cmd(
     checkpoint: Path = typer.Argument(..., help="A checkpoint directory written by the trainer."),
     track: str = typer.Option(..., "--track", "-t", help="Track whose protocol to apply."),
     out: Optional[Path] = typer.Option(None, "--out", help="Metrics JSON path (default: beside the checkpoint)."),
-    device: Optional[Device] = typer.Option(
-        None, "--device", help="cuda or cpu (default: cuda when present)."
-    ),
+    device: Optional[Device] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     batch_size: Optional[int] = typer.Option(
         None, "--batch-size", min=1, help="Sampling batch (does not change results)."
@@ -218,8 +182,7 @@ def eval_cmd(
     console.print(f"metrics: {path}")
 
 
-@app.command("verify")
-@_user_errors
+@_command("verify")
 def verify_cmd(
     paths: Optional[list[Path]] = typer.Argument(None, help="Submissions or results files (default: all)."),
     rerun: bool = typer.Option(False, "--rerun", help="Re-run each submission on the smoke track and compare."),
@@ -240,8 +203,7 @@ def verify_cmd(
         raise typer.Exit(1)
 
 
-@app.command("leaderboard")
-@_user_errors
+@_command("leaderboard")
 def leaderboard_cmd(
     track: Optional[str] = typer.Option(None, "--track", "-t", help="Only this track."),
     md: bool = typer.Option(False, "--md", help="Print Markdown and write leaderboard/README.md."),
@@ -251,8 +213,7 @@ def leaderboard_cmd(
     """Rank every results file by its track's rule, with confidence intervals and p-values."""
     from speedrun.leaderboard import leaderboard_command
 
-    code = leaderboard_command(track=track, md=md, html=html, check=check, console=console)
-    if code:
+    if code := leaderboard_command(track=track, md=md, html=html, check=check, console=console):
         raise typer.Exit(code)
 
 
@@ -261,4 +222,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,8 +1,4 @@
-"""Process-wide distributed state: the one place that knows about torch.distributed.
-
-``setup()`` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); a plain
-``python`` process is rank 0 of 1 and never initialises a process group.
-"""
+"""The one place that knows torch.distributed; a plain ``python`` process is rank 0 of 1, with no process group."""
 
 from __future__ import annotations
 
@@ -50,9 +46,7 @@ def setup(device: str | None = None) -> Dist:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and restart != "0":
-            # torchrun's agent keeps one store across restarts (--max-restarts), so a restarted
-            # group would read the dead attempt's keys (gloo peer addresses, NCCL ids) and fail to
-            # connect (cf. pytorch/pytorch#167288): give each attempt its own key prefix.
+            # torchrun's store outlives restarts: each attempt gets a key prefix, or it reads dead keys (torch#167288).
             host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
             store = dist.TCPStore(host, port, world_size, is_master=False)
             prefixed = dist.PrefixStore(f"speedrun-attempt-{restart}", store)

@@ -1,8 +1,5 @@
-"""The one exception type for user mistakes.
-
-Anything raised as ``SpeedrunError`` is the user's to fix (a bad manifest, a missing file, missing
-weights); the CLI prints its message as one paragraph and exits non-zero without a traceback.
-Everything else is a bug in the harness and keeps its traceback.
+"""The exceptions for what the user must fix, printed by the CLI as one paragraph without a traceback
+(anything else is a harness bug and keeps its traceback). They carry facts; :mod:`speedrun.advice` adds remedies.
 """
 
 from __future__ import annotations
@@ -15,14 +12,30 @@ class SpeedrunError(Exception):
 
 
 class TrainingInterrupted(SpeedrunError):
-    """SIGTERM/SIGINT stopped training at a step boundary, after writing a checkpoint.
-
-    Commands exit ``128 + signum`` (130 for Ctrl-C, 143 for SIGTERM), the shell's convention.
-    """
+    """SIGTERM/SIGINT stopped training at a step boundary, after a checkpoint; commands exit ``128 + signum``."""
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+class WriteFailed(SpeedrunError):
+    """``path`` could not be written (``reason``, e.g. the disk is full); ``state`` says what is on disk."""
+
+    def __init__(self, path: object, reason: str, state: str = "the file is unchanged") -> None:
+        super().__init__(f"{path}: cannot write it ({reason}); {state}")
+        self.path, self.reason = path, reason
+
+
+class NotSynced(WriteFailed):
+
+    def __init__(self, path: object, reason: str) -> None:
+        SpeedrunError.__init__(self, f"{path}: written, but its folder could not be synced to disk ({reason})")
+        self.path, self.reason = path, reason
+
+
+class OutOfMemory(SpeedrunError):
+    """Training ran out of device memory at the track's batch."""
 
 
 # Bounded repr: a value nested 1000 deep must not raise RecursionError while we describe it.
@@ -46,9 +59,6 @@ def format_validation_error(source: str, exc: Exception) -> str:
             msg = "unknown field (not part of the schema)"
         value = err.get("input")
         # "missing" and table-level checks get the whole enclosing table as input: not worth showing
-        if isinstance(value, dict) and err.get("type") in ("missing", "value_error"):
-            lines.append(f"field '{loc}': {msg}")
-            continue
-        shown = _REPR.repr(value)
-        lines.append(f"field '{loc}': {msg} (got {shown})")
+        whole_table = isinstance(value, dict) and err.get("type") in ("missing", "value_error")
+        lines.append(f"field '{loc}': {msg}" + ("" if whole_table else f" (got {_REPR.repr(value)})"))
     return f"{source}: " + "; ".join(lines)

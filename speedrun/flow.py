@@ -1,14 +1,10 @@
-"""Rectified flow: timesteps, interpolation, targets, losses, the Euler sampler and validation loss.
-
-Convention everywhere: ``x_t = (1 - t) x0 + t noise`` with t = 1 pure noise, and the velocity
-``v = dx_t/dt = noise - x0``. Sampling integrates from t = 1 to t = 0.
-
-The trainer sees only the :class:`Objective` protocol; the evaluator converts any checkpoint's
-prediction to velocity with :func:`velocity_from_prediction`, never running submission code.
+"""Rectified flow: timesteps, targets, losses, the Euler sampler and validation loss. Everywhere
+``x_t = (1 - t) x0 + t noise`` (t = 1 pure noise) and ``v = dx_t/dt = noise - x0``; sampling runs t = 1 -> 0.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from abc import ABC, abstractmethod
 from typing import Callable, get_args
@@ -16,38 +12,36 @@ from typing import Callable, get_args
 import torch
 import torch.nn.functional as F
 
-from speedrun.state import PredictionKind
+from speedrun.protocol import PredictionKind
 from speedrun.tracks import TimestepSpec
 
 PREDICTION_KINDS: tuple[str, ...] = get_args(PredictionKind)
+# model_fn(x_t (B, C, H, W), t (B,), text, text_mask) -> velocity
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``model_fn(x_t, t, text, text_mask) -> velocity`` with x_t (B, C, H, W) and t (B,)."""
 
 
 def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` times reshaped to broadcast against ``like`` (B, ...)."""
     return t.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
 
 
+def _device_of(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``x_t = (1 - t) x0 + t noise`` for per-sample times ``t`` (B,)."""
     t = _per_sample(t, x0)
     return (1 - t) * x0 + t * noise
 
 
 def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """The rectified-flow velocity ``noise - x0`` (constant along each straight path)."""
     return noise - x0
 
 
 def velocity_from_prediction(
     kind: PredictionKind, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, t_clamp: float = 0.05
 ) -> torch.Tensor:
-    """Convert a model output of ``kind`` to velocity.
-
-    ``velocity`` passes through; ``x0`` becomes ``(x_t - x0_hat) / max(t, t_clamp)`` (the clamp keeps
-    the division finite near t = 0, as in JiT-style x-prediction).
-    """
+    """Convert a model output of ``kind`` to velocity: ``x0`` becomes ``(x_t - x0_hat) / max(t, t_clamp)``
+    (finite near t = 0, as in JiT-style x-prediction)."""
     if kind == "velocity":
         return pred
     if kind == "x0":
@@ -58,15 +52,10 @@ def velocity_from_prediction(
 def sample_timesteps(
     n: int, spec: TimestepSpec, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """``n`` training times in ``[t_min, t_max)``, float32 on ``device``.
-
-    Each draw is, independently, with probability ``uniform_fraction`` a plain ``U(0, 1)``; otherwise
-    ``t = sigmoid(N(mean, std))`` followed by the shift ``s t / (1 + (s - 1) t)``. All draws are then
-    clamped to ``[t_min, t_max)``; values at or above ``t_max`` become the largest float32 below it.
-    Randomness comes only from ``generator`` (on its own device) and is moved to ``device`` afterwards,
-    so a seed gives the same times on every device.
-    """
-    gen_device = generator.device if generator is not None else torch.device("cpu")
+    """``n`` training times in ``[t_min, t_max)``, float32 on ``device``: with probability ``uniform_fraction``
+    ``U(0, 1)``, else ``sigmoid(N(mean, std))`` shifted by ``s t / (1 + (s - 1) t)``. Drawn on ``generator``'s
+    device, so a seed gives the same times on every device."""
+    gen_device = _device_of(generator)
     normal = torch.randn(n, generator=generator, device=gen_device) * spec.std + spec.mean
     t = torch.sigmoid(normal)
     t = spec.shift * t / (1 + (spec.shift - 1) * t)
@@ -80,13 +69,11 @@ def sample_timesteps(
 class Objective(ABC):
     """What the model learns to predict and how it is scored; the trainer knows nothing else.
 
-    Contract:
-        prediction: ``"velocity"`` or ``"x0"``, what the network outputs. It is written into the
-            checkpoint so the evaluator's sampler converts outputs with :func:`velocity_from_prediction`.
-        sample_t(n, generator, device): ``(n,)`` training times in [0, 1), t = 1 noise.
-        input_and_target(x0, noise, t): the network input ``x_t`` and the regression target.
-        loss(pred, target, x_t, t): a scalar to minimise (already averaged over the batch).
-        velocity(pred, x_t, t): the velocity implied by a prediction, used by the sampler.
+    prediction: ``"velocity"`` or ``"x0"``; saved in the checkpoint for :func:`velocity_from_prediction`.
+    sample_t(n, generator, device): ``(n,)`` training times in [0, 1), t = 1 noise.
+    input_and_target(x0, noise, t): the network input ``x_t`` and the regression target.
+    loss(pred, target, x_t, t): a scalar to minimise, averaged over the batch.
+    velocity(pred, x_t, t): the velocity a prediction implies, for the sampler.
     """
 
     prediction: PredictionKind
@@ -127,7 +114,7 @@ class RectifiedFlowObjective(Objective):
 
 
 def _batched_null(null: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The empty-caption tensor (one caption, with or without a batch axis) expanded to ``like``'s batch."""
+    """The empty caption (with or without a batch axis of 1) expanded to ``like``'s batch."""
     if null.dim() == like.dim() - 1:
         null = null.unsqueeze(0)
     if null.shape[1:] != like.shape[1:]:
@@ -136,29 +123,15 @@ def _batched_null(null: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def caption_drop_mask(n: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``(n,)`` bool: which captions become the empty caption, each with probability ``p``.
-
-    One uniform per caption from ``generator`` (on its device). The trainer draws it for the
-    whole global batch and slices its rank's rows, so the draw does not depend on process count.
-    """
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    return torch.rand(n, generator=generator, device=gen_device) < p
+    """``(n,)`` bool: which captions become the empty caption, each with probability ``p`` (drawn for the
+    global batch, so it does not depend on the process count)."""
+    return torch.rand(n, generator=generator, device=_device_of(generator)) < p
 
 
 def apply_caption_dropout(
-    text: torch.Tensor,
-    mask: torch.Tensor,
-    null_text: torch.Tensor,
-    null_mask: torch.Tensor,
-    drop: torch.Tensor,
+    text: torch.Tensor, mask: torch.Tensor, null_text: torch.Tensor, null_mask: torch.Tensor, drop: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace the captions where ``drop`` is True by the empty-caption embedding (for CFG).
-
-    Args:
-        text: ``(B, L, Dt)`` caption embeddings; ``mask`` ``(B, L)`` bool.
-        null_text: ``(L, Dt)`` or ``(1, L, Dt)`` embedding of the empty caption; ``null_mask`` ``(L,)`` or ``(1, L)``.
-        drop: ``(B,)`` bool, from :func:`caption_drop_mask`.
-    """
+    """Replace the captions ``(B, L, Dt)``/``(B, L)`` where ``drop`` ``(B,)`` is True by the empty caption."""
     drop = drop.to(text.device)
     text = torch.where(drop[:, None, None], _batched_null(null_text, text), text)
     mask = torch.where(drop[:, None], _batched_null(null_mask, mask), mask)
@@ -176,23 +149,9 @@ def euler_sample(
     steps: int,
     cfg_scale: float,
 ) -> torch.Tensor:
-    """Integrate ``dx/dt = v`` from t = 1 (``noise``) to t = 0 in ``steps`` uniform Euler steps.
-
-    Guidance: ``v = v_uncond + cfg_scale (v_cond - v_uncond)`` where the unconditional branch uses the
-    empty caption; both branches run as one batch of 2B. ``cfg_scale == 1`` runs the conditional branch
-    alone (the same velocity, half the work).
-
-    Args:
-        model_fn: ``(x, t, text, mask) -> velocity``; convert other prediction kinds before passing it.
-        noise: ``(B, C, H, W)`` the sample at t = 1.
-        text, mask: ``(B, L, Dt)`` and ``(B, L)`` captions.
-        null_text, null_mask: the empty caption, ``(L, Dt)``/``(L,)`` or with a leading 1.
-        steps: number of model evaluations (times ``1, 1 - 1/steps, ..., 1/steps``).
-        cfg_scale: guidance scale.
-
-    Returns:
-        ``(B, C, H, W)`` the sample at t = 0.
-    """
+    """Integrate ``dx/dt = v`` from t = 1 (``noise``) to t = 0 in ``steps`` uniform Euler steps, with
+    ``v = v_uncond + cfg_scale (v_cond - v_uncond)`` (both branches as one batch; ``cfg_scale == 1``
+    runs the conditional one alone)."""
     if steps <= 0:
         raise ValueError(f"steps must be positive, got {steps}")
     b = noise.shape[0]
@@ -203,27 +162,18 @@ def euler_sample(
     x = noise
     for i in range(steps):
         t_now, t_next = 1 - i / steps, 1 - (i + 1) / steps
+        t = torch.full((2 * b if guided else b,), t_now, device=x.device, dtype=torch.float32)
+        v = model_fn(torch.cat([x, x]) if guided else x, t, text, mask)
         if guided:
-            t = torch.full((2 * b,), t_now, device=x.device, dtype=torch.float32)
-            v_cond, v_uncond = model_fn(torch.cat([x, x]), t, text, mask).chunk(2)
+            v_cond, v_uncond = v.chunk(2)
             v = v_uncond + cfg_scale * (v_cond - v_uncond)
-        else:
-            v = model_fn(x, torch.full((b,), t_now, device=x.device, dtype=torch.float32), text, mask)
         x = x + (t_next - t_now) * v
     return x
 
 
-def validation_timesteps(timesteps: int) -> torch.Tensor:
-    """The fixed stratified times ``(k + 0.5) / timesteps`` for ``k < timesteps``, float32."""
-    return (torch.arange(timesteps, dtype=torch.float64) + 0.5).div(timesteps).float()
-
-
 def validation_noise(index: int, timesteps: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """The fixed noise ``(timesteps, *shape)`` float32 (CPU) of validation sample ``index``.
-
-    It depends only on ``(seed, index)``, never on batch size, device or how the set is split. The pair
-    is hashed because torch's CPU generator keeps only 32 bits of its seed.
-    """
+    """The fixed noise ``(timesteps, *shape)`` of validation sample ``index``: it depends only on ``(seed,
+    index)``, hashed because torch's CPU generator keeps only 32 bits of its seed."""
     digest = hashlib.sha256(f"validation-noise:{seed}:{index}".encode()).digest()
     generator = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:4], "little"))
     return torch.randn((timesteps, *shape), generator=generator)
@@ -240,13 +190,10 @@ def validation_loss_per_sample(
     seed: int = 0,
     first_index: int = 0,
 ) -> torch.Tensor:
-    """``(B, timesteps)`` float64 velocity MSE of each sample at each fixed time.
-
-    Sample ``j`` of this batch is validation sample ``first_index + j``; its noise comes from
-    :func:`validation_noise`, so a set split into any batches gives the same rows.
-    """
+    """``(B, timesteps)`` float64 velocity MSE of each sample (validation sample ``first_index + j``) at each
+    fixed time."""
     b = x0.shape[0]
-    times = validation_timesteps(timesteps)
+    times = (torch.arange(timesteps, dtype=torch.float64) + 0.5).div(timesteps).float()
     noise = torch.stack([validation_noise(first_index + j, timesteps, tuple(x0.shape[1:]), seed) for j in range(b)])
     noise = noise.to(device=x0.device, dtype=x0.dtype)
     losses = torch.empty(b, timesteps, dtype=torch.float64)
@@ -268,32 +215,13 @@ def validation_loss(
     seed: int = 0,
     batch_size: int | None = None,
 ) -> dict[str, float | list[float]]:
-    """Deterministic stratified validation loss (MLPerf Flux style) on a fixed set of samples.
-
-    Every sample is scored at each time ``(k + 0.5) / timesteps`` with fixed per-sample noise; the
-    velocity MSE is averaged over samples per time (``per_t``) and over times (``overall``). Sums run
-    in float64 in sample order, so the result does not depend on ``batch_size`` (up to the model's own
-    batch-size sensitivity, none for an elementwise model).
-
-    Args:
-        model_fn: ``(x_t, t, text, mask) -> velocity``.
-        x0: ``(n, C, H, W)`` clean validation samples; ``text``/``mask`` their captions.
-        timesteps: number of fixed times.
-        seed: noise seed.
-        batch_size: samples per model call; None means all at once.
-
-    Returns:
-        ``{"overall": float, "per_t": [float] * timesteps}``.
-    """
+    """Deterministic stratified validation loss (MLPerf Flux style): the velocity MSE at the times
+    ``(k + 0.5) / timesteps`` with fixed noise, averaged per time (``per_t``) and overall, in float64
+    in sample order, so ``batch_size`` (samples per model call; None: all) does not change it."""
     n = x0.shape[0]
     step = n if batch_size is None else batch_size
-    rows = []
-    for i in range(0, n, step):
-        part = slice(i, i + step)
-        rows.append(
-            validation_loss_per_sample(
-                model_fn, x0[part], text[part], mask[part], timesteps=timesteps, seed=seed, first_index=i
-            )
-        )
+    per_sample = functools.partial(validation_loss_per_sample, model_fn, timesteps=timesteps, seed=seed)
+    parts = [slice(i, i + step) for i in range(0, n, step)]
+    rows = [per_sample(x0[p], text[p], mask[p], first_index=p.start) for p in parts]
     per_t = torch.cat(rows).mean(dim=0)
     return {"overall": per_t.mean().item(), "per_t": per_t.tolist()}

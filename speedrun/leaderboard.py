@@ -1,21 +1,7 @@
-"""``speedrun leaderboard``: rank submissions per track from their results files alone.
+"""``speedrun leaderboard``: rank submissions per track from their results files alone (``_EXPLAIN``).
 
-Reads ``submissions/<name>/results/<track>/*.json`` (schema and digest checked), never imports
-submission code and never re-runs anything; ``speedrun verify`` is what checks provenance.
-
-Per track, an entry is a submission with results there. Its value for each quantity (the track's
-metrics, batches/s, GPU-hours) is the mean over its ``ok`` seeds with a 95% confidence half-width
-``t_{0.975, n-1} * s / sqrt(n)`` (``s`` with ddof=1; "–" for one seed), and its difference to the
-``baseline`` submission's mean with a Welch t-test p-value ("–" when either side has < 2 seeds or
-neither side varies).
-An entry is ranked by the mean of the track's ``ranking.metric`` in its ``direction`` only when
-every seed is ok, its seeds run 0, 1, 2, ... without a gap, and at least the track's required number
-of them have that metric; otherwise it is listed, unranked, with its status. Only the folders
-``speedrun verify`` checks count (no hidden folders, no symbolic links), and a results file whose
-submission, track or seed differs from its path is skipped.
-
-``leaderboard/README.md`` is generated (``--md``) and checked for drift (``--check``): its content
-depends only on the results files and the tracks, never on time or file-system order.
+Never imports submission code; provenance is ``speedrun verify``'s. ``leaderboard/README.md`` (``--md``,
+checked by ``--check``) depends only on the results files and the tracks, never on time or file order.
 """
 
 from __future__ import annotations
@@ -28,7 +14,8 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from html import escape
+from html import escape as esc
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +26,7 @@ from scipy import stats
 
 from speedrun.errors import SpeedrunError
 from speedrun.fileio import atomic_write_text
-from speedrun.results import RunResult, identity_problems, load_result, missing_seeds
+from speedrun.results import identity_problems, load_result, missing_seeds
 from speedrun.submission import discover_submissions
 from speedrun.tracks import REPO_ROOT, Track, all_tracks
 
@@ -50,6 +37,7 @@ DASH = "–"
 # Quantities every entry reports besides the track's metrics: (results-frame column, label).
 EXTRA_QUANTITIES = (("batches_per_second", "batches/s"), ("gpu_hours", "GPU-hours"))
 CONFIDENCE = 0.95
+_ROW = ["track", "submission", "folder", "seed", "status", "path", "result"]  # then the quantities
 
 
 @dataclass(frozen=True)
@@ -62,32 +50,28 @@ class Board:
     skipped: list[str]
 
 
-# ---------------------------------------------------------------------- statistics
 def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and 95% CI half-width ``t_{0.975,n-1} s / sqrt(n)``; NaN mean for no values, NaN width for one."""
+    """Mean and 95% half-width ``t_{0.975,n-1} s / sqrt(n)`` (ddof=1); NaN mean for no values, NaN width for one."""
     x = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
-        return math.nan, math.nan
-    if x.size == 1:
-        return float(x[0]), math.nan
+    if x.size < 2:
+        return (float(x[0]) if x.size else math.nan), math.nan
     t = stats.t.ppf(0.5 + CONFIDENCE / 2, x.size - 1)
     return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(x.size))
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided Welch t-test p-value of equal means; NaN when either side has fewer than 2 values or
-    neither side varies (the test is undefined there: scipy's 0 for [1, 1] against [2, 2] would read
-    as certainty from two seeds)."""
+    """Two-sided Welch t-test p-value; NaN when either side has under 2 values or neither varies (where
+    scipy's 0 for [1, 1] against [2, 2] would read as certainty from two seeds)."""
     x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if x.size < 2 or y.size < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
         return math.nan
     return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
 
 
-# ---------------------------------------------------------------------- loading
-def collect_results(repo_root: Path, tracks: dict[str, Track]) -> tuple[list[tuple[Path, RunResult]], list[str]]:
-    """Every valid results file of a known track at its current version, and why others were skipped."""
-    found, skipped = [], []
+def collect_results(repo_root: Path, tracks: dict[str, Track]) -> tuple[pd.DataFrame, list[str]]:
+    """One row per valid results file of a known track at its current version (track, submission,
+    folder, seed, status, path, result, then the quantities), and why the others were skipped."""
+    rows, skipped = [], []
     folders = discover_submissions(repo_root / "submissions")
     for path in [p for folder in folders for p in sorted(folder.glob("results/*/*.json"))]:
         rel = path.relative_to(repo_root).as_posix()
@@ -104,36 +88,16 @@ def collect_results(repo_root: Path, tracks: dict[str, Track]) -> tuple[list[tup
         elif result.track_version != track.version:
             skipped.append(f"{rel}: track '{track.id}' version {result.track_version}, current is {track.version}")
         else:
-            found.append((path, result))
-    return found, skipped
-
-
-def results_frame(results: Sequence[tuple[Path, RunResult]], repo_root: Path) -> pd.DataFrame:
-    """One row per seed: track, submission, folder, seed, status, path, result, then the quantities
-    (``metric:<name>`` per reported metric, ``batches_per_second``, ``gpu_hours``)."""
-    rows = []
-    for path, r in results:
-        rows.append(
-            {
-                "track": r.track,
-                "submission": r.submission,
-                "folder": path.parents[2].relative_to(repo_root).as_posix(),
-                "seed": r.seed,
-                "status": r.status,
-                "path": path,
-                "result": r,
-                "batches_per_second": r.speed.batches_per_second,
-                "gpu_hours": r.timing.gpu_hours,
-                **{f"metric:{k}": v for k, v in r.metrics.items()},
-            }
-        )
-    empty = ["track", "submission", "folder", "seed", "status", "path", "result"]
-    frame = pd.DataFrame(rows, columns=None if rows else empty)
-    return frame.sort_values(["track", "submission", "seed"], kind="mergesort").reset_index(drop=True)
+            r, folder = result, path.parents[2].relative_to(repo_root).as_posix()
+            row = dict(zip(_ROW, (r.track, r.submission, folder, r.seed, r.status, path, r)))
+            row |= {"batches_per_second": r.speed.batches_per_second, "gpu_hours": r.timing.gpu_hours}
+            rows.append(row | {f"metric:{k}": v for k, v in r.metrics.items()})
+    frame = pd.DataFrame(rows, columns=None if rows else _ROW)
+    return frame.sort_values(["track", "submission", "seed"], kind="mergesort").reset_index(drop=True), skipped
 
 
 def quantities(track: Track) -> list[tuple[str, str]]:
-    """(column, label) of every quantity shown for ``track``: its metrics, then batches/s and GPU-hours."""
+    """(column, label) of every quantity shown for ``track``."""
     return [(f"metric:{m}", m) for m in track.eval.metrics] + list(EXTRA_QUANTITIES)
 
 
@@ -146,11 +110,8 @@ def _values(rows: pd.DataFrame, column: str) -> list[float]:
 
 
 def track_table(frame: pd.DataFrame, track: Track) -> pd.DataFrame:
-    """The entries of ``track``: one row per submission, ranked rows first in rank order.
-
-    Columns: ``submission``, ``folder``, ``seeds``, ``status``, ``rank`` (NaN when unranked) and,
-    for each quantity column ``q``: ``q:mean``, ``q:ci``, ``q:n``, ``q:delta``, ``q:p``.
-    """
+    """One row per submission, ranked rows first in rank order: ``submission``, ``folder``, ``seeds``, ``status``,
+    ``rank`` (NaN when unranked) and per quantity ``q``: ``q:mean``, ``q:ci``, ``q:n``, ``q:delta``, ``q:p``."""
     rows = frame[frame["track"] == track.id]
     metric = f"metric:{track.ranking.metric}"
     base = rows[rows["submission"] == BASELINE]
@@ -158,9 +119,8 @@ def track_table(frame: pd.DataFrame, track: Track) -> pd.DataFrame:
     for name, group in rows.groupby("submission", sort=True):
         entry: dict[str, object] = {"submission": name, "folder": group["folder"].iloc[0], "seeds": len(group)}
         for column, _ in quantities(track):
-            values = _values(group, column)
+            values, reference = _values(group, column), _values(base, column)
             mean, ci = mean_ci(values)
-            reference = _values(base, column)
             compare = name != BASELINE and bool(values) and bool(reference)
             entry |= {
                 f"{column}:mean": mean,
@@ -171,8 +131,7 @@ def track_table(frame: pd.DataFrame, track: Track) -> pd.DataFrame:
             }
         entry["status"] = _status(group, track, entry[f"{metric}:n"])
         entries.append(entry)
-    columns = ["submission", "folder", "seeds", "status"]
-    table = pd.DataFrame(entries, columns=None if entries else columns)
+    table = pd.DataFrame(entries, columns=None if entries else ["submission", "folder", "seeds", "status"])
     table["rank"] = math.nan
     ranked = table[table["status"] == "ok"]
     if len(ranked):
@@ -184,11 +143,9 @@ def track_table(frame: pd.DataFrame, track: Track) -> pd.DataFrame:
 
 
 def _status(group: pd.DataFrame, track: Track, ranked_seeds: int) -> str:
-    """"ok" when the entry may be ranked, else why not; ``ranked_seeds`` counts its seeds with a
-    value of the ranking metric."""
+    """Why the entry is not ranked, or "ok"; ``ranked_seeds`` counts its seeds with a ranking metric."""
     for bad in ("failed", "diverged"):
-        seeds = sorted(group.loc[group["status"] == bad, "seed"].tolist())
-        if seeds:
+        if seeds := sorted(group.loc[group["status"] == bad, "seed"].tolist()):
             return f"{bad} (seed {', '.join(map(str, seeds))})"
     present = set(group["seed"].tolist())
     if missing := missing_seeds(present):
@@ -206,48 +163,27 @@ def _status(group: pd.DataFrame, track: Track, ranked_seeds: int) -> str:
 def build_board(repo_root: Path = REPO_ROOT) -> Board:
     """Load the tracks and results of ``repo_root`` and compute every track's table."""
     tracks = {t.id: t for t in all_tracks(repo_root / "tracks")}
-    results, skipped = collect_results(repo_root, tracks)
-    frame = results_frame(results, repo_root)
+    frame, skipped = collect_results(repo_root, tracks)
     tables = {tid: track_table(frame, t) for tid, t in tracks.items()}
     return Board(tracks=tracks, frame=frame, tables=tables, skipped=skipped)
 
 
-# ---------------------------------------------------------------------- cells
 def _num(x: float, spec: str = ".4g") -> str:
     return DASH if not math.isfinite(x) else format(x, spec)
 
 
-def value_cell(row: pd.Series, column: str) -> str:
-    """``mean ± half-width`` ("–" for the width with one seed, "–" alone with none)."""
-    if row[f"{column}:n"] == 0:
-        return DASH
-    return f"{_num(row[f'{column}:mean'])} ± {_num(row[f'{column}:ci'], '.2g')}"
-
-
-def delta_cell(row: pd.Series, column: str) -> str:
-    """``difference to baseline (p value)``; "–" without a comparison."""
-    delta = row[f"{column}:delta"]
-    if not math.isfinite(delta):
-        return DASH
-    return f"{_num(delta, '+.3g')} (p {_num(row[f'{column}:p'], '.2g')})"
-
-
-def rank_cell(row: pd.Series) -> str:
-    return DASH if math.isnan(row["rank"]) else str(int(row["rank"]))
-
-
 def headers(track: Track) -> list[str]:
-    cols = ["rank", "submission", "status", "seeds"]
-    for _, label in quantities(track):
-        cols += [label, f"Δ {label} (p)"]
-    return cols
+    return ["rank", "submission", "status", "seeds", *(h for _, q in quantities(track) for h in (q, f"Δ {q} (p)"))]
 
 
 def cells(row: pd.Series, track: Track, name: str) -> list[str]:
-    """One table row; ``name`` is the submission as the output format links it."""
-    out = [rank_cell(row), name, row["status"], str(row["seeds"])]
+    """One table row, ``name`` linked as the output format does: per quantity ``mean ± half-width`` and
+    ``difference to baseline (p value)``, "–" where there is none."""
+    out = [DASH if math.isnan(row["rank"]) else str(int(row["rank"])), name, row["status"], str(row["seeds"])]
     for column, _ in quantities(track):
-        out += [value_cell(row, column), delta_cell(row, column)]
+        mean, ci, delta, p = (row[f"{column}:{k}"] for k in ("mean", "ci", "delta", "p"))
+        out.append(DASH if row[f"{column}:n"] == 0 else f"{_num(mean)} ± {_num(ci, '.2g')}")
+        out.append(DASH if not math.isfinite(delta) else f"{_num(delta, '+.3g')} (p {_num(p, '.2g')})")
     return out
 
 
@@ -268,7 +204,6 @@ _EXPLAIN = (
 )
 
 
-# ---------------------------------------------------------------------- markdown
 def render_markdown(board: Board, track_ids: Sequence[str] | None = None) -> str:
     """The Markdown leaderboard (``leaderboard/README.md`` holds it for every track)."""
     lines = [HEADER, "", "# Leaderboard", "", _EXPLAIN, ""]
@@ -287,7 +222,6 @@ def render_markdown(board: Board, track_ids: Sequence[str] | None = None) -> str
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------- html
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1400px;padding:0 1rem;color:#222}
 table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}
@@ -299,7 +233,7 @@ th{background:#f3f3f3}td:nth-child(2),td:nth-child(3){text-align:left}
 
 
 def _curves_svg(rows: pd.DataFrame, track: Track) -> str:
-    """Inline SVG: validation loss and each metric against step, one colour per entry, a line per seed."""
+    """Inline SVG: validation loss and each metric by step, one colour per entry, a line per seed."""
     from matplotlib import rc_context
     from matplotlib.figure import Figure
 
@@ -335,31 +269,13 @@ def _curves_svg(rows: pd.DataFrame, track: Track) -> str:
     return text[text.index("<svg") :]
 
 
-def _sample_grids(rows: pd.DataFrame) -> list[tuple[str, str]]:
-    """(caption, data URI) of each entry's first sample grid ``<results file stem>.png``, if present."""
-    grids = []
-    for name, group in rows.groupby("submission", sort=True):
-        for path in group["path"]:
-            png = Path(path).with_suffix(".png")
-            # A pull request controls this path: never follow a link out of it into the page.
-            if png.is_file() and not png.is_symlink():
-                uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
-                grids.append((f"{name} / {png.stem}", uri))
-                break
-    return grids
-
-
 def _inline(text: str) -> str:
     """Escaped HTML of a Markdown sentence, with its `code` spans kept as code."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(text))
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", esc(text))
 
 
 def render_html(board: Board, out_dir: Path, repo_root: Path, track_ids: Sequence[str]) -> str:
-    """A self-contained page: inline CSS, tables, inline SVG curves and embedded sample grids.
-
-    Links to submission folders are relative to ``out_dir``, where the page is written.
-    """
-    esc = escape
+    """A self-contained page (inline CSS, tables, SVG curves and sample grids) to write in ``out_dir``."""
     body = [f"<h1>Leaderboard</h1><p>{_inline(_EXPLAIN)}</p>"]
     for tid in track_ids:
         track, table = board.tracks[tid], board.tables[tid]
@@ -372,41 +288,28 @@ def render_html(board: Board, out_dir: Path, repo_root: Path, track_ids: Sequenc
         for _, row in table.iterrows():
             href = Path(os.path.relpath(repo_root / row["folder"], out_dir)).as_posix() + "/"
             link = f'<a href="{esc(href)}">{esc(row["submission"])}</a>'
-            tds = cells(row, track, link)
             cls = "" if math.isfinite(row["rank"]) else ' class="unranked"'
-            rows_html.append(
-                f"<tr{cls}>" + "".join(f"<td>{c if i == 1 else esc(c)}</td>" for i, c in enumerate(tds)) + "</tr>"
-            )
+            tds = "".join(f"<td>{c if i == 1 else esc(c)}</td>" for i, c in enumerate(cells(row, track, link)))
+            rows_html.append(f"<tr{cls}>{tds}</tr>")
         body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows_html)}</tbody></table>")
         seeds = board.frame[board.frame["track"] == tid]
         body.append(f"<figure>{_curves_svg(seeds, track)}<figcaption>Curves of every seed.</figcaption></figure>")
-        grids = _sample_grids(seeds)
-        if grids:
-            figs = "".join(
-                f'<figure><img alt="{esc(c)}" src="{u}"><figcaption>{esc(c)}</figcaption></figure>' for c, u in grids
-            )
-            body.append(f'<div class="grids">{figs}</div>')
+        figs = []  # each entry's first sample grid, <results file stem>.png
+        for name, group in seeds.groupby("submission", sort=True):
+            # A pull request controls these paths: never follow a link out of it into the page.
+            pngs = [p.with_suffix(".png") for p in group["path"]]
+            if png := next((p for p in pngs if p.is_file() and not p.is_symlink()), None):
+                uri, caption = base64.b64encode(png.read_bytes()).decode(), esc(f"{name} / {png.stem}")
+                img = f'<img alt="{caption}" src="data:image/png;base64,{uri}">'
+                figs.append(f"<figure>{img}<figcaption>{caption}</figcaption></figure>")
+        if figs:
+            body.append(f'<div class="grids">{"".join(figs)}</div>')
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>prx-speedrun leaderboard</title><style>{_CSS}</style></head>\n<body>\n"
         + "\n".join(body)
         + "\n</body></html>\n"
     )
-
-
-# ---------------------------------------------------------------------- command
-def _print_tables(board: Board, track_ids: Sequence[str], console: Console) -> None:
-    for tid in track_ids:
-        track, table = board.tracks[tid], board.tables[tid]
-        if not len(table):
-            console.print(f"{tid}: no results yet")
-            continue
-        out = Table(title=f"{tid} (v{track.version}): {_track_intro(track)}", title_justify="left")
-        for col in headers(track):
-            out.add_column(col, no_wrap=True)
-        for _, row in table.iterrows():
-            out.add_row(*cells(row, track, row["submission"]), style=None if math.isfinite(row["rank"]) else "dim")
-        console.print(out)
 
 
 def leaderboard_command(
@@ -418,10 +321,7 @@ def leaderboard_command(
     repo_root: Path = REPO_ROOT,
 ) -> int:
     """Run ``speedrun leaderboard``; return the exit code (1: ``--check`` found a stale README).
-
-    ``--track`` limits what is printed or rendered to HTML; ``leaderboard/README.md`` always holds
-    every track, so ``--check`` compares the whole file.
-    """
+    ``--track`` limits what is printed or rendered to HTML, never the README (every track)."""
     if check and (md or html is not None):
         writes = " and ".join(flag for flag, on in (("--md", md), ("--html", html is not None)) if on)
         raise SpeedrunError(f"--check writes nothing, so it cannot be combined with {writes}; run them separately")
@@ -439,10 +339,8 @@ def leaderboard_command(
         if current == full:
             console.print(f"{README.as_posix()} is up to date")
             return 0
-        diff = list(
-            difflib.unified_diff(current.splitlines(), full.splitlines(), "committed", "generated", lineterm="", n=1)
-        )
-        console.print("\n".join(diff[:40]), markup=False, highlight=False, soft_wrap=True)
+        diff = difflib.unified_diff(current.splitlines(), full.splitlines(), "committed", "generated", lineterm="", n=1)
+        console.print("\n".join(islice(diff, 40)), markup=False, highlight=False, soft_wrap=True)
         console.print(
             f"[red]{README.as_posix()} differs from what the results files give[/]: "
             "run `speedrun leaderboard --md` and commit it (never edit it by hand)",
@@ -457,6 +355,15 @@ def leaderboard_command(
         page = html / "index.html"
         atomic_write_text(page, render_html(board, html, repo_root, shown))
         console.print(f"wrote {page}", highlight=False)
-    if not md and html is None:
-        _print_tables(board, shown, console)
+    for tid in shown if not md and html is None else []:
+        track, table = board.tracks[tid], board.tables[tid]
+        if not len(table):
+            console.print(f"{tid}: no results yet")
+            continue
+        out = Table(title=f"{tid} (v{track.version}): {_track_intro(track)}", title_justify="left")
+        for col in headers(track):
+            out.add_column(col, no_wrap=True)
+        for _, row in table.iterrows():
+            out.add_row(*cells(row, track, row["submission"]), style=None if math.isfinite(row["rank"]) else "dim")
+        console.print(out)
     return 0

@@ -13,30 +13,19 @@ from speedrun.fileio import NAME_MAX
 from speedrun.tracks import REPO_ROOT
 
 
-def _expand(path: Path, where: str) -> Path:
-    # "~" is expanded here because no shell does it in "--runs-dir=~/x" or in a quoted variable.
-    try:
+def _root(explicit: Path | None, flag: str, env: str, default: str) -> Path:
+    if explicit is None and not os.environ.get(env):
+        return REPO_ROOT / default
+    path, where = (Path(explicit), flag) if explicit is not None else (Path(os.environ[env]), f"${env}")
+    try:  # no shell expands "~" in "--runs-dir=~/x" or in a quoted variable
         return path.expanduser()
     except RuntimeError:  # "~nobody-here/x", or no home folder at all
         raise SpeedrunError(f"{where} {path}: cannot expand '~' (no such user, or no home folder)") from None
 
 
-def _root(explicit: Path | None, flag: str, env: str, default: str) -> Path:
-    if explicit is not None:
-        return _expand(Path(explicit), flag)
-    if os.environ.get(env):
-        return _expand(Path(os.environ[env]), f"${env}")
-    return REPO_ROOT / default
-
-
 def lookup(path: Path) -> str | None:
-    """What is at ``path``: "folder", "file" (anything else), or None where nothing is (no such
-    entry, or a file where a folder of its path should be).
-
-    Raises OSError for what else stops the look: a name the system refuses (too long), a folder
-    that may not be searched. ``Path.exists`` and friends cannot tell those from "nothing there":
-    from Python 3.14 they answer False, and a name too long would read as merely missing.
-    """
+    """What is at ``path``: "folder", "file" (anything else), or None where nothing is. Unlike
+    ``Path.exists`` (False from Python 3.14), raises OSError for a name too long or a folder not searchable."""
     try:
         found = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -45,13 +34,8 @@ def lookup(path: Path) -> str | None:
 
 
 def unusable_part(path: Path, *, write: bool = True) -> str | None:
-    """What stops creating ``path`` with its parents, in words, or None if nothing does.
-
-    Its nearest existing part must be a folder that may be entered and, with ``write``, written in
-    ("<part> is a file", "<part> cannot be entered/written (permission denied)"); no part may be a
-    broken symbolic link; and the names still to be created must fit ("<part> cannot be used (File
-    name too long)"): no lookup checks a name below a missing folder.
-    """
+    """What stops creating ``path`` with its parents, in words ("<part> is a file"), or None: its nearest
+    existing part must be a folder to enter (and ``write`` in), none a broken link, and the names to create must fit."""
     path = Path(path).absolute()
     refused: OSError | None = None  # a lookup the system refused for another reason than permission
     denied = False
@@ -89,10 +73,7 @@ def data_root(explicit: Path | None = None) -> Path:
 
 
 def prepare_command(track_id: str, root: Path) -> str:
-    """The ``speedrun prepare`` command line that prepares ``track_id`` under data root ``root``.
-
-    ``--data-dir`` is named unless ``root`` is the default, so the command fixes the folder looked in.
-    """
+    """The ``speedrun prepare`` command line for ``track_id`` under ``root`` (named unless the default)."""
     cmd = f"speedrun prepare --track {track_id}"
     if Path(root).resolve() != data_root().resolve():
         cmd += f" --data-dir {quote(str(root))}"

@@ -1,8 +1,5 @@
-"""``speedrun run``: validate, prepare, train each seed, evaluate in a separate process, write results.
-
-A finished seed (valid results file) is skipped; a killed seed resumes from its last checkpoint.
-Options are checked before anything is prepared or written, and each seed's run folder is locked
-(``run.lock``) while it trains, is evaluated and has its result written.
+"""``speedrun run``: check the options, prepare, then train each seed, evaluate it in a separate process and
+write its result, with its run folder locked. A finished seed is skipped; a killed one resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -14,84 +11,91 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from contextlib import suppress
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from speedrun.checkpoint import discard_checkpoints, read_meta, rerun_advice
-from speedrun.devices import DEVICES, MAX_SEED, PARALLEL_MODES
+from speedrun import advice
+from speedrun.checkpoint import discard_checkpoints, read_meta
+from speedrun.devices import DEVICES, MAX_SEED, PARALLEL_MODES, ParallelMode
 from speedrun.errors import SpeedrunError, TrainingInterrupted
 from speedrun.fileio import atomic_write_bytes
 from speedrun.locks import results_lock, seed_lock
 from speedrun.paths import data_root, runs_root, unusable_part
+from speedrun.provenance import code_changes, code_record, hardware_info, harness_sha256, now_iso, software_info
 from speedrun.results import (
     EvalPoint,
+    EvalReport,
+    Failure,
     Provenance,
+    RunResult,
     Speed,
     Timing,
-    code_changes,
-    code_record,
+    TrainSummary,
     finalize,
-    hardware_info,
-    harness_sha256,
     load_result,
-    now_iso,
-    software_info,
     write_result,
 )
 from speedrun.submission import MANIFEST, Submission, load_submission
 from speedrun.tracks import REPO_ROOT, Track, canonical_hash, load_track
-from speedrun.worker import SUMMARY, train_seed
+from speedrun.worker import SUMMARY, cli_flags, train_seed
 
 
-@dataclass(frozen=True, kw_only=True)
-class RunOptions:
+class RunOptions(BaseModel):
+    """The options of ``speedrun run``, checked once here, for the CLI and Python callers alike: a bad
+    value is a ``SpeedrunError`` naming its flag (``--seed -1: must be from 0 to ...``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     track: str | None = None
-    seeds: int = 1
-    seed: int | None = None
-    nproc: int = 1
-    nnodes: int = 1
-    node_rank: int = 0
+    seeds: int = Field(1, ge=1, le=MAX_SEED)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    nproc: int = Field(1, ge=1)
+    nnodes: int = Field(1, ge=1)
+    node_rank: int = Field(0, ge=0)
     master_addr: str = "127.0.0.1"
-    master_port: int = 29500
-    device: str | None = None
+    master_port: int = Field(29500, ge=1, le=65535)
+    device: Literal[DEVICES] | None = None  # type: ignore[valid-type]
     resume: bool = True
     data_dir: Path | None = None
     runs_dir: Path | None = None
     progress: bool = True
-    parallel: str = "auto"
+    parallel: ParallelMode = "auto"
+
+    def __init__(self, **options: Any) -> None:
+        try:
+            super().__init__(**options)
+        except ValidationError as exc:
+            raise SpeedrunError("; ".join(map(_option_problem, exc.errors()))) from None
+        if self.node_rank >= self.nnodes:
+            raise SpeedrunError(f"--node-rank {self.node_rank}: must be from 0 to --nnodes - 1 ({self.nnodes - 1})")
 
 
-def run_dir_for(submission: Submission, track: Track, seed: int, runs_dir: Path | None) -> Path:
-    return runs_root(runs_dir) / submission.name / track.id / f"seed{seed}"
+CHOICES = {"device": DEVICES, "parallel": PARALLEL_MODES}
+
+
+def _option_problem(error: dict[str, Any]) -> str:
+    """``--flag value: what it must be`` for one pydantic error of RunOptions."""
+    name = str(error["loc"][0])
+    field = RunOptions.model_fields[name]
+    value = error.get("input")
+    bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "le") if getattr(m, k, None) is not None}
+    if "ge" in bounds and isinstance(value, int):
+        rule = f"from {bounds['ge']} to {bounds['le']}" if "le" in bounds else f"{bounds['ge']} or more"
+    elif name in CHOICES:
+        rule = f"one of {', '.join(CHOICES[name])}"
+    else:
+        rule = error["msg"]
+    return f"--{name.replace('_', '-')} {value!r}: must be {rule}"
 
 
 def check_options(o: RunOptions, track: Track) -> None:
-    """Refuse options that would fail (or train wrongly) later, before anything is prepared or written.
-
-    The CLI's parser already refuses most of these; ``run_submission`` is also called from Python.
-    """
-    if o.parallel not in PARALLEL_MODES:
-        raise SpeedrunError(f"--parallel {o.parallel!r}: must be one of {', '.join(PARALLEL_MODES)}")
-    if o.device is not None and o.device not in DEVICES:
-        raise SpeedrunError(f"--device {o.device!r}: must be one of {', '.join(DEVICES)} (or left out)")
-    if o.seed is not None and not 0 <= o.seed <= MAX_SEED:
-        raise SpeedrunError(f"--seed {o.seed}: must be from 0 to {MAX_SEED}")
-    if not 1 <= o.seeds <= MAX_SEED:
-        raise SpeedrunError(f"--seeds {o.seeds}: must be from 1 to {MAX_SEED}")
-    if o.nproc < 1:
-        raise SpeedrunError(f"--nproc {o.nproc}: must be 1 or more")
-    if o.nnodes < 1:
-        raise SpeedrunError(f"--nnodes {o.nnodes}: must be 1 or more")
-    if not 0 <= o.node_rank < o.nnodes:
-        raise SpeedrunError(f"--node-rank {o.node_rank}: must be from 0 to --nnodes - 1 ({o.nnodes - 1})")
-    if not 1 <= o.master_port <= 65535:
-        raise SpeedrunError(f"--master-port {o.master_port}: must be a TCP port, from 1 to 65535")
+    """Refuse options that would fail on this machine or track, before anything is prepared or written."""
     if o.device == "cuda" and not torch.cuda.is_available():
         raise SpeedrunError("--device cuda: this machine has no usable CUDA device; use --device cpu")
     world = o.nproc * o.nnodes
@@ -101,9 +105,7 @@ def check_options(o: RunOptions, track: Track) -> None:
             f"--nproc {o.nproc} x --nnodes {o.nnodes} = {world} processes do not divide track '{track.id}''s "
             f"global batch {batch} (train.global_batch); use a process count that divides {batch}"
         )
-    # The folders as paths.py resolves them, so $SPEEDRUN_DATA_DIR / $SPEEDRUN_RUNS_DIR are checked too.
-    # Each is created later, with its parents; a prepared data folder may be read-only (prepare
-    # itself refuses one it has to write in).
+    # As paths.py resolves them ($SPEEDRUN_*_DIR too); a prepared data folder may be read-only.
     for option, env, explicit, root, write in (
         ("--data-dir", "$SPEEDRUN_DATA_DIR", o.data_dir, data_root(o.data_dir), False),
         ("--runs-dir", "$SPEEDRUN_RUNS_DIR", o.runs_dir, runs_root(o.runs_dir), True),
@@ -114,45 +116,33 @@ def check_options(o: RunOptions, track: Track) -> None:
 
 
 def _child_env(**extra: str) -> dict[str, str]:
-    """The environment of the torchrun and evaluation processes this launcher starts.
-
-    ``python -m`` puts the current folder first on ``sys.path``, where a stray ``torch.py`` or another
-    checkout's ``speedrun/`` would be imported instead: PYTHONSAFEPATH (Python 3.11+) leaves it out,
-    and the folder this harness is imported from goes first, so the children run this very code.
-    """
+    """The environment of the torchrun and evaluation processes: they import this very harness, not a
+    stray ``speedrun/`` or ``torch.py`` in the current folder, which ``python -m`` would put first."""
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "PYTHONSAFEPATH": "1", "PYTHONPATH": path, **extra}
 
 
 def _train(
     submission: Submission, track: Track, seed: int, run_dir: Path, o: RunOptions, lock_fds: tuple[int, ...]
-) -> dict:
+) -> TrainSummary | None:
+    """Train the seed in this process or under torchrun; its summary (None on nodes other than 0)."""
     if o.nproc == 1 and o.nnodes == 1:
         return train_seed(
             submission, track, seed, run_dir, data_dir=o.data_dir, device=o.device, resume=o.resume, progress=o.progress
         )
+    # Named here, not by the workers: a dynamic rendezvous numbers the nodes itself; nodes may share the run folder.
+    stopped = run_dir / f"interrupted-node{o.node_rank}.json"
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
-        f"--nproc-per-node={o.nproc}", f"--nnodes={o.nnodes}", f"--node-rank={o.node_rank}",
-        f"--master-addr={o.master_addr}", f"--master-port={o.master_port}",
-        "-m", "speedrun.worker", str(submission.path), "--track", track.id, "--seed", str(seed),
-        "--run-dir", str(run_dir), "--parallel", o.parallel,
+        *cli_flags(nproc_per_node=o.nproc, nnodes=o.nnodes, node_rank=o.node_rank, master_addr=o.master_addr,
+                   master_port=o.master_port),
+        "-m", "speedrun.worker", str(submission.path),
+        *cli_flags(track=track.id, seed=seed, run_dir=run_dir, parallel=o.parallel, data_dir=o.data_dir,
+                   device=o.device, no_resume=not o.resume, stop_message=stopped,
+                   worker_lock=bool(lock_fds)),  # this launcher locked the seed: its workers lock too
     ]
-    if o.data_dir:
-        cmd += ["--data-dir", str(o.data_dir)]
-    if o.device:
-        cmd += ["--device", o.device]
-    if not o.resume:
-        cmd.append("--no-resume")
-    if lock_fds:  # this launcher locked the seed: its workers lock too (the other nodes' do not)
-        cmd.append("--worker-lock")
-    # Named here, not by the workers from their environment: a dynamic rendezvous numbers the nodes
-    # itself. Nodes may share the run folder, so each has its own.
-    stopped = run_dir / f"interrupted-node{o.node_rank}.json"
-    cmd += ["--stop-message", str(stopped)]
     if not o.resume and o.node_rank == 0:
-        # Here, not only on rank 0: should that fail, the other ranks would wait for it at their first
-        # collective until torchrun stopped them.
+        # Here, not on rank 0: should that fail, the other ranks would wait for it at their first collective.
         discard_checkpoints(run_dir / "checkpoints")
     try:
         stopped.unlink(missing_ok=True)  # an earlier launch's
@@ -162,49 +152,34 @@ def _train(
         ) from None
     returncode = _wait_for_torchrun(cmd, lock_fds)
     if returncode != 0:
-        stop = _stop_message(stopped)
-        if stop is not None:
-            raise stop
-        raise SpeedrunError(f"training of seed {seed} failed under torchrun (exit {returncode}); see the log above")
+        try:  # torchrun exits 1 whatever stopped its workers: the first one's stop message says what did
+            stop = json.loads(stopped.read_text())
+            interrupted = TrainingInterrupted(str(stop["message"]), int(stop["signum"]))
+        except (OSError, ValueError, KeyError, TypeError):  # none, or not one this harness wrote
+            raise SpeedrunError(
+                f"training of seed {seed} failed under torchrun (exit {returncode}); see the log above"
+            ) from None
+        with suppress(OSError):  # the next launch removes it first, and says so if it cannot
+            stopped.unlink()
+        raise interrupted
     if o.node_rank != 0:
-        return {}
-    return json.loads((run_dir / SUMMARY).read_text())
+        return None
+    return TrainSummary.model_validate_json((run_dir / SUMMARY).read_bytes())
 
 
-def _evaluate(checkpoint: Path, track: Track, out: Path, o: RunOptions, lock_fds: tuple[int, ...]) -> dict:
-    """Evaluate in a separate process so nothing of the training process (or its code) leaks in."""
-    cmd = [sys.executable, "-m", "speedrun.cli", "eval", str(checkpoint), "--track", track.id, "--out", str(out)]
-    if o.device:
-        cmd += ["--device", o.device]
-    if o.data_dir:
-        cmd += ["--data-dir", str(o.data_dir)]
-    proc = subprocess.run(cmd, env=_child_env(PYTHONUNBUFFERED="1"), pass_fds=lock_fds)
-    if proc.returncode != 0:
-        raise SpeedrunError(f"evaluation of {checkpoint} failed (exit {proc.returncode}); see the message above")
-    return _read_eval(out)
-
-
-def _read_eval(path: Path) -> dict:
-    """A metrics file ``speedrun eval`` wrote earlier for this run (written atomically)."""
-    again = "delete it to evaluate that checkpoint again"
+def _read_eval(path: Path) -> EvalReport:
     try:
-        report = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SpeedrunError(f"{path}: unreadable or corrupted ({exc}); {again}") from None
-    if not isinstance(report, dict) or not {"step", "metrics", "samples"} <= report.keys():
-        raise SpeedrunError(f"{path}: not a metrics file of `speedrun eval`; {again}")
-    return report
+        return EvalReport.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError) as exc:
+        raise SpeedrunError(
+            f"{path}: not a metrics file of `speedrun eval` ({str(exc).splitlines()[0]}); delete it to evaluate "
+            "that checkpoint again"
+        ) from None
 
 
 def _evaluation_identity(track: Track) -> dict[str, str]:
-    """What a metrics file must record to stand for an evaluation now, besides its weights: this
-    track's version and protocol, scored by this harness code. ``speedrun eval`` records the hash of
-    the track file (overrides only change training), so that is the one expected.
-
-    Weights alone are not enough: a seed started over with --no-resume after an evaluation change
-    (a new track version, a fix to a metric) trains bit-identical weights on a CPU, and its results
-    would carry the old numbers under the new track and code hashes.
-    """
+    """What a metrics file must record, besides its weights, to stand for an evaluation now: the track
+    file and protocol, scored by this harness (a seed started over trains bit-identical weights on a CPU)."""
     from speedrun.eval.run import protocol
 
     return {
@@ -214,22 +189,22 @@ def _evaluation_identity(track: Track) -> dict[str, str]:
     }
 
 
-def _scored_here(report: dict, checkpoint: Path, identity: dict[str, str]) -> bool:
-    """Whether an earlier metrics file may stand for evaluating ``checkpoint`` now: it scored these
-    very weights, and records ``identity`` (``_evaluation_identity`` of the track)."""
-    weights = read_meta(checkpoint, verify=False)["files"].get("model.safetensors")
-    return report.get("model_sha256") == weights and all(report.get(k) == v for k, v in identity.items())
+def _scored_here(report: EvalReport, checkpoint: Path, identity: dict[str, str]) -> bool:
+    """Whether an earlier metrics file scored these very weights, with ``_evaluation_identity``."""
+    weights = read_meta(checkpoint, verify=False).files.get("model.safetensors")
+    recorded = report.model_dump()
+    return report.model_sha256 == weights and all(recorded[k] == v for k, v in identity.items())
 
 
-def _finished(submission: Submission, track: Track, seed: int, results_path: Path) -> bool:
-    """Whether the seed has a result of this very code and track; SpeedrunError for a damaged or stale one."""
+def _finished(submission: Submission, track: Track, seed: int, results_path: Path, console: Console) -> bool:
+    """Whether the seed has a result of this very code and track (then skipped); SpeedrunError for a
+    damaged or stale one."""
     if not results_path.exists():
         return False
     try:
         done = load_result(results_path)
     except SpeedrunError as exc:
         raise SpeedrunError(f"{exc}. Move it away to re-run seed {seed}.") from None
-    # Skipping is right only for a result of this very code and track; an older one is stale.
     changed = [str(c) for c in code_changes(done.provenance.code, code_record(submission.path))]
     if done.provenance.track_hash != load_track(track.id).content_hash:
         changed.append(f"track '{track.id}' changed")
@@ -238,35 +213,28 @@ def _finished(submission: Submission, track: Track, seed: int, results_path: Pat
             f"{results_path}: seed {seed} has a result from other code or track ({'; '.join(changed)}); "
             f"move it away to re-run seed {seed} with the current files"
         )
+    console.print(f"seed {seed}: already finished ({results_path}), skipped")
     return True
 
 
 def run_one_seed(submission: Submission, track: Track, seed: int, o: RunOptions, console: Console) -> Path | None:
     results_path = submission.results_dir(track.id) / f"seed{seed}.json"
     # Checked before locking so a finished seed is skipped without creating its run folder.
-    if _finished(submission, track, seed, results_path):
-        console.print(f"seed {seed}: already finished ({results_path}), skipped")
+    if _finished(submission, track, seed, results_path, console):
         return results_path
-    run_dir = run_dir_for(submission, track, seed, o.runs_dir)
+    run_dir = runs_root(o.runs_dir) / submission.name / track.id / f"seed{seed}"
     if o.node_rank != 0:
-        # Only node 0's launcher and workers lock: on a shared filesystem the other nodes' would
-        # find its locks held.
+        # Only node 0 locks: on a shared filesystem the other nodes would find its locks held.
         return _train_evaluate_record(submission, track, seed, run_dir, results_path, o, console, ())
     with results_lock(results_path), seed_lock(run_dir) as lock_fd:
-        # Another run may have finished this seed between the check above and taking the lock.
-        if _finished(submission, track, seed, results_path):
-            console.print(f"seed {seed}: already finished ({results_path}), skipped")
+        if _finished(submission, track, seed, results_path, console):  # another run finished it meanwhile
             return results_path
         return _train_evaluate_record(submission, track, seed, run_dir, results_path, o, console, (lock_fd,))
 
 
 def _wait_for_torchrun(cmd: list[str], lock_fds: tuple[int, ...]) -> int:
-    """Run torchrun to its end and return its exit status.
-
-    A terminal's Ctrl-C reaches torchrun as well as this launcher: torchrun stops its workers, which
-    finish their step and checkpoint. Dying of it here would leave them to do so unwatched and lose
-    their stop message, so this launcher waits for them instead.
-    """
+    """Run torchrun to its end and return its exit status. A terminal's Ctrl-C reaches torchrun too, which
+    stops its workers at a checkpoint: this launcher ignores it to wait for them and their stop message."""
     proc = subprocess.Popen(cmd, env=_child_env(), pass_fds=lock_fds)
     if threading.current_thread() is not threading.main_thread():
         return proc.wait()  # only the main thread may set signal handlers; signals reach it alone anyway
@@ -277,22 +245,6 @@ def _wait_for_torchrun(cmd: list[str], lock_fds: tuple[int, ...]) -> int:
         signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
 
 
-def _stop_message(path: Path) -> TrainingInterrupted | None:
-    """The interruption this node's first worker recorded in ``path`` (and removes), or None if there is none to read.
-
-    torchrun exits 1 whatever stopped its workers; this message has the signal and the command that
-    resumes the seed.
-    """
-    try:
-        stop = json.loads(path.read_text())
-        interrupted = TrainingInterrupted(str(stop["message"]), int(stop["signum"]))
-    except (OSError, ValueError, KeyError, TypeError):  # none, or not one this harness wrote
-        return None
-    with suppress(OSError):  # the next launch removes it first, and says so if it cannot
-        path.unlink()
-    return interrupted
-
-
 def _train_evaluate_record(
     submission: Submission, track: Track, seed: int, run_dir: Path, results_path: Path, o: RunOptions,
     console: Console, lock_fds: tuple[int, ...],
@@ -300,136 +252,101 @@ def _train_evaluate_record(
     wall0 = time.perf_counter()
     console.print(f"[bold]seed {seed}[/]: training {submission.name} on {track.id} -> {run_dir}")
     summary = _train(submission, track, seed, run_dir, o, lock_fds)
-    if not summary:
+    if summary is None:
         return None
-    with _advice_once_trained(seed, o.resume):
-        evals: list[dict] = []
+    with advice.once_trained(seed, o.resume):
+        evals: list[EvalReport] = []
         eval_s = 0.0
-        if summary["status"] == "ok":
+        if summary.status == "ok":
             identity = _evaluation_identity(track)
-            for name in summary["eval_checkpoints"]:
+            for name in summary.eval_checkpoints:
                 ckpt = run_dir / "checkpoints" / name
                 out = run_dir / "eval" / f"{name}.json"
-                if out.exists():
-                    report = _read_eval(out)
-                    if _scored_here(report, ckpt, identity):
-                        evals.append(report)
-                        continue
+                if out.exists() and _scored_here(report := _read_eval(out), ckpt, identity):
+                    evals.append(report)
+                    continue
+                # In a separate process, so nothing of the training process (or its code) leaks in.
                 console.print(f"seed {seed}: evaluating {name}")
                 t0 = time.perf_counter()
-                evals.append(_evaluate(ckpt, track, out, o, lock_fds))
+                cmd = [sys.executable, "-m", "speedrun.cli", "eval", str(ckpt)]
+                cmd += cli_flags(track=track.id, out=out, device=o.device, data_dir=o.data_dir)
+                code = subprocess.run(cmd, env=_child_env(PYTHONUNBUFFERED="1"), pass_fds=lock_fds).returncode
+                if code != 0:
+                    raise SpeedrunError(f"evaluation of {ckpt} failed (exit {code}); see the message above")
+                evals.append(_read_eval(out))
                 eval_s += time.perf_counter() - t0
         result = assemble_result(submission, track, seed, summary, evals, eval_s, time.perf_counter() - wall0, o)
-        if changed := code_changes(summary["code"], code_record(submission.path)):
+        if changed := code_changes(summary.code, code_record(submission.path)):
             console.print(
                 f"[yellow]seed {seed}: files changed while it ran ({'; '.join(map(str, changed))}); its result names "
                 "the code that trained, so `speedrun verify` will call it stale against the files now[/]"
             )
-        # A write killed midway leaves only a hidden temporary file (never read); remove it so it is not
-        # committed with the results.
+        # A write killed midway leaves a hidden temporary file: not to be committed with the results.
         for name in (results_path.name, results_path.with_suffix(".png").name):
             for stale in results_path.parent.glob(f".{name}.tmp-*"):
                 stale.unlink(missing_ok=True)
-        if evals and evals[-1].get("grid"):
-            # The final sample grid travels with the results for the leaderboard page. It is in place
-            # before the results file, whose presence marks the seed finished (a re-run skips it).
-            grid = run_dir / "eval" / evals[-1]["grid"]
-            if grid.is_file():
-                atomic_write_bytes(results_path.with_suffix(".png"), grid.read_bytes())
+        grid = run_dir / "eval" / evals[-1].grid if evals and evals[-1].grid else None
+        if grid is not None and grid.is_file():
+            # For the leaderboard page; written before the results file, which marks the seed finished.
+            atomic_write_bytes(results_path.with_suffix(".png"), grid.read_bytes())
         write_result(results_path, result)
         console.print(f"seed {seed}: {result.status}; results -> {results_path}")
         return results_path
 
 
-@contextmanager
-def _advice_once_trained(seed: int, resume: bool) -> Iterator[None]:
-    """After training a ``--no-resume`` seed, say how to finish it without training it again: any
-    advice to run the same command again would start it over from step 0."""
-    if resume:
-        yield
-        return
-    trained = (
-        f"Seed {seed} is trained: {rerun_advice(seed, False)} to evaluate and record its checkpoints; with "
-        "--no-resume it trains again from step 0."
-    )
-    try:
-        yield
-    except SpeedrunError as exc:
-        raise SpeedrunError(f"{exc}\n{trained}") from None
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(f"evaluation of seed {seed} was interrupted. {trained}", signal.SIGINT) from None
-
-
-def assemble_result(submission, track, seed, summary, evals, eval_s, wall_s, o: RunOptions):
+def assemble_result(
+    submission: Submission, track: Track, seed: int, summary: TrainSummary, evals: list[EvalReport], eval_s: float,
+    wall_s: float, o: RunOptions,
+) -> RunResult:
     from speedrun.data.source import dataset_manifest_sha256
 
-    base = load_track(track.id)
+    s = summary
     device = torch.device("cuda" if (o.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda" else "cpu")
-    world = summary["world_size"]
-    final = evals[-1] if evals else {"metrics": {}, "unavailable": {}}
-    failure = None
-    if summary["status"] != "ok":
-        failure = {
-            "step": summary["diverged_at"],
-            "reason": summary["reason"],
-            "last_finite_loss": summary["last_finite_loss"],
-        }
-    code = summary["code"]  # hashed before training began (train_seed)
-    ref_hashes: dict[str, str] = {}
-    weights: dict[str, str] = {}
-    for e in evals:
-        ref_hashes.update(e.get("reference_stats_sha256", {}))
-        weights.update(e.get("extractor_weights", {}))
-    data = {
+    final = evals[-1] if evals else None
+    return finalize({
         "run_id": f"seed{seed}",
         "submission": submission.name,
         "track": track.id,
         "track_version": track.version,
         "seed": seed,
-        "status": summary["status"],
-        "failure": failure,
-        "steps": summary["steps"],
-        "metrics": final["metrics"],
-        "unavailable": final.get("unavailable", {}),
-        "evals": [
-            EvalPoint(step=e["step"], metrics=e["metrics"], unavailable=e.get("unavailable", {}), samples=e["samples"])
-            for e in evals
-        ],
-        "val_loss_curve": summary["val_loss_curve"],
-        "speed": Speed(
-            batches_per_second=summary["batches_per_second"],
-            images_per_second=summary["images_per_second"],
-            flops_per_step=summary["flops_per_step"],
-            mfu=summary["mfu"],
-            peak_memory_bytes=summary["peak_memory_bytes"],
+        "status": s.status,
+        "failure": None if s.status == "ok" else Failure(
+            step=s.diverged_at, reason=s.reason, last_finite_loss=s.last_finite_loss
         ),
+        "steps": s.steps,
+        "metrics": final.metrics if final else {},
+        "unavailable": final.unavailable if final else {},
+        "evals": [
+            EvalPoint(step=e.step, metrics=e.metrics, unavailable=e.unavailable, samples=e.samples) for e in evals
+        ],
+        "val_loss_curve": s.val_loss_curve,
+        "speed": Speed(**s.model_dump(include=set(Speed.model_fields))),
         "timing": Timing(
-            train_clock_s=summary["clock_seconds"],
-            warmup_s=summary["warmup_seconds"],
-            data_s=summary["data_seconds"],
-            checkpoint_s=summary["checkpoint_seconds"],
-            validation_s=summary["validation_seconds"],
+            train_clock_s=s.clock_seconds,
+            warmup_s=s.warmup_seconds,
+            data_s=s.data_seconds,
+            checkpoint_s=s.checkpoint_seconds,
+            validation_s=s.validation_seconds,
             eval_s=eval_s,
             wall_s=wall_s,
-            gpu_hours=summary["clock_seconds"] * world / 3600 if device.type == "cuda" else 0.0,
+            gpu_hours=s.clock_seconds * s.world_size / 3600 if device.type == "cuda" else 0.0,
         ),
-        "kernels": summary["kernels"],
-        "world_size": world,
-        "hardware": hardware_info(device, world, o.nproc),
+        "kernels": s.kernels,
+        "world_size": s.world_size,
+        "hardware": hardware_info(device, s.world_size, o.nproc),
         "software": software_info(),
         "provenance": Provenance(
-            manifest_sha256=code["submission_files"][MANIFEST],
-            submission_files=code["submission_files"],
-            harness_sha256=code["harness_sha256"],
-            track_hash=base.content_hash,
+            manifest_sha256=s.code["submission_files"][MANIFEST],
+            submission_files=s.code["submission_files"],
+            harness_sha256=s.code["harness_sha256"],
+            track_hash=load_track(track.id).content_hash,
             overrides=submission.manifest.flat_overrides(),
             dataset_manifest_sha256=dataset_manifest_sha256(track, data_root(o.data_dir)),
-            reference_stats_sha256=ref_hashes,
-            extractor_weights=weights,
+            reference_stats_sha256={k: v for e in evals for k, v in e.reference_stats_sha256.items()},
+            extractor_weights={k: v for e in evals for k, v in e.extractor_weights.items()},
         ),
         "created_at": now_iso(),
-    }
-    return finalize(data)
+    })
 
 
 def run_submission(path: Path, o: RunOptions, console: Console) -> list[Path]:

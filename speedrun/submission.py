@@ -1,9 +1,4 @@
-"""Submission manifests: ``submissions/<name>/submission.toml``, validated without running its code.
-
-A manifest names the entry, its authors, the tracks it targets (the first is the default for
-``speedrun run``), its components with their parameters, and overrides of the fields its tracks
-allow. Validation reads ``components.py`` only as text (``ast``), never imports it.
-"""
+"""Submission manifests, ``submissions/<name>/submission.toml``, validated without running their code."""
 
 from __future__ import annotations
 
@@ -33,7 +28,6 @@ class ComponentEntry(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict, description="The component's Params.")
 
     @field_validator("name")
-    @classmethod
     def _slug(cls, v: str) -> str:
         if not SLUG.fullmatch(v):
             raise ValueError("a component name is lowercase letters, digits, '_' and '-'")
@@ -53,21 +47,18 @@ class Manifest(BaseModel):
     )
 
     @field_validator("name")
-    @classmethod
     def _slug(cls, v: str) -> str:
         if not SLUG.fullmatch(v):
             raise ValueError("a submission name is lowercase letters, digits, '_' and '-', at most 64, no paths")
         return v
 
     @field_validator("authors")
-    @classmethod
     def _authors(cls, v: list[str]) -> list[str]:
         if any(not a.strip() or len(a) > 200 for a in v):
             raise ValueError("each author is a non-empty name of at most 200 characters")
         return v
 
     @field_validator("tracks")
-    @classmethod
     def _track_ids(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
             raise ValueError("a track is listed twice")
@@ -123,7 +114,7 @@ class Submission:
 
 
 def _check_inside(folder: Path) -> None:
-    """Reject symlinks that leave the submission folder (a manifest may not reach outside)."""
+    """Reject symlinks that leave the submission folder."""
     root = folder.resolve()
     for p in folder.rglob("*"):
         if p.is_symlink():
@@ -136,12 +127,8 @@ def _check_inside(folder: Path) -> None:
 
 
 def load_submission(path: Path | str, tracks_dir: Path = TRACKS_DIR, registry: Registry | None = None) -> Submission:
-    """Validate a submission folder (or its ``submission.toml``) without running any of its code.
-
-    Checks: the manifest parses and matches the schema; the name equals the folder name; every
-    track exists and allows every override; every component is a built-in or is defined in
-    ``components.py``; built-in parameters validate against the component's ``Params``.
-    """
+    """Validate a submission folder (or its ``submission.toml``) without running any of its code: schema,
+    name, tracks, overrides and components (built-ins' ``Params``; ``components.py`` read with ``ast``)."""
     path = Path(path)
     try:
         if lookup(path) == "file" and path.name != MANIFEST:  # e.g. its components.py
@@ -156,9 +143,8 @@ def load_submission(path: Path | str, tracks_dir: Path = TRACKS_DIR, registry: R
     except OSError as exc:  # a name too long, or a folder that may not be entered
         raise SpeedrunError(f"{path}: cannot look at this submission folder ({exc.strerror or exc})") from None
     _check_inside(folder)
-    data = read_toml(manifest_path)
     try:
-        manifest = Manifest.model_validate(data)
+        manifest = Manifest.model_validate(read_toml(manifest_path))
     except ValidationError as exc:
         raise SpeedrunError(format_validation_error(str(manifest_path), exc)) from None
     if manifest.name != folder.resolve().name:
@@ -183,12 +169,11 @@ def load_submission(path: Path | str, tracks_dir: Path = TRACKS_DIR, registry: R
 
 
 def _check_components(manifest: Manifest, folder: Path, registry: Registry) -> None:
-    manifest_path = folder / MANIFEST
     custom_file = folder / CUSTOM_COMPONENTS
     custom = declared_component_names(custom_file) if custom_file.is_file() else []
     seen: set[str] = set()
     for i, entry in enumerate(manifest.components):
-        where = f"{manifest_path}: field 'components.{i}'"
+        where = f"{folder / MANIFEST}: field 'components.{i}'"
         if entry.name in seen:
             raise SpeedrunError(f"{where}: component '{entry.name}' is listed twice")
         seen.add(entry.name)
@@ -199,17 +184,14 @@ def _check_components(manifest: Manifest, folder: Path, registry: Registry) -> N
         if entry.name not in registry:
             known = sorted(set(registry.names()) | set(custom))
             raise SpeedrunError(f"{where}: unknown component '{entry.name}'; known: {known or 'none'}")
-        cls = registry.get(entry.name)
         try:
-            cls.Params.model_validate(entry.params)
+            registry.get(entry.name).Params.model_validate(entry.params)
         except ValidationError as exc:
             raise SpeedrunError(format_validation_error(f"{where} ({entry.name}).params", exc)) from None
 
 
 def discover_submissions(root: Path) -> list[Path]:
-    """Every folder under ``root`` holding a submission.toml, sorted; what verify checks and the
-    leaderboard ranks. Hidden folders and symbolic links are not submissions: a link would enter the
-    folder it points to a second time, with every one of its seeds counted twice."""
+    """Every folder under ``root`` holding a submission.toml, sorted; not hidden ones, nor links (counted twice)."""
     return sorted(
         p.parent for p in root.glob(f"*/{MANIFEST}") if not p.parent.name.startswith(".") and not p.parent.is_symlink()
     )

@@ -1,13 +1,9 @@
-"""Tracks: frozen, versioned race definitions loaded from ``tracks/<id>.toml``.
-
-A track fixes everything that decides a score: data, architecture, clock budget, sampler, metrics
-and ranking. Submissions may change only the fields listed in ``rules.allowed_overrides``.
-Every model here is frozen and rejects unknown keys, so a typo in a track file is an error, never a
-silently ignored setting. ``Track.content_hash`` is recorded in every result.
-"""
+"""Tracks: frozen, versioned race definitions, ``tracks/<id>.toml``, fixing everything that decides a
+score; submissions may change only its ``rules.allowed_overrides``. Unknown keys are errors."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -23,30 +19,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TRACKS_DIR = REPO_ROOT / "tracks"
 TRACK_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")  # use fullmatch: "$" would accept a trailing "\n"
 METRICS = ("fid", "cmmd", "dino_mmd", "val_loss", "prompt_adherence")
-# Fields a submission may ever be allowed to override; a track lists its subset. Everything else
-# (data, model, budget, batch, evaluation, ranking) is fixed by construction.
+# Fields a submission may ever be allowed to override (a track lists its subset); all else is fixed.
 OVERRIDABLE = frozenset(
-    {
-        "optim.lr",
-        "optim.betas",
-        "optim.eps",
-        "optim.weight_decay",
-        "optim.warmup_steps",
-        "optim.grad_clip",
-        "train.caption_dropout",
-        "train.compile",
-        "train.timesteps.mean",
-        "train.timesteps.std",
-        "train.timesteps.shift",
-        "train.timesteps.uniform_fraction",
-    }
+    [f"optim.{k}" for k in ("lr", "betas", "eps", "weight_decay", "warmup_steps", "grad_clip")]
+    + ["train.caption_dropout", "train.compile"]
+    + [f"train.timesteps.{k}" for k in ("mean", "std", "shift", "uniform_fraction")]
 )
 
 
 class _Frozen(BaseModel):
-    # strict: a TOML string is never coerced to a number or a bool ("1e-3", "true" are type errors);
-    # tuple fields opt out with Field(strict=False) so TOML arrays fill them (their items stay strict).
-    # No nan or inf: they pass one-sided bounds, train to nothing, and results JSON writes them as null.
+    # strict: TOML strings are never coerced; tuple fields opt out for TOML arrays. No nan or inf (they pass bounds).
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
@@ -63,15 +45,8 @@ class DataSpec(_Frozen):
     reference_examples: int = Field(gt=0, description="Held-out real images for metric statistics.")
     text_encoder: str = Field(description="Text encoder key in speedrun.data.text.")
     text_max_tokens: int = Field(gt=0)
-    train_images: bool = Field(
-        False,
-        description="Latent tracks: keep each train image (uint8, image_size square) beside its latent, for "
-        "components whose teacher needs pixels (REPA, iREPA). Pixel tracks store their images as x.",
-    )
-    split_hashes: dict[str, str] = Field(
-        default_factory=dict,
-        description="sha256 of each split's definition (captions and images); empty until pinned.",
-    )
+    train_images: bool = Field(False, description="Latent tracks: keep each train image for pixel teachers (REPA).")
+    split_hashes: dict[str, str] = Field(default_factory=dict, description="sha256 of each split; empty until pinned.")
 
     @model_validator(mode="after")
     def _vae_matches_representation(self) -> DataSpec:
@@ -100,7 +75,6 @@ class OptimSpec(_Frozen):
     grad_clip: float = Field(gt=0, description="Max global grad norm.")
 
     @field_validator("betas")
-    @classmethod
     def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not all(0.0 <= b < 1.0 for b in v):
             raise ValueError("each beta must be in [0, 1)")
@@ -125,10 +99,8 @@ class TimestepSpec(_Frozen):
 
 
 class TrainSpec(_Frozen):
-    steps: int = Field(gt=0, description="Step budget.")
-    max_seconds: float | None = Field(
-        None, gt=0, description="Optional timed budget (clock s): the run ends after the step its clock passes it in."
-    )
+    steps: int = Field(gt=0)
+    max_seconds: float | None = Field(None, gt=0, description="Timed budget (clock s): ends the step that passes it.")
     global_batch: int = Field(gt=0)
     caption_dropout: float = Field(ge=0, le=1)
     precision: Literal["fp32", "bf16"] = Field(description="bf16 = autocast on CUDA, fp32 master.")
@@ -139,7 +111,6 @@ class TrainSpec(_Frozen):
     timesteps: TimestepSpec = TimestepSpec()
 
     @field_validator("ema")
-    @classmethod
     def _no_ema(cls, v: bool) -> bool:
         if v:
             raise ValueError("EMA of the weights is not implemented (the PRX baseline trains without it); set false")
@@ -164,17 +135,13 @@ class EvalSpec(_Frozen):
     seed: int
     reference_split: Literal["reference"] = "reference"
     metrics: tuple[str, ...] = Field(strict=False)
-    extractors: Literal["pretrained", "random-init"] = Field(
-        "pretrained", description="random-init is allowed only for the smoke track's plumbing."
-    )
+    extractors: Literal["pretrained", "random-init"] = Field("pretrained", description="random-init: smoke track only.")
     batch_size: int = Field(gt=0, description="Fixed feature-extraction batch size.")
     val_loss: ValLossSpec
 
     @field_validator("metrics")
-    @classmethod
     def _known_metrics(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [m for m in v if m not in METRICS]
-        if unknown:
+        if unknown := [m for m in v if m not in METRICS]:
             raise ValueError(f"unknown metric(s) {unknown}; allowed: {list(METRICS)}")
         if len(set(v)) != len(v):
             raise ValueError("metrics listed twice")
@@ -191,10 +158,8 @@ class RulesSpec(_Frozen):
     seeds_required: int = Field(gt=0, description="Seeds a leaderboard entry needs.")
 
     @field_validator("allowed_overrides")
-    @classmethod
     def _overridable(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [f for f in v if f not in OVERRIDABLE]
-        if bad:
+        if bad := [f for f in v if f not in OVERRIDABLE]:
             raise ValueError(f"{bad} can never be overridden; overridable: {sorted(OVERRIDABLE)}")
         return v
 
@@ -212,7 +177,6 @@ class Track(_Frozen):
     rules: RulesSpec
 
     @field_validator("id")
-    @classmethod
     def _slug(cls, v: str) -> str:
         if not TRACK_ID.fullmatch(v):
             raise ValueError("a track id is lowercase letters, digits and '-', at most 64")
@@ -221,31 +185,25 @@ class Track(_Frozen):
     @model_validator(mode="after")
     def _ranking_is_a_metric(self) -> Track:
         if self.ranking.metric not in self.eval.metrics:
-            raise ValueError(
-                f"ranking.metric '{self.ranking.metric}' is not in eval.metrics {list(self.eval.metrics)}"
-            )
+            raise ValueError(f"ranking.metric '{self.ranking.metric}' is not in eval.metrics {list(self.eval.metrics)}")
         return self
 
     @property
     def content_hash(self) -> str:
-        """sha256 of the canonical JSON of every field: stable across processes and formatting."""
+        """sha256 of the canonical JSON of every field, recorded in every result."""
         return canonical_hash(self.model_dump(mode="json"))
 
     def with_overrides(self, overrides: dict[str, Any]) -> Track:
         """A copy with dotted-path ``overrides`` applied; each must be in ``rules.allowed_overrides``."""
-        forbidden = [k for k in overrides if k not in self.rules.allowed_overrides]
-        if forbidden:
+        if forbidden := [k for k in overrides if k not in self.rules.allowed_overrides]:
             raise SpeedrunError(
                 f"track '{self.id}' does not allow overriding {forbidden}; "
                 f"allowed: {list(self.rules.allowed_overrides) or 'nothing'}"
             )
         data = self.model_dump(mode="python")
         for key, value in overrides.items():
-            node = data
             *parents, leaf = key.split(".")
-            for part in parents:
-                node = node[part]
-            node[leaf] = value
+            functools.reduce(dict.__getitem__, parents, data)[leaf] = value
         try:
             return Track.model_validate(data)
         except ValidationError as exc:
@@ -253,7 +211,6 @@ class Track(_Frozen):
 
 
 def canonical_hash(obj: Any) -> str:
-    """sha256 hex of ``obj`` as sorted, compact JSON."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -265,7 +222,7 @@ _DEEP_DOTTED_KEY = re.compile(rf"(?<![A-Za-z0-9_-])(?:{_KEY_PART}[ \t]*\.[ \t]*)
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file, turning every failure into an error that names the file."""
+    """Parse a TOML file; every failure is an error naming the file."""
     try:
         with open(path, "rb") as handle:  # at most one byte past the limit: never a whole huge file
             raw = handle.read(MAX_TOML_BYTES + 1)
@@ -280,8 +237,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise SpeedrunError(f"{path}: not UTF-8 text") from None
     # tomllib spends O(parts^2) time and memory on one dotted key: refuse absurd ones before parsing.
-    deep = _DEEP_DOTTED_KEY.search(text)
-    if deep is not None:
+    if deep := _DEEP_DOTTED_KEY.search(text):
         line = text.count("\n", 0, deep.start()) + 1
         raise SpeedrunError(f"{path}: line {line}: a key nested too deeply (more than {_MAX_KEY_PARTS} dotted parts)")
     try:
@@ -293,9 +249,8 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def load_track_file(path: Path) -> Track:
-    data = read_toml(path)
     try:
-        track = Track.model_validate(data)
+        track = Track.model_validate(read_toml(path))
     except ValidationError as exc:
         raise SpeedrunError(format_validation_error(str(path), exc)) from None
     if track.id != path.stem:
@@ -304,8 +259,7 @@ def load_track_file(path: Path) -> Track:
 
 
 def available_tracks(tracks_dir: Path = TRACKS_DIR) -> list[str]:
-    """Ids of the track files in ``tracks_dir``; a ``*.toml`` that cannot be one is an error naming it
-    (a stray copy such as ``prx-256 copy.toml`` would otherwise break every command listing tracks)."""
+    """Ids of the track files in ``tracks_dir``; a ``*.toml`` that cannot be one (``prx-256 copy.toml``) is an error."""
     ids = []
     for path in sorted(tracks_dir.glob("*.toml")):
         if not path.is_file() or not TRACK_ID.fullmatch(path.stem):
@@ -318,8 +272,7 @@ def available_tracks(tracks_dir: Path = TRACKS_DIR) -> list[str]:
 
 
 def load_track(track_id: str, tracks_dir: Path = TRACKS_DIR) -> Track:
-    """Load ``tracks/<track_id>.toml``; an unknown id is an error listing the known ones."""
-    if not isinstance(track_id, str) or not TRACK_ID.fullmatch(track_id):
+    if not TRACK_ID.fullmatch(track_id):
         raise SpeedrunError(f"{track_id!r} is not a valid track id; known: {available_tracks(tracks_dir)}")
     path = tracks_dir / f"{track_id}.toml"
     if not path.is_file():

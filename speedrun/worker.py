@@ -1,8 +1,6 @@
-"""The training process of one seed: what ``speedrun run`` runs in-process or under torchrun.
-
-``python -m speedrun.worker SUBMISSION --track T --seed S --run-dir DIR`` builds the components
-(importing the submission's ``components.py`` here and only here), trains, and writes
-``DIR/train_summary.json`` atomically on rank 0.
+"""The training process of one seed, run by ``speedrun run`` in-process or under torchrun
+(``python -m speedrun.worker SUBMISSION --track T --seed S --run-dir DIR``). It alone imports the
+submission's ``components.py``; rank 0 writes ``DIR/train_summary.json`` atomically.
 """
 
 from __future__ import annotations
@@ -11,29 +9,40 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
-from speedrun import distributed
-from speedrun.checkpoint import rerun_advice
-from speedrun.components.base import Component
+from pydantic import ValidationError
+
+from speedrun import advice, distributed
 from speedrun.components.registry import Registry
 from speedrun.devices import PARALLEL_MODES
 from speedrun.errors import SpeedrunError, TrainingInterrupted, format_validation_error
 from speedrun.fileio import atomic_write_text
 from speedrun.locks import worker_lock
+from speedrun.protocol import Component, ContractError
+from speedrun.results import TrainSummary
 from speedrun.submission import Submission, load_submission
 from speedrun.tracks import Track
 
 SUMMARY = "train_summary.json"
 
 
+def cli_flags(**options: object) -> list[str]:
+    """Command-line flags for ``name=value`` options: ``--name value``; True is a bare ``--name``,
+    None or False leaves the flag out."""
+    flags: list[str] = []
+    for name, value in options.items():
+        if value is not None and value is not False:
+            flags += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return flags
+
+
 def build_components(submission: Submission) -> list[Component]:
     """Instantiate the manifest's components in order (imports components.py if present)."""
-    from pydantic import ValidationError
-
     registry = Registry()
     if submission.custom_components is not None:
         registry.load_submission_components(submission.custom_components)
@@ -52,16 +61,14 @@ def build_components(submission: Submission) -> list[Component]:
 
 @contextlib.contextmanager
 def blame_submission_code(submission: Submission) -> Iterator[None]:
-    """Report an exception raised in the submission's own files as one ``SpeedrunError`` naming them.
-
-    The message carries the exception and the submission's frames (file, line, source), which is what
-    its author needs; an exception with no frame in the submission is a harness bug and keeps its
-    full traceback.
-    """
+    """Report a broken component contract, or an exception raised in the submission's files (with its
+    frames there), as one ``SpeedrunError``; one with no frame there is a harness bug and keeps its traceback."""
     try:
         yield
     except SpeedrunError:
         raise
+    except ContractError as exc:
+        raise SpeedrunError(str(exc)) from exc
     except Exception as exc:
         folder = submission.path.resolve()
         frames = [
@@ -91,15 +98,12 @@ def train_seed(
     stop_after: int | None = None,
     parallel: str = "auto",
     stop_message: Path | None = None,
-) -> dict:
-    """Train one seed and return (and, on rank 0, write) the summary.
-
-    Under torchrun, which exits 1 whatever stopped its workers, ``stop_message`` is the file where
-    each node's first worker leaves an interruption for that node's launcher to report.
-    """
+) -> TrainSummary:
+    """Train one seed and return (and, on rank 0, write) the summary. ``stop_message``: where each node's
+    first worker leaves an interruption for its launcher (torchrun exits 1 whatever stopped them)."""
     from speedrun.data.source import TrainData
     from speedrun.paths import data_root
-    from speedrun.results import code_record
+    from speedrun.provenance import code_record
     from speedrun.train import Trainer, TrainOptions
 
     data = TrainData.open(track, data_root(data_dir))
@@ -112,18 +116,17 @@ def train_seed(
         "manifest": submission.manifest.model_dump(mode="json"),
         "effective_track": track.model_dump(mode="json"),
     }
-    # Hashed before components.py is imported: the code that trains is the code these name.
+    # Hashed before components.py is imported: the result's provenance names the code that trains.
     code = code_record(submission.path)
     with blame_submission_code(submission):
         components = build_components(submission)
         trainer = Trainer(track, data, components, options, log_header=header, code=code)
-        summary = trainer.run().to_json()
-    summary["code"] = code  # the result's provenance names this code, not the files at the run's end
-    if summary["status"] == "interrupted":
+        summary = trainer.run().model_copy(update={"code": code})
+    if summary.status == "interrupted":
         # Not a result: no summary file, so `speedrun run` never evaluates or records this seed.
         again = resume_command(submission, track, seed, run_dir, data_dir, device, parallel, trainer.dist.world_size)
         stop = TrainingInterrupted(
-            f"training of seed {seed} {summary['reason']}; checkpoint step-{summary['steps']:08d} is in "
+            f"training of seed {seed} {summary.reason}; checkpoint step-{summary.steps:08d} is in "
             f"{run_dir / 'checkpoints'}. `{again}` resumes it; the same command with --no-resume starts "
             "the seed over from step 0",
             trainer.stop_signal,
@@ -133,22 +136,19 @@ def train_seed(
         distributed.teardown()
         raise stop
     if trainer.dist.is_main:
-        atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2), again=rerun_advice(seed, resume))
+        with advice.training(seed, resume, run_dir / "checkpoints"):
+            atomic_write_text(run_dir / SUMMARY, summary.model_dump_json(indent=2))
     distributed.teardown()
     return summary
 
 
 def _leave_stop_message(stop: TrainingInterrupted, path: Path) -> None:
-    """Hand this node's stop message to its launcher, which reports it (the workers stay quiet).
-
-    Written before the teardown's barrier: once another rank exits, torchrun stops this one. If it
-    is not there to read, the launcher says "failed", so the message is printed here instead (a
-    write that failed only to sync its folder did put it there).
-    """
+    """Hand this node's stop message to its launcher, before the teardown's barrier (once another rank
+    exits, torchrun stops this one). If it is not there to read, print it here instead."""
     try:
         atomic_write_text(path, json.dumps({"message": str(stop), "signum": stop.signum}))
     except SpeedrunError:
-        if not path.is_file():
+        if not path.is_file():  # a write that failed only to sync its folder did put it there
             print(f"interrupted: {stop}", file=sys.stderr)
 
 
@@ -162,52 +162,38 @@ def resume_command(
     parallel: str,
     world_size: int,
 ) -> str:
-    """The ``speedrun run`` command line that continues this seed from its last checkpoint.
-
-    Under torchrun the launch comes from its environment: processes per node, and for several nodes
-    this node's rank and the rendezvous (each node runs its own line).
-    """
-    from shlex import quote
-
+    """The ``speedrun run`` command line that continues this seed from its last checkpoint; under
+    torchrun, the launch of this node as its environment describes it."""
     from speedrun.paths import runs_root
 
-    cmd = f"speedrun run {quote(str(submission.path))} --track {track.id} --seed {seed}"
     runs = run_dir.parents[2] if len(run_dir.parents) > 2 else run_dir
-    if runs.resolve() != runs_root().resolve():
-        cmd += f" --runs-dir {quote(str(runs))}"
-    if data_dir is not None:
-        cmd += f" --data-dir {quote(str(data_dir))}"
-    if device is not None:
-        cmd += f" --device {device}"
-    if parallel != "auto":
-        cmd += f" --parallel {parallel}"
+    launch: dict[str, object] = {}
     if world_size > 1:
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        cmd += f" --nproc {per_node}"
+        launch["nproc"] = per_node
         if per_node < world_size:
-            cmd += (
-                f" --nnodes {world_size // per_node} --node-rank {os.environ.get('GROUP_RANK', '0')}"
-                f" --master-addr {quote(os.environ.get('MASTER_ADDR', '127.0.0.1'))}"
-                f" --master-port {os.environ.get('MASTER_PORT', '29500')}"
+            launch.update(
+                nnodes=world_size // per_node,
+                node_rank=os.environ.get("GROUP_RANK", "0"),
+                master_addr=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+                master_port=os.environ.get("MASTER_PORT", "29500"),
             )
-    return cmd
+    flags = cli_flags(
+        track=track.id,
+        seed=seed,
+        runs_dir=runs if runs.resolve() != runs_root().resolve() else None,
+        data_dir=data_dir,
+        device=device,
+        parallel=parallel if parallel != "auto" else None,
+        **launch,
+    )
+    return shlex.join(["speedrun", "run", str(submission.path), *flags])
 
 
 def _train_from_args(args: argparse.Namespace) -> None:
+    options = {k: v for k, v in vars(args).items() if k not in ("submission", "track", "worker_lock")}
     sub = load_submission(args.submission)
-    train_seed(
-        sub,
-        sub.track(args.track),
-        args.seed,
-        args.run_dir,
-        data_dir=args.data_dir,
-        device=args.device,
-        resume=not args.no_resume,
-        progress=not args.no_progress,
-        stop_after=args.stop_after,
-        parallel=args.parallel,
-        stop_message=args.stop_message,
-    )
+    train_seed(sub, sub.track(args.track), **options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,14 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--track", required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
-    parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--no-resume", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--stop-after", type=int, default=None)
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--device")
+    parser.add_argument("--no-resume", dest="resume", action="store_false")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--stop-after", type=int)
     parser.add_argument("--parallel", choices=PARALLEL_MODES, default="auto")
     parser.add_argument("--worker-lock", action="store_true", help="share-lock the run folder's workers.lock")
-    parser.add_argument("--stop-message", type=Path, default=None, help="hand an interruption to the launcher here")
+    parser.add_argument("--stop-message", type=Path, help="hand an interruption to the launcher here")
     args = parser.parse_args(argv)
 
     try:
@@ -234,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"interrupted: {exc}", file=sys.stderr)
         return 128 + exc.signum  # the shell's convention for "ended by this signal"
     except SpeedrunError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {advice.explain(exc)}", file=sys.stderr)
         return 2
     return 0
 

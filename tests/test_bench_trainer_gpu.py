@@ -141,9 +141,9 @@ def test_host_update_turns_the_trainers_in_kernel_update_off(bench, monkeypatch)
     import torch
     from torch import nn
 
-    import speedrun.train
+    import speedrun.optim
 
-    monkeypatch.setattr(speedrun.train, "updates_in_kernel", speedrun.train.updates_in_kernel)
+    monkeypatch.setattr(speedrun.optim, "updates_in_kernel", speedrun.optim.updates_in_kernel)
     fused = torch.optim.AdamW(nn.Linear(2, 2).parameters(), fused=True)
-    assert bench.choose_update(False) == "in-kernel" and speedrun.train.updates_in_kernel(fused)
-    assert bench.choose_update(True) == "host" and not speedrun.train.updates_in_kernel(fused)
+    assert bench.choose_update(False) == "in-kernel" and speedrun.optim.updates_in_kernel(fused)
+    assert bench.choose_update(True) == "host" and not speedrun.optim.updates_in_kernel(fused)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from speedrun.checkpoint import discard_checkpoints, resume_advice
+from speedrun.checkpoint import discard_checkpoints
 from speedrun.errors import SpeedrunError
 
 
@@ -55,30 +55,3 @@ def test_an_entry_vanishing_mid_delete_is_not_taken_for_nothing_to_delete(tmp_pa
         discard_checkpoints(root)
 
 
-@pytest.mark.parametrize("state", ["none", "two", "pointer to the older", "damaged pointer", "unreadable"])
-def test_resume_advice_names_what_a_run_would_resume_from(tmp_path: Path, monkeypatch, state: str) -> None:
-    """Error messages say how to go on: resume from the checkpoint the trainer would pick, start over
-    when there is none, or mend a damaged ``latest`` first (the run would stop on it too)."""
-    again = "run seed 3 again without --no-resume (--seed 3)"
-    if state != "none":
-        for step in (2, 4):
-            (tmp_path / f"step-{step:08d}").mkdir()
-    if state == "pointer to the older":
-        (tmp_path / "latest").write_text("step-00000002\n")
-    if state == "damaged pointer":
-        (tmp_path / "latest").write_text("step-4\n")
-    if state == "unreadable":  # the advice is part of another error's message: it must not raise
-        def refuse(path):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path / "latest"))
-
-        monkeypatch.setattr("speedrun.checkpoint.latest_checkpoint", refuse)
-    advice = resume_advice(tmp_path, again)
-    expected = {
-        "none": "run the same command again (no checkpoint yet: it starts over)",
-        "two": f"{again} to resume from the last good checkpoint {tmp_path / 'step-00000004'}",
-        "pointer to the older": f"{again} to resume from the last good checkpoint {tmp_path / 'step-00000002'}",
-        "damaged pointer": f"{again} once this is mended: {tmp_path / 'latest'}: corrupted (it should name a "
-        "step-NNNNNNNN directory); delete it to resume from the newest checkpoint directory",
-        "unreadable": f"{again} once {tmp_path / 'latest'} can be read (Permission denied)",
-    }
-    assert advice == expected[state]

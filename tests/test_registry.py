@@ -71,7 +71,7 @@ def test_custom_colliding_with_lazy_builtin() -> None:
 
 
 def test_lazy_builtins_import_only_when_asked() -> None:
-    reg = Registry(lazy={"ghost": "speedrun.no_such_module:Ghost", "base": "speedrun.components.base:Component"})
+    reg = Registry(lazy={"ghost": "speedrun.no_such_module:Ghost", "base": "speedrun.protocol:Component"})
     assert reg.names() == ["base", "ghost"] and "ghost" in reg  # no import needed for either
     assert "speedrun.no_such_module" not in sys.modules
     assert reg.get("base") is Component
@@ -137,7 +137,7 @@ CUSTOM = '''
 from typing import ClassVar
 
 from speedrun.components import Component, Params
-from speedrun.components.base import Component as Imported  # imported, not defined here
+from speedrun.protocol import Component as Imported  # imported, not defined here
 
 
 class GammaParams(Params):

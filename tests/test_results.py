@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from speedrun.errors import SpeedrunError
-from speedrun.results import cpu_model, hardware_info, load_result
+from speedrun.provenance import cpu_model, hardware_info
+from speedrun.results import load_result
 
 CPUINFO = Path("/proc/cpuinfo")
 

@@ -16,21 +16,14 @@ import torch
 from launch_helpers import free_port
 from torch import nn
 
-from speedrun.checkpoint import read_meta
-from speedrun.clock import Clock, Paused
+from speedrun.checkpoint import read_meta, restore_generator
+from speedrun.clock import Budget, Clock, Paused, median_speed
 from speedrun.components import Component, ComponentContext, Params, StepState, TrainBatch
 from speedrun.data.source import TrainData
 from speedrun.errors import SpeedrunError
-from speedrun.train import (
-    Trainer,
-    TrainOptions,
-    build_optimizer,
-    check_fp32_master,
-    check_optimizer_coverage,
-    clip_gradients,
-    median_speed,
-    restore_generator,
-)
+from speedrun.optim import build_optimizer, check_fp32_master, check_optimizer_coverage, clip_gradients
+from speedrun.parallel import Parallel
+from speedrun.train import Trainer, TrainOptions
 from speedrun.verify import flops_per_step_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -193,7 +186,7 @@ def test_a_finished_run_resumed_reports_what_it_reported(smoke_data_root, tmp_pa
     for name in ("status", "final_loss", "last_finite_loss", "flops_per_step", "batches_per_second"):
         assert getattr(again, name) == getattr(done, name), name
     # The checkpoint's reading: the resumed clock starts and stops with no step between (microseconds).
-    saved = read_meta(tmp_path / "run" / "checkpoints" / "step-00000004")["clock_seconds"]
+    saved = read_meta(tmp_path / "run" / "checkpoints" / "step-00000004").clock_seconds
     assert saved <= again.clock_seconds < saved + 0.01 and saved <= done.clock_seconds
     assert done.flops_per_step > 0 and done.final_loss is not None
 
@@ -210,7 +203,7 @@ def test_step_times_cover_the_clock_between_steps(smoke_data_root, tmp_path, tra
 
         return update
 
-    monkeypatch.setattr("speedrun.train._progress", slow_progress)
+    monkeypatch.setattr("speedrun.runlog._progress", slow_progress)
     track = track_variant(train={"steps": 6, "checkpoint_every": 6})
     _, summary = train(track, smoke_data_root, tmp_path / "run")
     rows = log_rows(tmp_path / "run")
@@ -254,11 +247,11 @@ def test_a_checkpoint_whose_clock_passed_the_budget_after_the_decision_takes_one
     1000 s late) must not end the resumed run without a step: the step in which the clock passes the
     budget is taken, validated and evaluated, as the budget's last."""
     track = track_variant(train={"steps": 20, "checkpoint_every": 10, "max_seconds": 500.0})
-    real = Trainer._run_clock
-    monkeypatch.setattr(Trainer, "_run_clock", lambda self, clock: real(self, clock) + (0 if clock.running else 1e3))
+    real = Budget.run_clock
+    monkeypatch.setattr(Budget, "run_clock", lambda self: real(self) + (0 if self.clock.running else 1e3))
     _, part = train(track, smoke_data_root, tmp_path / "run", stop_after=10)
     assert part.steps == 10 and part.clock_seconds >= 1e3
-    monkeypatch.setattr(Trainer, "_run_clock", real)
+    monkeypatch.setattr(Budget, "run_clock", real)
     _, rest = train(track, smoke_data_root, tmp_path / "run")
     assert (rest.status, rest.steps) == ("ok", 11) and rest.eval_checkpoints[-1] == "step-00000011"
     assert rest.val_loss_curve[-1]["step"] == 11 and rest.clock_seconds >= 1e3
@@ -303,7 +296,7 @@ def test_resume_refuses_a_checkpoint_written_by_other_code(smoke_data_root, tmp_
     changes = r"components.py changed; NOTES.md added; submission.toml removed"
     with pytest.raises(SpeedrunError, match=rf"step-00000002: written by other code \({changes}\).*--no-resume"):
         train(track, smoke_data_root, run_dir, code=edited)
-    with pytest.raises(SpeedrunError, match=r"the harness source tree speedrun/ changed\)"):
+    with pytest.raises(SpeedrunError, match=r"the harness code that trains and evaluates \(speedrun/\) changed\)"):
         train(track, smoke_data_root, run_dir, code={**code, "harness_sha256": "b" * 64})
     _, rest = train(track, smoke_data_root, run_dir, code=code)
     assert rest.steps == 4 and starts(run_dir) == [None, "step-00000002"]
@@ -375,7 +368,7 @@ def use_fused_adamw(monkeypatch) -> None:
     update) runs here."""
     cuda_choice = build_optimizer
     monkeypatch.setattr(
-        "speedrun.train.build_optimizer", lambda track, params, device: cuda_choice(track, params, torch.device("cuda"))
+        "speedrun.optim.build_optimizer", lambda track, params, device: cuda_choice(track, params, torch.device("cuda"))
     )
 
 
@@ -588,7 +581,7 @@ def test_resume_keeps_the_devices_optimizer_implementation(track_variant):
             opt.step()
     new.load_state_dict(old.state_dict())
     resumed = build_optimizer(track, list(new.parameters()), torch.device("cuda"))
-    Trainer._load_optim_state(SimpleNamespace(optimizer=resumed, parallel="ddp"), saved_by.state_dict())
+    Parallel.load_optim_state(SimpleNamespace(mode="ddp"), resumed, saved_by.state_dict())
     assert resumed.param_groups[0]["fused"] is True
     assert int(resumed.state[new.weight]["step"]) == 3
     for m, opt in ((new, resumed), (reference, continued)):
@@ -641,7 +634,7 @@ def torchrun(worker_and_args: list[str], env: dict[str, str], timeout: float | N
 
 # The worker with the fused AdamW the trainer takes on CUDA (torch has it on the CPU too).
 FUSED_WORKER = """
-import sys, torch, speedrun.train as t
+import sys, torch, speedrun.optim as t
 cuda_choice = t.build_optimizer
 t.build_optimizer = lambda track, params, device: cuda_choice(track, params, torch.device("cuda"))
 from speedrun.worker import main

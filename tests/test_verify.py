@@ -18,7 +18,8 @@ from speedrun.data.source import dataset_dir, dataset_manifest_sha256
 from speedrun.fileio import sha256_file
 from speedrun.kernels import dispatch
 from speedrun.model import build_model
-from speedrun.results import finalize, harness_sha256, submission_file_hashes, write_result
+from speedrun.provenance import harness_sha256, submission_file_hashes
+from speedrun.results import finalize, write_result
 from speedrun.tracks import TRACKS_DIR, load_track
 from speedrun.verify import Problem, flops_per_step_of, verify_paths
 

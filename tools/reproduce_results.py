@@ -1,7 +1,8 @@
 """Re-run committed results and check that their scores did not move; optionally put the new ones in place.
 
-A maintainers' tool. Any edit under ``speedrun/`` changes the harness hash, and ``speedrun verify``
-then calls every committed result stale until each seed is run again. This re-runs them, one seed
+A maintainers' tool. An edit to the harness code that trains and evaluates (``harness_files`` in
+``speedrun/provenance.py``) changes the harness hash, and ``speedrun verify`` then calls every
+committed result stale until each seed is run again. This re-runs them, one seed
 after another (speeds are measured, so nothing else should run meanwhile), each from a copy of its
 submission folder in a work folder, so the committed results stay untouched while it works and
 after a failure. Each new result is compared with the committed one:
@@ -91,7 +92,8 @@ def find_targets(root: Path, track: str, names: list[str], seeds: list[int]) -> 
 def is_current(target: Target) -> bool:
     """Whether the committed result is intact and names the code now on disk and the track's current content."""
     from speedrun.errors import SpeedrunError
-    from speedrun.results import code_changes, code_record, load_result
+    from speedrun.provenance import code_changes, code_record
+    from speedrun.results import load_result
     from speedrun.tracks import load_track
 
     try:

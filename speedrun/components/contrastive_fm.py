@@ -1,15 +1,7 @@
 """Contrastive flow matching: push each prediction away from another sample's target.
 
-Loss term ``contrastive_fm = -weight * MSE(pred, roll(target, 1, batch axis))`` where ``target`` is the
-rectified-flow velocity ``noise - x0`` of the batch (recomputed from ``TrainBatch.noise`` and
-``x0``): sample ``i`` is contrasted with the target of sample ``i - 1`` (the last with the first's
-neighbour, cyclically). Added to the objective's MSE it gives Stoica et al.'s
-``|v - v_i|^2 - lambda |v - v_j|^2``; lambda 0.05 as in PRX part 2.
-
-The rolled target is a velocity, so the prediction is compared as the velocity it implies
-(``StepState.prediction``): under x-prediction, ``(x_t - x0_hat) / max(t, 0.05)`` as in that
-objective's own loss. With a local batch of one sample the "negative" is the sample's own target;
-the term then only rescales the MSE.
+Loss ``contrastive_fm = -weight * MSE(v_hat, roll(noise - x0, 1, batch axis))``, ``v_hat`` the velocity the
+prediction implies: with the objective's MSE, Stoica et al.'s ``|v - v_i|^2 - lambda |v - v_j|^2``.
 """
 
 from __future__ import annotations
@@ -18,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from speedrun.components.base import Component, Params, TrainBatch
 from speedrun.flow import velocity_from_prediction, velocity_target
-from speedrun.state import StepState
+from speedrun.protocol import Component, Params, StepState, TrainBatch
 
 
 class ContrastiveFMParams(Params):

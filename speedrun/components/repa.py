@@ -1,15 +1,9 @@
 """REPA: align one block's image tokens, through a trainable projector, with a frozen vision teacher.
 
-Loss term ``repa = -weight * mean over (batch, tokens) of cos(proj(h), y)`` where ``h`` are the output
-tokens of block ``layer`` (1-based) and ``y`` the teacher's patch tokens of the real image on the same
-grid (see :mod:`speedrun.components.teachers`). The projector is REPA's MLP
-``Linear(h, P) - SiLU - Linear(P, P) - SiLU - Linear(P, D)`` (REPA and this harness use P = 2048,
-PRX 1024); it is trained with the denoiser and dropped at evaluation. Under token routing (TREAD)
-only the tokens still flowing at the hook are compared, each with the teacher token at its position.
-
-The teacher reads the real images (``ComponentContext.use_images``): pixel tracks have them as
-``x``; a latent track must keep its train images (``data.train_images``, as prx-256 does), else
-setup raises a SpeedrunError.
+Loss ``repa = -weight * mean over (batch, tokens) of cos(proj(h), y)``: ``h`` the output tokens of block
+``layer`` (1-based), ``y`` the teacher's patch tokens of the real image (so a latent track must keep
+``data.train_images``) on the same grid; under routing only the tokens still flowing are compared. The
+projector, REPA's MLP ``Linear(h, P) - SiLU - Linear(P, P) - SiLU - Linear(P, D)``, is dropped at evaluation.
 """
 
 from __future__ import annotations
@@ -21,31 +15,24 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from speedrun.components.base import Component, ComponentContext, Params, TrainBatch
 from speedrun.components.teachers import Teacher, TeacherName, teacher_for
 from speedrun.errors import SpeedrunError
-from speedrun.state import StepState
+from speedrun.protocol import Component, ComponentContext, Params, StepState, TrainBatch
 
 # PRX aligns block 8 of 16; a shallower denoiser gets the same relative depth.
 DEFAULT_LAYER_OF_16 = 8
 
 
-class AlignParams(Params):
-    """Parameters shared by REPA and iREPA."""
-
+class AlignParams(Params):  # REPA's and iREPA's
     teacher: TeacherName = Field("dinov2-vitl14-reg", description="Frozen vision teacher (timm weights).")
-    layer: int | None = Field(
-        None,
-        ge=1,
-        description="1-based block whose output is aligned; None: block 8 of 16 scaled to the depth, round(depth/2).",
-    )
+    layer: int | None = Field(None, ge=1, description="1-based block whose output is aligned; None: 8 of 16, scaled.")
     stop_step: int | None = Field(None, ge=0, description="No alignment loss from this step on; None: never stop.")
     random_init_teacher: bool = Field(False, description="A small random-init teacher (tests, benchmarks only).")
 
 
 class REPAParams(AlignParams):
     weight: float = Field(0.5, ge=0, description="lambda of the alignment loss.")
-    projector_dim: int = Field(2048, gt=0, description="Hidden width P of the projector MLP.")
+    projector_dim: int = Field(2048, gt=0, description="Hidden width P of the projector MLP (PRX uses 1024).")
 
 
 def resolve_layer(layer: int | None, depth: int, component: str) -> int:
@@ -59,9 +46,7 @@ def resolve_layer(layer: int | None, depth: int, component: str) -> int:
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     """``x`` (B, N, D) at positions ``index`` (B, K) along the token axis; ``x`` itself when None."""
-    if index is None:
-        return x
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+    return x if index is None else x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def negative_cosine(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -80,7 +65,6 @@ class REPA(Component):
     def setup(self, ctx: ComponentContext) -> None:
         cfg = ctx.model.config
         self.block = resolve_layer(self.params.layer, cfg.depth, self.name)
-        self.patch = cfg.patch_size
         teacher = teacher_for(ctx, self.name, self.params.teacher, self.params.random_init_teacher)
         self.teacher: Teacher = ctx.add_frozen(f"{self.name}-teacher", teacher)
         self.grid = teacher.grid
@@ -116,16 +100,6 @@ class REPA(Component):
     def losses(self, batch: TrainBatch, prediction: torch.Tensor, state: StepState) -> dict[str, torch.Tensor]:
         if not self.active(state.step):
             return {}
-        if self.name not in state.records:
-            raise RuntimeError(f"component '{self.name}': its hook on block {self.block} did not run this step")
-        tokens, index = state.records.pop(self.name)
-        if batch.images_uint8 is None:
-            raise SpeedrunError(f"component '{self.name}': the batch carries no real images for the teacher")
-        rows, cols = batch.x0.shape[-2] // self.patch, batch.x0.shape[-1] // self.patch
-        if (rows, cols) != self.grid:
-            raise SpeedrunError(
-                f"component '{self.name}': the denoiser's token grid {rows}x{cols} differs from the teacher's "
-                f"{self.grid[0]}x{self.grid[1]} set up from the track"
-            )
+        tokens, index = state.records.pop(self.name)  # left by the hook (setup asked for the images)
         target = gather_tokens(self.targets(self.teacher(batch.images_uint8)), index)
         return {self.name: self.weight * negative_cosine(self.project(tokens, index), target)}

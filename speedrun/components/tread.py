@@ -1,14 +1,8 @@
 """TREAD: token routing. A random share of image tokens skips a span of blocks and rejoins after it.
 
-Per training step and sample, ``round(keep * N)`` of the N image tokens are kept (top-k over uniform
-noise); before block ``start`` (1-based) only those tokens go on, in grid order, with their RoPE
-positions (``StepState.token_index``); after block ``end`` the processed tokens are scattered back
-into the full set saved at ``start``, so the routed tokens carry their pre-``start`` values across
-the span. At evaluation (``state.training`` False) every token is used and nothing changes.
-
-The noise comes from a CPU ``torch.Generator`` seeded by a hash of ``(seed, step, rank)``: the
-routing of a step is the same on every run and device, differs between steps and between ranks
-(which hold different samples). ``round`` rounds halves up.
+Per training step and sample, ``round(keep * N)`` of the N image tokens, drawn from a CPU generator seeded
+by ``(seed, step, rank)`` (the same on every run and device), go through blocks ``start..end`` (1-based) in
+grid order with their RoPE positions; the rest rejoin after ``end``. At evaluation every token is used.
 """
 
 from __future__ import annotations
@@ -19,9 +13,8 @@ import math
 import torch
 from pydantic import Field
 
-from speedrun.components.base import Component, ComponentContext, Params
 from speedrun.errors import SpeedrunError
-from speedrun.state import StepState
+from speedrun.protocol import Component, ComponentContext, Params, StepState
 
 # TREAD/PRX route from block 2 through block 12 of 16; shallower denoisers get the same proportions.
 DEFAULT_SPAN_OF_16 = (2, 12)
@@ -49,17 +42,14 @@ def routing_index(batch: int, n: int, keep: int, generator: torch.Generator) -> 
     return noise.topk(keep, dim=1).indices.sort(dim=1).values
 
 
-# Under torch.compile (the GPU trainer) dynamo cannot trace the hash or the generator: it would break
-# the graph inside this function and recompile it for every new step number until its recompile
-# limit. Drawing eagerly, with the state object read here rather than its ints passed in (which the
-# compiled caller would guard on), costs one graph break per forward and no recompiles.
+# Compiled, the hash and generator would recompile for every step number; eager, reading ints off the
+# state object (not guarded on), this costs one graph break per forward and no recompiles.
 @torch.compiler.disable(reason="TREAD draws its routing from a CPU generator seeded by a hash")
 def step_routing_index(state: StepState, batch: int, n: int, keep: int, device: torch.device) -> torch.Tensor:
     """The routing of this forward: ``routing_index`` drawn for ``(state.seed, state.step, state.rank)``."""
     index = routing_index(batch, n, keep, routing_generator(state.seed, state.step, state.rank))
     if device.type == "cuda":
-        # From pinned memory the copy is queued: a pageable one would wait, mid-forward, for the
-        # blocks already queued, and the GPU would idle while the rest of the step is launched.
+        # A pageable copy would wait mid-forward for the queued blocks; a pinned one is queued too.
         return index.pin_memory().to(device, non_blocking=True)
     return index.to(device)
 
@@ -71,8 +61,8 @@ class TREADParams(Params):
 
 
 def resolve_span(start: int | None, end: int | None, depth: int) -> tuple[int, int]:
-    """``(start, end)`` 1-based and inclusive: given values checked, defaults ``round(depth * 2/16)``
-    and ``round(depth * 12/16)`` (at least block 1, and end at least start)."""
+    """``(start, end)`` 1-based, inclusive; defaults ``round(depth * 2/16)`` (>= 1) and ``round(depth * 12/16)``
+    (>= start)."""
     s = start if start is not None else max(1, round_half_up(depth * DEFAULT_SPAN_OF_16[0] / 16))
     e = end if end is not None else max(s, round_half_up(depth * DEFAULT_SPAN_OF_16[1] / 16))
     if not 1 <= s <= e <= depth:
@@ -92,6 +82,12 @@ class TREAD(Component):
 
     def setup(self, ctx: ComponentContext) -> None:
         self.start, self.end = resolve_span(self.params.start, self.params.end, ctx.model.config.depth)
+        rows, cols = ctx.token_grid
+        if kept_count(self.params.keep, rows * cols) < 1:
+            raise SpeedrunError(
+                f"component 'tread': keep={self.params.keep} keeps none of the {rows * cols} image tokens of the "
+                f"{rows}x{cols} token grid (round(keep * {rows * cols}) = 0); raise keep"
+            )
 
     def route(self, tokens: torch.Tensor, state: StepState) -> torch.Tensor:
         if not state.training:
@@ -99,21 +95,15 @@ class TREAD(Component):
         if state.token_index is not None:
             raise SpeedrunError("component 'tread': the image tokens are already routed by another component")
         b, n, hidden = tokens.shape
-        keep = kept_count(self.params.keep, n)
-        if keep < 1:
-            raise SpeedrunError(f"component 'tread': keep={self.params.keep} of {n} tokens keeps none")
-        index = step_routing_index(state, b, n, keep, tokens.device)
+        index = step_routing_index(state, b, n, kept_count(self.params.keep, n), tokens.device)
         state.records[FULL_TOKENS] = tokens
         state.token_index = index
         return tokens.gather(1, index[..., None].expand(-1, -1, hidden))
 
     def restore(self, tokens: torch.Tensor, state: StepState) -> torch.Tensor:
-        if FULL_TOKENS not in state.records:
+        if FULL_TOKENS not in state.records:  # evaluation: nothing was routed
             return tokens
-        full = state.records.pop(FULL_TOKENS)
-        index = state.token_index
-        if index is None or index.shape != tokens.shape[:2]:
-            raise SpeedrunError("component 'tread': the routed token set changed inside the span")
+        full, index = state.records.pop(FULL_TOKENS), state.token_index
         state.token_index = None
         # Under autocast the stream's dtype may differ before and after the span; keep the later one.
         return full.to(tokens.dtype).scatter(1, index[..., None].expand(-1, -1, tokens.shape[-1]), tokens)

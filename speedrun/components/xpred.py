@@ -1,13 +1,6 @@
-"""x-prediction: the network outputs the clean sample; the loss is still taken on velocity.
-
-Same input and times as the track's rectified flow (``x_t = (1 - t) x0 + t noise``). The network's
-output is read as ``x0_hat``; its implied velocity ``v_hat = (x_t - x0_hat) / max(t, t_clamp)`` is
-compared with ``v = noise - x0`` by MSE (JiT-style; PRX part 3). The objective's ``prediction`` is
-``"x0"``: the trainer writes it into every checkpoint and the evaluator converts outputs with
-:func:`speedrun.flow.velocity_from_prediction`, so no submission code runs at evaluation.
-
-``t_clamp`` must equal the evaluator's clamp (0.05, the default of ``velocity_from_prediction``),
-because checkpoints record the prediction kind but not the clamp.
+"""x-prediction: the network outputs the clean sample ``x0_hat``; the loss compares its velocity
+``(x_t - x0_hat) / max(t, t_clamp)`` with ``noise - x0`` by MSE (JiT-style; PRX part 3). The evaluator
+converts with ``speedrun.flow.velocity_from_prediction``, whose ``t_clamp`` must be ours (unrecorded).
 """
 
 from __future__ import annotations
@@ -18,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from speedrun.components.base import Component, ComponentContext, Params
 from speedrun.flow import Objective, RectifiedFlowObjective, velocity_from_prediction
-from speedrun.state import PredictionKind
+from speedrun.protocol import Component, ComponentContext, Params, PredictionKind
 from speedrun.tracks import TimestepSpec
 
 EVAL_T_CLAMP: float = inspect.signature(velocity_from_prediction).parameters["t_clamp"].default
@@ -41,10 +33,7 @@ class XPredParams(Params):
 
 
 class XPredObjective(RectifiedFlowObjective):
-    """Predict ``x0``; MSE between ``(x_t - x0_hat) / max(t, t_clamp)`` and ``noise - x0``.
-
-    Times and ``(x_t, v)`` are the rectified-flow ones; only the output's meaning and the loss change.
-    """
+    """The rectified flow's times and ``(x_t, v)``; only the output's meaning and the loss change."""
 
     prediction: PredictionKind = "x0"
 

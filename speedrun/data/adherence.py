@@ -1,22 +1,9 @@
-"""Prompt adherence for shapes-v1: how many stated attributes an image actually shows.
+"""Prompt adherence for shapes-v1: the fraction of a caption's attributes an image shows.
 
-``score(image, spec)`` is the fraction of the caption's attributes that hold: for every stated
-shape, four checks (``ATTRIBUTES``):
-
-- ``colour``: a blob of the stated colour exists somewhere in the image;
-- ``position``: such a blob lies in the stated grid cell;
-- ``size``: its area says small or large as stated;
-- ``kind``: its outline is the stated circle, square or triangle.
-
-Everything is analytic, no learned model: each pixel is assigned to the nearest palette colour
-(shape colours and neutral backgrounds) if it is within ``MAX_COLOUR_DISTANCE``; the blob for a
-stated shape is the largest 4-connected component of its colour inside its cell (shapes never
-leave their cell in the data), falling back to the largest such component anywhere in the image.
-Kind picks the template (inscribed ellipse, full box, apex-up triangle) with the highest IoU
-against the component inside its bounding box. Size turns the area into a side length through that
-kind's fill ratio of its bounding box (pi/4, 1, 1/2) and compares it with the midpoint between the
-small and large sides (the bounding box itself is too coarse: pixel-centre sampling drops a
-triangle's thin apex row).
+Per stated shape, four checks (``ATTRIBUTES``) on the largest 4-connected blob of its colour (nearest
+palette colour within ``MAX_COLOUR_DISTANCE``) in its cell, else anywhere: it exists, lies in the cell,
+has the size (area -> side through the kind's fill ratio: pixel-centre sampling drops a triangle's thin
+apex row, so the box is too coarse) and the kind (ellipse, box or apex-up triangle template of best IoU).
 """
 
 from __future__ import annotations
@@ -27,48 +14,30 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
-from speedrun.data.shapes import (
-    COLOURS,
-    KINDS,
-    NEUTRALS,
-    POSITION_PHRASES,
-    POSITIONS,
-    SIDE,
-    SIZES,
-    Shape,
-    ShapeSpec,
-    shape_mask,
-)
+from speedrun.data import shapes
+from speedrun.data.shapes import COLOURS, KINDS, SIDE, Shape, ShapeSpec
 from speedrun.errors import SpeedrunError
 
 ATTRIBUTES = ("colour", "position", "size", "kind")
-# A pixel farther than this (Euclidean, RGB units) from every palette colour belongs to nothing:
-# blends such as pink edges between red and white must not count as orange.
+# RGB distance beyond which a pixel is no palette colour: pink red/white edges must not count as orange.
 MAX_COLOUR_DISTANCE = 100.0
-_PALETTE = np.array([*COLOURS.values(), *NEUTRALS.values()], dtype=np.float32)
-_COLOUR_NAMES = list(COLOURS)
-# Fraction of its bounding box each kind fills.
-_FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
-# Side (in cell widths) above which a blob is "large".
-_SIZE_THRESHOLD = (SIDE["small"] + SIDE["large"]) / 2
-# Blobs smaller than a quarter of a small triangle (in pixels) are noise.
+_PALETTE = np.array([*COLOURS.values(), *shapes.NEUTRALS.values()], dtype=np.float32)
+_FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}  # of its bounding box
+_SIZE_THRESHOLD = (SIDE["small"] + SIDE["large"]) / 2  # side (cell widths) above which a blob is "large"
+# Blobs smaller than a quarter of a small triangle are noise.
 _MIN_AREA_FRACTION = 0.25 * 0.5 * SIDE["small"] ** 2
 
 _PHRASE = re.compile(
     r"a (?P<size>{}) (?P<colour>{}) (?P<kind>{}) (?P<where>{})".format(
-        "|".join(SIZES),
-        "|".join(COLOURS),
-        "|".join(KINDS),
-        "|".join(re.escape(p) for p in sorted(POSITION_PHRASES.values(), key=len, reverse=True)),
+        "|".join(shapes.SIZES), "|".join(COLOURS), "|".join(KINDS),
+        "|".join(re.escape(p) for p in sorted(shapes.POSITION_PHRASES.values(), key=len, reverse=True)),
     )
-)
-_POSITION_OF_PHRASE = {phrase: name for name, phrase in POSITION_PHRASES.items()}
+)  # fmt: skip
+_POSITION_OF_PHRASE = {phrase: name for name, phrase in shapes.POSITION_PHRASES.items()}
 
 
 def colour_labels(image: np.ndarray) -> np.ndarray:
     """int (H, W): index into ``COLOURS`` of each pixel's shape colour, -1 for background/none."""
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
     diff = image[:, :, None, :].astype(np.float32) - _PALETTE
     dist2 = np.einsum("hwkc,hwkc->hwk", diff, diff)
     nearest = dist2.argmin(axis=2)
@@ -78,9 +47,7 @@ def colour_labels(image: np.ndarray) -> np.ndarray:
 
 def _cell_bounds(size: int, k: int) -> slice:
     """Pixels whose centres fall in grid band ``k`` (0..2) of an image ``size`` pixels wide."""
-    lo = int(np.ceil(k * size / 3 - 0.5))
-    hi = int(np.ceil((k + 1) * size / 3 - 0.5))
-    return slice(lo, hi)
+    return slice(int(np.ceil(k * size / 3 - 0.5)), int(np.ceil((k + 1) * size / 3 - 0.5)))
 
 
 def _largest_component(mask: np.ndarray) -> tuple[np.ndarray, int] | None:
@@ -99,51 +66,36 @@ def _templates(h: int, w: int) -> dict[str, np.ndarray]:
     ys, xs = np.mgrid[0:h, 0:w] + 0.5
     # Shapes inscribed in an (h, w) box: scale x so the box is square with half-side h/2.
     xs_scaled = (xs - w / 2) * (h / w) + h / 2
-    return {kind: shape_mask(kind, xs_scaled, ys, h / 2, h / 2, h / 2) for kind in KINDS}
+    return {kind: shapes.shape_mask(kind, xs_scaled, ys, h / 2, h / 2, h / 2) for kind in KINDS}
 
 
 def classify_kind(blob: np.ndarray) -> str:
     """The shape kind whose template best matches (IoU) a blob cropped to its bounding box."""
-    best, best_iou = KINDS[0], -1.0
-    for kind, template in _templates(*blob.shape).items():
-        iou = (blob & template).sum() / (blob | template).sum()
-        if iou > best_iou:
-            best, best_iou = kind, iou
-    return best
+    templates = _templates(*blob.shape)
+    return max(KINDS, key=lambda kind: (blob & templates[kind]).sum() / (blob | templates[kind]).sum())
 
 
 def check_shapes(image: np.ndarray, spec: ShapeSpec) -> list[dict[str, bool]]:
     """Per stated shape, which of ``ATTRIBUTES`` hold in ``image`` (uint8 (H, W, 3), square)."""
     size = image.shape[0]
-    if image.shape[1] != size:
-        raise ValueError(f"expected a square image, got {image.shape}")
     cell = size / 3
     min_area = max(2.0, _MIN_AREA_FRACTION * cell * cell)
     labels = colour_labels(image)
     results = []
     for shape in spec.shapes:
-        mask = labels == _COLOUR_NAMES.index(shape.colour)
-        row, col = divmod(POSITIONS.index(shape.position), 3)
-        in_cell = _largest_component(mask[_cell_bounds(size, row), _cell_bounds(size, col)])
-        found = in_cell if in_cell is not None and in_cell[1] >= min_area else None
-        at_position = found is not None
-        if found is None:
-            anywhere = _largest_component(mask)
-            found = anywhere if anywhere is not None and anywhere[1] >= min_area else None
-        if found is None:
+        mask = labels == list(COLOURS).index(shape.colour)
+        row, col = divmod(shapes.POSITIONS.index(shape.position), 3)
+        found = _largest_component(mask[_cell_bounds(size, row), _cell_bounds(size, col)])
+        at_position = found is not None and found[1] >= min_area
+        if not at_position:
+            found = _largest_component(mask)
+        if found is None or found[1] < min_area:
             results.append(dict.fromkeys(ATTRIBUTES, False))
             continue
         blob, area = found
         kind = classify_kind(blob)
-        side = np.sqrt(area / _FILL[kind]) / cell
-        results.append(
-            {
-                "colour": True,
-                "position": at_position,
-                "size": (side > _SIZE_THRESHOLD) == (shape.size == "large"),
-                "kind": kind == shape.kind,
-            }
-        )
+        size_ok = (np.sqrt(area / _FILL[kind]) / cell > _SIZE_THRESHOLD) == (shape.size == "large")
+        results.append({"colour": True, "position": at_position, "size": size_ok, "kind": kind == shape.kind})
     return results
 
 
@@ -154,13 +106,10 @@ def score(image: np.ndarray, spec: ShapeSpec) -> float:
 
 
 def parse_caption(caption: str) -> ShapeSpec:
-    """The spec a shapes-v1 caption states (background unknown, offsets zero).
-
-    SpeedrunError if the caption is not in the generator's grammar.
-    """
+    """The spec a shapes-v1 caption states (no background, zero offsets); SpeedrunError outside the grammar."""
     head, sep, last = caption.rpartition(" and ")
     phrases = [*head.split(", "), last] if sep else [caption]
-    shapes = []
+    stated = []
     for phrase in phrases:
         match = _PHRASE.fullmatch(phrase)
         if match is None:
@@ -168,17 +117,10 @@ def parse_caption(caption: str) -> ShapeSpec:
                 f"cannot parse shapes caption {caption!r}: {phrase!r} is not "
                 "'a <small|large> <colour> <circle|square|triangle> <position>'"
             )
-        shapes.append(Shape(match["kind"], match["colour"], match["size"], _POSITION_OF_PHRASE[match["where"]]))
-    return ShapeSpec(tuple(shapes))
-
-
-def score_caption(image: np.ndarray, caption: str) -> float:
-    """``score`` against the spec parsed from ``caption``."""
-    return score(image, parse_caption(caption))
+        stated.append(Shape(match["kind"], match["colour"], match["size"], _POSITION_OF_PHRASE[match["where"]]))
+    return ShapeSpec(tuple(stated))
 
 
 def score_batch(images: np.ndarray, captions: list[str]) -> np.ndarray:
     """float64 (B,) adherence of uint8 images (B, H, W, 3) to their captions."""
-    if len(images) != len(captions):
-        raise ValueError(f"{len(images)} images but {len(captions)} captions")
-    return np.array([score_caption(np.asarray(img), cap) for img, cap in zip(images, captions)])
+    return np.array([score(img, parse_caption(cap)) for img, cap in zip(images, captions)])

@@ -1,19 +1,8 @@
 """MidJourney-v6 (``brivangl/midjourney-v6-llava``) as a prepare source: uint8 images + captions.
 
-Columns. The dataset card could not be read offline; public code that reads this dataset uses
-``id`` (string), ``prompt`` (the user's MidJourney prompt), ``image`` (an HF ``Image`` feature),
-``llava`` (a long LLaVA caption) and ``llava_status``, in parquet files under ``data/``. PRX
-trains on long LLM captions, so the caption is ``llava``, or ``prompt`` where ``llava`` is empty
-or absent. A local copy in the same format (a ``save_to_disk`` folder or a folder of parquet
-files) can stand in for the hub: pass ``local`` or set ``$SPEEDRUN_MJV6_DIR``.
-
-Splits. Every row's ``id`` (its row number if there is no id column) is hashed; the
-``reference_examples`` rows with the smallest hashes are the evaluation reference, the next
-``validation_examples`` are validation, and train is the first ``train_examples`` remaining rows
-in dataset order, minus any row sharing an id with a held-out row. The held-out sets thus depend
-only on the ids, not on the dataset's order or size.
-
-Images are centre-cropped to a square and resized with PIL bicubic to the track's image size.
+Caption: ``llava``, else ``prompt``. Rows sorted by a hash of their ``id`` (else row number) give reference,
+then validation; train is the first ``train_examples`` other rows, less any sharing an id with a held-out
+row. A local copy (``save_to_disk`` folder or parquet files) can stand in for the hub.
 """
 
 from __future__ import annotations
@@ -35,16 +24,11 @@ IMAGE_COLUMN = "image"
 CAPTION_COLUMN = "llava"
 FALLBACK_CAPTION_COLUMN = "prompt"
 LOCAL_ENV = "SPEEDRUN_MJV6_DIR"
-# Threads decoding and resizing images (PIL releases the GIL while decoding).
 DECODE_WORKERS = min(8, os.cpu_count() or 1)
 
 
 def load_source(source: str, local: str | Path | None = None) -> Any:
-    """The dataset's single train split as a ``datasets.Dataset``.
-
-    ``source`` is ``repo@revision`` (the track's ``data.source``); ``local`` (or
-    ``$SPEEDRUN_MJV6_DIR``) is a local copy in the same format, used instead of the hub.
-    """
+    """The train split of ``source`` (``repo@revision``) or of a ``local`` copy, as a ``datasets.Dataset``."""
     import datasets
 
     local = local or os.environ.get(LOCAL_ENV)
@@ -71,8 +55,8 @@ def load_source(source: str, local: str | Path | None = None) -> Any:
                 f"{str(exc).splitlines()[0][:200]}. Run once online so Hugging Face caches it, or "
                 f"point ${LOCAL_ENV} at a local copy (save_to_disk folder or parquet files)."
             ) from None
-    missing = [c for c in (IMAGE_COLUMN,) if c not in dataset.column_names]
-    if missing or not {CAPTION_COLUMN, FALLBACK_CAPTION_COLUMN} & set(dataset.column_names):
+    columns = set(dataset.column_names)
+    if IMAGE_COLUMN not in columns or not {CAPTION_COLUMN, FALLBACK_CAPTION_COLUMN} & columns:
         raise SpeedrunError(
             f"dataset {source} has columns {dataset.column_names}; it needs '{IMAGE_COLUMN}' and "
             f"'{CAPTION_COLUMN}' or '{FALLBACK_CAPTION_COLUMN}'"
@@ -82,10 +66,8 @@ def load_source(source: str, local: str | Path | None = None) -> Any:
 
 def split_rows(ids: list[str], counts: dict[str, int]) -> dict[str, np.ndarray]:
     """Row numbers of each split (see module doc); SpeedrunError if there are too few rows."""
-    keys = np.array(
-        [int.from_bytes(hashlib.sha256(f"mjv6/heldout/{i}".encode()).digest()[:8], "little") for i in ids],
-        dtype=np.uint64,
-    )
+    digests = (hashlib.sha256(f"mjv6/heldout/{i}".encode()).digest() for i in ids)
+    keys = np.array([int.from_bytes(d[:8], "little") for d in digests], dtype=np.uint64)
     order = np.argsort(keys, kind="stable")
     n_ref, n_val = counts["reference"], counts["validation"]
     held = {"reference": order[:n_ref], "validation": order[n_ref : n_ref + n_val]}
@@ -111,38 +93,29 @@ def center_crop_resize(image: Any, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
-def _decode(cell: Any, size: int) -> np.ndarray:
+def _decode(cell: dict[str, Any], size: int) -> np.ndarray:
+    """An undecoded HF ``Image`` cell (bytes or path) -> uint8 (size, size, 3)."""
     from PIL import Image
 
-    if isinstance(cell, dict):
-        source = io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"]
-        with Image.open(source) as image:
-            return center_crop_resize(image, size)
-    return center_crop_resize(cell, size)
+    with Image.open(io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"]) as image:
+        return center_crop_resize(image, size)
 
 
 class Mjv6Source:
     """Examples of one prepared split: ``load(split, start, count)`` -> images, captions, None."""
 
     definition: ClassVar[dict[str, str]] = {
-        "dataset": DATASET_REPO,
-        "caption": f"{CAPTION_COLUMN} or {FALLBACK_CAPTION_COLUMN}",
-        "split": "sha256(mjv6/heldout/<id>)",
-        "resize": "center square crop, PIL bicubic",
-    }
+        "dataset": DATASET_REPO, "caption": f"{CAPTION_COLUMN} or {FALLBACK_CAPTION_COLUMN}",
+        "split": "sha256(mjv6/heldout/<id>)", "resize": "center square crop, PIL bicubic",
+    }  # fmt: skip
 
     def __init__(self, dataset: Any, image_size: int, counts: dict[str, int]) -> None:
         import datasets
 
         self.dataset = dataset.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
         self.image_size = image_size
-        columns = self.dataset.column_names
-        ids = (
-            [str(i) for i in self.dataset[ID_COLUMN]]
-            if ID_COLUMN in columns
-            else [str(i) for i in range(len(self.dataset))]
-        )
-        self.rows = split_rows(ids, counts)
+        ids = self.dataset[ID_COLUMN] if ID_COLUMN in self.dataset.column_names else range(len(self.dataset))
+        self.rows = split_rows([str(i) for i in ids], counts)
 
     def split_size(self, split: str) -> int:
         return len(self.rows[split])
@@ -157,7 +130,7 @@ class Mjv6Source:
     def load(self, split: str, start: int, count: int) -> tuple[np.ndarray, list[str], None]:
         rows = self.rows[split][start : start + count].tolist()
         batch = self.dataset[rows]
-        with ThreadPoolExecutor(DECODE_WORKERS) as pool:
+        with ThreadPoolExecutor(DECODE_WORKERS) as pool:  # PIL releases the GIL while decoding
             images = list(pool.map(lambda cell: _decode(cell, self.image_size), batch[IMAGE_COLUMN]))
         captions = [self._caption(batch, i) for i in range(len(rows))]
         return np.stack(images), captions, None

@@ -1,35 +1,16 @@
-"""On-disk format of a prepared dataset: memory-mappable shards plus a hashed manifest.
-
-Layout of one prepared dataset (``speedrun.data.prepare`` writes it)::
-
-    <dataset dir>/
-      manifest.json                    written last: its presence means "complete"
-      null/text.npy, null/mask.npy     the empty caption's embedding, stored once
-      <split>/shard-00000/             one directory per shard, renamed into place when complete
-        x.npy        pixels uint8 (n, H, W, 3), or latents float16 (n, C, h, w)
-        text.npy     text token embeddings float16 (n, L, D), zero where mask is False
-        mask.npy     text padding mask bool (n, L), True = real token
-        index.npy    int64 (n,) example index within the split
-        digests.npy  uint8 (n, 32): sha256(index, caption, image bytes) of each example
-        captions.json  list of n caption strings
-        specs.json     (shapes only) list of n structured scene specs
-        images.npy     (latent tracks: the reference split, and the train split when the track sets
-                       data.train_images) uint8 (n, H, W, 3) real images
-        shard.json     this shard's entry (start, count, file hashes), written before the rename
-
-Every ``.npy`` opens with ``np.load(mmap_mode="r")``; readers gather rows from the memory maps and
-never load a whole shard. ``manifest.json`` lists each split's shards with the sha256 and byte
-size of every file, the split sizes and definition hashes, the text encoder, the VAE and the hash
-of the dataset definition.
-
-Writes are atomic: a file is written to a temporary name and ``os.replace``d; a shard is built in
-a hidden ``.<name>.partial-<pid>`` directory and renamed into place only after all its files and
-``shard.json`` are on disk. An interrupted prepare therefore never leaves a file or shard that
-looks complete.
+"""On-disk format of a prepared dataset (``speedrun.data.prepare`` writes it): ``manifest.json``, written last
+(its presence means "complete"); ``null/{text,mask}.npy``, the empty caption's embedding; per split,
+``<split>/shard-00000/`` folders holding x.npy (pixels uint8 (n, H, W, 3) or latents float16 (n, C, h, w)),
+text.npy (float16 (n, L, D), zero where mask is False), mask.npy (bool (n, L), True = real token), index.npy
+(int64 example index within the split), digests.npy (uint8 (n, 32): sha256 of index, caption, image bytes),
+captions.json, specs.json (shapes only), images.npy (latent tracks' real uint8 images) and shard.json (start,
+count, file hashes). A shard is built in a hidden ``.<name>.partial-<pid>`` folder and renamed into place
+when complete; readers gather rows from memory maps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -44,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from speedrun.errors import SpeedrunError, format_validation_error
-from speedrun.fileio import atomic_write, fsync_folder, sha256_file, sync_after_rename, write_durably
+from speedrun.fileio import fsync_folder, sha256_file, sync_after_rename, write_durably
 from speedrun.paths import prepare_command
 
 FORMAT_VERSION = 1
@@ -52,12 +33,8 @@ MANIFEST_NAME = "manifest.json"
 SHARD_ENTRY_NAME = "shard.json"
 NULL_DIR = "null"
 SPLITS = ("train", "validation", "reference")
-# Fields every shard has, gathered by the loader.
 ROW_FIELDS = ("x", "text", "mask", "index")
-# Memory maps one split keeps open (least recently used first out). Each holds a file descriptor,
-# so the bound also follows the process's limit (see open_map_budget); a prx-256 batch of 256 reads
-# about 250 shards x 4 fields.
-MAX_OPEN_MAPS = 4096
+MAX_OPEN_MAPS = 4096  # maps a split keeps open (LRU); a prx-256 batch reads ~250 shards x 4 fields
 
 
 class _Model(BaseModel):
@@ -113,13 +90,8 @@ class Manifest(_Model):
     splits: dict[str, SplitEntry]
 
 
-# ---------------------------------------------------------------------------------------------
-# Atomic writes and hashing
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to ``path`` via a temporary file and ``os.replace``."""
-    atomic_write(path, lambda handle: np.save(handle, np.ascontiguousarray(array), allow_pickle=False))
+def save_npy(handle: Any, array: np.ndarray) -> None:
+    np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def file_entry(path: Path) -> FileEntry:
@@ -128,10 +100,7 @@ def file_entry(path: Path) -> FileEntry:
 
 def example_digest(index: int, caption: str, image: np.ndarray) -> bytes:
     """sha256 over (index, caption, image bytes) of one example; ``image`` is uint8 (H, W, 3)."""
-    if image.dtype != np.uint8 or image.ndim != 3:
-        raise ValueError(f"example_digest needs a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
-    digest = hashlib.sha256()
-    digest.update(f"{index}\0{caption}\0{image.shape}\0".encode())
+    digest = hashlib.sha256(f"{index}\0{caption}\0{image.shape}\0".encode())
     digest.update(np.ascontiguousarray(image).tobytes())
     return digest.digest()
 
@@ -141,22 +110,10 @@ def combine_digests(digests: bytes) -> str:
     return hashlib.sha256(digests).hexdigest()
 
 
-# ---------------------------------------------------------------------------------------------
-# Shards
-
-
 def write_shard(
-    split_dir: Path,
-    name: str,
-    start: int,
-    arrays: dict[str, np.ndarray],
-    documents: dict[str, Any],
+    split_dir: Path, name: str, start: int, arrays: dict[str, np.ndarray], documents: dict[str, Any]
 ) -> ShardEntry:
-    """Write one shard (``<key>.npy`` per array, ``<key>.json`` per document) and return its entry.
-
-    The shard is complete on disk, with its ``shard.json``, before it appears under its final
-    name; an existing shard of that name (a corrupted one being redone) is replaced.
-    """
+    """Write one shard (``<key>.npy`` per array, ``<key>.json`` per document), replacing one of that name."""
     final = split_dir / name
     tmp = split_dir / f".{name}.partial-{os.getpid()}"
     try:
@@ -167,7 +124,7 @@ def write_shard(
         files = {}
         for key, array in arrays.items():
             path = tmp / f"{key}.npy"
-            write_durably(path, lambda h, a=array: np.save(h, np.ascontiguousarray(a), allow_pickle=False))
+            write_durably(path, functools.partial(save_npy, array=array))
             files[path.name] = file_entry(path)
         for key, document in documents.items():
             path = tmp / f"{key}.json"
@@ -187,7 +144,7 @@ def write_shard(
             f"{final}: cannot write this shard ({exc.strerror or exc}); its partial copy was removed: fix "
             "that (e.g. free disk space) and run prepare again (the finished shards are kept)"
         ) from exc
-    sync_after_rename(final, again="run prepare again")
+    sync_after_rename(final)
     return entry
 
 
@@ -203,8 +160,7 @@ def read_shard_entry(split_dir: Path, name: str) -> ShardEntry | None:
 
 
 def check_files(directory: Path, files: dict[str, FileEntry], *, rehash: bool, remedy: str | None) -> None:
-    """Raise SpeedrunError naming the first file that is missing, has the wrong size or hash, and
-    saying what to do (``remedy``; left out where the caller repairs the files itself)."""
+    """Raise SpeedrunError naming the first file missing or of the wrong size or hash, then ``remedy``."""
     then = f"; {remedy}" if remedy else ""
     for filename, entry in files.items():
         path = directory / filename
@@ -213,8 +169,7 @@ def check_files(directory: Path, files: dict[str, FileEntry], *, rehash: bool, r
         size = path.stat().st_size
         if size != entry.bytes:
             raise SpeedrunError(
-                f"{path}: {size} bytes but the manifest records {entry.bytes}; the file is truncated "
-                f"or corrupted{then}"
+                f"{path}: {size} bytes but the manifest records {entry.bytes}; the file is truncated or corrupted{then}"
             )
         if rehash:
             actual = sha256_file(path)
@@ -225,46 +180,25 @@ def check_files(directory: Path, files: dict[str, FileEntry], *, rehash: bool, r
                 )
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading
-
-
 @functools.cache  # the limit is process state: raise it and size the budget once per process
 def open_map_budget() -> int:
-    """How many memory maps one split may keep open in this process.
-
-    Each map holds a file descriptor, and the common soft limit (1024) is below what a large split
-    touches in a batch. The soft limit is first raised to the hard one where the system allows it;
-    a split then takes at most an eighth of it, leaving the rest to the other splits, the libraries
-    and the process group's sockets. Never fewer than 8 (two shards' fields).
-    """
+    """How many memory maps (a file descriptor each) one split may keep open: an eighth of the soft
+    limit, raised to the hard one where allowed (the rest is for other splits, libraries, sockets), >= 8."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
         wanted = MAX_OPEN_MAPS * 8 if hard == resource.RLIM_INFINITY else hard
-        try:
+        with contextlib.suppress(ValueError, OSError):  # refused (e.g. a cap below the hard limit): keep soft
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
             soft = wanted
-        except (ValueError, OSError):
-            pass  # the system refuses (e.g. a cap below the hard limit): live with the soft one
-    if soft == resource.RLIM_INFINITY:
-        return MAX_OPEN_MAPS
-    return max(8, min(MAX_OPEN_MAPS, soft // 8))
+    return MAX_OPEN_MAPS if soft == resource.RLIM_INFINITY else max(8, min(MAX_OPEN_MAPS, soft // 8))
 
 
 class SplitDataset:
-    """One split of a prepared dataset: random row access over memory-mapped shards.
-
-    Rows are addressed by their index within the split (0 .. len-1). Nothing is read until asked
-    for, and only the requested rows are copied out of the memory maps.
-    """
+    """One split of a prepared dataset: rows, by index within the split, copied out of memory-mapped shards."""
 
     def __init__(self, root: Path, name: str, entry: SplitEntry, manifest: Manifest) -> None:
-        self.root = root
-        self.name = name
-        self.entry = entry
+        self.root, self.name, self.entry = root, name, entry
         self.representation = manifest.representation
-        self.x_shape = manifest.x_shape
-        self.image_size = manifest.image_size
         self._starts = np.array([s.start for s in entry.shards], dtype=np.int64)
         self._open: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._max_open = open_map_budget()
@@ -273,15 +207,8 @@ class SplitDataset:
     def __len__(self) -> int:
         return self.entry.num_examples
 
-    def __repr__(self) -> str:
-        return f"SplitDataset({self.name!r}, {len(self)} examples, {len(self.entry.shards)} shards)"
-
     def _shard_dir(self, k: int) -> Path:
         return self.root / self.name / self.entry.shards[k].name
-
-    def has_field(self, field: str) -> bool:
-        """Whether every shard of this split stores ``<field>.npy`` (or ``.json``)."""
-        return all(f"{field}.npy" in s.files or f"{field}.json" in s.files for s in self.entry.shards)
 
     def _array(self, k: int, field: str) -> np.ndarray:
         key = (k, field)
@@ -295,8 +222,6 @@ class SplitDataset:
         return array
 
     def _locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
-            raise IndexError(f"split '{self.name}' has {len(self)} examples; got indices outside [0, {len(self)})")
         shard = np.searchsorted(self._starts, indices, side="right") - 1
         return shard, indices - self._starts[shard]
 
@@ -319,11 +244,7 @@ class SplitDataset:
         return {field: self.gather_field(field, indices) for field in ROW_FIELDS}
 
     def _document(self, field: str, indices: np.ndarray | None) -> list[Any]:
-        if not self.has_field(field):
-            raise SpeedrunError(f"split '{self.name}' of {self.root} stores no {field}")
-        if indices is None:
-            indices = np.arange(len(self))
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        indices = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
         shard, local = self._locate(indices)
         out = []
         for k, row in zip(shard.tolist(), local.tolist()):
@@ -338,15 +259,11 @@ class SplitDataset:
         return self._document("captions", indices)
 
     def specs(self, indices: np.ndarray | None = None) -> list[dict[str, Any]]:
-        """Structured scene specs (``ShapeSpec.to_json`` dicts) of rows ``indices``; shapes only."""
+        """``ShapeSpec.to_json`` dicts of rows ``indices``; shapes only."""
         return self._document("specs", indices)
 
     def images(self, indices: np.ndarray) -> np.ndarray:
-        """Real images uint8 (n, H, W, 3) of rows ``indices``.
-
-        Pixel tracks store the images as ``x``; latent tracks store them as ``images`` in the
-        reference split (the evaluator's real images) and, with ``data.train_images``, the train split.
-        """
+        """Real images uint8 (n, H, W, 3) of rows ``indices``: ``x`` on pixel tracks, else ``images``."""
         if self.representation == "pixels":
             return self.gather_field("x", indices)
         if not self.has_images:
@@ -359,7 +276,7 @@ class SplitDataset:
     @property
     def has_images(self) -> bool:
         """Whether :meth:`images` can read this split's real images."""
-        return self.representation == "pixels" or self.has_field("images")
+        return self.representation == "pixels" or all("images.npy" in s.files for s in self.entry.shards)
 
     def digests(self) -> np.ndarray:
         """Per-example digests uint8 (N, 32) in index order."""
@@ -370,26 +287,11 @@ class PreparedDataset:
     """A verified prepared dataset: its manifest and lazily opened splits."""
 
     def __init__(self, root: Path, manifest: Manifest) -> None:
-        self.root = root
-        self.manifest = manifest
+        self.root, self.manifest = root, manifest
+        self.representation = manifest.representation
+        self.x_shape = manifest.x_shape  # (C, H, W) of one example in model space
+        self.text_encoder = manifest.text_encoder
         self._splits: dict[str, SplitDataset] = {}
-
-    def __repr__(self) -> str:
-        sizes = {name: entry.num_examples for name, entry in self.manifest.splits.items()}
-        return f"PreparedDataset({str(self.root)!r}, splits={sizes})"
-
-    @property
-    def representation(self) -> str:
-        return self.manifest.representation
-
-    @property
-    def x_shape(self) -> tuple[int, int, int]:
-        """Shape (C, H, W) of one example in model space."""
-        return self.manifest.x_shape
-
-    @property
-    def text_encoder(self) -> TextEncoderInfo:
-        return self.manifest.text_encoder
 
     def split(self, name: str) -> SplitDataset:
         if name not in self.manifest.splits:
@@ -401,9 +303,7 @@ class PreparedDataset:
     def null_text(self) -> tuple[np.ndarray, np.ndarray]:
         """The empty caption's embedding float32 (L, D) and mask bool (L,), for caption dropout."""
         base = self.root / NULL_DIR
-        emb = np.load(base / "text.npy", allow_pickle=False).astype(np.float32)
-        mask = np.load(base / "mask.npy", allow_pickle=False)
-        return emb, mask
+        return np.load(base / "text.npy", allow_pickle=False).astype(np.float32), np.load(base / "mask.npy")
 
 
 def read_manifest(root: Path) -> Manifest:
@@ -429,9 +329,11 @@ def read_manifest(root: Path) -> Manifest:
         raise SpeedrunError(format_validation_error(str(path), exc)) from None
 
 
-def _check_all(root: Path, manifest: Manifest, *, rehash: bool) -> None:
-    # prepare trusts a dataset with a manifest; without one it re-hashes every shard and rebuilds
-    # only those that fail, so deleting the manifest (not the shard) is the repair.
+def open_dataset(root: Path, rehash: bool = False) -> PreparedDataset:
+    """Open a prepared dataset after checking its manifest and every file's size (and sha256 if ``rehash``)."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    # Without a manifest prepare re-hashes every shard and rebuilds only the damaged ones.
     remedy = (
         f"delete {root / MANIFEST_NAME} and run prepare again (it re-checks every shard and rebuilds only "
         "the damaged ones)"
@@ -440,22 +342,9 @@ def _check_all(root: Path, manifest: Manifest, *, rehash: bool) -> None:
     for split, entry in manifest.splits.items():
         for shard in entry.shards:
             check_files(root / split / shard.name, shard.files, rehash=rehash, remedy=remedy)
-
-
-def open_dataset(root: Path) -> PreparedDataset:
-    """Open a prepared dataset after checking its manifest and that every file has its size.
-
-    Cheap (no hashing); ``verify`` re-hashes every byte.
-    """
-    root = Path(root)
-    manifest = read_manifest(root)
-    _check_all(root, manifest, rehash=False)
     return PreparedDataset(root, manifest)
 
 
 def verify(root: Path) -> PreparedDataset:
     """``open_dataset`` plus a sha256 of every file; SpeedrunError names the corrupted file."""
-    root = Path(root)
-    manifest = read_manifest(root)
-    _check_all(root, manifest, rehash=True)
-    return PreparedDataset(root, manifest)
+    return open_dataset(root, rehash=True)

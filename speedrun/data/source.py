@@ -9,17 +9,12 @@ import numpy as np
 import torch
 
 from speedrun.data.loader import Batch, Loader, load_batch
+from speedrun.data.prepare import dataset_dir
 from speedrun.data.shards import MANIFEST_NAME, PreparedDataset, open_dataset
 from speedrun.errors import SpeedrunError
 from speedrun.fileio import sha256_file
 from speedrun.paths import prepare_command
 from speedrun.tracks import Track
-
-
-def dataset_dir(track: Track, data_root: Path) -> Path:
-    from speedrun.data.prepare import dataset_dir as prepared_dir
-
-    return prepared_dir(track, data_root)
 
 
 def dataset_manifest_sha256(track: Track, data_root: Path) -> str | None:
@@ -65,8 +60,7 @@ class TrainData:
     def loader(
         self, *, batch_size: int, seed: int, rank: int, world_size: int, device: torch.device, images: bool = False
     ) -> Loader:
-        """This rank's stream of train batches on ``device``, read one batch ahead (``close()`` it when
-        done); ``images`` adds the real images (``Batch.images``)."""
+        """This rank's train batches on ``device``, read one batch ahead (``close()`` it when done)."""
         return Loader(
             self.dataset.split("train"), batch_size, seed, rank=rank, world_size=world_size, device=device,
             images=images, prefetch=True,

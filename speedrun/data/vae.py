@@ -1,10 +1,6 @@
-"""The Flux VAE (diffusers ``AutoencoderKL``): uint8 images <-> model-space latents.
-
-Model-space latents are ``(z - shift_factor) * scaling_factor`` with ``z`` the posterior mean
-(deterministic, so a prepared dataset is reproducible); ``decode`` inverts that and rounds and
-clamps to uint8 once. The factors come from the VAE's own config (Flux: shift 0.1159, scale
-0.3611), so they travel with the weights.
-"""
+"""The Flux VAE (diffusers ``AutoencoderKL``): uint8 images <-> model-space latents
+``(z - shift_factor) * scaling_factor``, ``z`` the posterior mean (deterministic, so prepared data is
+reproducible). The factors come from the VAE's own config (Flux: shift 0.1159, scale 0.3611)."""
 
 from __future__ import annotations
 
@@ -19,28 +15,16 @@ from speedrun.data.text import find_local_weights, missing_weights_error
 from speedrun.errors import SpeedrunError
 from speedrun.tracks import canonical_hash
 
-FLUX_VAE_REPO = "black-forest-labs/FLUX.1-schnell"
-FLUX_VAE_SUBFOLDER = "vae"
 # A commit of FLUX.1-schnell whose vae/ folder holds the diffusers config and weights.
-FLUX_VAE_REVISION = "f1e6c9fa059429dceee1c6b43b4446cfbe8fd8f4"
-FLUX_VAE_REF = f"{FLUX_VAE_REPO}@{FLUX_VAE_REVISION}#{FLUX_VAE_SUBFOLDER}"
-# Flux VAE latent geometry, for what is known before the VAE is loaded (shard sizes, FLOP counts).
-FLUX_LATENT_CHANNELS, FLUX_DOWNSAMPLE = 16, 8
+FLUX_VAE_REF = "black-forest-labs/FLUX.1-schnell@f1e6c9fa059429dceee1c6b43b4446cfbe8fd8f4#vae"
+FLUX_LATENT_CHANNELS, FLUX_DOWNSAMPLE = 16, 8  # known before the VAE loads (shard sizes, FLOP counts)
 # A Flux-shaped VAE (16 latent channels, 8x downsampling, Flux's factors) small enough for CPU tests.
 SMALL_VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "latent_channels": 16,
-    "block_out_channels": [8, 8, 8, 8],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 1,
-    "norm_num_groups": 4,
-    "scaling_factor": 0.3611,
-    "shift_factor": 0.1159,
-    "use_quant_conv": False,
-    "use_post_quant_conv": False,
-}
+    "in_channels": 3, "out_channels": 3, "latent_channels": 16, "block_out_channels": [8, 8, 8, 8],
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 1, "norm_num_groups": 4, "scaling_factor": 0.3611, "shift_factor": 0.1159,
+    "use_quant_conv": False, "use_post_quant_conv": False,
+}  # fmt: skip
 
 
 def parse_ref(ref: str) -> tuple[str, str, str | None]:
@@ -55,13 +39,11 @@ def parse_ref(ref: str) -> tuple[str, str, str | None]:
 class FluxVAE:
     """An ``AutoencoderKL`` plus its latent normalisation; ``id``/``revision`` name the weights."""
 
-    # Images per forward pass.
-    batch_size = 16
+    batch_size = 16  # images per forward pass
 
     def __init__(self, model: torch.nn.Module, id: str, revision: str, device: str | torch.device = "cpu") -> None:
         self.model = model.eval().requires_grad_(False).to(device)
-        self.id = id
-        self.revision = revision
+        self.id, self.revision = id, revision
         self.device = torch.device(device)
         config = model.config
         self.scaling_factor = float(config.scaling_factor)
@@ -71,10 +53,6 @@ class FluxVAE:
 
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         """(C, h, w) of the latents of an image_size x image_size image."""
-        if image_size % self.downsample:
-            raise SpeedrunError(
-                f"image size {image_size} is not a multiple of the VAE's downsampling {self.downsample}"
-            )
         side = image_size // self.downsample
         return self.latent_channels, side, side
 
@@ -88,7 +66,7 @@ class FluxVAE:
             with torch.inference_mode():
                 z = self.model.encode(x).latent_dist.mean
             out.append(((z.float() - self.shift_factor) * self.scaling_factor).cpu())
-        return torch.cat(out) if out else torch.empty(0, *self.latent_shape(images.shape[1]))
+        return torch.cat(out)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Model-space latents (B, C, h, w) -> uint8 images (B, 8h, 8w, 3) on the CPU."""
@@ -104,21 +82,16 @@ class FluxVAE:
 
 
 def load_flux_vae(
-    ref: str = FLUX_VAE_REF,
-    device: str | torch.device = "cpu",
-    weights_dir: str | Path | None = None,
-    dtype: torch.dtype = torch.float32,
+    ref: str = FLUX_VAE_REF, device: str | torch.device = "cpu", weights_dir: str | Path | None = None
 ) -> FluxVAE:
     """The VAE named by ``ref`` (``repo@revision#subfolder``), from a local copy or the HF cache."""
     from diffusers import AutoencoderKL
 
     repo, revision, subfolder = parse_ref(ref)
     local = find_local_weights(repo, subfolder, weights_dir)
+    where = {} if local else {"subfolder": subfolder, "revision": revision}
     try:
-        if local:
-            model = AutoencoderKL.from_pretrained(local, torch_dtype=dtype)
-        else:
-            model = AutoencoderKL.from_pretrained(repo, subfolder=subfolder, revision=revision, torch_dtype=dtype)
+        model = AutoencoderKL.from_pretrained(local or repo, torch_dtype=torch.float32, **where)
     except (OSError, ValueError) as exc:
         raise missing_weights_error(repo, revision, subfolder, exc) from None
     return FluxVAE(model, repo + (f"#{subfolder}" if subfolder else ""), revision, device)

@@ -1,64 +1,37 @@
-"""Fréchet distance between Gaussian fits of two feature sets, all in float64.
+"""Fréchet distance FD = |mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr sqrt(S1 S2) between Gaussian fits, in float64.
 
-    FD = |mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr sqrt(S1 S2)
-
-Three entry points, by what you have:
-
-- ``frechet_distance(mu1, sigma1, mu2, sigma2)``: from statistics. The trace term uses a symmetric
-  eigenproblem: for any factor S1 = F F^T, F^T S2 F is symmetric PSD with the eigenvalues of
-  S1 S2, so tr sqrt(S1 S2) = sum sqrt(max(eigvalsh(F^T S2 F), 0)). F = S1^1/2 from eigh(S1) is the
-  textbook choice; we take the Cholesky factor when S1 is positive definite (same eigenvalues,
-  ~10x cheaper than eigh at d = 2048) and fall back to eigh when it is singular. Exact for any
-  PSD pair and many times faster than ``scipy.linalg.sqrtm``. Use it when both covariances come
-  from more samples than dimensions; with fewer, their zero eigenvalues come out as +-1e-16
-  round-off whose square roots (1e-8 each, times ~d of them) bias the result.
-- ``frechet_distance_from_features(x, y)``: from raw features, for n < d. With A, B the centred
-  features scaled by 1/sqrt(n-1), S1 = A^T A and S2 = B^T B, and tr sqrt(S1 S2) is the nuclear
-  norm ||A B^T||_* (sum of singular values of an n x m matrix): no square root of round-off.
-- ``fid_from_moments(a, b)``: from two ``StreamingMoments``; picks the exact route by rank.
-
-Never do this algebra in float32: it moved FID by up to 0.6 at n = 1000 (REFERENCE §5).
+tr sqrt(S1 S2) is a symmetric eigenproblem on F^T S2 F for S1 = F F^T (Cholesky, else S1^1/2): exact for any
+PSD pair and far faster than ``scipy.linalg.sqrtm``. With fewer samples than dimensions it is the nuclear norm
+of the scaled centred features instead (near-zero eigenvalues would bias it); ``fid_from_moments`` picks by
+rank. Never float32: it moved FID by up to 0.6 at n = 1000 (REFERENCE §5).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from speedrun.eval.mmd import as_features
 from speedrun.eval.stats import StreamingMoments
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """FD between N(mu1, sigma1) and N(mu2, sigma2), computed in float64.
-
-    Args:
-        mu1, mu2: means (d,).
-        sigma1, sigma2: symmetric positive semi-definite covariances (d, d).
-
-    Returns:
-        The distance (units: squared feature units). Negative eigenvalues from round-off are
-        clipped to 0, so the result is finite for any PSD input; see the module docstring for
-        when the few-sample routes are more accurate.
-    """
-    mu1, mu2 = _vector(mu1), _vector(mu2)
-    sigma1, sigma2 = _matrix(sigma1, mu1.shape[0]), _matrix(sigma2, mu2.shape[0])
-    if mu1.shape != mu2.shape:
-        raise ValueError(f"means differ in dimension: {mu1.shape} vs {mu2.shape}")
+    """FD between N(mu1, sigma1) and N(mu2, sigma2) for means (d,) and PSD covariances (d, d), in
+    squared feature units; round-off negative eigenvalues are clipped to 0."""
+    mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
+    if mu1.ndim != 1 or mu1.shape != mu2.shape:
+        raise ValueError(f"expected two mean vectors (d,) of one dimension, got shapes {mu1.shape} and {mu2.shape}")
+    sigma1, sigma2 = np.asarray(sigma1, dtype=np.float64), np.asarray(sigma2, dtype=np.float64)
+    if sigma1.shape != mu1.shape * 2 or sigma2.shape != mu1.shape * 2:
+        raise ValueError(f"expected covariances of shape {mu1.shape * 2}, got {sigma1.shape} and {sigma2.shape}")
     diff = mu1 - mu2
     trace_sqrt = _trace_sqrt_product(sigma1, sigma2)
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
 
 
 def frechet_distance_from_features(x, y) -> float:
-    """FD between the Gaussian fits (mean, covariance with ddof=1) of two feature sets.
-
-    Exact for any sample counts: the trace term is the nuclear norm of A B^T (n x m), so this is
-    the route for n < d, where the covariances are rank-deficient. Cost O(n m d + min(n, m)^2 max(n, m)).
-
-    Args:
-        x: (n, d) features, n >= 2.
-        y: (m, d) features, m >= 2.
-    """
-    x, y = _features(x), _features(y)
+    """FD between the Gaussian fits (mean, ddof=1 covariance) of features x (n, d) and y (m, d),
+    n, m >= 2: exact for any counts, at cost O(n m d + min(n, m)^2 max(n, m))."""
+    x, y = as_features(x, 2), as_features(y, 2)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"feature dimensions differ: {x.shape[1]} vs {y.shape[1]}")
     a, mu1 = _scaled_centred(x)
@@ -70,16 +43,9 @@ def frechet_distance_from_features(x, y) -> float:
 
 
 def fid_from_moments(a: StreamingMoments, b: StreamingMoments) -> float:
-    """FD between two ``StreamingMoments``, by the exact route for their sample counts.
-
-    - Both have more samples than dimensions (count - 1 >= dim): ``frechet_distance`` on mean/cov.
-    - One side is rank-deficient: tr sqrt(S_full S_few) = ||B F||_* with F F^T = S_full and B that
-      side's scaled centred features, so it must have been built with ``keep_features=True``.
-    - Both are rank-deficient: ``frechet_distance_from_features``; both need kept features.
-
-    Raises:
-        ValueError: a rank-deficient side kept no features, or the dimensions differ.
-    """
+    """FD between two ``StreamingMoments`` by the exact route for their ranks (count - 1 >= dim: full): both
+    full, ``frechet_distance``; one rank-deficient, tr sqrt(S_full S_few) = ||B F||_* with F F^T = S_full and
+    B the few side's scaled centred features (which it must have kept); none, ``frechet_distance_from_features``."""
     if a.dim != b.dim:
         raise ValueError(f"feature dimensions differ: {a.dim} vs {b.dim}")
     few_a, few_b = a.count - 1 < a.dim, b.count - 1 < b.dim
@@ -128,24 +94,3 @@ def _scaled_centred(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(x - mean) / sqrt(n - 1), whose Gram matrix A^T A is the ddof=1 covariance, and the mean."""
     mean = x.mean(axis=0)
     return (x - mean) / np.sqrt(x.shape[0] - 1), mean
-
-
-def _vector(v) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64)
-    if v.ndim != 1:
-        raise ValueError(f"expected a mean vector (d,), got shape {v.shape}")
-    return v
-
-
-def _matrix(m, dim: int) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float64)
-    if m.shape != (dim, dim):
-        raise ValueError(f"expected a covariance of shape ({dim}, {dim}), got {m.shape}")
-    return m
-
-
-def _features(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError(f"expected features (n >= 2, d), got shape {x.shape}")
-    return x

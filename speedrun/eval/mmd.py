@@ -3,13 +3,9 @@
     k(a, b) = exp(-|a - b|^2 / (2 sigma^2))
     MMD^2   = scale * (mean k(x, x') + mean k(y, y') - 2 mean k(x, y))
 
-The biased V-statistic: every pair, the diagonal included, so MMD(X, X) is exactly 0. The kernel
-matrices are never held whole: rows and columns go in blocks of ``block``, so memory is
-O(block^2) instead of O(n^2) (20,000 samples would need 3.2 GB per dense float64 matrix).
-
-Each block contributes the float64 sum of expm1(-gamma d^2) = k - 1 rather than of k: since every
-mean of k is 1 + mean of (k - 1), the three 1s cancel exactly, and summing the small k - 1 values
-keeps the digits that summing values near 1 would lose when the two sets are close.
+The biased V-statistic (MMD(X, X) is exactly 0) in ``block`` x ``block`` tiles: O(block^2) memory, not
+3.2 GB per dense float64 matrix at 20,000 samples. Tiles sum expm1(-gamma d^2) = k - 1: the three 1s cancel
+exactly, and the small k - 1 keep the digits values near 1 would lose when the two sets are close.
 """
 
 from __future__ import annotations
@@ -18,19 +14,9 @@ import numpy as np
 
 
 def mmd(x, y, sigma: float = 10.0, scale: float = 1000.0, block: int = 1024) -> float:
-    """Biased (V-statistic) squared MMD between two feature sets, times ``scale``.
-
-    The defaults are CMMD's: sigma 10 (feature units), scale 1000.
-
-    Args:
-        x: (n, d) features.
-        y: (m, d) features.
-        sigma: kernel bandwidth, in feature units.
-        scale: multiplier of the result.
-        block: rows and columns per kernel block; peak extra memory is a few block x block
-            float64 matrices (8 MB each at 1024).
-    """
-    x, y = _features(x), _features(y)
+    """``scale`` x biased squared MMD between features x (n, d) and y (m, d), bandwidth ``sigma`` in
+    feature units (CMMD's defaults); peak extra memory is a few ``block`` x ``block`` float64 matrices."""
+    x, y = as_features(x), as_features(y)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"feature dimensions differ: {x.shape[1]} vs {y.shape[1]}")
     if sigma <= 0 or block <= 0:
@@ -63,8 +49,8 @@ def _mean_kernel_minus_one(a: np.ndarray, b: np.ndarray, gamma: float, block: in
     return total / (a.shape[0] * b.shape[0])
 
 
-def _features(x) -> np.ndarray:
+def as_features(x, min_rows: int = 1) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"expected features (n >= 1, d), got shape {x.shape}")
+    if x.ndim != 2 or x.shape[0] < min_rows:
+        raise ValueError(f"expected features (n >= {min_rows}, d), got shape {x.shape}")
     return x

@@ -1,18 +1,14 @@
-"""``speedrun eval``: score one checkpoint with its track's fixed protocol.
-
-Runs in its own process. It loads only the denoiser weights into the track's frozen architecture
-(strict keys; component-owned weights are dropped by the checkpoint's declaration), samples with
-the track's sampler, steps and CFG from the reference split's captions, and computes the track's
-metrics against cached reference statistics. The noise of sample ``i`` comes from
-(track eval seed, i) alone, so the result is the same for any batch size and any process count.
-Nothing here imports ``speedrun.components`` or submission code.
-"""
+"""``speedrun eval``: load a checkpoint's denoiser (strict keys), sample from the reference split's captions
+with the track's sampler and score the track's metrics against cached reference statistics. Sample ``i``'s
+noise depends on (eval seed, i) alone: results do not depend on batch size or process count. Imports no
+component or submission code."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import textwrap
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,8 +24,9 @@ from speedrun.fileio import NAME_MAX, TEMP_NAME_EXTRA, atomic_write, atomic_writ
 from speedrun.flow import euler_sample, validation_loss, velocity_from_prediction
 from speedrun.model import build_model
 from speedrun.paths import cache_root, data_root, lookup, unusable_part
-from speedrun.results import harness_sha256
-from speedrun.state import StepState
+from speedrun.protocol import StepState
+from speedrun.provenance import harness_sha256
+from speedrun.results import EvalReport
 from speedrun.tracks import Track, canonical_hash, load_track
 
 if TYPE_CHECKING:
@@ -41,10 +38,8 @@ FEATURE_CHUNK = 500
 
 
 def sample_noise(seed: int, index: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """The starting noise of evaluation sample ``index``: a function of (seed, index) only.
-
-    The pair is hashed because torch's CPU generator keeps only 32 bits of a seed.
-    """
+    """The starting noise of evaluation sample ``index``, from (seed, index) only (hashed: torch's CPU
+    generator keeps 32 bits of a seed)."""
     digest = hashlib.sha256(f"eval-noise:{seed}:{index}".encode()).digest()
     g = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
     return torch.randn(shape, generator=g)
@@ -70,11 +65,7 @@ def protocol(track: Track) -> dict[str, Any]:
 
 
 class Sampler:
-    """Generates evaluation images for a slice of sample indices."""
-
-    def __init__(
-        self, track: Track, model: torch.nn.Module, prediction: str, data: TrainData, device: torch.device
-    ) -> None:
+    def __init__(self, track: Track, model: torch.nn.Module, prediction: str, data: TrainData, device: torch.device):
         self.track, self.model, self.prediction, self.device = track, model, prediction, device
         self.ref = data.dataset.split(track.eval.reference_split)
         self.x_shape = data.x_shape
@@ -91,8 +82,9 @@ class Sampler:
             pred = self.model(x, t, text, mask, state=StepState(training=False)).float()
         return velocity_from_prediction(self.prediction, pred, x, t)
 
-    def prompt_index(self, i: int) -> int:
-        return i % len(self.ref)
+    def captions(self, n: int) -> list[str]:
+        """The prompts of samples 0..n-1 (sample ``i`` has reference caption ``i % len(ref)``)."""
+        return self.ref.captions(np.arange(n) % len(self.ref))
 
     def generate(self, indices: list[int]) -> np.ndarray:
         """uint8 (n, H, W, 3) images for sample ``indices`` (one round-and-clamp)."""
@@ -100,16 +92,13 @@ class Sampler:
 
         if not indices:
             return np.zeros((0, self.track.data.image_size, self.track.data.image_size, 3), np.uint8)
-        rows = np.array([self.prompt_index(i) for i in indices])
-        batch = load_batch(self.ref, rows, self.device)
+        batch = load_batch(self.ref, np.array(indices) % len(self.ref), self.device)
         noise = torch.stack([sample_noise(self.track.eval.seed, i, self.x_shape) for i in indices]).to(self.device)
         x0 = euler_sample(
             self.model_fn, noise, batch.text, batch.text_mask, self.null_text, self.null_mask,
             self.track.eval.sampler_steps, self.track.eval.cfg_scale,
         )
-        if self.vae is not None:
-            return np.asarray(self.vae.decode(x0).cpu())
-        return to_uint8(x0).cpu().numpy()
+        return (to_uint8(x0) if self.vae is None else self.vae.decode(x0)).cpu().numpy()
 
 
 def generate_all(sampler: Sampler, n: int, batch_size: int) -> np.ndarray:
@@ -132,11 +121,6 @@ def generate_all(sampler: Sampler, n: int, batch_size: int) -> np.ndarray:
     return out
 
 
-def _chunks(images: np.ndarray, size: int = FEATURE_CHUNK):
-    for i in range(0, len(images), size):
-        yield images[i : i + size]
-
-
 class _Rechunk:
     """Re-iterable uint8 batches of a split's reference images."""
 
@@ -149,15 +133,10 @@ class _Rechunk:
 
 
 def image_metrics(
-    track: Track,
-    images: np.ndarray,
-    ref_split: Any,
-    ref_hash: str | None,
-    device: torch.device,
-    cache: Path,
+    track: Track, images: np.ndarray, ref_split: Any, ref_hash: str | None, device: torch.device, cache: Path,
     report: dict,
-) -> None:
-    """FID / CMMD / DINO-MMD of ``images`` against the reference split, into ``report``."""
+) -> None:  # fmt: skip
+    """FID / CMMD / DINO-MMD of ``images`` against the reference split, into the sections of ``report``."""
     from speedrun.eval.features import get_extractor
     from speedrun.eval.fid import fid_from_moments
     from speedrun.eval.mmd import mmd
@@ -175,21 +154,15 @@ def image_metrics(
             continue
         # MMD reads features; exact FD needs those of each side with no more samples than dimensions.
         keep_ref, keep_gen = (metric != "fid" or n - 1 < extractor.dim for n in (n_ref, len(images)))
+        key = {"metric": metric, "protocol": canonical_hash(protocol(track)), "n": n_ref}
         ref = reference_stats(
-            _Rechunk(ref_split, n_ref),
-            extractor,
-            cache / "reference-stats",
-            {"metric": metric, "protocol": canonical_hash(protocol(track)), "n": n_ref},
-            images_hash=ref_hash,
+            _Rechunk(ref_split, n_ref), extractor, cache / "reference-stats", key, images_hash=ref_hash,
             keep_features=keep_ref,
-        )
+        )  # fmt: skip
         gen = StreamingMoments(extractor.dim, keep_features=keep_gen)
-        for chunk in _chunks(images):
-            gen.update(extractor(chunk))
-        if metric == "fid":
-            value = fid_from_moments(gen, ref)
-        else:
-            value = mmd(gen.features, ref.features)
+        for i in range(0, len(images), FEATURE_CHUNK):
+            gen.update(extractor(images[i : i + FEATURE_CHUNK]))
+        value = fid_from_moments(gen, ref) if metric == "fid" else mmd(gen.features, ref.features)
         report["metrics"][metric] = float(value)
         report["reference_stats_sha256"][metric] = ref.meta.get("key", "")
         report["extractor_weights"][extractor.id] = extractor.weights_sha256 or "random-init"
@@ -197,12 +170,8 @@ def image_metrics(
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    """The checkpoint directory ``path`` stands for.
-
-    ``path`` is a checkpoint directory itself, or a run's ``checkpoints`` folder (or its ``latest``
-    file), which stands for the checkpoint ``latest_checkpoint`` picks: the one ``latest`` names, as
-    the trainer would resume from it.
-    """
+    """The checkpoint directory ``path`` stands for: itself, or for a run's ``checkpoints`` folder (or
+    its ``latest`` file) the one ``latest_checkpoint`` picks, as the trainer would resume from it."""
     path = Path(path)
     try:
         if lookup(path / "meta.json") == "file":
@@ -235,8 +204,7 @@ def check_out(out: Path) -> None:
     grid = out.with_suffix(".png")
     if grid == out:
         raise SpeedrunError(f"--out {out}: the sample grid is written to <out>.png, so --out must not end in .png")
-    # Found now, not when the writer's temporary file beside it fails to open after the evaluation.
-    for path in (out, grid):
+    for path in (out, grid):  # the writer's temporary file beside it would fail only after the evaluation
         excess = len(os.fsencode(path.name)) + TEMP_NAME_EXTRA - NAME_MAX
         if excess > 0:
             raise SpeedrunError(f"--out {out}: the file name {path.name} is too long; shorten it by {excess} bytes")
@@ -254,14 +222,9 @@ def check_out(out: Path) -> None:
 
 
 def evaluate_checkpoint(
-    checkpoint: Path,
-    track_id: str,
-    *,
-    out: Path | None = None,
-    device: str | None = None,
-    data_dir: Path | None = None,
-    batch_size: int | None = None,
-) -> Path:
+    checkpoint: Path, track_id: str, *, out: Path | None = None, device: str | None = None,
+    data_dir: Path | None = None, batch_size: int | None = None,
+) -> Path:  # fmt: skip
     """Evaluate ``checkpoint`` (see ``resolve_checkpoint``) under track ``track_id``; write and
     return the metrics JSON path (default: ``metrics.json`` in the checkpoint directory)."""
     from speedrun.data.source import TrainData
@@ -276,49 +239,41 @@ def evaluate_checkpoint(
     out = Path(out) if out else checkpoint / "metrics.json"
     check_out(out)
     meta = read_meta(checkpoint)
-    if meta.get("track") != track.id:
-        raise SpeedrunError(f"{checkpoint}: trained on track '{meta.get('track')}', not '{track.id}'")
+    if meta.track != track.id:
+        raise SpeedrunError(f"{checkpoint}: trained on track '{meta.track}', not '{track.id}'")
     # Opened before the device and the model: unprepared data is reported (with the prepare
     # command for this data dir) without that work.
     data = TrainData.open(track, data_root(data_dir))
     d = distributed.setup(device)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     model = build_model(track.model.config, text_dim=data.text_dim)
     load_denoiser_strict(checkpoint, model)
     model.to(d.device).eval()
-    prediction = meta.get("prediction", "velocity")
-    report: dict[str, Any] = {
-        "step": int(meta["step"]),
+    # Hashed before sampling: the code and weights that scored it.
+    identity = {
+        "step": meta.step,
         "track": track.id,
         "track_hash": track.content_hash,
         "checkpoint": str(checkpoint),
         "model_sha256": sha256_file(checkpoint / "model.safetensors"),
-        "prediction": prediction,
+        "prediction": meta.prediction,
         "protocol_hash": canonical_hash(protocol(track)),
-        # The code that scored it: `speedrun run` reuses a metrics file only from the same harness.
         "harness_sha256": harness_sha256(),
         "samples": track.eval.samples,
-        "metrics": {},
-        "unavailable": {},
-        "reference_stats_sha256": {},
-        "extractor_weights": {},
-        "seconds": {},
-        "details": {},
     }
-    sampler = Sampler(track, model, prediction, data, d.device)
+    sections = ("metrics", "unavailable", "reference_stats_sha256", "extractor_weights", "seconds", "details")
+    report: dict[str, dict] = {name: {} for name in sections}
+    sampler = Sampler(track, model, meta.prediction, data, d.device)
     t0 = time.perf_counter()
     images = generate_all(sampler, track.eval.samples, batch_size or track.eval.batch_size)
     report["seconds"]["sampling"] = time.perf_counter() - t0
     if d.is_main:
-        ref_split = sampler.ref
-        ref_hash = track.data.split_hashes.get(track.eval.reference_split)
+        ref_split, ref_hash = sampler.ref, track.data.split_hashes.get(track.eval.reference_split)
         image_metrics(track, images, ref_split, ref_hash, d.device, cache_root(), report)
         if "prompt_adherence" in track.eval.metrics:
             from speedrun.data.adherence import score_batch
 
-            captions = ref_split.captions(np.array([sampler.prompt_index(i) for i in range(len(images))]))
-            report["metrics"]["prompt_adherence"] = float(score_batch(images, captions).mean())
+            report["metrics"]["prompt_adherence"] = float(score_batch(images, sampler.captions(len(images))).mean())
         if "val_loss" in track.eval.metrics:
             t0 = time.perf_counter()
             spec = track.eval.val_loss
@@ -333,11 +288,10 @@ def evaluate_checkpoint(
             report["seconds"]["val_loss"] = time.perf_counter() - t0
         report["seconds"]["total"] = time.perf_counter() - t_start
         grid = out.with_suffix(".png")
-        shown = range(min(GRID_SAMPLES, len(images)))
-        captions = ref_split.captions(np.array([sampler.prompt_index(i) for i in shown]))
-        write_grid(images[:GRID_SAMPLES], captions, grid)
-        report["grid"] = grid.name
-        atomic_write_text(out, json.dumps(report, indent=2, sort_keys=True))
+        write_grid(images[:GRID_SAMPLES], sampler.captions(min(GRID_SAMPLES, len(images))), grid)
+        typed = EvalReport(**identity, **report, grid=grid.name)
+        # json.dumps, not model_dump_json: the file keeps today's sorted keys, float spelling and NaN.
+        atomic_write_text(out, json.dumps(typed.model_dump(), indent=2, sort_keys=True))
     distributed.teardown()
     return out if d.is_main else checkpoint
 
@@ -349,30 +303,19 @@ def write_grid(images: np.ndarray, captions: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(images)
-    if n == 0:
+    if len(images) == 0:
         return
-    cols = min(8, n)
-    rows = (n + cols - 1) // cols
+    cols = min(8, len(images))
+    rows = (len(images) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, cap in zip(axes.flat, images, captions):
         ax.imshow(img, interpolation="nearest")
-        ax.set_title("\n".join(_wrap(cap, 26)[:3]), fontsize=4.5)
+        lines = textwrap.wrap(" ".join(cap.split()), 26, break_long_words=False, break_on_hyphens=False)
+        ax.set_title("\n".join(lines[:3]), fontsize=4.5)
     fig.tight_layout()
     try:
         atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
     finally:
         plt.close(fig)
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return [*lines, line] if line else lines

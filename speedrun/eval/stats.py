@@ -1,10 +1,5 @@
-"""Feature statistics: streaming float64 moments, their .npz files, and the reference-stats cache.
-
-Every metric in this package reads its inputs from a ``StreamingMoments``: FID from the mean and
-covariance (or from the kept features when there are fewer samples than dimensions), CMMD and
-DINO-MMD from the kept features. The reference side is computed once per (images, extractor,
-protocol) and cached on disk; a cached file is trusted only after its content hash checks out.
-"""
+"""Feature statistics: streaming float64 moments, their .npz files, and the reference-stats cache (computed
+once per (images, extractor, protocol); a cached file is trusted only after its content hash checks out)."""
 
 from __future__ import annotations
 
@@ -30,19 +25,9 @@ STATS_FORMAT = 1
 
 
 class StreamingMoments:
-    """Mean and covariance of a stream of feature batches, in float64.
-
-    Holds the count, the sum and the co-moment matrix ``sum (x - mean)(x - mean)^T``. Batches are
-    merged with the pairwise update of Chan, Golub and LeVeque: each batch is centred on its own
-    mean before its outer products are summed, so no ``E[x x^T] - mu mu^T`` cancellation happens
-    even when |mean| is much larger than the spread. Any split of the same rows into batches gives
-    the same mean and covariance up to float64 round-off (relative 1e-12 or better).
-
-    Args:
-        dim: feature dimension.
-        keep_features: also keep every row (float64), as MMD and the few-sample FID need them.
-        meta: free JSON-serialisable description saved with the statistics.
-    """
+    """Mean and covariance of (B, dim) feature batches in float64 by Chan, Golub and LeVeque's pairwise
+    co-moment update (each batch centred on its own mean: no cancellation), so any batch split agrees to
+    1e-12. ``keep_features`` keeps every row (MMD, few-sample FID); ``meta`` (JSON) is saved with them."""
 
     def __init__(self, dim: int, *, keep_features: bool = False, meta: dict[str, Any] | None = None):
         if dim <= 0:
@@ -64,14 +49,12 @@ class StreamingMoments:
             return
         if not np.isfinite(x).all():
             raise ValueError("features contain NaN or inf; the extractor produced invalid output")
-        n_b = x.shape[0]
-        sum_b = x.sum(axis=0)
+        n_a, n_b, sum_b = self.count, x.shape[0], x.sum(axis=0)
         centred = x - sum_b / n_b
         comoment_b = centred.T @ centred
-        if self.count == 0:
+        if n_a == 0:
             self._comoment = comoment_b
         else:
-            n_a = self.count
             delta = sum_b / n_b - self._sum / n_a
             self._comoment = self._comoment + comoment_b + np.outer(delta, delta) * (n_a * n_b / (n_a + n_b))
         self.count += n_b
@@ -81,14 +64,13 @@ class StreamingMoments:
 
     @property
     def mean(self) -> np.ndarray:
-        """Mean of all rows seen, (dim,) float64."""
         if self.count == 0:
             raise ValueError("no features seen yet")
         return self._sum / self.count
 
     @property
     def cov(self) -> np.ndarray:
-        """Unbiased covariance (ddof=1) of all rows seen, (dim, dim) float64, exactly symmetric."""
+        """Unbiased covariance (ddof=1), (dim, dim) float64, exactly symmetric."""
         if self.count < 2:
             raise ValueError(f"covariance needs at least 2 rows, have {self.count}")
         cov = self._comoment / (self.count - 1)
@@ -105,8 +87,9 @@ class StreamingMoments:
             self._features = [np.concatenate(self._features)]
         return self._features[0]
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """The arrays that define these statistics (what ``save`` writes, minus the hash)."""
+    def save(self, path: str | os.PathLike[str]) -> str:
+        """Write an .npz atomically; returns the sha256 over every array's name, dtype, shape and
+        bytes, which is stored in the file as ``sha256`` and checked by ``load``."""
         state = {
             "format": np.asarray(STATS_FORMAT, dtype=np.int64),
             "count": np.asarray(self.count, dtype=np.int64),
@@ -116,36 +99,10 @@ class StreamingMoments:
         }
         if self.keep_features:
             state["features"] = self.features
-        return state
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, np.ndarray]) -> StreamingMoments:
-        """Rebuild from ``state_dict()`` output."""
-        if int(state["format"]) != STATS_FORMAT:
-            raise ValueError(f"statistics format {int(state['format'])}, expected {STATS_FORMAT}")
-        total = np.asarray(state["sum"], dtype=np.float64)
-        moments = cls(total.shape[0], keep_features="features" in state, meta=json.loads(str(state["meta"])))
-        moments.count = int(state["count"])
-        moments._sum = total
-        moments._comoment = np.asarray(state["comoment"], dtype=np.float64)
-        if moments.keep_features:
-            moments._features = [np.asarray(state["features"], dtype=np.float64)]
-            if moments._features[0].shape != (moments.count, moments.dim):
-                raise ValueError("kept features do not match count and dim")
-        return moments
-
-    def save(self, path: str | os.PathLike[str]) -> str:
-        """Write an .npz atomically (temp file + rename); returns the sha256 of its content.
-
-        The hash covers every array's name, dtype, shape and bytes and is stored inside the file
-        as ``sha256``; ``load`` recomputes it.
-        """
-        path = Path(path)
-        state = self.state_dict()
         digest = _content_sha256(state)
         buffer = io.BytesIO()
         np.savez(buffer, sha256=np.asarray(digest), **state)
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(Path(path), buffer.getvalue())
         return digest
 
     @classmethod
@@ -157,22 +114,31 @@ class StreamingMoments:
         fix = "delete it and rerun to recompute the statistics"
         try:
             with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
+                state = {name: data[name] for name in data.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise SpeedrunError(f"statistics file {path} is corrupted ({exc}); {fix}") from exc
-        stored = arrays.pop("sha256", None)
+        stored = state.pop("sha256", None)
         if stored is None:
             raise SpeedrunError(f"statistics file {path} has no content hash; {fix}")
-        actual = _content_sha256(arrays)
+        actual = _content_sha256(state)
         if str(stored) != actual:
             raise SpeedrunError(
                 f"statistics file {path} is corrupted: content sha256 {actual} does not match the "
                 f"recorded {stored}; {fix}"
             )
         try:
-            return cls.from_state_dict(arrays)
+            if int(state["format"]) != STATS_FORMAT:
+                raise ValueError(f"statistics format {int(state['format'])}, expected {STATS_FORMAT}")
+            total = np.asarray(state["sum"], dtype=np.float64)
+            moments = cls(total.shape[0], keep_features="features" in state, meta=json.loads(str(state["meta"])))
+            moments.count = int(state["count"])
+            moments._sum = total
+            moments._comoment = np.asarray(state["comoment"], dtype=np.float64)
+            if moments.keep_features:
+                moments._features = [np.asarray(state["features"], dtype=np.float64)]
         except (KeyError, ValueError) as exc:
             raise SpeedrunError(f"statistics file {path} is not valid ({exc}); {fix}") from exc
+        return moments
 
 
 def _content_sha256(arrays: dict[str, np.ndarray]) -> str:
@@ -185,17 +151,12 @@ def _content_sha256(arrays: dict[str, np.ndarray]) -> str:
 
 
 def images_sha256(batches: Iterable[Any]) -> str:
-    """sha256 over uint8 images, one image at a time, so the batch split does not change it.
-
-    Args:
-        batches: (B, H, W, 3) uint8 arrays or tensors.
-    """
-    from speedrun.eval.features import as_uint8_images  # noqa: PLC0415 (features imports torch)
+    """sha256 over (B, H, W, 3) uint8 batches, one image at a time, so the batch split does not change it."""
+    from speedrun.eval.features import as_uint8_images  # features imports torch
 
     digest = hashlib.sha256()
     for batch in batches:
-        images = as_uint8_images(batch, who="images_sha256").cpu().numpy()
-        for image in images:
+        for image in as_uint8_images(batch, who="images_sha256").cpu().numpy():
             digest.update(f"{image.shape}|".encode())
             digest.update(np.ascontiguousarray(image).tobytes())
     return digest.hexdigest()
@@ -210,24 +171,10 @@ def reference_stats(
     images_hash: str | None = None,
     keep_features: bool = False,
 ) -> StreamingMoments:
-    """Feature statistics of a reference image set, computed once and cached.
-
-    The cache key is the sha256 of (images hash, extractor id, extractor weights sha256,
-    ``key_parts``, ``keep_features``, format version); the file is ``cache_dir/<key>.npz``. A cached
-    file is used only if its content hash and its recorded key both check out; otherwise a
-    SpeedrunError names it (it is never silently recomputed over, so corruption gets noticed).
-
-    Args:
-        images: (B, H, W, 3) uint8 batches. Without ``images_hash`` it must be re-iterable (a list,
-            or an object whose ``__iter__`` starts over): it is read once to hash it and, on a
-            cache miss, once more to extract features.
-        extractor: the feature extractor; its id and weights hash enter the key.
-        cache_dir: directory of cached .npz files (created if missing).
-        key_parts: JSON-serialisable protocol description (metric, image size, split, ...).
-        images_hash: the caller's sha256 of exactly these uint8 pixels, e.g. a split hash recorded
-            in the track; skips the hashing pass.
-        keep_features: keep every feature row (needed for MMD and few-sample FID).
-    """
+    """Feature statistics of reference images, cached in ``cache_dir/<key>.npz``, key = sha256 of (images
+    hash, extractor id and weights sha256, ``key_parts``, ``keep_features``, format). A cached file whose
+    content hash or recorded key fails is a SpeedrunError, never silently recomputed over. ``images``:
+    (B, H, W, 3) uint8 batches, re-iterable (hashed, then read on a miss) unless ``images_hash`` is given."""
     if images_hash is None:
         if iter(images) is images:
             raise TypeError("reference_stats needs re-iterable images or an images_hash, got a one-shot iterator")
@@ -240,11 +187,7 @@ def reference_stats(
         "protocol": key_parts,
         "keep_features": keep_features,
     }
-    try:
-        encoded = json.dumps(key_material, sort_keys=True)
-    except TypeError as exc:
-        raise TypeError(f"key_parts must be JSON-serialisable: {exc}") from exc
-    key = hashlib.sha256(encoded.encode()).hexdigest()
+    key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()
     path = Path(cache_dir) / f"{key}.npz"
     if path.exists():
         cached = StreamingMoments.load(path)

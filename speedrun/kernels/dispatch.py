@@ -1,19 +1,6 @@
-"""The one dispatch point for the denoiser's hot path: attention and fused QK-norm + RoPE.
-
-The model calls only :func:`attention` and :func:`qk_norm_rope`; this module decides whether the
-plain torch reference or the Triton kernels run. Both backends share one contract, so swapping them
-changes speed, never results beyond floating-point rounding.
-
-Backend selection, strongest first:
-
-1. :func:`set_backend` called in this process;
-2. the environment variable ``SPEEDRUN_KERNELS`` (``auto``, ``torch`` or ``triton``);
-3. ``auto``: Triton on CUDA tensors when ``triton`` and the kernel modules import and the head dim
-   is one the kernels take (:func:`triton_head_dim`), torch otherwise.
-
-Asking for ``triton`` explicitly on a non-CUDA tensor, where the kernels cannot be imported, or for
-a head dim they do not take, is an error rather than a silent fallback.
-"""
+"""The one dispatch point for the hot path: attention and fused QK-norm + RoPE, torch or Triton (same
+contract, rounding apart). The backend is :func:`set_backend`'s, else ``$SPEEDRUN_KERNELS``; ``auto`` takes
+Triton on CUDA when the kernels import and take the head dim; an explicit ``triton`` never falls back."""
 
 from __future__ import annotations
 
@@ -24,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from speedrun.errors import SpeedrunError
-from speedrun.model.rope import apply_rope
+from speedrun.kernels.rope import apply_rope
 
 Backend = Literal["auto", "torch", "triton"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
@@ -53,11 +40,8 @@ def requested_backend() -> str:
 
 
 def _triton_kernels() -> tuple[Callable, Callable] | ImportError:
-    """The two Triton entry points, or the ImportError that prevented loading them.
-
-    Imported on first use only (never for CPU tensors) and kept in a module global rather than
-    ``functools.cache``, which torch.compile traces through with a warning.
-    """
+    """The two Triton entry points, or the ImportError that kept them out (a global: torch.compile warns on
+    ``functools.cache``)."""
     global _kernels
     if _kernels is None:
         try:
@@ -71,8 +55,7 @@ def _triton_kernels() -> tuple[Callable, Callable] | ImportError:
 
 
 def triton_head_dim(head_dim: int) -> bool:
-    """Whether the Triton kernels take this head dim: a power of two of at least 16 (the attention
-    kernel's ``tl.dot`` tiles; the RoPE kernel takes any power of two)."""
+    """A power of two of at least 16 (the attention kernel's ``tl.dot`` tiles; RoPE takes any power of two)."""
     return head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
@@ -98,18 +81,8 @@ def active_backend(device: torch.device | str, head_dim: int) -> Literal["torch"
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-    """Softmax attention of ``q`` over ``k``/``v`` with a key padding mask.
-
-    Args:
-        q: ``(B, H, Nq, D)`` queries.
-        k: ``(B, H, Nk, D)`` keys.
-        v: ``(B, H, Nk, D)`` values.
-        key_mask: ``(B, Nk)`` bool, True where a key may be attended to.
-
-    Returns:
-        ``(B, H, Nq, D)``: ``softmax(q k^T / sqrt(D) + mask) v``. A sample whose keys are all masked
-        gets zeros (not NaN).
-    """
+    """``softmax(q k^T / sqrt(D) + mask) v`` for q (B, H, Nq, D), k and v (B, H, Nk, D) and a bool
+    ``key_mask`` (B, Nk), True where a key may be attended to; a sample with no valid key gets zeros."""
     if active_backend(q.device, q.shape[-1]) == "triton":
         return _triton_kernels()[0](q, k, v, key_mask)
     # A row with no valid key would softmax over -inf only (NaN): let it attend everywhere, then zero it.
@@ -127,32 +100,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def qk_norm_rope(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    q_weight: torch.Tensor,
-    k_weight: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-head RMSNorm of image queries and keys, then 2-D RoPE.
+    q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, cos: torch.Tensor,
+    sin: torch.Tensor, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``apply_rope(rms_norm(x, w, eps), cos, sin)`` for q, k (B, H, N, D), weights (D,), tables (N, D // 2)
+    or (B, N, D // 2)."""
 
-    Args:
-        q: ``(B, H, N, D)`` image queries.
-        k: ``(B, H, N, D)`` image keys.
-        q_weight: ``(D,)`` RMSNorm scale for queries.
-        k_weight: ``(D,)`` RMSNorm scale for keys.
-        cos: ``(N, D // 2)`` or ``(B, N, D // 2)`` table from :func:`speedrun.model.rope.rope_tables`.
-        sin: same shape as ``cos``.
-        eps: added to the mean square before the reciprocal square root.
-
-    Returns:
-        ``(q, k)`` with the shapes and dtypes of the inputs, equal to
-        ``apply_rope(rms_norm(x, w, eps), cos, sin)`` for each.
-    """
     if active_backend(q.device, q.shape[-1]) == "triton":
         return _triton_kernels()[1](q, k, q_weight, k_weight, cos, sin, eps)
-    return (
-        apply_rope(rms_norm(q, q_weight, eps), cos, sin),
-        apply_rope(rms_norm(k, k_weight, eps), cos, sin),
-    )
+    return (apply_rope(rms_norm(q, q_weight, eps), cos, sin), apply_rope(rms_norm(k, k_weight, eps), cos, sin))

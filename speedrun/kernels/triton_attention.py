@@ -1,16 +1,9 @@
 """Flash attention for PRX image queries over [text, image] keys with a key padding mask (Triton).
 
-Forward: one program per (query block, batch*head) streams key blocks with an online softmax in
-fp32 and saves only the output and the per-row log-sum-exp. Backward: a preprocess kernel computes
-delta = rowsum(dO * O); then one program per batch*head walks its key blocks, keeping each block's
-dK and dV in registers while the query blocks stream past, and adds that block's share of dQ to
-fp32 partial sums (so the scores are recomputed once, five matmuls per tile instead of the seven of
-separate dK/dV and dQ kernels). One program owns each head's dQ, so there are no atomics and the
-grads are deterministic. Key blocks that hold only padding are skipped. Scores are kept in log2
-units (scale * log2(e) folded into one factor) so the kernels use exp2.
-
-Triton decides between compiling and interpreting when this module is imported: on a machine
-without a GPU set ``TRITON_INTERPRET=1`` before importing it and pass CPU tensors.
+Forward: online softmax in fp32, saving the output and row LSE. Backward: delta = rowsum(dO * O), then
+one program per batch*head walks its key blocks (dK, dV in registers, dQ shares added to fp32 partial
+sums): five matmuls per tile, no atomics (deterministic grads); padding-only key blocks are skipped.
+Without a GPU, set ``TRITON_INTERPRET=1`` before importing this module and pass CPU tensors.
 """
 
 from __future__ import annotations
@@ -30,14 +23,10 @@ _LN2 = tl.constexpr(0.6931471805599453)
 
 
 def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) candidates; one small fixed tile when
-    interpreting, because the interpreter cannot benchmark and pays per tile iteration."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) candidates; one small tile when interpreting."""
     if _INTERPRET:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-        for m, n, w, s in blocks
-    ]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in blocks]
 
 
 _FWD_CONFIGS = _configs(
@@ -78,9 +67,7 @@ def _attn_fwd_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < Nq
     q = tl.load(
-        Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_m + offs_d[None, :] * sq_d,
-        mask=row_ok[:, None],
-        other=0.0,
+        Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_m + offs_d[None, :] * sq_d, mask=row_ok[:, None], other=0.0
     )
     k_base = K + b * sk_b + h * sk_h
     v_base = V + b * sv_b + h * sv_h
@@ -92,9 +79,7 @@ def _attn_fwd_kernel(
         offs_n = start_n + tl.arange(0, BLOCK_N)
         in_seq = offs_n < Nk
         valid = _key_valid(Mask, b, offs_n, Nk)
-        kt = tl.load(
-            k_base + offs_n[None, :] * sk_n + offs_d[:, None] * sk_d, mask=in_seq[None, :], other=0.0
-        )
+        kt = tl.load(k_base + offs_n[None, :] * sk_n + offs_d[:, None] * sk_d, mask=in_seq[None, :], other=0.0)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -105,9 +90,7 @@ def _attn_fwd_kernel(
         alpha = tl.exp2(m_i - shift)
         l_i = l_i * alpha + tl.sum(p, 1)
         # Tail rows of V are zeroed: p is 0 there, but 0 * uninitialised memory may be NaN.
-        v = tl.load(
-            v_base + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d, mask=in_seq[:, None], other=0.0
-        )
+        v = tl.load(v_base + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d, mask=in_seq[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
 
@@ -140,9 +123,7 @@ def _attn_bwd_delta_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < Nq
     o = tl.load(
-        Out + b * so_b + h * so_h + offs_m[:, None] * so_m + offs_d[None, :] * so_d,
-        mask=row_ok[:, None],
-        other=0.0,
+        Out + b * so_b + h * so_h + offs_m[:, None] * so_m + offs_d[None, :] * so_d, mask=row_ok[:, None], other=0.0
     ).to(tl.float32)
     do = tl.load(
         dOut + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_m + offs_d[None, :] * sdo_d,
@@ -190,14 +171,10 @@ def _attn_bwd_kernel(
         in_seq = offs_n < Nk
         valid = _key_valid(Mask, b, offs_n, Nk)
         k = tl.load(
-            K + b * sk_b + h * sk_h + offs_n[:, None] * sk_n + offs_d[None, :] * sk_d,
-            mask=in_seq[:, None],
-            other=0.0,
+            K + b * sk_b + h * sk_h + offs_n[:, None] * sk_n + offs_d[None, :] * sk_d, mask=in_seq[:, None], other=0.0
         )
         v = tl.load(
-            V + b * sv_b + h * sv_h + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d,
-            mask=in_seq[:, None],
-            other=0.0,
+            V + b * sv_b + h * sv_h + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d, mask=in_seq[:, None], other=0.0
         )
         q_end = tl.where(tl.max(valid.to(tl.int32), 0) > 0, Nq, 0)
         dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -205,14 +182,8 @@ def _attn_bwd_kernel(
         for start_m in range(0, q_end, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             row_ok = offs_m < Nq
-            q = tl.load(
-                q_base + offs_m[:, None] * sq_m + offs_d[None, :] * sq_d, mask=row_ok[:, None], other=0.0
-            )
-            do = tl.load(
-                do_base + offs_m[:, None] * sdo_m + offs_d[None, :] * sdo_d,
-                mask=row_ok[:, None],
-                other=0.0,
-            )
+            q = tl.load(q_base + offs_m[:, None] * sq_m + offs_d[None, :] * sq_d, mask=row_ok[:, None], other=0.0)
+            do = tl.load(do_base + offs_m[:, None] * sdo_m + offs_d[None, :] * sdo_d, mask=row_ok[:, None], other=0.0)
             # +inf LSE on tail rows makes their probabilities exactly 0.
             lse = tl.load(Lse + row_base + offs_m, mask=row_ok, other=float("inf")) * _LOG2E
             delta = tl.load(Delta + row_base + offs_m, mask=row_ok, other=0.0)
@@ -260,22 +231,17 @@ def _attn_bwd_kernel(
 
 
 def _check_inputs(q, k, v, key_mask) -> None:
-    if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
-        raise ValueError(
-            f"q must be (B, H, Nq, D) and k, v (B, H, Nk, D); got q {tuple(q.shape)}, "
-            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
-    B, H, _, D = q.shape
-    if (k.shape[0], k.shape[1], k.shape[3]) != (B, H, D):
-        raise ValueError(f"k and v must share B, H and D with q {tuple(q.shape)}; got {tuple(k.shape)}")
+    if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape or k.shape[:2] + k.shape[3:] != q.shape[:2] + q.shape[3:]:
+        shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        raise ValueError(f"q must be (B, H, Nq, D) and k, v (B, H, Nk, D) of its B, H and D; got {shapes}")
+    B, _, _, D = q.shape
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"q, k, v must share one of fp16/bf16/fp32; got {q.dtype}, {k.dtype}, {v.dtype}")
     if D < 16 or D & (D - 1):
         raise ValueError(f"head dim must be a power of two >= 16, got {D}")
     if key_mask is not None and (key_mask.dtype != torch.bool or key_mask.shape != (B, k.shape[2])):
         raise ValueError(
-            f"key_mask must be a bool tensor of shape ({B}, {k.shape[2]}); "
-            f"got {key_mask.dtype} {tuple(key_mask.shape)}"
+            f"key_mask must be a bool tensor of shape ({B}, {k.shape[2]}); got {key_mask.dtype} {tuple(key_mask.shape)}"
         )
     devices = {t.device for t in (q, k, v) + (() if key_mask is None else (key_mask,))}
     if len(devices) != 1:
@@ -287,19 +253,14 @@ def _check_inputs(q, k, v, key_mask) -> None:
         )
 
 
-def _grid(n_rows: int, batch_heads: int, block: str):
-    return lambda meta: (triton.cdiv(n_rows, meta[block]), batch_heads)
-
-
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, key_mask):
         _check_inputs(q, k, v, key_mask)
         B, H, Nq, D = q.shape
         Nk = k.shape[2]
-        # The kernels read 0 / 1 bytes. A copy (B * Nk bytes), not a bool->uint8 view: inductor
-        # cannot lower that bitcast under torch.compile. Without a mask an all-ones one keeps a
-        # single kernel variant.
+        # The kernels read 0 / 1 bytes: a copy, since inductor cannot lower a bool->uint8 view under
+        # torch.compile. Without a mask an all-ones one keeps a single kernel variant.
         if key_mask is None:
             key_mask = torch.ones((B, Nk), dtype=torch.bool, device=q.device)
         mask = key_mask.to(torch.uint8).contiguous()
@@ -310,7 +271,7 @@ class _FlashAttention(torch.autograd.Function):
         ctx.qk_scale = ctx.sm_scale / math.log(2.0)  # scores in log2 units for exp2
         # TF32 would cost fp32 inputs ~3 decimal digits; the half types take the backend default.
         ctx.precision = "ieee" if q.dtype == torch.float32 else None
-        _attn_fwd_kernel[_grid(Nq, B * H, "BLOCK_M")](
+        _attn_fwd_kernel[lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * H)](
             q, k, v, mask, out, lse,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             H, Nq, Nk, ctx.qk_scale,
@@ -330,9 +291,7 @@ class _FlashAttention(torch.autograd.Function):
             out, dout, delta, *out.stride(), *dout.stride(), H, Nq,
             HEAD_DIM=D, BLOCK_M=delta_block,
         )  # fmt: skip
-        dq = torch.empty_like(q)
-        dk = torch.empty_like(k)
-        dv = torch.empty_like(v)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         # fp32 partial sums of dQ over the key tiles visited so far (B * H * Nq * D * 4 bytes).
         dq_acc = torch.empty((B * H, Nq, D), device=q.device, dtype=torch.float32)
         _attn_bwd_kernel[(B * H,)](
@@ -345,26 +304,10 @@ class _FlashAttention(torch.autograd.Function):
 
 
 def flash_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_mask: torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Softmax attention of image queries over [text, image] keys, scale 1/sqrt(D).
-
-    Equal to ``F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])``
-    within the input dtype's rounding, with fp32 accumulation. Differentiable in q, k and v;
-    padded keys get zero grads.
-
-    Args:
-        q: (B, H, Nq, D) image queries, fp16/bf16/fp32, any strides; D a power of two >= 16.
-        k, v: (B, H, Nk, D) keys and values, text tokens first then image tokens, same dtype.
-        key_mask: (B, Nk) bool, True = attend, or None for no padding. A sample whose text is
-            entirely padding is fine. A sample with no valid key at all (impossible for image
-            queries, whose own keys are always valid) gets zeros and zero grads, not NaN.
-
-    Returns:
-        (B, H, Nq, D) tensor in the input dtype, stored tokens-major (a transposed view of a
-        contiguous (B, Nq, H, D) buffer).
-    """
+    """``F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])`` within the input
+    dtype's rounding for q (B, H, Nq, D), k, v (B, H, Nk, D) of fp16/bf16/fp32, D a power of two >= 16, and
+    ``key_mask`` (B, Nk) bool or None; padded keys get zero grads, a sample with no valid key zeros (not
+    NaN). The output is a tokens-major view of a contiguous (B, Nq, H, D) buffer."""
     return _FlashAttention.apply(q, k, v, key_mask)

@@ -1,13 +1,8 @@
 """Fused per-head RMSNorm + 2-D axial RoPE on image queries and keys (Triton).
 
-One launch reads q and k, normalises every (batch, head, token) row over the head dim in fp32,
-rotates interleaved pairs by the given cos/sin tables and writes both outputs; the cos/sin tile is
-loaded once and used for q and k. The backward recomputes the norm from the saved inputs and
-returns grads for q, k and both norm weights (weight grads reduced over batch, heads and tokens in
-fp32 without atomics, so they are deterministic).
-
-Triton decides between compiling and interpreting when this module is imported: on a machine
-without a GPU set ``TRITON_INTERPRET=1`` before importing it and pass CPU tensors.
+One launch normalises q and k rows in fp32 and rotates them with one load of the cos/sin tile. The
+backward recomputes the norm; weight grads are reduced in fp32 without atomics (deterministic).
+Without a GPU, set ``TRITON_INTERPRET=1`` before importing this module and pass CPU tensors.
 """
 
 from __future__ import annotations
@@ -26,24 +21,18 @@ _TILE_ELEMENTS = 4096
 
 @triton.jit
 def _load_pairs(ptr, base, rows, row_ok, sx_n, sx_d, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Load a (rows, HEAD_DIM) tile as fp32 and split it into its even and odd columns."""
     cols = tl.arange(0, HEAD_DIM)
-    x = tl.load(
-        ptr + base + rows[:, None] * sx_n + cols[None, :] * sx_d, mask=row_ok[:, None], other=0.0
-    ).to(tl.float32)
+    x = tl.load(ptr + base + rows[:, None] * sx_n + cols[None, :] * sx_d, mask=row_ok[:, None], other=0.0).to(
+        tl.float32
+    )
     return tl.split(tl.reshape(x, (BLOCK_N, HEAD_DIM // 2, 2)))
 
 
 @triton.jit
 def _store_pairs(ptr, base, rows, row_ok, even, odd, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Interleave even/odd columns back into a contiguous (rows, HEAD_DIM) tile and store it."""
     cols = tl.arange(0, HEAD_DIM)
     x = tl.reshape(tl.join(even, odd), (BLOCK_N, HEAD_DIM))
-    tl.store(
-        ptr + base + rows[:, None] * HEAD_DIM + cols[None, :],
-        x.to(ptr.dtype.element_ty),
-        mask=row_ok[:, None],
-    )
+    tl.store(ptr + base + rows[:, None] * HEAD_DIM + cols[None, :], x.to(ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit
@@ -190,10 +179,8 @@ class _FusedQKNormRope(torch.autograd.Function):
     def forward(ctx, q, k, q_weight, k_weight, cos, sin, eps):
         _check_inputs(q, k, q_weight, k_weight, cos, sin)
         B, H, N, D = q.shape
-        cos = cos.to(device=q.device, dtype=torch.float32).contiguous()
-        sin = sin.to(device=q.device, dtype=torch.float32).contiguous()
-        q_weight = q_weight.contiguous()
-        k_weight = k_weight.contiguous()
+        cos, sin = (table.to(device=q.device, dtype=torch.float32).contiguous() for table in (cos, sin))
+        q_weight, k_weight = q_weight.contiguous(), k_weight.contiguous()
         q_out = torch.empty((B, H, N, D), device=q.device, dtype=q.dtype)
         k_out = torch.empty_like(q_out)
         sc_b = N * (D // 2) if cos.dim() == 3 else 0
@@ -222,36 +209,15 @@ class _FusedQKNormRope(torch.autograd.Function):
             *q.stride(), *k.stride(), *dq_out.stride(), *dk_out.stride(), sc_b, H, N, ctx.eps,
             HEAD_DIM=D, BLOCK_N=block_n,
         )  # fmt: skip
-        dq_weight = dqw_partial.sum(0).to(q_weight.dtype)
-        dk_weight = dkw_partial.sum(0).to(k_weight.dtype)
+        dq_weight, dk_weight = dqw_partial.sum(0).to(q_weight.dtype), dkw_partial.sum(0).to(k_weight.dtype)
         return dq, dk, dq_weight, dk_weight, None, None, None
 
 
 def fused_qk_norm_rope(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    q_weight: torch.Tensor,
-    k_weight: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-head RMSNorm then interleaved 2-D RoPE on image queries and keys, in one kernel.
-
-    For every row x of length D: ``y = x * rsqrt(mean(x**2) + eps) * weight`` (fp32), then each
-    pair i is rotated: ``out[2i] = cos_i*y[2i] - sin_i*y[2i+1]``,
-    ``out[2i+1] = sin_i*y[2i] + cos_i*y[2i+1]`` (the Flux/PRX convention).
-
-    Args:
-        q, k: (B, H, N, D) image-token queries and keys, same dtype (fp32/fp16/bf16), any strides;
-            D a power of two.
-        q_weight, k_weight: (D,) RMSNorm weights, shared by all heads; their grads come back in
-            their own dtype, reduced over B, H and N in fp32.
-        cos, sin: rotation tables of shape (N, D//2), or (B, N, D//2) when each sample keeps a
-            different token subset; cast to fp32. They receive no grad.
-        eps: added to the mean square before the reciprocal square root.
-
-    Returns:
-        (q_out, k_out): contiguous (B, H, N, D) tensors in the input dtype.
-    """
+    q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, cos: torch.Tensor,
+    sin: torch.Tensor, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``speedrun.kernels.rope.apply_rope`` of ``x * rsqrt(mean(x**2) + eps) * weight`` (fp32) for q and k,
+    (B, H, N, D) of one dtype, D a power of two; weights (D,); tables (N, D//2) or (B, N, D//2), cast to
+    fp32, no grad. Returns contiguous (B, H, N, D) tensors in the input dtype."""
     return _FusedQKNormRope.apply(q, k, q_weight, k_weight, cos, sin, eps)

@@ -1,4 +1,4 @@
-"""The reference denoiser: PRX configs, construction and the reference RoPE."""
+"""The reference denoiser: PRX configs and construction."""
 
 from speedrun.model.prx import MODEL_CONFIGS, BlockHooks, PRXBlock, PRXConfig, PRXDenoiser, build_model
 

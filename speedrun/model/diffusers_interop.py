@@ -1,28 +1,6 @@
-"""Exchange weights with diffusers' ``PRXTransformer2DModel``.
-
-The two models compute the same function; only parameter names differ. Every tensor maps one to one
-with the same shape and layout (no transposes, no splitting), so conversion is a renaming:
-
-=======================================  ==============================================
-ours                                     diffusers
-=======================================  ==============================================
-``img_in.*`` (``img_in.{0,1}.*``)        ``img_in.*`` (``img_in.{0,1}.*`` with a bottleneck)
-``time_in.0.*`` / ``time_in.2.*``        ``time_in.in_layer.*`` / ``time_in.out_layer.*``
-``text_in.*``                            ``txt_in.*``
-``blocks.i.modulation.*``                ``blocks.i.modulation.lin.*``
-``blocks.i.qkv.weight``                  ``blocks.i.attention.img_qkv_proj.weight``
-``blocks.i.q_norm`` / ``k_norm``         ``blocks.i.attention.norm_q.weight`` / ``norm_k.weight``
-``blocks.i.text_kv.weight``              ``blocks.i.attention.txt_kv_proj.weight``
-``blocks.i.text_k_norm``                 ``blocks.i.attention.norm_added_k.weight``
-``blocks.i.attn_out.weight``             ``blocks.i.attention.to_out.0.weight``
-``blocks.i.mlp_{gate,up,down}.weight``   ``blocks.i.{gate,up,down}_proj.weight``
-``final_modulation.*``                   ``final_layer.adaLN_modulation.1.*``
-``final_linear.*``                       ``final_layer.linear.*``
-=======================================  ==============================================
-
-diffusers' optional resolution embedder (PRX-7B) and non-default RoPE axis splits have no
-counterpart here and are rejected.
-"""
+"""Exchange weights with diffusers' ``PRXTransformer2DModel``: every tensor maps one to one (same shape
+and layout), so conversion is renaming. Its resolution embedder (PRX-7B) and non-default RoPE axis
+splits have no counterpart here and are rejected."""
 
 from __future__ import annotations
 
@@ -57,23 +35,25 @@ _BLOCK_KEYS = {  # ours -> diffusers, after "blocks.<i>."
     "mlp_down.weight": "down_proj.weight",
 }
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
-
-
-def _rename(key: str, top: Mapping[str, str], block: Mapping[str, str]) -> str | None:
-    match = _BLOCK.match(key)
-    if match:
-        suffix = block.get(match.group(2))
-        return None if suffix is None else f"blocks.{match.group(1)}.{suffix}"
-    for src, dst in top.items():
-        if key.startswith(src):
-            return dst + key[len(src) :]
-    return None
+# diffusers config key -> (PRXConfig field, diffusers' default); axes_dim and resolution_embeds apart.
+_CONFIG = {
+    "in_channels": ("in_channels", 16), "patch_size": ("patch_size", 2), "hidden_size": ("hidden_size", 1792),
+    "depth": ("depth", 16), "num_heads": ("num_heads", 28), "mlp_ratio": ("mlp_ratio", 3.5),
+    "context_in_dim": ("text_dim", 2304), "time_factor": ("time_scale", 1000.0),
+    "time_max_period": ("time_max_period", 10000), "theta": ("rope_theta", 10000),
+    "bottleneck_size": ("bottleneck_dim", None),
+}  # fmt: skip
+_FLOAT_FIELDS = {"time_scale", "time_max_period", "rope_theta"}  # PRXConfig floats that diffusers may give as ints
 
 
 def _convert(sd: Mapping[str, torch.Tensor], top: Mapping[str, str], block: Mapping[str, str], source: str) -> dict:
     out, unknown = {}, []
     for key, value in sd.items():
-        new = _rename(key, top, block)
+        if match := _BLOCK.match(key):
+            suffix = block.get(match.group(2))
+            new = None if suffix is None else f"blocks.{match.group(1)}.{suffix}"
+        else:
+            new = next((dst + key[len(src) :] for src, dst in top.items() if key.startswith(src)), None)
         if new is None:
             unknown.append(key)
         else:
@@ -94,62 +74,30 @@ def to_diffusers_state_dict(ours: Mapping[str, torch.Tensor]) -> dict[str, torch
 
 
 def config_from_diffusers(diffusers_config: Mapping[str, Any]) -> PRXConfig:
-    """A :class:`PRXConfig` from a diffusers ``PRXTransformer2DModel`` config (dict or ``FrozenDict``).
-
-    Missing fields take diffusers' defaults; features we do not implement are errors.
-    """
+    """A :class:`PRXConfig` from a ``PRXTransformer2DModel`` config (dict or ``FrozenDict``), with its defaults."""
     c = dict(diffusers_config)
-    hidden, heads = c.get("hidden_size", 1792), c.get("num_heads", 28)
+    fields = {ours: c.get(theirs, default) for theirs, (ours, default) in _CONFIG.items()}
+    fields |= {name: float(fields[name]) for name in _FLOAT_FIELDS}
     axes_dim = list(c.get("axes_dim") or [32, 32])
-    head_dim = hidden // heads
-    if axes_dim != [head_dim // 2, head_dim // 2]:
-        expected = [head_dim // 2, head_dim // 2]
+    expected = [fields["hidden_size"] // fields["num_heads"] // 2] * 2
+    if axes_dim != expected:
         raise SpeedrunError(f"diffusers axes_dim {axes_dim} is unsupported; PRXDenoiser uses {expected}")
     if c.get("resolution_embeds", False):
         raise SpeedrunError("diffusers resolution_embeds=True (PRX-7B) is not supported by PRXDenoiser")
-    return PRXConfig(
-        in_channels=c.get("in_channels", 16),
-        patch_size=c.get("patch_size", 2),
-        hidden_size=hidden,
-        depth=c.get("depth", 16),
-        num_heads=heads,
-        mlp_ratio=c.get("mlp_ratio", 3.5),
-        text_dim=c.get("context_in_dim", 2304),
-        time_scale=float(c.get("time_factor", 1000.0)),
-        time_max_period=float(c.get("time_max_period", 10000)),
-        rope_theta=float(c.get("theta", 10000)),
-        bottleneck_dim=c.get("bottleneck_size"),
-    )
+    return PRXConfig(**fields)
 
 
 def diffusers_config(config: PRXConfig) -> dict[str, Any]:
     """The ``PRXTransformer2DModel`` constructor arguments equivalent to ``config``."""
     if config.time_embed_dim != 256 or config.norm_eps != 1e-6:
         raise SpeedrunError("diffusers PRX fixes time_embed_dim=256 and norm_eps=1e-6; this config differs")
-    return {
-        "in_channels": config.in_channels,
-        "patch_size": config.patch_size,
-        "context_in_dim": config.text_dim,
-        "hidden_size": config.hidden_size,
-        "mlp_ratio": config.mlp_ratio,
-        "num_heads": config.num_heads,
-        "depth": config.depth,
-        "axes_dim": [config.head_dim // 2, config.head_dim // 2],
-        "theta": config.rope_theta,
-        "time_factor": config.time_scale,
-        "time_max_period": config.time_max_period,
-        "bottleneck_size": config.bottleneck_dim,
-        "resolution_embeds": False,
-    }
+    fields = {theirs: getattr(config, ours) for theirs, (ours, _) in _CONFIG.items()}
+    return fields | {"axes_dim": [config.head_dim // 2, config.head_dim // 2], "resolution_embeds": False}
 
 
 def load_diffusers_prx(path_or_model: str | Path | torch.nn.Module) -> PRXDenoiser:
-    """A :class:`PRXDenoiser` holding the weights of a diffusers PRX transformer.
+    """A :class:`PRXDenoiser` from a ``PRXTransformer2DModel`` or its local ``save_pretrained`` directory."""
 
-    Args:
-        path_or_model: a ``PRXTransformer2DModel`` instance, or a local directory written by its
-            ``save_pretrained`` (``config.json`` + safetensors). Nothing is downloaded.
-    """
     if isinstance(path_or_model, torch.nn.Module):
         source = path_or_model
     else:

@@ -1,17 +1,7 @@
 """The PRX denoiser: a "simplified MMDiT" whose text stream is never updated.
 
-Functionally identical to diffusers' ``PRXTransformer2DModel`` (weights map one to one, see
-``speedrun.model.diffusers_interop``), with two additions the harness needs:
-
-* block hooks: callables run before and after each block on the image tokens, which may record
-  activations or shrink the token set (routing); RoPE follows the surviving tokens through
-  ``StepState.token_index``;
-* ``flops_per_step`` for throughput accounting.
-
-Conventions: ``t`` is in [0, 1] with t = 1 pure noise; the network sees ``t * time_scale`` (1000) in its
-sinusoidal embedding, exactly as diffusers' PRX pipeline feeds ``timestep / 1000`` to the transformer
-which multiplies by ``time_factor = 1000``. The output has the input's shape; what it means
-(velocity or x0) is the objective's business.
+Computes what diffusers' ``PRXTransformer2DModel`` computes (weights map one to one), plus block hooks on
+the image tokens and ``flops_per_step``. ``t`` in [0, 1], t = 1 pure noise, is embedded as ``t * time_scale``.
 """
 
 from __future__ import annotations
@@ -27,8 +17,8 @@ from torch import nn
 
 from speedrun.errors import SpeedrunError
 from speedrun.kernels import dispatch
-from speedrun.model.rope import rope_tables
-from speedrun.state import BlockHook, StepState
+from speedrun.kernels.rope import rope_tables
+from speedrun.protocol import BlockHook, StepState
 
 BlockHooks = Mapping[int, Sequence[tuple[BlockHook | None, BlockHook | None]]]
 """``{block_index: [(before, after), ...]}``; pairs on one block run in sequence order."""
@@ -36,24 +26,8 @@ BlockHooks = Mapping[int, Sequence[tuple[BlockHook | None, BlockHook | None]]]
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PRXConfig:
-    """Architecture of a PRX denoiser. Defaults are diffusers' ``PRXTransformer2DModel`` defaults.
-
-    Attributes:
-        in_channels: channels of the denoised tensor (16 for Flux VAE latents, 3 for pixels).
-        patch_size: side of the square patch turned into one token.
-        hidden_size: token width; a multiple of ``num_heads``.
-        depth: number of blocks.
-        num_heads: attention heads; ``hidden_size // num_heads`` must be a multiple of 4 (2-D RoPE).
-        mlp_ratio: GeGLU hidden width is ``int(hidden_size * mlp_ratio)``.
-        text_dim: width of the text-encoder embeddings.
-        time_embed_dim: width of the sinusoidal timestep embedding.
-        time_scale: the embedding sees ``t * time_scale``.
-        time_max_period: longest period of the sinusoidal timestep embedding.
-        rope_theta: RoPE base.
-        bottleneck_dim: if set, patches enter through ``Linear(patch_dim, b) -> Linear(b, hidden)``
-            (pixel-space variant) instead of one ``Linear(patch_dim, hidden)``.
-        norm_eps: epsilon of every LayerNorm and of the q/k RMSNorms.
-    """
+    """Architecture of a PRX denoiser; defaults are diffusers' ``PRXTransformer2DModel`` ones. With
+    ``bottleneck_dim`` b, patches enter through ``Linear(patch_dim, b) -> Linear(b, hidden)`` (pixel space)."""
 
     in_channels: int
     patch_size: int
@@ -93,35 +67,21 @@ class PRXConfig:
         return self.in_channels * self.patch_size**2
 
 
-# DiT-style factories; keyword arguments override any field, e.g. MODEL_CONFIGS["tiny"](depth=4).
+# DiT-style factories; keyword arguments override any field, e.g. MODEL_CONFIGS["tiny"](depth=4). tiny: 1.35M
+# parameters, ~4.7 steps/s at batch 32 on 2 CPU cores; its head dim 32 suits the Triton kernels on a GPU.
+_PRX = functools.partial(PRXConfig, mlp_ratio=3.5)
 MODEL_CONFIGS: dict[str, Callable[..., PRXConfig]] = {
-    "smoke": functools.partial(
-        PRXConfig, in_channels=3, patch_size=4, hidden_size=64, depth=2, num_heads=2, mlp_ratio=3.5, text_dim=384
-    ),
-    # 1.35M parameters, ~4.7 steps/s at batch 32 on 2 CPU cores; head dim 32 keeps the Triton
-    # kernels (power-of-two head dims) usable if the track is run on a GPU.
-    "tiny": functools.partial(
-        PRXConfig, in_channels=3, patch_size=4, hidden_size=96, depth=6, num_heads=3, mlp_ratio=3.5, text_dim=384
-    ),
+    "smoke": functools.partial(_PRX, in_channels=3, patch_size=4, hidden_size=64, depth=2, num_heads=2, text_dim=384),
+    "tiny": functools.partial(_PRX, in_channels=3, patch_size=4, hidden_size=96, depth=6, num_heads=3, text_dim=384),
     "prx-1.2b": functools.partial(
-        PRXConfig,
-        in_channels=16,
-        patch_size=2,
-        hidden_size=1792,
-        depth=16,
-        num_heads=28,
-        mlp_ratio=3.5,
-        text_dim=2304,
+        _PRX, in_channels=16, patch_size=2, hidden_size=1792, depth=16, num_heads=28, text_dim=2304
     ),
 }
 
 
 def build_model(name: str, **overrides) -> PRXDenoiser:
-    """A freshly initialised denoiser from ``MODEL_CONFIGS[name]`` with field ``overrides``.
-
-    Build under ``with torch.device("meta"):`` to count parameters or shard before materialising
-    (then ``to_empty(device=...)`` and ``init_weights()``).
-    """
+    """A fresh denoiser from ``MODEL_CONFIGS[name]`` with field ``overrides`` (under ``torch.device("meta")``:
+    then ``to_empty(device=...)`` and ``init_weights()``)."""
     if name not in MODEL_CONFIGS:
         raise SpeedrunError(f"unknown model config '{name}'; known: {sorted(MODEL_CONFIGS)}")
     try:
@@ -132,11 +92,8 @@ def build_model(name: str, **overrides) -> PRXDenoiser:
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, scale: float, max_period: float) -> torch.Tensor:
-    """``(B,) -> (B, dim)`` float32 sinusoidal embedding ``[cos(a), sin(a)]`` of angles ``t * scale * f_j``.
-
-    Frequencies ``f_j = max_period ** (-j / (dim / 2))`` for ``j < dim / 2`` (diffusers'
-    ``get_timestep_embedding`` with ``flip_sin_to_cos=True, downscale_freq_shift=0``).
-    """
+    """``(B,) -> (B, dim)`` float32 ``[cos, sin]`` of ``t * scale * max_period ** (-j / (dim / 2))``
+    (diffusers' ``get_timestep_embedding`` with ``flip_sin_to_cos=True, downscale_freq_shift=0``)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     angles = t.float()[:, None] * freqs[None, :] * scale
@@ -159,12 +116,9 @@ def unpatchify(tokens: torch.Tensor, p: int, h: int, w: int) -> torch.Tensor:
 
 
 class PRXBlock(nn.Module):
-    """One PRX block on image tokens; text tokens provide keys and values but are not updated.
-
-    ``x <- x + gate_a * Attn(modulate(LN(x)))`` then ``x <- x + gate_m * GeGLU(modulate(LN(x)))``, with
-    shift/scale/gate from ``Linear(silu(vec))`` (zero-initialised: every block starts as identity).
-    Image queries attend over ``[text keys (padding-masked); image keys]``.
-    """
+    """``x <- x + gate_a * Attn(modulate(LN(x)))``, ``x <- x + gate_m * GeGLU(modulate(LN(x)))`` on image
+    tokens, shift/scale/gate from a zero-initialised ``Linear(silu(vec))`` (a fresh block is the identity).
+    Image queries attend over [text keys (padding-masked); image keys]; text tokens are not updated."""
 
     def __init__(self, config: PRXConfig):
         super().__init__()
@@ -192,14 +146,9 @@ class PRXBlock(nn.Module):
         nn.init.zeros_(self.modulation.bias)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        text: torch.Tensor,
-        vec: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        self, x: torch.Tensor, text: torch.Tensor, vec: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
         text_mask: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor:  # fmt: skip
         """Image tokens ``x`` (B, N, h), projected text (B, L, h), conditioning ``vec`` (B, h),
         RoPE tables (N, D/2) or (B, N, D/2) for exactly these N tokens, ``text_mask`` (B, L) bool."""
         b, n, h = x.shape
@@ -221,12 +170,7 @@ class PRXBlock(nn.Module):
 
 
 class PRXDenoiser(nn.Module):
-    """PRX denoiser ``(x_t, t, text, text_mask) -> prediction`` with per-block hooks.
-
-    Attributes:
-        config: the :class:`PRXConfig` it was built from.
-        blocks: the ``nn.ModuleList`` of :class:`PRXBlock`; hook indices refer to it (0-based).
-    """
+    """PRX denoiser ``(x_t, t, text, text_mask) -> prediction``; hook indices refer to ``blocks`` (0-based)."""
 
     def __init__(self, config: PRXConfig):
         super().__init__()
@@ -265,61 +209,30 @@ class PRXDenoiser(nn.Module):
         return h // p, w // p
 
     def num_tokens(self, image_hw: tuple[int, int]) -> int:
-        """Image tokens for an ``(H, W)`` input."""
-        gh, gw = self.grid(image_hw)
-        return gh * gw
+        return math.prod(self.grid(image_hw))
 
     def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        text: torch.Tensor,
-        text_mask: torch.Tensor | None = None,
-        *,
-        hooks: BlockHooks | None = None,
-        state: StepState | None = None,
-    ) -> torch.Tensor:
-        """Denoise.
-
-        Args:
-            x: ``(B, C, H, W)`` noisy input.
-            t: ``(B,)`` times in [0, 1], t = 1 is pure noise.
-            text: ``(B, L, text_dim)`` text-encoder embeddings.
-            text_mask: ``(B, L)`` bool, True for real tokens; None means all real. Padded tokens
-                have no influence on the output.
-            hooks: ``{i: [(before, after), ...]}``. For block ``i`` each ``before(tokens, state)`` runs
-                in order, then the block, then each ``after(tokens, state)``; ``tokens`` are image tokens
-                ``(B, N, hidden)``. A hook that keeps only some tokens sets ``state.token_index``
-                ``(B, N_kept)`` (indices into the full row-major grid) and the blocks take RoPE for exactly
-                those positions; the full token set must be restored (``token_index`` None) by the end.
-            state: the step's :class:`StepState`, passed to hooks; a fresh one if None.
-
-        Returns:
-            ``(B, C, H, W)`` prediction.
-        """
+        self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None, *,
+        hooks: BlockHooks | None = None, state: StepState | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """``(B, C, H, W)`` prediction for noisy ``x``, times ``t`` (B,), ``text`` (B, L, text_dim) and
+        ``text_mask`` (B, L) bool, True for real tokens (None: all real; padding has no influence).
+        Block ``i`` runs between the ``before`` and ``after`` hooks of ``hooks[i]``, in order; under routing
+        (``state.token_index``, B, N_kept) it takes RoPE for exactly the kept positions."""
         cfg = self.config
-        b, c, height, width = x.shape
-        if c != cfg.in_channels:
+        _, c, height, width = x.shape
+        if c != cfg.in_channels:  # a track pairing a pixel model with latents, say
             raise ValueError(f"input has {c} channels, the model expects {cfg.in_channels}")
-        if t.shape != (b,):
-            raise ValueError(f"t must have shape ({b},), got {tuple(t.shape)}")
-        if text.dim() != 3 or text.shape[0] != b or text.shape[2] != cfg.text_dim:
-            raise ValueError(f"text must be (B={b}, L, {cfg.text_dim}), got {tuple(text.shape)}")
         if text_mask is None:
             text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
-        elif text_mask.shape != text.shape[:2]:
-            raise ValueError(f"text_mask must be {tuple(text.shape[:2])}, got {tuple(text_mask.shape)}")
         state = StepState() if state is None else state
-        if state.token_index is not None:
-            raise ValueError("state.token_index must be None when a forward starts (a routing hook leaked it)")
         hooks = hooks or {}
 
-        grid_h, grid_w = self.grid((height, width))
+        cos, sin = rope_tables(*self.grid((height, width)), cfg.head_dim, cfg.rope_theta, x.device)
         tokens = self.img_in(patchify(x, cfg.patch_size))
         text_tokens = self.text_in(text)  # projected once; the blocks never update it
         t_embed = timestep_embedding(t, cfg.time_embed_dim, cfg.time_scale, cfg.time_max_period)
         vec = self.time_in(t_embed.to(tokens.dtype))
-        cos, sin = rope_tables(grid_h, grid_w, cfg.head_dim, cfg.rope_theta, x.device)
         text_mask = text_mask.to(torch.bool)
 
         for i, block in enumerate(self.blocks):
@@ -328,65 +241,28 @@ class PRXDenoiser(nn.Module):
                 if before is not None:
                     tokens = before(tokens, state)
             index = state.token_index
-            if index is None:
-                block_cos, block_sin = cos, sin
-            else:
-                if index.shape != tokens.shape[:2]:
-                    raise ValueError(
-                        f"block {i}: state.token_index {tuple(index.shape)} does not match "
-                        f"tokens {tuple(tokens.shape[:2])}"
-                    )
-                block_cos, block_sin = cos[index], sin[index]
+            block_cos, block_sin = (cos, sin) if index is None else (cos[index], sin[index])
             tokens = block(tokens, text_tokens, vec, block_cos, block_sin, text_mask)
             for _, after in pairs:
                 if after is not None:
                     tokens = after(tokens, state)
 
-        if state.token_index is not None or tokens.shape[1] != grid_h * grid_w:
-            raise ValueError("after the last block every image token must be back in order (token_index None)")
         shift, scale = self.final_modulation(F.silu(vec))[:, None].chunk(2, dim=-1)
         tokens = (1 + scale) * F.layer_norm(tokens, (cfg.hidden_size,), eps=cfg.norm_eps) + shift
         return unpatchify(self.final_linear(tokens), cfg.patch_size, height, width)
 
     def flops_per_step(self, batch: int, image_hw: tuple[int, int], text_len: int) -> int:
         """Training FLOPs of one step on ``batch`` samples, all tokens kept: 3 x forward matmul FLOPs.
-
-        Each matmul of an ``(m, k)`` by a ``(k, n)`` matrix counts ``2 m n k``; the backward pass counts
-        twice the forward. With N image tokens, L text tokens, hidden h, patch features P = C p^2,
-        GeGLU width M, timestep embedding width E and depth d, the forward per sample is
-
-            2 N P h              patch embedding (P b + b h instead of P h with a bottleneck b)
-          + 2 L T h              text projection (T = text_dim)
-          + 2 (E h + h h)        timestep MLP
-          + d [ 2 h 6h           block modulation
-              + 2 N h 3h         image qkv
-              + 2 L h 2h         text kv
-              + 2 N (L + N) h    q k^T over text + image keys (all heads)
-              + 2 N (L + N) h    probabilities x values
-              + 2 N h h          attention output
-              + 3 (2 N h M) ]    GeGLU gate, up and down
-          + 2 h 2h + 2 N h P     final modulation and projection
-
-        Norms, RoPE, softmax and activations are elementwise and not counted.
-        """
-        cfg = self.config
-        n, length = self.num_tokens(image_hw), text_len
+        An ``(m, k) @ (k, n)`` matmul counts ``2 m n k``. Per sample, with N image and L text tokens,
+        hidden h, patch features P, GeGLU width M, time embedding E, text_dim T and depth d:
+        ``2 N P h`` (``P b + b h`` with a bottleneck b) + ``2 L T h`` + ``2 (E h + h h)`` + d [``2 h 6h``
+        modulation + ``2 N h 3h`` qkv + ``2 L h 2h`` text kv + ``4 N (L + N) h`` attention + ``2 N h h``
+        output + ``3 (2 N h M)`` GeGLU] + ``2 h 2h + 2 N h P`` final. Elementwise ops are not counted."""
+        cfg, n, length = self.config, self.num_tokens(image_hw), text_len
         h, p_dim, m = cfg.hidden_size, cfg.patch_dim, cfg.mlp_hidden
         embed = p_dim * h if cfg.bottleneck_dim is None else p_dim * cfg.bottleneck_dim + cfg.bottleneck_dim * h
-        forward = (
-            2 * n * embed
-            + 2 * length * cfg.text_dim * h
-            + 2 * (cfg.time_embed_dim * h + h * h)
-            + cfg.depth
-            * (
-                2 * h * 6 * h
-                + 2 * n * h * 3 * h
-                + 2 * length * h * 2 * h
-                + 2 * 2 * n * (length + n) * h
-                + 2 * n * h * h
-                + 3 * 2 * n * h * m
-            )
-            + 2 * h * 2 * h
-            + 2 * n * h * p_dim
-        )
+        block = 2 * h * 6 * h + 2 * n * h * 3 * h + 2 * length * h * 2 * h + 2 * 2 * n * (length + n) * h
+        block += 2 * n * h * h + 3 * 2 * n * h * m
+        forward = 2 * n * embed + 2 * length * cfg.text_dim * h + 2 * (cfg.time_embed_dim * h + h * h)
+        forward += cfg.depth * block + 2 * h * 2 * h + 2 * n * h * p_dim
         return 3 * batch * forward

@@ -15,8 +15,9 @@ from speedrun.components import ComponentContext, StepState, TrainBatch
 from speedrun.data.loader import to_uint8
 from speedrun.data.source import TrainData
 from speedrun.model import build_model
+from speedrun.protocol import collect_hooks
 from speedrun.tracks import load_track
-from speedrun.train import Trainer, TrainOptions, collect_hooks
+from speedrun.train import Trainer, TrainOptions
 
 TEXT_DIM = 384
 TEXT_LEN = 5

@@ -18,7 +18,7 @@ from torch._dynamo.utils import counters
 from speedrun.components import StepState
 from speedrun.components.repa import REPA, REPAParams
 from speedrun.components.tread import TREAD, TREADParams
-from speedrun.train import collect_hooks
+from speedrun.protocol import collect_hooks
 
 WARM_STEPS = 2  # routed and full token counts are each traced once in the first steps
 STEPS = 6

@@ -8,7 +8,7 @@ from component_helpers import forward, make_batch, make_ctx
 
 from speedrun.components import TrainBatch
 from speedrun.components.contrastive_fm import ContrastiveFM, ContrastiveFMParams
-from speedrun.state import StepState
+from speedrun.protocol import StepState
 
 
 def test_hand_example():

@@ -10,9 +10,9 @@ from component_helpers import make_batch, make_ctx, step_rows, train
 from speedrun.components import Component, Params
 from speedrun.components.tread import TREAD, TREADParams
 from speedrun.data.source import TrainData
-from speedrun.errors import SpeedrunError
-from speedrun.state import StepState
-from speedrun.train import STEP_LOG_KEYS, Trainer, TrainOptions, collect_hooks
+from speedrun.protocol import ContractError, StepState, collect_hooks
+from speedrun.runlog import STEP_LOG_KEYS
+from speedrun.train import Trainer, TrainOptions
 
 
 class Fake(Component):
@@ -68,7 +68,7 @@ def run_forward(ctx, hooks):
     ],
 )
 def test_a_bad_hooks_table_is_refused_at_setup(table, message):
-    with pytest.raises(SpeedrunError) as info:
+    with pytest.raises(ContractError) as info:
         collect_hooks([Fake(table)], depth=2)
     assert str(info.value).startswith(f"component 'fake' (Fake): {message}")
 
@@ -76,7 +76,7 @@ def test_a_bad_hooks_table_is_refused_at_setup(table, message):
 def test_the_trainer_checks_block_indices_against_its_denoiser(smoke_data_root, tmp_path, short_smoke):
     data = TrainData.open(short_smoke, smoke_data_root)
     options = TrainOptions(run_dir=tmp_path / "run", seed=0, device="cpu", progress=False)
-    with pytest.raises(SpeedrunError, match=r"component 'fake' \(Fake\): hooks\(\) key 2 is not a block index"):
+    with pytest.raises(ContractError, match=r"component 'fake' \(Fake\): hooks\(\) key 2 is not a block index"):
         Trainer(short_smoke, data, [Fake({2: (identity, None)})], options)
 
 
@@ -98,7 +98,7 @@ def test_the_trainer_checks_block_indices_against_its_denoiser(smoke_data_root, 
 def test_a_hook_output_unlike_its_input_is_refused(hook, message):
     ctx = make_ctx()
     assert ctx.token_grid == (8, 8) and ctx.model.config.hidden_size == 64  # the shapes the messages name
-    with pytest.raises(SpeedrunError) as info:
+    with pytest.raises(ContractError) as info:
         run_forward(ctx, collect_hooks([Fake({1: (None, hook)})], depth=2))
     assert str(info.value).startswith(f"component 'fake' (Fake), after hook of block index 1 {message}")
 
@@ -133,7 +133,7 @@ def route_but_return_all(tokens, state):
     ],
 )
 def test_routed_tokens_must_all_come_back(table, message):
-    with pytest.raises(SpeedrunError) as info:
+    with pytest.raises(ContractError) as info:
         run_forward(make_ctx(), collect_hooks([Fake(table)], depth=2))
     assert str(info.value) == message
 
@@ -152,7 +152,7 @@ def test_checked_hooks_compute_exactly_what_the_bare_hooks_compute():
 
 @pytest.mark.parametrize(("term", "shown"), [("lr", "'lr'"), ("loss_fm", "'loss_fm'"), (3, "3")])
 def test_a_loss_term_named_like_a_log_column_is_refused(smoke_data_root, tmp_path, short_smoke, term, shown):
-    with pytest.raises(SpeedrunError) as info:
+    with pytest.raises(ContractError) as info:
         train(short_smoke, smoke_data_root, tmp_path / "run", components=[Fake(terms=[term])])
     assert str(info.value).startswith(
         f"component 'fake' (Fake): loss term {shown} cannot name a column of the training log: names are strings "

@@ -14,6 +14,7 @@ from speedrun.components import ComponentContext
 from speedrun.components.irepa import IREPA, IREPAParams, representation_defaults, spatial_normalize
 from speedrun.components.repa import REPA, REPAParams, negative_cosine, resolve_layer
 from speedrun.errors import SpeedrunError
+from speedrun.protocol import ContractError
 from speedrun.tracks import load_track
 
 
@@ -98,9 +99,9 @@ def test_repa_refuses_tracks_without_train_images_at_setup():
         token_grid=(16, 16),
         images_available=False,
     )
-    with pytest.raises(SpeedrunError, match="component 'repa' needs the real images"):
+    with pytest.raises(ContractError, match="component 'repa' needs the real images"):
         REPA(REPAParams()).setup(ctx)
-    with pytest.raises(SpeedrunError, match="component 'irepa' needs the real images"):
+    with pytest.raises(ContractError, match="component 'irepa' needs the real images"):
         IREPA(IREPAParams()).setup(ctx)
 
 

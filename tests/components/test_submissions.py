@@ -42,11 +42,11 @@ def test_submission_validates_and_trains_on_smoke(name, smoke_data_root, tmp_pat
         progress=False,
         stop_after=1,
     )
-    assert summary["status"] == "ok" and summary["steps"] == 1
+    assert summary.status == "ok" and summary.steps == 1
     ckpt = tmp_path / "run" / "checkpoints" / "step-00000001"
     meta = load_denoiser_strict(ckpt, build_model("smoke", text_dim=meta_text_dim(ckpt)))
-    assert {k.split(".")[1] for k in meta["component_keys"]} == HEADS.get(name, set())
-    assert meta["prediction"] == ("x0" if name == "xpred" else "velocity")
+    assert {k.split(".")[1] for k in meta.component_keys} == HEADS.get(name, set())
+    assert meta.prediction == ("x0" if name == "xpred" else "velocity")
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -21,6 +21,7 @@ from speedrun.components.teachers import (
     weights_file,
 )
 from speedrun.errors import SpeedrunError
+from speedrun.protocol import ContractError
 from speedrun.tracks import load_track
 
 
@@ -110,7 +111,7 @@ def test_teachers_need_the_real_train_images():
     its 256-pixel images meet DINOv2/14 at 224 pixels on the 16 x 16 token grid."""
     without = _ctx("prx-256", patch=2, images=False)
     reason = r"'repa' needs the real images.*'prx-256' trains on 'flux-vae' latents.*data.train_images = false"
-    with pytest.raises(SpeedrunError, match=reason):
+    with pytest.raises(ContractError, match=reason):
         teacher_for(without, "repa", "dinov2-vitl14-reg", random_init=True)
     assert not without.uses_images
     ctx = _ctx("prx-256", patch=2)

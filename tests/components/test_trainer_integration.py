@@ -51,8 +51,8 @@ def test_repa_irepa_tread_contrastive_together(smoke_data_root, tmp_path, short_
     ckpt = tmp_path / "run" / "checkpoints" / "step-00000002"
     fresh = build_model("smoke", text_dim=trainer.data.text_dim)
     meta = load_denoiser_strict(ckpt, fresh)
-    assert {k.split(".")[1] for k in meta["component_keys"]} == {"repa", "irepa"}
-    assert len(meta["component_keys"]) == 6 + 2  # three Linear layers; one Conv2d
+    assert {k.split(".")[1] for k in meta.component_keys} == {"repa", "irepa"}
+    assert len(meta.component_keys) == 6 + 2  # three Linear layers; one Conv2d
     for key, value in fresh.state_dict().items():
         assert torch.equal(value, trainer.model.state_dict()[key]), key
 

@@ -19,6 +19,7 @@ from speedrun.components.tread import (
     step_routing_index,
 )
 from speedrun.errors import SpeedrunError
+from speedrun.protocol import Component, ContractError
 
 
 def tread(ctx, **params) -> TREAD:
@@ -50,6 +51,17 @@ def test_keeps_exactly_round_keep_n(keep, n, expected):
         assert torch.equal(index[row], index[row].unique())  # sorted, no repeats
         torch.testing.assert_close(routed[row], tokens[row, index[row]])
     assert index.min() >= 0 and index.max() < n
+
+
+def test_a_keep_that_keeps_no_token_of_the_grid_is_refused_at_setup():
+    ctx = make_ctx()  # smoke: an 8x8 token grid
+    assert tread(ctx, keep=0.5 / 64).hooks()
+    with pytest.raises(SpeedrunError) as info:
+        tread(ctx, keep=0.007)
+    assert str(info.value) == (
+        "component 'tread': keep=0.007 keeps none of the 64 image tokens of the 8x8 token grid "
+        "(round(keep * 64) = 0); raise keep"
+    )
 
 
 def test_routing_is_deterministic_per_seed_step_rank():
@@ -132,6 +144,21 @@ def test_single_block_span_and_nested_routing_refused():
     state = StepState(training=True, token_index=torch.zeros(1, 2, dtype=torch.long))
     with pytest.raises(SpeedrunError, match="already routed"):
         comp.route(torch.randn(1, 4, 2), state)
+
+
+def test_a_hook_that_changes_the_routed_token_set_inside_the_span_is_refused():
+    """The checked hooks of ``collect_hooks`` guard TREAD's span: the routed tokens stay those it kept."""
+
+    class Dropper(Component):
+        name = "dropper"
+
+        def hooks(self):
+            return {0: (None, lambda tokens, state: tokens[:, :-1])}
+
+    ctx = make_ctx()
+    batch, x_t, t = make_batch(ctx)
+    with pytest.raises(ContractError, match=r"shape \(3, 31, 64\), expected \(3, 32, 64\); state.token_index keeps 32"):
+        forward(ctx, [tread(ctx, start=1, end=2), Dropper(Dropper.Params())], batch, x_t, t)
 
 
 def test_repa_under_tread_compares_only_visible_tokens():

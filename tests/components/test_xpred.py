@@ -10,8 +10,8 @@ from component_helpers import make_ctx, train
 
 from speedrun.components.xpred import XPrediction, XPredObjective, XPredParams
 from speedrun.flow import RectifiedFlowObjective, velocity_from_prediction
+from speedrun.protocol import replacing_objective
 from speedrun.tracks import load_track
-from speedrun.train import choose_objective
 
 
 def test_hand_example():
@@ -44,7 +44,7 @@ def test_component_replaces_the_objective_and_refuses_another_clamp():
     with pytest.raises(RuntimeError, match="setup"):
         comp.objective()
     comp.setup(make_ctx())
-    chosen = choose_objective(load_track("smoke"), [comp])
+    chosen = replacing_objective([comp])
     assert isinstance(chosen, XPredObjective) and chosen.t_clamp == 0.05
     with pytest.raises(ValueError, match="evaluator converts x0 predictions with t_clamp = 0.05"):
         XPredParams(t_clamp=0.1)

@@ -5,7 +5,6 @@ their holders, however those processes end."""
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from launch_helpers import summary_json
 from rich.console import Console
 
 from speedrun.errors import SpeedrunError
@@ -279,7 +279,7 @@ def test_torchrun_and_evaluation_inherit_the_seed_lock(tmp_path: Path, monkeypat
         track="smoke", seed=0, nproc=2, runs_dir=tmp_path / "runs", data_dir=tmp_path / "data", progress=False
     )
     run_dir.mkdir(parents=True)
-    (run_dir / SUMMARY).write_text(json.dumps({"status": "ok", "eval_checkpoints": ["step_1"]}))
+    (run_dir / SUMMARY).write_text(summary_json(eval_checkpoints=["step_1"]))
     with pytest.raises(_Stop):
         run_submission(_baseline_copy(tmp_path), options, Console(quiet=True))
     assert len(inherited) == 2

@@ -27,7 +27,7 @@ from speedrun.cli import app
 from speedrun.errors import SpeedrunError
 from speedrun.eval.stats import reference_stats
 from speedrun.leaderboard import build_board
-from speedrun.results import load_result, write_result
+from speedrun.results import EvalReport, load_result, write_result
 from speedrun.run import RunOptions, _read_eval, run_submission
 from speedrun.verify import verify_paths
 
@@ -187,8 +187,12 @@ def test_corrupted_results_file_reported_by_run_verify_leaderboard(tmp_path, smo
 def test_corrupted_eval_metrics_file_is_reported(tmp_path):
     """A damaged cached `speedrun eval` output is an error with the fix, not a JSON traceback."""
     path = tmp_path / "step-00000020.json"
-    path.write_text('{"step": 20, "metrics": {"fid": 1.0}, "samples": 32}')
-    assert _read_eval(path)["step"] == 20
+    report = EvalReport(
+        step=20, track="smoke", track_hash="t", checkpoint="c", model_sha256="m", prediction="velocity",
+        protocol_hash="p", harness_sha256="h", samples=32, metrics={"fid": 1.0},
+    )
+    path.write_text(report.model_dump_json())
+    assert _read_eval(path) == report
     truncate(path)
     before = path.read_bytes()
     with pytest.raises(SpeedrunError, match="delete it to evaluate that checkpoint again"):

@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 import speedrun.train
 from speedrun.cli import app
-from speedrun.results import code_changes, code_record, load_result, submission_file_hashes
+from speedrun.provenance import code_changes, code_record, submission_file_hashes
+from speedrun.results import load_result
 
 
 def test_files_edited_mid_run_are_not_credited_to_the_result(smoke_data_root, tmp_path, monkeypatch):

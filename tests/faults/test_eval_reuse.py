@@ -12,7 +12,7 @@ from fault_helpers import copy_submission
 from rich.console import Console
 
 from speedrun.results import load_result
-from speedrun.run import RunOptions, _evaluation_identity, _scored_here, run_submission
+from speedrun.run import RunOptions, _evaluation_identity, _read_eval, _scored_here, run_submission
 from speedrun.tracks import load_track
 
 MARKER_FID = 12345.0
@@ -61,10 +61,10 @@ def test_a_submission_with_overrides_reuses_its_cached_evaluation(reference_run)
     track's hash but not what an evaluation means, so they must not force a re-evaluation."""
     run_dir = reference_run["run_dir"]
     report_path = sorted((run_dir / "eval").glob("step-*.json"))[-1]
-    report = json.loads(report_path.read_text())
+    report = _read_eval(report_path)
     checkpoint = run_dir / "checkpoints" / report_path.stem
     track = load_track("smoke")
     overridden = track.with_overrides({"optim.lr": track.optim.lr * 2})
-    assert overridden.content_hash != track.content_hash == report["track_hash"]
+    assert overridden.content_hash != track.content_hash == report.track_hash
     assert _evaluation_identity(overridden) == _evaluation_identity(track)
     assert _scored_here(report, checkpoint, _evaluation_identity(overridden))

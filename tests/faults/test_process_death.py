@@ -24,7 +24,7 @@ from fault_helpers import (
 from speedrun.checkpoint import latest_checkpoint, read_meta
 from speedrun.components import Component
 from speedrun.results import load_result
-from speedrun.train import StopRequest
+from speedrun.stops import StopRequest
 
 KILLED = -signal.SIGKILL
 
@@ -163,7 +163,7 @@ def test_sigterm_in_worker_exits_143_with_resume_command(smoke_data_root, fault_
     assert "Traceback" not in proc.stderr
     assert not (run_dir / "train_summary.json").exists()
     meta = read_meta(latest_checkpoint(run_dir / "checkpoints"))
-    assert meta["step"] == 2
+    assert meta.step == 2
     rows = [json.loads(x) for x in (run_dir / "train.jsonl").read_text().splitlines()]
     assert rows[-1]["event"] == "end" and rows[-1]["status"] == "interrupted"
 

@@ -1,11 +1,11 @@
-"""fused_qk_norm_rope against the torch path: fp32 RMSNorm then speedrun.model.rope.apply_rope."""
+"""fused_qk_norm_rope against the torch path: fp32 RMSNorm then speedrun.kernels.rope.apply_rope."""
 
 import pytest
 import torch
 
 from speedrun.kernels.dispatch import rms_norm
+from speedrun.kernels.rope import apply_rope, rope_tables
 from speedrun.kernels.triton_rope import fused_qk_norm_rope
-from speedrun.model.rope import apply_rope, rope_tables
 
 CUDA = torch.cuda.is_available()
 # The interpreter's bf16 arithmetic is not trustworthy, so bf16 is checked on GPU only.

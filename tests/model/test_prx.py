@@ -8,9 +8,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from speedrun.errors import SpeedrunError
 from speedrun.kernels import dispatch
+from speedrun.kernels.rope import apply_rope, rope_tables
 from speedrun.model import MODEL_CONFIGS, build_model
-from speedrun.model.rope import apply_rope, rope_tables
-from speedrun.state import StepState
+from speedrun.protocol import Component, ContractError, StepState, collect_hooks
 
 TEXT_LEN = 6
 
@@ -155,11 +155,19 @@ def test_hooks_run_in_order_around_each_block(smoke):
 
 
 def test_a_leaked_token_index_is_an_error(smoke):
+    """The checked hooks of ``collect_hooks`` refuse a routing that never brings the tokens back."""
+    route = routing_hooks(0.5, permute=True)[0][0][0]
+
+    class Leaky(Component):
+        name = "leaky"
+
+        def hooks(self):
+            return {0: (route, None)}
+
     x, t, text, mask = inputs()
-    hooks = routing_hooks(0.5, permute=True)
-    del hooks[1]
-    with pytest.raises(ValueError, match="token_index"):
-        smoke(x, t, text, mask, hooks=hooks)
+    hooks = collect_hooks([Leaky(Leaky.Params())], smoke.config.depth)
+    with pytest.raises(ContractError, match="no hook brought every token back by the end of the last block"):
+        smoke(x, t, text, mask, hooks=hooks, state=StepState(training=True))
 
 
 def test_flops_formula_matches_flop_counter(monkeypatch):

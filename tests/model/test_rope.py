@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from speedrun.model.rope import apply_rope, rope_tables
+from speedrun.kernels.rope import apply_rope, rope_tables
 
 
 def complex_reference(x: torch.Tensor, grid_h: int, grid_w: int, theta: float) -> torch.Tensor:
