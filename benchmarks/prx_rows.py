@@ -35,7 +35,9 @@ def prx_rows_split(root: Path, examples: int, per_shard: int = 128) -> SplitData
         }
         shards.append(write_shard(root / "train", f"shard-{len(shards):05d}", start, arrays, {}))
     entry = SplitEntry(num_examples=examples, definition_hash="bench", shards=shards)
-    encoder = TextEncoderInfo(key="t5gemma", id="bench", revision="bench", dim=TEXT_DIM, max_tokens=TEXT_TOKENS)
+    encoder = TextEncoderInfo(
+        key="t5gemma", id="bench", revision="bench", dim=TEXT_DIM, max_tokens=TEXT_TOKENS, precision="float32"
+    )
     manifest = Manifest(
         format_version=1, dataset_hash="bench", definition={}, representation="latents", image_size=256,
         x_shape=LATENT_SHAPE, text_encoder=encoder, vae=None, null_text={}, splits={"train": entry},
