@@ -52,7 +52,7 @@ import torch
 from prx_rows import LATENT_SHAPE, TEXT_DIM, prx_rows_split
 
 import speedrun.optim
-from speedrun.checkpoint import Checkpointer
+from speedrun.checkpointer import Checkpointer
 from speedrun.data.loader import Batch, Loader
 from speedrun.kernels import dispatch
 from speedrun.tracks import Track, load_track

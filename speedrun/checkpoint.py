@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +17,12 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from speedrun import distributed
-from speedrun.clock import Budget, Paused
 from speedrun.errors import SpeedrunError, WriteFailed, format_validation_error
-from speedrun.fileio import atomic_write_text, sha256_file
-from speedrun.parallel import Parallel
-from speedrun.provenance import code_changes
+from speedrun.fileio import atomic_write_text, sha256_file, temp_name
 from speedrun.results import CheckpointMeta
-from speedrun.runlog import RunLog
-from speedrun.tracks import Track
 
 COMPONENT_PREFIX = "components."
 META_DIGEST = "meta_sha256"
-# The fields of a checkpoint's meta that say where the run stood; a resume continues from them.
-RUN_STATE = ("step", "clock_seconds", "warmup_seconds", "val_loss_curve", "eval_checkpoints", "times", "log_bytes")
 STEP_NAME = re.compile(r"step-\d{8}")
 
 
@@ -97,122 +88,49 @@ def discard_checkpoints(root: Path) -> None:
         ) from None
 
 
-class Checkpointer:
-    """The checkpoints of one run: when one is due, and the run's state (weights, RNG streams, loader) in and out."""
+def write_checkpoint(
+    root: Path, meta: CheckpointMeta, tensors: dict[str, torch.Tensor], optim_state: dict[str, Any], rng: dict[str, Any]
+) -> Path:
+    """Write checkpoint ``meta.step`` under ``root`` (``tensors``: denoiser and ``components.*`` heads) and point
+    ``latest`` at it; a failed write removes its partial copy and raises ``WriteFailed``."""
+    final = root / f"step-{meta.step:08d}"
+    tmp = temp_name(final)
+    # One process writes a run's checkpoints: a temporary directory here is a killed writer's leftover.
+    for stale in root.glob(".step-*.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
+        torch.save(optim_state, tmp / "optimizer.pt")
+        torch.save(rng, tmp / "rng.pt")
+        files = {name: sha256_file(tmp / name) for name in ("model.safetensors", "optimizer.pt", "rng.pt")}
+        keys = sorted(k for k in tensors if k.startswith(COMPONENT_PREFIX))
+        data = meta.model_copy(update={"files": files, "component_keys": keys}).model_dump()
+        data[META_DIGEST] = _meta_digest(data)  # a flipped bit in the step or loader state is caught on read
+        atomic_write_text(tmp / "meta.json", json.dumps(data, indent=2, sort_keys=True))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except (OSError, WriteFailed) as exc:
+        # Disk full mid-write: drop the partial copy; the previous checkpoint and ``latest`` are untouched.
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = exc.reason if isinstance(exc, WriteFailed) else exc.strerror or str(exc)
+        raise WriteFailed(final, reason, "the partial copy was removed") from exc
+    atomic_write_text(root / "latest", final.name + "\n")
+    return final
 
-    def __init__(
-        self, run_dir: Path, track: Track, code: dict[str, Any], parallel: Parallel, loader: Any, gen: torch.Generator
-    ) -> None:
-        self.run_dir, self.root, self.track, self.code = run_dir, run_dir / "checkpoints", track, code
-        self.parallel, self.dist, self.loader, self.gen = parallel, parallel.dist, loader, gen
 
-    def to_resume(self, resume: bool) -> Path | None:
-        """The checkpoint to resume from (None: start at step 0); a run started over deletes the old ones."""
-        if resume:
-            return latest_checkpoint(self.root)
-        if self.dist.is_main:  # for a process of its own; under torchrun the launcher has already done it
-            discard_checkpoints(self.root)
-        return None
-
-    def after(
-        self, done: int, last: bool, final: bool, record: CheckpointMeta, optimizer: torch.optim.Optimizer,
-        budget: Budget, log: RunLog,
-    ) -> None:  # fmt: skip
-        """Checkpoint step ``done`` (clock paused) if due: every ``checkpoint_every``, evaluation and ``final`` step."""
-        evaluated = done % self.track.eval.interval == 0 or last
-        if not (evaluated or final or done % self.track.train.checkpoint_every == 0):
-            return
-        with Paused(budget.clock):
-            c0 = time.perf_counter()
-            if evaluated:
-                record.eval_checkpoints.append(f"step-{done:08d}")
-            record.times.budget_spent = budget.spent_at == done
-            # The log as of this checkpoint: a resume truncates it back to here.
-            record.clock_seconds, record.log_bytes = budget.run_clock(), log.checkpoint()
-            self.save(record, optimizer)
-            record.times.checkpoint_seconds += time.perf_counter() - c0
-
-    def save(self, record: CheckpointMeta, optimizer: torch.optim.Optimizer) -> None:
-        """Write checkpoint ``record.step`` and point ``latest`` at it (rank 0; a collective under FSDP)."""
-        model_state, optim_state = self.parallel.model_state(), self.parallel.optim_state(optimizer)
-        if self.dist.is_main:
-            self._write(record, model_state, optim_state)
-        distributed.barrier(self.dist)
-
-    def _write(self, meta: CheckpointMeta, model_state: dict[str, torch.Tensor], optim_state: dict[str, Any]) -> None:
-        gen = self.gen
-        rng = {"torch": torch.get_rng_state(), "generator": gen.get_state(), "generator_device": gen.device.type}
-        if self.dist.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.dist.device)
-        meta.loader = self.loader.state_dict()
-        final = self.root / f"step-{meta.step:08d}"
-        tmp = self.root / f".{final.name}.tmp-{os.getpid()}"
-        # One process writes a run's checkpoints: a temporary directory here is a killed writer's leftover.
-        for stale in self.root.glob(".step-*.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            tmp.mkdir(parents=True)
-            heads = self.parallel.heads.items()
-            heads_state = {f"{COMPONENT_PREFIX}{name}.{k}": v for name, h in heads for k, v in h.state_dict().items()}
-            tensors = {k: v.detach().contiguous().cpu() for k, v in {**model_state, **heads_state}.items()}
-            save_file(tensors, str(tmp / "model.safetensors"))
-            torch.save(optim_state, tmp / "optimizer.pt")
-            torch.save(rng, tmp / "rng.pt")
-            files = {name: sha256_file(tmp / name) for name in ("model.safetensors", "optimizer.pt", "rng.pt")}
-            data = meta.model_copy(update={"files": files, "component_keys": sorted(heads_state)}).model_dump()
-            data[META_DIGEST] = _meta_digest(data)  # a flipped bit in the step or loader state is caught on read
-            atomic_write_text(tmp / "meta.json", json.dumps(data, indent=2, sort_keys=True))
-            for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except (OSError, SpeedrunError) as exc:
-            # Disk full mid-write: drop the partial copy; the previous checkpoint and ``latest`` are untouched.
-            shutil.rmtree(tmp, ignore_errors=True)
-            cause = exc.__cause__ if isinstance(exc, SpeedrunError) else exc  # fileio wraps the OSError
-            reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
-            raise WriteFailed(final, reason, "the partial copy was removed") from exc
-        atomic_write_text(self.root / "latest", final.name + "\n")
-
-    def restore(self, path: Path, record: CheckpointMeta, optimizer: torch.optim.Optimizer) -> CheckpointMeta:
-        """Load checkpoint ``path`` into the run's state; returns ``record`` continued from its step."""
-        device = self.dist.device
-        meta = read_meta(path)
-        tensors = load_file(str(path / "model.safetensors"), device=str(device))
-        # weights_only: a checkpoint directory copied from elsewhere cannot run code when resumed.
-        optim_state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
-        rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
-        if meta.track_hash != self.track.content_hash:
-            raise SpeedrunError(
-                f"{path}: written for another version of track '{self.track.id}'; "
-                f"start over with --no-resume or delete {self.run_dir}"
-            )
-        if changed := code_changes(meta.code, self.code):
-            raise SpeedrunError(
-                f"{path}: written by other code ({'; '.join(map(str, changed))}), and a run's steps must all come "
-                f"from the code its results name; restore that code to resume, or start over with --no-resume"
-            )
-        if meta.world_size != self.dist.world_size:
-            raise SpeedrunError(
-                f"{path}: written by {meta.world_size} processes, resuming with {self.dist.world_size}; "
-                "resume with the same --nproc"
-            )
-        heads: dict[str, dict[str, torch.Tensor]] = {name: {} for name in self.parallel.heads}
-        for key in [k for k in tensors if k.startswith(COMPONENT_PREFIX)]:
-            name, _, rest = key[len(COMPONENT_PREFIX) :].partition(".")
-            heads.setdefault(name, {})[rest] = tensors.pop(key)
-        self.parallel.load_model_state(tensors)
-        for name, head in self.parallel.heads.items():
-            head.load_state_dict(heads[name], strict=True)
-        self.parallel.load_optim_state(optimizer, optim_state)
-        self.loader.load_state_dict(meta.loader)
-        torch.set_rng_state(rng["torch"])
-        restore_generator(self.gen, rng, path)
-        if "cuda" in rng and device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], device)
-        return record.model_copy(update={k: getattr(meta, k) for k in RUN_STATE})
+def load_checkpoint(path: Path, device: torch.device) -> tuple[CheckpointMeta, dict[str, torch.Tensor], Any, Any]:
+    """(meta, tensors, optimizer state, rng states) of the verified checkpoint ``path``."""
+    meta = read_meta(path)
+    tensors = load_file(str(path / "model.safetensors"), device=str(device))
+    # weights_only: a checkpoint directory copied from elsewhere cannot run code when resumed.
+    optim_state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
+    rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
+    return meta, tensors, optim_state, rng
 
 
 def restore_generator(gen: torch.Generator, rng: dict[str, Any], path: Path) -> None:

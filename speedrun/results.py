@@ -84,7 +84,7 @@ class CheckpointTimes(BaseModel):
 class CheckpointMeta(BaseModel):
     """``meta.json`` of a checkpoint: what wrote it (track, code, processes), where the run stands, and
     the sha256 of every other file. Mutable: the trainer keeps one as the run's record and writes it
-    at each checkpoint (``Checkpointer.save`` fills ``files`` and the digest)."""
+    at each checkpoint (``checkpoint.write_checkpoint`` fills ``files`` and the digest)."""
 
     model_config = ConfigDict(extra="forbid", validate_by_name=True, serialize_by_alias=True)
 

@@ -192,8 +192,7 @@ def _evaluation_identity(track: Track) -> dict[str, str]:
 def _scored_here(report: EvalReport, checkpoint: Path, identity: dict[str, str]) -> bool:
     """Whether an earlier metrics file scored these very weights, with ``_evaluation_identity``."""
     weights = read_meta(checkpoint, verify=False).files.get("model.safetensors")
-    recorded = report.model_dump()
-    return report.model_sha256 == weights and all(recorded[k] == v for k, v in identity.items())
+    return report.model_sha256 == weights and all(getattr(report, k) == v for k, v in identity.items())
 
 
 def _finished(submission: Submission, track: Track, seed: int, results_path: Path, console: Console) -> bool:

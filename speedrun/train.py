@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from speedrun import advice, distributed, optim
-from speedrun.checkpoint import Checkpointer
+from speedrun.checkpointer import Checkpointer
 from speedrun.clock import SPEED_WINDOW, Budget, Clock, Paused, median_speed
 from speedrun.devices import ParallelMode, model_flops_utilisation
 from speedrun.errors import OutOfMemory, SpeedrunError, WriteFailed
