@@ -133,17 +133,6 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[CheckpointMeta, d
     return meta, tensors, optim_state, rng
 
 
-def restore_generator(gen: torch.Generator, rng: dict[str, Any], path: Path) -> None:
-    """Set ``gen`` from ``rng.pt``, refusing another device kind's (Mersenne Twister vs Philox states)."""
-    saved = rng.get("generator_device", "cpu")
-    if saved != gen.device.type:
-        raise SpeedrunError(
-            f"{path}: written by a run on {saved}, resumed on {gen.device.type}; a run's training randomness "
-            f"is drawn on its device, so resume on {saved}, or start over with --no-resume"
-        )
-    gen.set_state(rng["generator"])
-
-
 def load_denoiser_strict(path: Path, model: nn.Module) -> CheckpointMeta:
     """Load checkpoint ``path``'s denoiser weights (no declared component keys) into ``model`` strictly; its meta."""
     meta = read_meta(path)

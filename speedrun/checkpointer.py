@@ -15,7 +15,6 @@ from speedrun.checkpoint import (
     discard_checkpoints,
     latest_checkpoint,
     load_checkpoint,
-    restore_generator,
     write_checkpoint,
 )
 from speedrun.clock import Budget, Paused
@@ -33,11 +32,9 @@ RUN_STATE = ("step", "clock_seconds", "warmup_seconds", "val_loss_curve", "eval_
 class Checkpointer:
     """The checkpoints of one run: when one is due, and the run's state in and out."""
 
-    def __init__(
-        self, run_dir: Path, track: Track, code: dict[str, Any], parallel: Parallel, loader: Any, gen: torch.Generator
-    ) -> None:
+    def __init__(self, run_dir: Path, track: Track, code: dict[str, Any], parallel: Parallel, loader: Any) -> None:
         self.run_dir, self.root, self.track, self.code = run_dir, run_dir / "checkpoints", track, code
-        self.parallel, self.dist, self.loader, self.gen = parallel, parallel.dist, loader, gen
+        self.parallel, self.dist, self.loader = parallel, parallel.dist, loader
 
     def to_resume(self, resume: bool) -> Path | None:
         """The checkpoint to resume from (None: start at step 0); a run started over deletes the old ones."""
@@ -69,8 +66,8 @@ class Checkpointer:
         """Write checkpoint ``record.step`` and point ``latest`` at it (rank 0; a collective under FSDP)."""
         model_state, optim_state = self.parallel.model_state(), self.parallel.optim_state(optimizer)
         if self.dist.is_main:
-            gen, device = self.gen, self.dist.device
-            rng = {"torch": torch.get_rng_state(), "generator": gen.get_state(), "generator_device": gen.device.type}
+            device = self.dist.device
+            rng = {"torch": torch.get_rng_state()}
             if device.type == "cuda":
                 rng["cuda"] = torch.cuda.get_rng_state(device)
             record.loader = self.loader.state_dict()
@@ -108,7 +105,6 @@ class Checkpointer:
         self.parallel.load_optim_state(optimizer, optim_state)
         self.loader.load_state_dict(meta.loader)
         torch.set_rng_state(rng["torch"])
-        restore_generator(self.gen, rng, path)
         if "cuda" in rng and device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], device)
         return record.model_copy(update={k: getattr(meta, k) for k in RUN_STATE})

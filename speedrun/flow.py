@@ -28,6 +28,14 @@ def _device_of(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
 
 
+def keyed_generator(key: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded by the sha256 of ``key`` (what it is for, the seed, the step, ...): what it draws
+    depends on nothing drawn before, so paired runs share it whatever else they draw. 32 bits of the hash:
+    torch's CPU generator keeps no more of a seed."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:4], "little"))
+
+
 def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     t = _per_sample(t, x0)
     return (1 - t) * x0 + t * noise
@@ -152,8 +160,6 @@ def euler_sample(
     """Integrate ``dx/dt = v`` from t = 1 (``noise``) to t = 0 in ``steps`` uniform Euler steps, with
     ``v = v_uncond + cfg_scale (v_cond - v_uncond)`` (both branches as one batch; ``cfg_scale == 1``
     runs the conditional one alone)."""
-    if steps <= 0:
-        raise ValueError(f"steps must be positive, got {steps}")
     b = noise.shape[0]
     guided = cfg_scale != 1.0
     if guided:
@@ -173,10 +179,8 @@ def euler_sample(
 
 def validation_noise(index: int, timesteps: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """The fixed noise ``(timesteps, *shape)`` of validation sample ``index``: it depends only on ``(seed,
-    index)``, hashed because torch's CPU generator keeps only 32 bits of its seed."""
-    digest = hashlib.sha256(f"validation-noise:{seed}:{index}".encode()).digest()
-    generator = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:4], "little"))
-    return torch.randn((timesteps, *shape), generator=generator)
+    index)``."""
+    return torch.randn((timesteps, *shape), generator=keyed_generator(f"validation-noise:{seed}:{index}"))
 
 
 @torch.no_grad()

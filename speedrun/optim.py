@@ -10,9 +10,14 @@ from torch import nn
 from speedrun.tracks import Track
 
 
-def schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, start: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup from 1/warmup to 1 over ``warmup_steps``, then constant; positioned for step ``start``."""
-    factor = (lambda step: min(1.0, (step + 1) / warmup_steps)) if warmup_steps > 0 else (lambda step: 1.0)
+def schedule(optimizer: torch.optim.Optimizer, track: Track, start: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """The track's learning-rate factor: linear warmup from 1/warmup to 1 over ``optim.warmup_steps``, constant,
+    then a linear cooldown to 0 at ``train.steps`` over the last ``optim.cooldown_steps``; at step ``start``."""
+    warmup, cooldown, steps = track.optim.warmup_steps, track.optim.cooldown_steps, track.train.steps
+
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / max(warmup, 1), (steps - step) / max(cooldown, 1) if cooldown else 1.0)
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=start - 1)
 
 

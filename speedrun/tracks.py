@@ -14,14 +14,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from speedrun.errors import SpeedrunError, format_validation_error
+from speedrun.metrics import METRICS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRACKS_DIR = REPO_ROOT / "tracks"
 TRACK_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")  # use fullmatch: "$" would accept a trailing "\n"
-METRICS = ("fid", "cmmd", "dino_mmd", "val_loss", "prompt_adherence")
 # Fields a submission may ever be allowed to override (a track lists its subset); all else is fixed.
 OVERRIDABLE = frozenset(
-    [f"optim.{k}" for k in ("lr", "betas", "eps", "weight_decay", "warmup_steps", "grad_clip")]
+    [f"optim.{k}" for k in ("lr", "betas", "eps", "weight_decay", "warmup_steps", "cooldown_steps", "grad_clip")]
     + ["train.caption_dropout", "train.compile"]
     + [f"train.timesteps.{k}" for k in ("mean", "std", "shift", "uniform_fraction")]
 )
@@ -72,6 +72,7 @@ class OptimSpec(_Frozen):
     eps: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
     warmup_steps: int = Field(ge=0, description="Linear LR warmup, then constant.")
+    cooldown_steps: int = Field(0, ge=0, description="Linear LR decay to 0 over the last steps of train.steps.")
     grad_clip: float = Field(gt=0, description="Max global grad norm.")
 
     @field_validator("betas")
@@ -184,8 +185,11 @@ class Track(_Frozen):
 
     @model_validator(mode="after")
     def _ranking_is_a_metric(self) -> Track:
-        if self.ranking.metric not in self.eval.metrics:
-            raise ValueError(f"ranking.metric '{self.ranking.metric}' is not in eval.metrics {list(self.eval.metrics)}")
+        ranking = self.ranking
+        if ranking.metric not in self.eval.metrics:
+            raise ValueError(f"ranking.metric '{ranking.metric}' is not in eval.metrics {list(self.eval.metrics)}")
+        if ranking.direction != (better := METRICS[ranking.metric].direction):
+            raise ValueError(f"ranking.direction of '{ranking.metric}' is '{better}', not '{ranking.direction}'")
         return self
 
     @property

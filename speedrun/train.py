@@ -18,7 +18,13 @@ from speedrun.checkpointer import Checkpointer
 from speedrun.clock import SPEED_WINDOW, Budget, Clock, Paused, median_speed
 from speedrun.devices import ParallelMode, model_flops_utilisation
 from speedrun.errors import OutOfMemory, SpeedrunError, WriteFailed
-from speedrun.flow import RectifiedFlowObjective, apply_caption_dropout, caption_drop_mask, validation_loss
+from speedrun.flow import (
+    RectifiedFlowObjective,
+    apply_caption_dropout,
+    caption_drop_mask,
+    keyed_generator,
+    validation_loss,
+)
 from speedrun.kernels import dispatch
 from speedrun.model import build_model
 from speedrun.parallel import Parallel
@@ -114,21 +120,22 @@ class Trainer:
     def _new_optimizer(self) -> None:
         params = [p for m in (self.model, *self.heads.values()) for p in m.parameters() if p.requires_grad]
         self.optimizer = optim.build_optimizer(self.track, params, self.device)
-        self.scheduler = optim.schedule(self.optimizer, self.track.optim.warmup_steps)
+        self.scheduler = optim.schedule(self.optimizer, self.track)
         optim.check_optimizer_coverage(self.optimizer, [self.model, *self.heads.values()])
 
-    def _step(
-        self, step: int, batch: Any, gen: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    def _step(self, step: int, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         x0 = batch.x.to(self.device, non_blocking=True)
         text = batch.text.to(self.device, non_blocking=True)
         mask = batch.text_mask.to(self.device, non_blocking=True)
-        # Randomness is drawn for the global batch, each rank taking its slice: N processes see what 1 process sees.
-        g = self.track.train.global_batch
+        # Randomness is drawn for the global batch, each rank taking its slice: N processes see what 1 process
+        # sees. Each draw has its own generator per (seed, step), so seed s of every entry shares it (paired
+        # seeds) whatever else an entry draws; on the run's device, as host draws add copies to every step.
+        g, key = self.track.train.global_batch, f"{self.opt.seed}:{step}"
         rows = slice(self.dist.rank * self.local_batch, (self.dist.rank + 1) * self.local_batch)
-        noise = torch.randn((g, *x0.shape[1:]), generator=gen, device=gen.device)[rows]
-        t = self.objective.sample_t(g, gen, self.device)[rows]
-        drop = caption_drop_mask(g, self.track.train.caption_dropout, gen)[rows]
+        noise_gen, t_gen, drop_gen = (keyed_generator(f"{what}:{key}", self.device) for what in ("noise", "t", "drop"))
+        noise = torch.randn((g, *x0.shape[1:]), generator=noise_gen, device=self.device)[rows]
+        t = self.objective.sample_t(g, t_gen, self.device)[rows]
+        drop = caption_drop_mask(g, self.track.train.caption_dropout, drop_gen)[rows]
         text, mask = apply_caption_dropout(text, mask, self.null_text, self.null_mask, drop)
         x_t, target = self.objective.input_and_target(x0, noise, t)
         state = StepState(
@@ -206,13 +213,10 @@ class Trainer:
     def _run(self, loader: Any) -> TrainSummary:
         spec, d = self.track.train, self.dist
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        # Drawn on the run's device (host draws add copies to every step): a run resumes on its device kind.
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(self.opt.seed)
-        ckpts = self.checkpointer(self.run_dir, self.track, self.code, self.parallel, loader, gen)
+        ckpts = self.checkpointer(self.run_dir, self.track, self.code, self.parallel, loader)
         resume_from = ckpts.to_resume(self.opt.resume)
         # A resumed run warms up too, or its first timed step would pay for it; the restore replaces the rest.
-        warmup_seconds = self._untimed_warmup(loader, gen)
+        warmup_seconds = self._untimed_warmup(loader)
         record = CheckpointMeta(
             track=self.track.id, track_hash=self.track.content_hash, code=self.code, denoiser=self.track.model.config,
             text_dim=self.data.text_dim, prediction=self.objective.prediction, seed=self.opt.seed,
@@ -220,7 +224,7 @@ class Trainer:
         )  # fmt: skip
         if resume_from is not None:
             record = ckpts.restore(resume_from, record, self.optimizer)
-            self.scheduler = optim.schedule(self.optimizer, self.track.optim.warmup_steps, start=record.step)
+            self.scheduler = optim.schedule(self.optimizer, self.track, start=record.step)
         record.warmup_seconds += warmup_seconds
         self.model.train()
         clock, times = Clock(self.device, offset=record.clock_seconds), record.times
@@ -247,7 +251,7 @@ class Trainer:
                 if times.flops_per_step is None:  # at the grid the model sees (latent, on latent tracks)
                     hw, tokens = tuple(batch.x.shape[-2:]), self.track.data.text_max_tokens
                     times.flops_per_step = self.model.flops_per_step(spec.global_batch, hw, tokens)
-                total, terms, grad_norm = self._step(step, batch, gen)
+                total, terms, grad_norm = self._step(step, batch)
                 # One all-reduce for the loss and the stop flag: every rank stops after the same step.
                 flag = torch.tensor(float(self._stop.requested), device=total.device)
                 reduced = distributed.all_reduce(torch.stack([total.float(), flag]), d, "mean")
@@ -310,17 +314,16 @@ class Trainer:
             val_loss_curve=record.val_loss_curve,
         )
 
-    def _untimed_warmup(self, loader: Any, gen: torch.Generator) -> float:
+    def _untimed_warmup(self, loader: Any) -> float:
         """Run the warmup steps (compilation, allocator, caches), then undo everything they did."""
         n = self.track.train.untimed_warmup_steps
         if n == 0:
             return 0.0
         t0 = time.perf_counter()
         loader_state = loader.state_dict()
-        gen_state = gen.get_state()
         it = iter(loader)
         for step in range(n):
-            self._step(step, next(it), gen)
+            self._step(step, next(it))
             self.optimizer.step()
             self.scheduler.step()
         if self.device.type == "cuda":
@@ -332,5 +335,4 @@ class Trainer:
         # Its gradients too: a resume's FSDP optimizer-state load skips building state if gradients are there.
         self.optimizer.zero_grad(set_to_none=True)
         loader.load_state_dict(loader_state)
-        gen.set_state(gen_state)
         return time.perf_counter() - t0

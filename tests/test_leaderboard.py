@@ -15,7 +15,7 @@ from rich.console import Console
 from scipy import stats
 
 from speedrun.errors import SpeedrunError
-from speedrun.leaderboard import HEADER, README, build_board, leaderboard_command, render_markdown, welch_p
+from speedrun.leaderboard import HEADER, README, build_board, leaderboard_command, render_markdown
 from speedrun.results import finalize, write_result
 from speedrun.tracks import TRACKS_DIR, load_track
 
@@ -34,7 +34,7 @@ def add_result(
             f'name = "{name}"\nauthors = ["T"]\ntracks = ["{track_id}"]\ndescription = "x"\n'
         )
     track = load_track(track_id, root / "tracks")
-    metrics = {"fid": fid, "val_loss": 0.4 + 0.01 * seed, "prompt_adherence": None}
+    metrics = {"fid": fid, "val_loss": 0.4 + 0.01 * seed, "prompt_adherence": None if fid is None else 1 / fid}
     steps = track.train.steps if status == "ok" else 7
     evals = [
         {"step": 10, "metrics": {**metrics, "fid": None if fid is None else fid + 5}, "samples": 32},
@@ -86,16 +86,17 @@ def row(table, name: str):
     return table.set_index("submission").loc[name]
 
 
-def test_mean_ci_and_welch_p_equal_scipy(filled: Path) -> None:
+def test_mean_ci_and_paired_p_equal_scipy(filled: Path) -> None:
+    """Δ and p compare alpha's seeds 0-2 with the baseline's same seeds (its seed 3 has no partner)."""
     table = build_board(filled).tables["smoke"]
     for column, values in (("metric:fid", FIDS), ("batches_per_second", BPS)):
-        a, b = np.array(values["alpha"]), np.array(values["baseline"])
+        a, b = np.array(values["alpha"]), np.array(values["baseline"][:3])
         r = row(table, "alpha")
         assert r[f"{column}:mean"] == pytest.approx(a.mean(), rel=1e-12)
         half = stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a))
         assert r[f"{column}:ci"] == pytest.approx(half, rel=1e-12)
-        assert r[f"{column}:delta"] == pytest.approx(a.mean() - b.mean(), rel=1e-12)
-        assert r[f"{column}:p"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-12)
+        assert r[f"{column}:delta"] == pytest.approx((a - b).mean(), rel=1e-12)
+        assert r[f"{column}:p"] == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-12)
         assert r[f"{column}:n"] == len(a)
     hours = np.array([0.5, 1.0, 1.5])
     assert row(table, "alpha")["gpu_hours:ci"] == pytest.approx(
@@ -104,30 +105,39 @@ def test_mean_ci_and_welch_p_equal_scipy(filled: Path) -> None:
     # One seed: no interval, no test; the baseline is not compared with itself.
     solo, base = row(table, "solo"), row(table, "baseline")
     assert math.isnan(solo["metric:fid:ci"]) and math.isnan(solo["metric:fid:p"])
-    assert solo["metric:fid:delta"] == pytest.approx(9.0 - np.mean(FIDS["baseline"]))
+    assert solo["metric:fid:delta"] == pytest.approx(9.0 - FIDS["baseline"][0])
     assert math.isnan(base["metric:fid:delta"])
     md = render_markdown(build_board(filled))
     solo_line = next(line for line in md.splitlines() if "[solo]" in line)
     assert "9 ± –" in solo_line and "(p –)" in solo_line
 
 
-def test_welch_p_without_any_variance_is_undefined() -> None:
-    """scipy gives p 0 for [1, 1] against [2, 2] (an infinite t) and NaN for equal constants; the board
-    shows "–" for both: two seeds that happen to tie are no evidence. One varying side is a real test."""
-    assert math.isnan(welch_p([1.0, 1.0], [2.0, 2.0])) and math.isnan(welch_p([3.0, 3.0], [3.0, 3.0]))
-    expected = stats.ttest_ind([1.0, 1.0], [2.0, 2.5], equal_var=False).pvalue
-    assert welch_p([1.0, 1.0], [2.0, 2.5]) == pytest.approx(expected, rel=1e-12) and 0 < expected < 1
 
 
-@pytest.mark.parametrize(
-    "direction, order", [("min", ["solo", "alpha", "baseline"]), ("max", ["baseline", "alpha", "solo"])]
-)
-def test_ranking_follows_the_tracks_direction(filled: Path, direction: str, order: list[str]) -> None:
+@pytest.mark.parametrize("metric, direction", [("fid", "min"), ("prompt_adherence", "max")])
+def test_ranking_follows_the_metrics_direction(filled: Path, metric: str, direction: str) -> None:
+    """prompt_adherence is 1 / fid here: the highest adherence ranks first as the lowest fid does."""
     smoke = filled / "tracks" / "smoke.toml"
-    smoke.write_text(smoke.read_text().replace('direction = "min"', f'direction = "{direction}"'))
+    text = smoke.read_text().replace('metric = "fid"\ndirection = "min"', f'metric = "{metric}"\ndirection = "{direction}"')
+    smoke.write_text(text)
     table = build_board(filled).tables["smoke"]
-    assert table["submission"].tolist() == order
-    assert table["rank"].tolist() == [1, 2, 3]
+    assert table["submission"].tolist() == ["solo", "alpha", "baseline"]
+    assert table["rank"].tolist() == [1, 1, 1]  # in mean order, but no paired test separates them
+
+
+def test_only_a_significant_paired_difference_opens_a_rank(filled: Path) -> None:
+    """'far' is the baseline plus 50 on each seed, give or take 0.1: paired p < 0.01 against the leader,
+    so it ranks apart ('solo', one seed, is removed: nothing can be told apart from a single seed)."""
+    shutil.rmtree(filled / "submissions" / "solo")
+    for seed, fid in enumerate(FIDS["baseline"]):
+        add_result(filled, "far", seed, fid + 50 + 0.1 * (-1) ** seed)
+    table = build_board(filled).tables["smoke"]
+    assert table["submission"].tolist() == ["alpha", "baseline", "far"]
+    assert table["rank"].tolist() == [1, 1, 3]
+    far = row(table, "far")
+    assert far["metric:fid:p"] < 0.01 and far["metric:fid:delta"] == pytest.approx(50.0)
+    far_line = next(line for line in render_markdown(build_board(filled)).splitlines() if "[far]" in line)
+    assert "| +50* (p " in far_line
 
 
 def test_diverged_and_incomplete_entries_are_listed_not_ranked(filled: Path) -> None:

@@ -252,6 +252,12 @@ TRACK_CASES: list[tuple[str, Any, str, tuple[str, ...]]] = [
         ("ranking.metric 'prompt_adherence'", "not in eval.metrics"),
     ),
     ("ranking-direction", _set("ranking.direction", "up"), "prx-256", ("field 'ranking.direction'", "'up'")),
+    (
+        "ranking-direction-of-metric",
+        _set("ranking.direction", "max"),
+        "prx-256",
+        ("ranking.direction of 'fid' is 'min', not 'max'",),
+    ),
     ("ema", _set("train.ema", True), "prx-256", ("field 'train.ema'", "EMA of the weights is not implemented")),
     (
         "allowed-override-not-overridable",

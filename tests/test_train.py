@@ -16,11 +16,13 @@ import torch
 from launch_helpers import free_port
 from torch import nn
 
-from speedrun.checkpoint import read_meta, restore_generator
+from speedrun import optim
+from speedrun.checkpoint import read_meta
 from speedrun.clock import Budget, Clock, Paused, median_speed
 from speedrun.components import Component, ComponentContext, Params, StepState, TrainBatch
 from speedrun.data.source import TrainData
 from speedrun.errors import SpeedrunError
+from speedrun.flow import RectifiedFlowObjective
 from speedrun.optim import build_optimizer, check_fp32_master, check_optimizer_coverage, clip_gradients
 from speedrun.parallel import Parallel
 from speedrun.train import Trainer, TrainOptions
@@ -149,8 +151,6 @@ def test_resume_equals_uninterrupted(smoke_data_root, tmp_path, track_variant):
     assert rest.steps == 8
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
     assert rest.val_loss_curve == full.val_loss_curve
-    rng = torch.load(tmp_path / "cut" / "checkpoints" / "step-00000004" / "rng.pt", weights_only=True)
-    assert rng["generator_device"] == "cpu"
 
 
 def test_a_resumed_run_warms_up_before_its_clock_starts(smoke_data_root, tmp_path, track_variant, monkeypatch):
@@ -257,31 +257,51 @@ def test_a_checkpoint_whose_clock_passed_the_budget_after_the_decision_takes_one
     assert rest.val_loss_curve[-1]["step"] == 11 and rest.clock_seconds >= 1e3
 
 
-def test_resume_refuses_a_generator_of_another_device_kind(tmp_path):
-    """Training randomness is drawn on the run's device; a CPU and a CUDA generator's states are
-    different objects, so a checkpoint resumes only on the device kind that wrote it."""
-    path = tmp_path / "step-00000004"
-    saved = torch.Generator().manual_seed(3)
-    torch.randn(5, generator=saved)
-    gen = torch.Generator()
-    refused = r"step-00000004: written by a run on cuda, resumed on cpu.*resume on cuda.*--no-resume"
-    with pytest.raises(SpeedrunError, match=refused):
-        restore_generator(gen, {"generator": saved.get_state(), "generator_device": "cuda"}, path)
-    restore_generator(gen, {"generator": saved.get_state()}, path)  # no device named: a CPU generator
-    assert torch.equal(torch.randn(5, generator=gen), torch.randn(5, generator=saved))
+class DrawParams(Params):
+    extra: int = 0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_a_cuda_generator_continues_its_stream_through_a_checkpoint(tmp_path):
-    """What a CUDA run's checkpoint keeps of its training generator (a Philox seed and offset, saved
-    with rng.pt's torch.save and read back with weights_only) continues the stream exactly."""
-    gen = torch.Generator(device="cuda").manual_seed(7)
-    torch.randn(1000, generator=gen, device="cuda")
-    torch.save({"generator": gen.get_state(), "generator_device": gen.device.type}, tmp_path / "rng.pt")
-    expected = torch.randn((4, 16, 32, 32), generator=gen, device="cuda")
-    resumed = torch.Generator(device="cuda").manual_seed(0)
-    restore_generator(resumed, torch.load(tmp_path / "rng.pt", weights_only=True), tmp_path)
-    assert torch.equal(torch.randn((4, 16, 32, 32), generator=resumed, device="cuda"), expected)
+class DrawsMoreTimesteps(Component):
+    """Replaces the objective by the baseline's, but its ``sample_t`` first spends ``extra`` draws of the
+    generator it is given; records the noise each step hands it."""
+
+    name = "test-draws"
+    Params = DrawParams
+
+    def setup(self, ctx: ComponentContext) -> None:
+        extra, noises = self.params.extra, []
+
+        class Recording(RectifiedFlowObjective):
+            def sample_t(self, n, generator, device):
+                torch.rand(extra, generator=generator, device=device)
+                return super().sample_t(n, generator, device)
+
+            def input_and_target(self, x0, noise, t):
+                noises.append(noise.clone())
+                return super().input_and_target(x0, noise, t)
+
+        self.noises, self._objective = noises, Recording(ctx.track.train.timesteps)
+        ctx.add_trainable("extra-head", nn.Linear(4, 4))  # initialised from the global RNG, after the denoiser
+
+    def objective(self):
+        return self._objective
+
+
+def test_paired_seeds_share_noise_and_initial_weights_whatever_an_entry_draws(smoke_data_root, tmp_path, track_variant):
+    """Seed s of an entry that draws more randomness (a head, extra timestep draws) sees the very noise
+    and initial denoiser the baseline's seed s sees, at every step: entries compare seed by seed."""
+    track = track_variant(train={"steps": 4, "untimed_warmup_steps": 0})
+    plain, greedy = DrawsMoreTimesteps(DrawParams()), DrawsMoreTimesteps(DrawParams(extra=5))
+    base, _ = train(track, smoke_data_root, tmp_path / "base", components=[plain])
+    other, _ = train(track, smoke_data_root, tmp_path / "other", components=[greedy])
+    assert len(plain.noises) == len(greedy.noises) == 4
+    assert all(torch.equal(a, b) for a, b in zip(plain.noises, greedy.noises))
+    for key, value in base.initial_state["model"].items():
+        assert torch.equal(value, other.initial_state["model"][key]), key
+    third, _ = train(
+        track, smoke_data_root, tmp_path / "seed1", components=[d := DrawsMoreTimesteps(DrawParams())], seed=1
+    )
+    assert not torch.equal(d.noises[0], plain.noises[0])
 
 
 def test_resume_refuses_a_checkpoint_written_by_other_code(smoke_data_root, tmp_path, track_variant):
@@ -705,3 +725,22 @@ def test_ranks_agree_on_the_step_that_spends_a_timed_budget(smoke_data_root, tmp
     end = log_rows(tmp_path / "run")[-1]
     assert (end["event"], end["status"], end["steps"], end["eval_checkpoints"]) == ("end", "ok", 1, ["step-00000001"])
     assert 3600.0 <= end["clock_seconds"] < 3600.0 + 60
+
+
+@pytest.mark.parametrize("warmup, cooldown", [(0, 0), (3, 0), (3, 4), (0, 10)])
+def test_learning_rate_warms_up_holds_and_cools_down_to_zero(warmup, cooldown, track_variant):
+    """The factor of step s: min(1, (s + 1) / warmup, (steps - s) / cooldown); a resumed schedule continues."""
+    track = track_variant(train={"steps": 10}, optim={"warmup_steps": warmup, "cooldown_steps": cooldown})
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = optim.schedule(opt, track)
+    seen = []
+    for _ in range(10):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [2.0 * min(1.0, (s + 1) / max(warmup, 1), (10 - s) / cooldown if cooldown else 1.0) for s in range(10)]
+    assert seen == pytest.approx(expected, rel=1e-12)
+    restored = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
+    restored.param_groups[0]["initial_lr"] = 2.0  # as a loaded optimizer state has it
+    optim.schedule(restored, track, start=7)
+    assert restored.param_groups[0]["lr"] == pytest.approx(expected[7], rel=1e-12)

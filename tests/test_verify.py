@@ -36,7 +36,7 @@ def seal(folder: Path, track_id: str, seed: int, *, tracks_dir: Path, data_dir: 
     """Write a results file for ``folder`` as ``speedrun run`` would, with the current real hashes."""
     track = load_track(track_id, tracks_dir)
     fid = fields.pop("fid", 10.0 + seed)
-    metrics = {"fid": fid, "val_loss": 0.5, "prompt_adherence": None}
+    metrics = {"fid": fid, "cmmd": 0.2, "dino_mmd": 0.3, "val_loss": 0.5, "prompt_adherence": None}
     evals = [{"step": track.train.steps, "metrics": metrics, "unavailable": {}, "samples": track.eval.samples}]
     data = {
         "run_id": f"seed{seed}",
@@ -339,7 +339,7 @@ def test_invalid_manifest_and_track_name_file_and_field(repo: Repo) -> None:
 @pytest.mark.parametrize(
     "change, field",
     [
-        ({"metrics": {"fid": 3.0, "val_loss": 0.5, "prompt_adherence": None}}, "metrics"),
+        ({"metrics": {"fid": 3.0, "cmmd": 0.2, "dino_mmd": 0.3, "val_loss": 0.5, "prompt_adherence": None}}, "metrics"),
         ({"steps": 10}, "steps"),
         ({"timing": {"train_clock_s": 5.0, "warmup_s": 1.0, "data_s": 0.5, "checkpoint_s": 0.1,
                      "validation_s": 0.2, "eval_s": 2.0, "wall_s": 9.0, "gpu_hours": 1.0}}, "timing.gpu_hours"),

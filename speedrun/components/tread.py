@@ -7,13 +7,13 @@ grid order with their RoPE positions; the rest rejoin after ``end``. At evaluati
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import torch
 from pydantic import Field
 
 from speedrun.errors import SpeedrunError
+from speedrun.flow import keyed_generator
 from speedrun.protocol import Component, ComponentContext, Params, StepState
 
 # TREAD/PRX route from block 2 through block 12 of 16; shallower denoisers get the same proportions.
@@ -31,9 +31,8 @@ def kept_count(keep: float, n: int) -> int:
 
 
 def routing_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """A CPU generator for ``(seed, step, rank)``; hashed because the CPU generator uses 32 seed bits."""
-    digest = hashlib.sha256(f"tread:{seed}:{step}:{rank}".encode()).digest()
-    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:4], "little"))
+    """The CPU generator of ``(seed, step, rank)``'s routing."""
+    return keyed_generator(f"tread:{seed}:{step}:{rank}")
 
 
 def routing_index(batch: int, n: int, keep: int, generator: torch.Generator) -> torch.Tensor:

@@ -182,7 +182,4 @@ class Loader:
                     f"loader state has {key}={state.get(key)!r} but this loader has {mine[key]!r}; "
                     "a run resumes only with the data and batch it started with"
                 )
-        position = state.get("position")
-        if not isinstance(position, int) or position < 0:
-            raise SpeedrunError(f"loader state has an invalid position {position!r}")
-        self.position = position
+        self.position = state["position"]

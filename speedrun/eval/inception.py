@@ -53,7 +53,8 @@ class InceptionExtractor(NetworkExtractor):
         pixels = images.cpu().numpy()
         with ThreadPoolExecutor(RESIZE_THREADS) as pool:
             resized = list(pool.map(_resize_clean, pixels))
-        x = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).to(self.device)
+        # Contiguous as clean-fid's: a channels-last view convolves in another order (features off by ~2e-5).
+        x = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).contiguous().to(self.device)
         return (x - 128) / 128
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

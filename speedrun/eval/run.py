@@ -5,7 +5,6 @@ component or submission code."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import textwrap
@@ -20,8 +19,9 @@ from speedrun import distributed
 from speedrun.checkpoint import latest_checkpoint, load_denoiser_strict, read_meta
 from speedrun.devices import DEVICES
 from speedrun.errors import SpeedrunError
+from speedrun.eval.scores import EvalInputs, score
 from speedrun.fileio import NAME_MAX, TEMP_NAME_EXTRA, atomic_write, atomic_write_text, sha256_file
-from speedrun.flow import euler_sample, validation_loss, velocity_from_prediction
+from speedrun.flow import euler_sample, keyed_generator, velocity_from_prediction
 from speedrun.model import build_model
 from speedrun.paths import cache_root, data_root, lookup, unusable_part
 from speedrun.protocol import StepState
@@ -33,16 +33,11 @@ if TYPE_CHECKING:
     from speedrun.data.source import TrainData
 
 GRID_SAMPLES = 64
-# Images per extractor call here; the extractor itself always runs its fixed batch size.
-FEATURE_CHUNK = 500
 
 
 def sample_noise(seed: int, index: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """The starting noise of evaluation sample ``index``, from (seed, index) only (hashed: torch's CPU
-    generator keeps 32 bits of a seed)."""
-    digest = hashlib.sha256(f"eval-noise:{seed}:{index}".encode()).digest()
-    g = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return torch.randn(shape, generator=g)
+    """The starting noise of evaluation sample ``index``, from (seed, index) only."""
+    return torch.randn(shape, generator=keyed_generator(f"eval-noise:{seed}:{index}"))
 
 
 def protocol(track: Track) -> dict[str, Any]:
@@ -119,54 +114,6 @@ def generate_all(sampler: Sampler, n: int, batch_size: int) -> np.ndarray:
         if idx:
             out[np.array(idx)] = imgs
     return out
-
-
-class _Rechunk:
-    """Re-iterable uint8 batches of a split's reference images."""
-
-    def __init__(self, split: Any, n: int) -> None:
-        self.split, self.n = split, n
-
-    def __iter__(self):
-        for i in range(0, self.n, FEATURE_CHUNK):
-            yield self.split.images(np.arange(i, min(i + FEATURE_CHUNK, self.n)))
-
-
-def image_metrics(
-    track: Track, images: np.ndarray, ref_split: Any, ref_hash: str | None, device: torch.device, cache: Path,
-    report: dict,
-) -> None:  # fmt: skip
-    """FID / CMMD / DINO-MMD of ``images`` against the reference split, into the sections of ``report``."""
-    from speedrun.eval.features import get_extractor
-    from speedrun.eval.fid import fid_from_moments
-    from speedrun.eval.mmd import mmd
-    from speedrun.eval.stats import StreamingMoments, reference_stats
-
-    random_init = track.eval.extractors == "random-init"
-    n_ref = len(ref_split)
-    for metric in (m for m in track.eval.metrics if m in ("fid", "cmmd", "dino_mmd")):
-        t0 = time.perf_counter()
-        try:
-            extractor = get_extractor(metric, device=device, random_init=random_init, batch_size=track.eval.batch_size)
-        except SpeedrunError as exc:
-            report["metrics"][metric] = None
-            report["unavailable"][metric] = str(exc)
-            continue
-        # MMD reads features; exact FD needs those of each side with no more samples than dimensions.
-        keep_ref, keep_gen = (metric != "fid" or n - 1 < extractor.dim for n in (n_ref, len(images)))
-        key = {"metric": metric, "protocol": canonical_hash(protocol(track)), "n": n_ref}
-        ref = reference_stats(
-            _Rechunk(ref_split, n_ref), extractor, cache / "reference-stats", key, images_hash=ref_hash,
-            keep_features=keep_ref,
-        )  # fmt: skip
-        gen = StreamingMoments(extractor.dim, keep_features=keep_gen)
-        for i in range(0, len(images), FEATURE_CHUNK):
-            gen.update(extractor(images[i : i + FEATURE_CHUNK]))
-        value = fid_from_moments(gen, ref) if metric == "fid" else mmd(gen.features, ref.features)
-        report["metrics"][metric] = float(value)
-        report["reference_stats_sha256"][metric] = ref.meta.get("key", "")
-        report["extractor_weights"][extractor.id] = extractor.weights_sha256 or "random-init"
-        report["seconds"][metric] = time.perf_counter() - t0
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -268,24 +215,12 @@ def evaluate_checkpoint(
     images = generate_all(sampler, track.eval.samples, batch_size or track.eval.batch_size)
     report["seconds"]["sampling"] = time.perf_counter() - t0
     if d.is_main:
-        ref_split, ref_hash = sampler.ref, track.data.split_hashes.get(track.eval.reference_split)
-        image_metrics(track, images, ref_split, ref_hash, d.device, cache_root(), report)
-        if "prompt_adherence" in track.eval.metrics:
-            from speedrun.data.adherence import score_batch
-
-            report["metrics"]["prompt_adherence"] = float(score_batch(images, sampler.captions(len(images))).mean())
-        if "val_loss" in track.eval.metrics:
-            t0 = time.perf_counter()
-            spec = track.eval.val_loss
-            val = data.validation(spec.samples)
-            with torch.no_grad():
-                result = validation_loss(
-                    sampler.model_fn, val.x.to(d.device), val.text.to(d.device), val.text_mask.to(d.device),
-                    timesteps=spec.timesteps, seed=spec.seed, batch_size=track.eval.batch_size,
-                )
-            report["metrics"]["val_loss"] = float(result["overall"])
-            report["details"]["val_loss_per_t"] = result["per_t"]
-            report["seconds"]["val_loss"] = time.perf_counter() - t0
+        inputs = EvalInputs(
+            track=track, images=images, captions=sampler.captions(len(images)), reference=sampler.ref,
+            reference_hash=track.data.split_hashes.get(track.eval.reference_split), sampler=sampler, data=data,
+            device=d.device, cache=cache_root(), protocol_hash=identity["protocol_hash"],
+        )  # fmt: skip
+        score(inputs, report)
         report["seconds"]["total"] = time.perf_counter() - t_start
         grid = out.with_suffix(".png")
         write_grid(images[:GRID_SAMPLES], sampler.captions(min(GRID_SAMPLES, len(images))), grid)

@@ -43,17 +43,6 @@ class PRXConfig:
     bottleneck_dim: int | None = None
     norm_eps: float = 1e-6
 
-    def __post_init__(self) -> None:
-        for name in ("in_channels", "patch_size", "hidden_size", "depth", "num_heads", "text_dim", "time_embed_dim"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"PRXConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        if self.head_dim % 4:
-            raise ValueError(f"head dim {self.head_dim} must be a multiple of 4 for 2-D RoPE")
-        if self.time_embed_dim % 2:
-            raise ValueError(f"time_embed_dim must be even, got {self.time_embed_dim}")
-
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads

@@ -54,7 +54,7 @@ def test_noise_depends_on_seed_and_index_only():
 def test_metrics_identical_for_two_batch_sizes(checkpoint, smoke_data_root, tmp_path):
     small = _evaluate(checkpoint, smoke_data_root, tmp_path / "b5.json", batch_size=5)
     large = _evaluate(checkpoint, smoke_data_root, tmp_path / "b32.json", batch_size=32)
-    assert small["metrics"].keys() == {"fid", "val_loss", "prompt_adherence"}
+    assert small["metrics"].keys() == {"fid", "cmmd", "dino_mmd", "val_loss", "prompt_adherence"}
     for name, value in small["metrics"].items():
         assert value == pytest.approx(large["metrics"][name], rel=1e-5, abs=1e-6), name
     assert small["samples"] == 32 and small["protocol_hash"] == large["protocol_hash"]
@@ -309,14 +309,18 @@ def test_fid_with_one_side_fewer_samples_than_dimensions(track_variant, tmp_path
     import scipy.linalg
 
     from speedrun.eval.features import get_extractor
-    from speedrun.eval.run import image_metrics
+    from speedrun.eval.scores import EvalInputs, feature_distance
 
     track = track_variant(eval={"metrics": ["fid"]})
     rng = np.random.default_rng(0)
     gen = rng.integers(0, 256, (n_gen, 32, 32, 3), dtype=np.uint8)
     ref = rng.integers(0, 256, (n_ref, 32, 32, 3), dtype=np.uint8)
     report = {k: {} for k in ("metrics", "unavailable", "reference_stats_sha256", "extractor_weights", "seconds")}
-    image_metrics(track, gen, _Images(ref), "test-images", torch.device("cpu"), tmp_path, report)
+    inputs = EvalInputs(
+        track=track, images=gen, captions=[], reference=_Images(ref), reference_hash="test-images", sampler=None,
+        data=None, device=torch.device("cpu"), cache=tmp_path, protocol_hash="test",
+    )  # fmt: skip
+    feature_distance(inputs, report, "fid")
 
     extractor = get_extractor("fid", device=torch.device("cpu"), random_init=True, batch_size=track.eval.batch_size)
     a, b = (extractor(x).astype(np.float64) for x in (gen, ref))

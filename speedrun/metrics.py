@@ -1,0 +1,43 @@
+"""The evaluator's metrics, one registry: a ``Metric`` names its direction, what it reads, and the function
+that computes it. Importing this module loads no torch: tracks validate their metrics and ranking against it,
+and the evaluator loads ``compute`` when an evaluation runs."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+
+@dataclass(frozen=True)
+class Metric:
+    """``compute`` is ``"module:function"``, called as ``function(inputs, report, name)`` with the evaluation's
+    ``speedrun.eval.scores.EvalInputs``; it writes its value into ``report["metrics"][name]`` (None with a
+    reason in ``report["unavailable"]``) and whatever identifies its reference into the other sections."""
+
+    name: str
+    direction: Literal["min", "max"]
+    reads: Literal["images", "images and prompts", "denoiser"]
+    compute: str
+
+    def load(self) -> Callable[[Any, dict[str, dict], str], None]:
+        module, function = self.compute.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+def _registry(*metrics: Metric) -> dict[str, Metric]:
+    registry: dict[str, Metric] = {}
+    for metric in metrics:
+        if metric.name in registry:
+            raise ValueError(f"metric '{metric.name}' is registered twice")
+        registry[metric.name] = metric
+    return registry
+
+
+METRICS = _registry(
+    Metric("fid", "min", "images", "speedrun.eval.scores:feature_distance"),
+    Metric("cmmd", "min", "images", "speedrun.eval.scores:feature_distance"),
+    Metric("dino_mmd", "min", "images", "speedrun.eval.scores:feature_distance"),
+    Metric("val_loss", "min", "denoiser", "speedrun.eval.scores:val_loss"),
+    Metric("prompt_adherence", "max", "images and prompts", "speedrun.eval.scores:prompt_adherence"),
+)

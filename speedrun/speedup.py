@@ -1,0 +1,78 @@
+"""The speedrun number: how much sooner an entry reaches the baseline's score. Seed ``s``'s target is the
+baseline seed ``s``'s final value of the ranking metric; each side reaches it at the first step its curve
+crosses it (linear between evaluations), and the ratio of those steps (or of steps x seconds per step, for
+wall-clock) is averaged over seeds in log space, with a t interval: a ratio of 2 is "2x sooner"."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from speedrun.significance import CONFIDENCE
+
+Curve = Sequence[tuple[float, float]]  # (step, value) in step order
+
+
+def steps_to_reach(curve: Curve, target: float, lower: bool) -> tuple[float, bool] | None:
+    """The first step at which ``curve`` reaches ``target`` (at or below it when ``lower``), interpolated
+    linearly from the evaluation before, and whether it was (False: the first evaluation had already
+    reached it, so the step is an upper bound); None if it never does."""
+    previous = None
+    for step, value in curve:
+        if value <= target if lower else value >= target:
+            if previous is None:
+                return float(step), False
+            (s0, v0) = previous
+            return s0 + (step - s0) * (target - v0) / (value - v0), True
+        previous = (step, value)
+    return None
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """Geometric-mean ratios over seeds (baseline / entry: > 1 is faster) with their 95% intervals, lower
+    bounds only when ``at_least`` (the entry reached the target by its first evaluation on some seed), or
+    the seeds on which the entry never reached its target."""
+
+    steps: tuple[float, float, float]  # mean, low, high
+    wall: tuple[float, float, float]
+    at_least: bool = False
+    unreached: tuple[int, ...] = ()
+
+
+def _log_mean_ci(ratios: list[float]) -> tuple[float, float, float]:
+    logs = np.log(ratios)
+    mean = float(logs.mean())
+    if len(logs) < 2:
+        return math.exp(mean), math.nan, math.nan
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(logs) - 1) * logs.std(ddof=1) / math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
+def speedup(
+    entry: Mapping[int, Curve], baseline: Mapping[int, Curve], entry_sps: Mapping[int, float],
+    baseline_sps: Mapping[int, float], lower: bool,
+) -> Speedup | None:  # fmt: skip
+    """Per seed both have: curves of the ranking metric and seconds per step; None without a common seed."""
+    seeds = sorted(s for s in set(entry) & set(baseline) if entry[s] and baseline[s] and s in entry_sps)
+    if not seeds:
+        return None
+    steps, wall, unreached, at_least = [], [], [], False
+    for s in seeds:
+        # The baseline reaches its own final value by its last evaluation: its step is exact or an upper bound.
+        base_steps, _ = steps_to_reach(baseline[s], baseline[s][-1][1], lower)
+        reached = steps_to_reach(entry[s], baseline[s][-1][1], lower)
+        if reached is None:
+            unreached.append(s)
+            continue
+        mine, exact = reached
+        at_least |= not exact
+        steps.append(base_steps / mine)
+        wall.append(base_steps * baseline_sps[s] / (mine * entry_sps[s]))
+    if unreached:
+        return Speedup((math.nan,) * 3, (math.nan,) * 3, unreached=tuple(unreached))
+    return Speedup(_log_mean_ci(steps), _log_mean_ci(wall), at_least)
