@@ -112,7 +112,7 @@ class SyntheticLoader:
 
 
 class SyntheticData:
-    """The TrainData interface (text_dim, x_shape, null_embedding, loader, validation) at prx-256 shapes.
+    """The TrainData interface (root, text_dim, x_shape, null_embedding, loader, validation) at prx-256 shapes.
 
     The pool of train batches is built, in pinned memory, when the trainer asks for its loader.
     No train images: the benchmark runs no component, and none asks for them."""
@@ -120,6 +120,7 @@ class SyntheticData:
     text_dim = TEXT_DIM
     x_shape = LATENT_SHAPE
     train_images = False
+    root = None  # no prepared folder: no teacher prepare trained
 
     def __init__(self, text_tokens: int) -> None:
         self.text_tokens = text_tokens

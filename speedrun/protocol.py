@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import reprlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 import torch
@@ -61,9 +62,10 @@ class Params(BaseModel):
 @dataclass
 class ComponentContext:
     """What ``Component.setup`` may touch: the denoiser (read its ``config``, never replace modules), the
-    track, device, seed and ``token_grid`` (rows, columns of image tokens). ``add_trainable`` modules join
-    the optimizer and are saved as ``components.<name>.*``, unused at evaluation; ``add_frozen`` ones
-    (teachers) get no grad and are never saved."""
+    track, device, seed, ``token_grid`` (rows, columns of image tokens) and ``data_dir``, the prepared
+    dataset's folder (where a teacher ``prepare`` trained lives; None when the trainer gives none).
+    ``add_trainable`` modules join the optimizer and are saved as ``components.<name>.*``, unused at
+    evaluation; ``add_frozen`` ones (teachers) get no grad and are never saved."""
 
     model: nn.Module
     track: Any
@@ -71,6 +73,7 @@ class ComponentContext:
     seed: int
     token_grid: tuple[int, int]
     images_available: bool
+    data_dir: Path | None = None
     trainable: dict[str, nn.Module] = field(default_factory=dict)
     frozen: dict[str, nn.Module] = field(default_factory=dict)
     uses_images: bool = False

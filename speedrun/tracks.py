@@ -32,6 +32,20 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
+class TeacherTraining(_Frozen):
+    """A small frozen vision encoder that ``prepare`` trains on the train split of a shapes dataset, for
+    REPA and iREPA (teacher "shapes-encoder"): a ``patch``-pixel patchify stem, then ``depth`` residual
+    3x3 convolutions of width ``dim`` on the patch grid; AdamW, fp32 on the CPU, fixed seed and batch order."""
+
+    patch: int = Field(4, gt=0, description="Pixels a side of one output token.")
+    dim: int = Field(64, gt=0, description="Token width.")
+    depth: int = Field(3, gt=0, description="Residual 3x3 convolutions on the patch grid.")
+    steps: int = Field(gt=0, description="Optimizer steps.")
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = Field(0, ge=0)
+
+
 class DataSpec(_Frozen):
     """What the model trains on and what the evaluator compares against."""
 
@@ -47,6 +61,7 @@ class DataSpec(_Frozen):
     text_max_tokens: int = Field(gt=0)
     train_images: bool = Field(False, description="Latent tracks: keep each train image for pixel teachers (REPA).")
     split_hashes: dict[str, str] = Field(default_factory=dict, description="sha256 of each split; empty until pinned.")
+    teacher: TeacherTraining | None = Field(None, description="Shapes only: a vision encoder prepare trains (REPA).")
 
     @model_validator(mode="after")
     def _vae_matches_representation(self) -> DataSpec:
@@ -58,6 +73,15 @@ class DataSpec(_Frozen):
             raise ValueError(
                 "representation 'pixels' stores its images as x already; data.train_images is for latent tracks"
             )
+        if self.teacher is not None:
+            if self.dataset != "shapes":
+                raise ValueError("data.teacher learns from the shapes generator's scene specs: dataset 'shapes' only")
+            if self.representation != "pixels" and not self.train_images:
+                raise ValueError("data.teacher reads the train images: a latent track needs data.train_images = true")
+            if self.image_size % self.teacher.patch:
+                raise ValueError(
+                    f"data.teacher.patch {self.teacher.patch} does not divide data.image_size {self.image_size}"
+                )
         return self
 
 

@@ -100,6 +100,7 @@ class Trainer:
             seed=self.opt.seed,
             token_grid=(height // patch, width // patch),
             images_available=self.data.train_images,
+            data_dir=self.data.root,
         )
         for comp in self.components:
             comp.setup(self.ctx)

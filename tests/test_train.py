@@ -481,7 +481,7 @@ class LatentShapedData:
     """TrainData's interface with latent-sized inputs: 8 x 8 grids for 64 x 64 "images"."""
 
     text_dim, tokens = 384, 32
-    x_shape, train_images = (3, 8, 8), False
+    x_shape, train_images, root = (3, 8, 8), False, None
 
     def _batch(self, n: int):
         from speedrun.data.loader import Batch

@@ -1,8 +1,10 @@
-"""Frozen vision teachers for representation alignment (REPA, iREPA): pinned timm ViTs.
+"""Frozen vision teachers for representation alignment (REPA, iREPA): pinned timm ViTs, and the shapes
+encoder that ``prepare`` trains for tracks with ``data.teacher`` (``speedrun.data.teacher``).
 
-Weights come from ``$SPEEDRUN_WEIGHTS_DIR/<timm name>/model.safetensors`` (shared with the evaluator's
+ViT weights come from ``$SPEEDRUN_WEIGHTS_DIR/<timm name>/model.safetensors`` (shared with the evaluator's
 DINO), else the Hugging Face cache; missing ones are an error naming the remedy. Only a track evaluating
-with random-init networks (smoke) gets a small random-init stand-in of the same family, with a note.
+with random-init networks (smoke) gets a small random-init stand-in of the same family, with a note. The
+shapes encoder is read from the prepared dataset (``ComponentContext.data_dir``), checked against its manifest.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speedrun.data import teacher as shapes_teacher
+from speedrun.errors import SpeedrunError
 from speedrun.eval.dino import MEAN as IMAGENET_MEAN
 from speedrun.eval.dino import STD as IMAGENET_STD
 from speedrun.eval.weights import hub_directory
+from speedrun.protocol import ContractError
 
 WEIGHTS_FILE = "model.safetensors"
 # The random-init stand-in: the same timm architecture (patch size, registers, RoPE or not), shrunk.
 RANDOM_INIT_ARCH: dict[str, Any] = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 RANDOM_INIT_SEED = 0
 
-TeacherName = Literal["dinov2-vitl14-reg", "dinov2-vitb14", "dinov3-vitl16"]
+SHAPES_ENCODER = "shapes-encoder"
+TeacherName = Literal["dinov2-vitl14-reg", "dinov2-vitb14", "dinov3-vitl16", "shapes-encoder"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -127,9 +133,34 @@ def load_teacher(name: str, grid: tuple[int, int], *, random_init: bool = False)
     return Teacher(network, grid, spec.patch, f"{spec.hub_id}@{(spec.revision or 'main')[:12]}")
 
 
+def load_shapes_encoder(track: Any, data_dir: Path | None, grid: tuple[int, int], component: str) -> Teacher:
+    """The shapes encoder of ``track``'s prepared dataset in ``data_dir``, its id naming its file's sha256."""
+    spec = track.data.teacher
+    if spec is None:
+        raise ContractError(
+            f"component '{component}': teacher '{SHAPES_ENCODER}' is trained by prepare on tracks with data.teacher; "
+            f"track '{track.id}' has none"
+        )
+    if data_dir is None:
+        raise SpeedrunError(
+            f"component '{component}': teacher '{SHAPES_ENCODER}' lives in the prepared dataset, but the trainer "
+            "gave no dataset folder (ComponentContext.data_dir)"
+        )
+    network, sha256 = shapes_teacher.load_encoder(data_dir, spec)
+    return Teacher(network, grid, spec.patch, f"{SHAPES_ENCODER}@{sha256[:12]}")
+
+
 def teacher_for(ctx: Any, component: str, name: str, random_init: bool) -> Teacher:
-    """The teacher a component asked for under the track's weights policy; a random-init one notes on stderr."""
+    """The teacher a component asked for under the track's weights policy; a random-init one notes on stderr.
+    The shapes encoder is always the trained one: it needs no download."""
     ctx.use_images(component)
+    if name == SHAPES_ENCODER:
+        if random_init:
+            raise ContractError(
+                f"component '{component}': random_init_teacher is for the hub teachers; '{SHAPES_ENCODER}' is "
+                "trained by prepare and always available"
+            )
+        return load_shapes_encoder(ctx.track, ctx.data_dir, ctx.token_grid, component)
     use_random = random_init or ctx.track.eval.extractors == "random-init"
     teacher = load_teacher(name, ctx.token_grid, random_init=use_random)
     if use_random:

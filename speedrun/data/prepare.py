@@ -1,4 +1,5 @@
-"""prepare: a track's ``data`` section -> shards plus ``manifest.json`` (``speedrun.data.shards``) in
+"""prepare: a track's ``data`` section -> shards, the track's vision teacher if it has one
+(``speedrun.data.teacher``, trained on the train shards) and ``manifest.json`` (``speedrun.data.shards``) in
 ``<root>/<dataset>-<size>-<hash of the definition>/``. Idempotent (with a manifest it only re-hashes) and
 resumable (complete shards are re-hashed and kept). Shard ``k`` belongs to rank ``k % world_size``; rank 0
 writes the manifest after a barrier, or, without a process group, whichever call finds every shard complete.
@@ -18,8 +19,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from speedrun.data import mjv6, shapes, shards
-from speedrun.data.shards import MANIFEST_NAME, NULL_DIR, SPLITS, ShardEntry, TextEncoderInfo
+from speedrun.data import mjv6, shapes, shards, teacher
+from speedrun.data.shards import MANIFEST_NAME, NULL_DIR, SPLITS, TEACHER_FILE, ShardEntry, TextEncoderInfo
 from speedrun.data.text import TextEncoder, get_text_encoder, text_encoder_class
 from speedrun.data.vae import FLUX_DOWNSAMPLE, FLUX_LATENT_CHANNELS, FluxVAE, load_flux_vae, parse_ref
 from speedrun.errors import SpeedrunError
@@ -130,9 +131,9 @@ def dataset_definition(
         key=data.text_encoder, id=encoder.id, revision=encoder.revision, dim=encoder.dim,
         max_tokens=data.text_max_tokens, precision=encoder.precision,
     )  # fmt: skip
-    # split_hashes check a dataset; train_images at its default (False) is left out so that datasets
-    # prepared before the field existed keep their directory.
-    exclude = {"split_hashes"} if data.train_images else {"split_hashes", "train_images"}
+    # split_hashes check a dataset; train_images and teacher at their defaults (False, None) are left out so
+    # that datasets prepared before the fields existed keep their directory.
+    exclude = {"split_hashes"} | {field for field in ("train_images", "teacher") if not getattr(data, field)}
     return {
         "format_version": shards.FORMAT_VERSION,
         "data": data.model_dump(mode="json", exclude=exclude),
@@ -233,8 +234,10 @@ def _check_pins(track: Track, split_hashes: dict[str, str]) -> None:
             )
 
 
-def _finalize(out: Path, track: Track, jobs: list[_Job], models: _Models, definition: dict[str, Any]) -> None:
-    """Write the manifest if every shard is on disk."""
+def _finalize(
+    out: Path, track: Track, jobs: list[_Job], models: _Models, definition: dict[str, Any], progress: bool
+) -> None:
+    """Train the track's teacher (if any) and write the manifest, if every shard is on disk."""
     entries: dict[str, list[ShardEntry]] = {split: [] for split in SPLITS}
     for job in jobs:
         entry = shards.read_shard_entry(out / job.split, job.name)
@@ -262,7 +265,13 @@ def _finalize(out: Path, track: Track, jobs: list[_Job], models: _Models, defini
             for split, got in entries.items()
         },
     )  # fmt: skip
-    atomic_write_json(out / MANIFEST_NAME, manifest.model_dump(mode="json"))
+    if (spec := track.data.teacher) is not None:
+        if progress:
+            print(f"{out.name}: training the track's vision teacher ({spec.steps} steps on the CPU)", file=sys.stderr)
+        # Only the train split: the validation and reference splits stay unseen by everything that trains.
+        path = teacher.write(out, spec, shards.PreparedDataset(out, manifest).split("train"))
+        manifest = manifest.model_copy(update={"teacher": {TEACHER_FILE: shards.file_entry(path)}})
+    atomic_write_json(out / MANIFEST_NAME, manifest.dump())
 
 
 def _prepare_shard(
@@ -323,6 +332,8 @@ def prepare(
                 f"delete {out} and prepare again"
             )
         _check_pins(track, {split: entry.definition_hash for split, entry in manifest.splits.items()})
+        if track.data.teacher is not None:
+            teacher.check_recorded(out, manifest)
         shards.verify(out)
         return out
 
@@ -363,7 +374,7 @@ def prepare(
     if distributed:
         torch.distributed.barrier()
     if not distributed or rank == 0:
-        _finalize(out, track, jobs, models, definition)
+        _finalize(out, track, jobs, models, definition, progress)
     if distributed:
         torch.distributed.barrier()
     return out

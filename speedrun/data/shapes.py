@@ -154,6 +154,20 @@ def shape_mask(kind: str, xs: np.ndarray, ys: np.ndarray, cx: float, cy: float, 
     return (dy <= half) & (np.abs(dx) <= (dy + half) / 2)  # triangle
 
 
+def _footprint(shape: Shape, size: int) -> tuple[slice, slice, np.ndarray]:
+    """Rows and columns of ``shape``'s bounding box in a ``size``-pixel image, and which of those pixels it covers."""
+    cell = size / 3
+    row, col = divmod(POSITIONS.index(shape.position), 3)
+    cx = (col + 0.5 + shape.offset[0]) * cell
+    cy = (row + 0.5 + shape.offset[1]) * cell
+    half = SIDE[shape.size] * cell / 2
+    # Only the shape's bounding box needs testing; pixel (i, j) has its centre at (j+.5, i+.5).
+    r0, r1 = max(0, int(cy - half) - 1), min(size, int(cy + half) + 2)
+    c0, c1 = max(0, int(cx - half) - 1), min(size, int(cx + half) + 2)
+    ys, xs = np.mgrid[r0:r1, c0:c1] + 0.5
+    return slice(r0, r1), slice(c0, c1), shape_mask(shape.kind, xs, ys, cx, cy, half)
+
+
 def render(spec: ShapeSpec, size: int) -> np.ndarray:
     """The scene as a uint8 (size, size, 3) RGB image, each pixel sampled at its centre."""
     if size < MIN_IMAGE_SIZE:
@@ -161,18 +175,20 @@ def render(spec: ShapeSpec, size: int) -> np.ndarray:
     image = np.full((size, size, 3), NEUTRALS[spec.background[0]], dtype=np.uint8)
     if len(spec.background) == 2:
         image[size // 2 :] = NEUTRALS[spec.background[1]]
-    cell = size / 3
     for shape in spec.shapes:
-        row, col = divmod(POSITIONS.index(shape.position), 3)
-        cx = (col + 0.5 + shape.offset[0]) * cell
-        cy = (row + 0.5 + shape.offset[1]) * cell
-        half = SIDE[shape.size] * cell / 2
-        # Only the shape's bounding box needs testing; pixel (i, j) has its centre at (j+.5, i+.5).
-        r0, r1 = max(0, int(cy - half) - 1), min(size, int(cy + half) + 2)
-        c0, c1 = max(0, int(cx - half) - 1), min(size, int(cx + half) + 2)
-        ys, xs = np.mgrid[r0:r1, c0:c1] + 0.5
-        image[r0:r1, c0:c1][shape_mask(shape.kind, xs, ys, cx, cy, half)] = COLOURS[shape.colour]
+        rows, cols, covered = _footprint(shape, size)
+        image[rows, cols][covered] = COLOURS[shape.colour]
     return image
+
+
+def shape_map(spec: ShapeSpec, size: int) -> np.ndarray:
+    """int8 (size, size): the index in ``spec.shapes`` of the shape :func:`render` paints at each pixel, -1
+    where the background shows."""
+    out = np.full((size, size), -1, dtype=np.int8)
+    for k, shape in enumerate(spec.shapes):
+        rows, cols, covered = _footprint(shape, size)
+        out[rows, cols][covered] = k
+    return out
 
 
 def example(split: str, index: int, size: int) -> tuple[np.ndarray, str, ShapeSpec]:

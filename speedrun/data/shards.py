@@ -4,8 +4,9 @@
 text.npy (float16 (n, L, D), zero where mask is False), mask.npy (bool (n, L), True = real token), index.npy
 (int64 example index within the split), digests.npy (uint8 (n, 32): sha256 of index, caption, image bytes),
 captions.json, specs.json (shapes only), images.npy (latent tracks' real uint8 images) and shard.json (start,
-count, file hashes). A shard is built in a hidden ``.<name>.partial-<pid>`` folder and renamed into place
-when complete; readers gather rows from memory maps.
+count, file hashes); ``teacher/model.safetensors``, the vision encoder trained on the train split, on tracks
+with ``data.teacher`` (``speedrun.data.teacher``). A shard is built in a hidden ``.<name>.partial-<pid>``
+folder and renamed into place when complete; readers gather rows from memory maps.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SHARD_ENTRY_NAME = "shard.json"
 NULL_DIR = "null"
+TEACHER_DIR = "teacher"
+TEACHER_FILE = "model.safetensors"
 SPLITS = ("train", "validation", "reference")
 ROW_FIELDS = ("x", "text", "mask", "index")
 MAX_OPEN_MAPS = 4096  # maps a split keeps open (LRU); a prx-256 batch reads ~250 shards x 4 fields
@@ -88,6 +91,13 @@ class Manifest(_Model):
     vae: VaeInfo | None
     null_text: dict[str, FileEntry]
     splits: dict[str, SplitEntry]
+    # {TEACHER_FILE: entry} on tracks with data.teacher; left out of manifest.json when None (see dump).
+    teacher: dict[str, FileEntry] | None = None
+
+    def dump(self) -> dict[str, Any]:
+        """The JSON document of ``manifest.json``: without ``teacher`` when there is none, so datasets of
+        tracks without one keep the manifest bytes (and sha256, recorded in results) they had before it."""
+        return self.model_dump(mode="json", exclude={"teacher"} if self.teacher is None else None)
 
 
 def save_npy(handle: Any, array: np.ndarray) -> None:
@@ -339,6 +349,8 @@ def open_dataset(root: Path, rehash: bool = False) -> PreparedDataset:
         "the damaged ones)"
     )
     check_files(root / NULL_DIR, manifest.null_text, rehash=rehash, remedy=remedy)
+    if manifest.teacher is not None:
+        check_files(root / TEACHER_DIR, manifest.teacher, rehash=rehash, remedy=remedy)
     for split, entry in manifest.splits.items():
         for shard in entry.shards:
             check_files(root / split / shard.name, shard.files, rehash=rehash, remedy=remedy)

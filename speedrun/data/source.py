@@ -39,6 +39,11 @@ class TrainData:
         return cls(open_dataset(root))
 
     @property
+    def root(self) -> Path | None:
+        """The prepared dataset's folder (where a teacher ``prepare`` trained lives)."""
+        return self.dataset.root
+
+    @property
     def text_dim(self) -> int:
         return int(self.dataset.null_text()[0].shape[-1])
 
