@@ -229,11 +229,16 @@ def cells(row: pd.Series, track: Track, name: str) -> list[str]:
 def _track_intro(track: Track, detectable: float) -> str:
     better = "lower" if track.ranking.direction == "min" else "higher"
     n, metric = track.rules.seeds_required, track.ranking.metric
-    smallest = f"{detectable:.1%} of the baseline's `{metric}`" if math.isfinite(detectable) else "unknown yet"
+    smallest = f"Smallest change {n} paired seeds detect (p < {ALPHA}, 80% power): "
+    if n < 2:
+        smallest = "One seed cannot tell any difference from noise."
+    elif math.isfinite(detectable):
+        smallest += f"{detectable:.1%} of the baseline's."
+    else:
+        smallest += "unknown until an entry has seeds paired with the baseline's."
     return (
-        f"Ranked by mean `{metric}` ({better} is better); an entry needs {n} ok seed(s). Smallest change "
-        f"{n} paired seeds detect at p < {ALPHA} with 80% power: {smallest}. Track version {track.version}, "
-        f"hash `{track.content_hash[:12]}`."
+        f"Ranked by mean `{metric}` ({better} is better); an entry needs {n} ok seed(s). {smallest} "
+        f"Track version {track.version}, hash `{track.content_hash[:12]}`."
     )
 
 
