@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from speedrun.components.registry import Registry, declared_component_names
 from speedrun.errors import SpeedrunError, format_validation_error
 from speedrun.paths import lookup
-from speedrun.tracks import TRACKS_DIR, Track, load_track, read_toml
+from speedrun.tracks import TRACKS_DIR, Track, available_tracks, load_track, read_toml
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # use fullmatch: "$" would accept a trailing "\n"
 MANIFEST = "submission.toml"
@@ -105,6 +105,8 @@ class Submission:
     def track(self, track_id: str | None = None, tracks_dir: Path = TRACKS_DIR) -> Track:
         """The effective track (overrides applied); default: the manifest's first track."""
         track_id = self.manifest.tracks[0] if track_id is None else track_id
+        if track_id not in self.manifest.tracks and track_id not in (known := available_tracks(tracks_dir)):
+            raise SpeedrunError(f"no track {track_id!r}; known: {known}")
         if track_id not in self.manifest.tracks:
             raise SpeedrunError(
                 f"{self.path / MANIFEST}: submission '{self.name}' does not target track '{track_id}' "

@@ -339,11 +339,19 @@ def test_baseline_is_valid() -> None:
     assert load_submission(REPO_ROOT / "submissions" / "baseline" / "submission.toml").manifest == sub.manifest
 
 
-def test_track_not_targeted_names_field() -> None:
+def test_track_not_targeted_names_field(tmp_path: Path) -> None:
+    folder = make_submission(tmp_path, Case("ok", manifest(), ()))
+    sub = load_submission(folder)
+    with pytest.raises(SpeedrunError, match=r"submission.toml: submission 's' does not target track 'tiny'"):
+        sub.track("tiny")
+
+
+def test_a_track_that_does_not_exist_is_named_as_such() -> None:
+    """A typo is no track at all, not one the entry happens not to target."""
     sub = load_submission(REPO_ROOT / "submissions" / "baseline")
-    with pytest.raises(SpeedrunError, match=r"submission.toml: submission 'baseline' does not target track 'x'"):
-        sub.track("x")
-    with pytest.raises(SpeedrunError, match=r"does not target track ''"):  # `--track ""` is no default
+    with pytest.raises(SpeedrunError, match=r"^no track 'tinyy'; known: \['prx-256', 'smoke', 'tiny'\]$"):
+        sub.track("tinyy")
+    with pytest.raises(SpeedrunError, match=r"^no track ''"):  # `--track ""` is no default
         sub.track("")
 
 
