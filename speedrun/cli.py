@@ -191,14 +191,15 @@ def verify_cmd(
     """Check manifests, tracks and results (schema, digest, provenance, seeds) without running submission code."""
     from speedrun.verify import verify_paths
 
-    problems = verify_paths(paths or [], rerun=rerun)
+    found = verify_paths(paths or [], rerun=rerun)
+    problems = found.problems
     if as_json:
         print(json.dumps([p.model_dump() for p in problems], indent=2))
     else:
         for p in problems:
             console.print(f"{p.file}: {p.field}: {p.message}", highlight=False, soft_wrap=True)
-        if not problems:
-            console.print("[green]verify: no problems[/]")
+        read = f"{found.tracks} track(s), {found.submissions} submission(s), {found.results} results file(s)"
+        console.print(f"[green]verify: no problems[/] in {read}" if not problems else f"verify: read {read}")
     if problems:
         raise typer.Exit(1)
 

@@ -46,22 +46,33 @@ class Problem(BaseModel):
     message: str
 
 
+class Verification(BaseModel):
+    """What ``verify_paths`` found, and how much it read (so that "no problems" says of what)."""
+
+    problems: list[Problem]
+    submissions: int
+    results: int
+    tracks: int
+
+
 def verify_paths(
     paths: Iterable[Path],
     rerun: bool = False,
     repo_root: Path = REPO_ROOT,
     data_dir: Path | None = None,
     info: Callable[[str], None] = lambda message: print(f"note: {message}", file=sys.stderr),
-) -> list[Problem]:
+) -> Verification:
     """Every problem of the tracks and of the given submission folders, manifests or results files (none:
     every submission); ``info`` receives notes on checks that could not run, which are not problems."""
     verifier = _Verifier(Path(repo_root), data_dir, info)
     problems = verifier.check_tracks()
-    for folder, (files, whole) in sorted(_targets([Path(p) for p in paths], verifier.repo_root, problems).items()):
+    targets = _targets([Path(p) for p in paths], verifier.repo_root, problems)
+    for folder, (files, whole) in sorted(targets.items()):
         problems += verifier.check_submission(folder, files, whole)
         if rerun:
             problems += verifier.rerun(folder)
-    return problems
+    results = sum(len(files) for files, _ in targets.values())
+    return Verification(problems=problems, submissions=len(targets), results=results, tracks=len(verifier.tracks))
 
 
 def _targets(paths: list[Path], repo_root: Path, problems: list[Problem]) -> dict[Path, tuple[list[Path], bool]]:

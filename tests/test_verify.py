@@ -104,7 +104,7 @@ class Repo:
         return seal(self.sub, track_id, seed, tracks_dir=self.tracks, data_dir=self.data, **fields)
 
     def verify(self, paths: list[Path] | None = None, **kw) -> list[Problem]:
-        return verify_paths(paths or [], repo_root=self.root, data_dir=self.data, info=self.notes.append, **kw)
+        return verify_paths(paths or [], repo_root=self.root, data_dir=self.data, info=self.notes.append, **kw).problems
 
 
 @pytest.fixture
@@ -120,6 +120,14 @@ def test_fresh_results_pass_and_unprepared_data_is_a_note(repo: Repo) -> None:
     repo.seal("smoke", 0)
     assert repo.verify() == []
     assert repo.notes == ["cannot check the dataset manifest of track 'smoke': data not prepared"]
+
+
+def test_verify_says_how_much_it_read(repo: Repo) -> None:
+    """"No problems" is only worth as much as what was read: the tracks, submissions and results files."""
+    repo.seal("smoke", 0)
+    found = verify_paths([], repo_root=repo.root, data_dir=repo.data, info=repo.notes.append)
+    assert (found.problems, found.tracks, found.submissions, found.results) == ([], 3, 1, 1)
+    assert verify_paths([repo.sub / "NOTES.md"], repo_root=repo.root, info=repo.notes.append).results == 0
 
 
 def test_results_from_other_prepared_data_are_stale(repo: Repo) -> None:

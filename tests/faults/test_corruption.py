@@ -176,7 +176,7 @@ def test_corrupted_results_file_reported_by_run_verify_leaderboard(tmp_path, smo
     )
     with pytest.raises(SpeedrunError, match="Move it away to re-run seed 0"):
         run_submission(sub, options, Console(file=io.StringIO()))
-    problems = verify_paths([path], repo_root=repo, data_dir=smoke_data_root, info=lambda _: None)
+    problems = verify_paths([path], repo_root=repo, data_dir=smoke_data_root, info=lambda _: None).problems
     assert any(message in p.message for p in problems), problems
     assert any(message in reason for reason in build_board(repo).skipped)
     result = CliRunner().invoke(app, ["verify", str(path)])
