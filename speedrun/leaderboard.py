@@ -100,19 +100,23 @@ def track_table(frame: pd.DataFrame, track: Track) -> pd.DataFrame:
     rows = frame[frame["track"] == track.id]
     metric = f"metric:{track.ranking.metric}"
     groups = dict(iter(rows.groupby("submission", sort=True)))
+    # Seed -> value of every quantity, and the ranking metric's curves, once per entry.
+    per_seed = {
+        name: {column: _values(group, column) for column, _ in quantities(track)} for name, group in groups.items()
+    }
+    curves = {name: _curves(group, track.ranking.metric) for name, group in groups.items()}
     entries = []
     for name, group in groups.items():
         entry: dict[str, object] = {"submission": name, "folder": group["folder"].iloc[0], "seeds": len(group)}
+        compare = name != BASELINE and BASELINE in groups
         for column, _ in quantities(track):
-            values = _values(group, column)
+            values = per_seed[name][column]
             entry[f"{column}:mean"], entry[f"{column}:ci"] = mean_ci(list(values.values()))
-            vs = paired(values, _values(groups[BASELINE], column)) if name != BASELINE and BASELINE in groups else None
+            vs = paired(values, per_seed[BASELINE][column]) if compare else None
             entry |= {f"{column}:n": len(values), f"{column}:delta": vs.delta if vs else math.nan}
             entry[f"{column}:p"] = vs.p if vs else math.nan
-        if name != BASELINE and BASELINE in groups:
-            (mine, my_seconds), (base, base_seconds) = (
-                _curves(g, track.ranking.metric) for g in (group, groups[BASELINE])
-            )
+        if compare:
+            (mine, my_seconds), (base, base_seconds) = curves[name], curves[BASELINE]
             entry["speedup"] = speedup(mine, base, my_seconds, base_seconds, track.ranking.direction == "min")
         entry["status"] = _status(group, track, entry[f"{metric}:n"])
         entries.append(entry)
@@ -124,7 +128,7 @@ def track_table(frame: pd.DataFrame, track: Track) -> pd.DataFrame:
         order = ranked.sort_values([f"{metric}:mean", "submission"], ascending=[lower, True], kind="mergesort")
 
         def worse(leader: str, name: str) -> bool:
-            vs = paired(_values(groups[name], metric), _values(groups[leader], metric))
+            vs = paired(per_seed[name][metric], per_seed[leader][metric])
             return vs.significant and (vs.delta > 0) == lower
 
         table.loc[order.index, "rank"] = np.array(shared_ranks(order["submission"].tolist(), worse), np.float64)
