@@ -65,7 +65,8 @@ class ComponentContext:
     track, device, seed, ``token_grid`` (rows, columns of image tokens) and ``data_dir``, the prepared
     dataset's folder (where a teacher ``prepare`` trained lives; None when the trainer gives none).
     ``add_trainable`` modules join the optimizer and are saved as ``components.<name>.*``, unused at
-    evaluation; ``add_frozen`` ones (teachers) get no grad and are never saved."""
+    evaluation; ``add_frozen`` ones (teachers) get no grad and are never saved, and their ``id`` attribute
+    (else their class name) is recorded in the results as ``provenance.teachers``."""
 
     model: nn.Module
     track: Any

