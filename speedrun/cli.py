@@ -93,6 +93,7 @@ def validate_cmd(
     paths: Optional[list[Path]] = typer.Argument(None, help="Submission folders (default: all in submissions/)."),
 ) -> None:
     """Validate submission manifests and the tracks they target; never runs submission code."""
+    from speedrun.components.registry import declared_component_names
     from speedrun.submission import discover_submissions, load_submission
     from speedrun.tracks import REPO_ROOT, all_tracks
 
@@ -106,6 +107,11 @@ def validate_cmd(
             err_console.print(Text.assemble(("invalid:", "red"), f" {exc}"), highlight=False, soft_wrap=True)
             continue
         line = Text.assemble(("ok", "green"), f" {sub.path} (tracks: {', '.join(sub.manifest.tracks)})")
+        if sub.custom_components:
+            custom = sorted(set(declared_component_names(sub.custom_components)))
+            line.append(
+                f"; custom component(s) {', '.join(custom)}: parameters checked when `speedrun run` imports them"
+            )
         console.print(line, highlight=False, soft_wrap=True)
     if failures:
         raise typer.Exit(1)

@@ -126,6 +126,11 @@ class Component:
     def __init__(self, params: Params) -> None:
         self.params = params
 
+    @classmethod
+    def check(cls, params: Params, track: Any) -> None:
+        """Raise an error naming the parameter when ``params`` cannot run on ``track``'s model or data (a
+        block beyond its depth); called by ``speedrun validate`` for every targeted track, before any training."""
+
     def setup(self, ctx: ComponentContext) -> None:
         """Register trainable heads and frozen teachers on ``ctx``; called once before training."""
 

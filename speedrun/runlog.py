@@ -37,6 +37,9 @@ class RunLog:
             host = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform()}
             self._write({"event": "start", "resumed_from": resumed_from, "start_step": start, **fields, **host})
             self.file.flush()
+            if resumed_from:
+                print(f"resuming from step {start} of {total} ({self.path.parent / 'checkpoints' / resumed_from})",
+                      file=sys.stderr, flush=True)  # fmt: skip
         self.progress = _progress(self.show, start, total)
 
     def step(self, terms: dict[str, torch.Tensor], **fields: Any) -> None:

@@ -157,20 +157,21 @@ def load_submission(path: Path | str, tracks_dir: Path = TRACKS_DIR, registry: R
         overrides = manifest.flat_overrides()
     except SpeedrunError as exc:
         raise SpeedrunError(f"{manifest_path}: field 'overrides': {exc}") from None
+    tracks = []
     for track_id in manifest.tracks:
         try:
             track = load_track(track_id, tracks_dir)
         except SpeedrunError as exc:
             raise SpeedrunError(f"{manifest_path}: field 'tracks': {exc}") from None
         try:
-            track.with_overrides(overrides)
+            tracks.append(track.with_overrides(overrides))
         except SpeedrunError as exc:
             raise SpeedrunError(f"{manifest_path}: field 'overrides': {exc}") from None
-    _check_components(manifest, folder, registry or Registry())
+    _check_components(manifest, folder, registry or Registry(), tracks)
     return Submission(path=folder, manifest=manifest)
 
 
-def _check_components(manifest: Manifest, folder: Path, registry: Registry) -> None:
+def _check_components(manifest: Manifest, folder: Path, registry: Registry, tracks: list[Track]) -> None:
     custom_file = folder / CUSTOM_COMPONENTS
     custom = declared_component_names(custom_file) if custom_file.is_file() else []
     seen: set[str] = set()
@@ -186,10 +187,16 @@ def _check_components(manifest: Manifest, folder: Path, registry: Registry) -> N
         if entry.name not in registry:
             known = sorted(set(registry.names()) | set(custom))
             raise SpeedrunError(f"{where}: unknown component '{entry.name}'; known: {known or 'none'}")
+        component = registry.get(entry.name)
         try:
-            registry.get(entry.name).Params.model_validate(entry.params)
+            params = component.Params.model_validate(entry.params)
         except ValidationError as exc:
             raise SpeedrunError(format_validation_error(f"{where} ({entry.name}).params", exc)) from None
+        for track in tracks:
+            try:
+                component.check(params, track)
+            except SpeedrunError as exc:
+                raise SpeedrunError(f"{where} ({entry.name}).params on track '{track.id}': {exc}") from None
 
 
 def discover_submissions(root: Path) -> list[Path]:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -249,9 +251,16 @@ _KEY_PART = r"""(?:[A-Za-z0-9_-]++|"[^"\n]*"|'[^'\n]*')"""
 _DEEP_DOTTED_KEY = re.compile(rf"(?<![A-Za-z0-9_-])(?:{_KEY_PART}[ \t]*\.[ \t]*){{{_MAX_KEY_PARTS},}}")
 
 
+_FILE_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file; every failure is an error naming the file."""
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):  # opening a FIFO would wait for a writer forever
+            raise SpeedrunError(f"{path}: not a regular file ({_FILE_KINDS.get(stat.S_IFMT(mode), 'special file')})")
         with open(path, "rb") as handle:  # at most one byte past the limit: never a whole huge file
             raw = handle.read(MAX_TOML_BYTES + 1)
     except FileNotFoundError:

@@ -6,6 +6,7 @@ Most cases run in-process through typer's CliRunner; three run the real console 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -251,8 +252,8 @@ def _speedrun() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "speedrun.cli"]
 
 
-def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*_speedrun(), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+def _run(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*_speedrun(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert "Traceback" not in proc.stdout and "Traceback" not in proc.stderr, proc.stderr
     return proc
 
@@ -340,3 +341,21 @@ def test_help_names_the_real_default_folders() -> None:
         assert_clean_exit(result, 0)
         text = " ".join(result.stdout.split())
         assert "$SPEEDRUN_DATA_DIR" in text and "./data" not in text
+
+
+def test_validate_refuses_a_fifo_manifest_within_a_second(tmp_path: Path) -> None:
+    """Opening a FIFO would wait for a writer forever: it is refused before it is opened."""
+    folder = tmp_path / "s"
+    folder.mkdir()
+    os.mkfifo(folder / "submission.toml")
+    proc = _run("validate", str(folder), cwd=tmp_path, timeout=30)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip() == f"invalid: {folder / 'submission.toml'}: not a regular file (a FIFO)"
+
+
+def test_validate_says_custom_parameters_are_checked_at_run_time() -> None:
+    result = invoke("validate", str(REPO_ROOT / "submissions" / "custom-example"))
+    assert_clean_exit(result, 0)
+    assert "custom component(s) deep-supervision: parameters checked when `speedrun run` imports them" in (
+        result.stdout.replace("\n", " ")
+    )

@@ -245,6 +245,27 @@ CASES: list[Case] = [
         files={"components.py": CUSTOM + '\n\nclass Baz(Component):\n    name = "foo"\n'},
         blame="components.py",
     ),
+    # built-in components' parameters against each targeted track's model (smoke: 2 blocks) and data
+    Case(
+        "repa-layer-beyond-depth",
+        manifest(tail='[[components]]\nname = "repa"\n[components.params]\nlayer = 3\n'),
+        ("field 'components.0' (repa).params on track 'smoke'", "layer 3 is outside the denoiser's blocks 1..2"),
+    ),
+    Case(
+        "tread-end-beyond-depth",
+        manifest(tail='[[components]]\nname = "tread"\n[components.params]\nend = 5\n'),
+        ("field 'components.0' (tread).params on track 'smoke'", "end=5", "<= 2"),
+    ),
+    Case(
+        "tread-range-reversed",
+        manifest(tail='[[components]]\nname = "tread"\n[components.params]\nstart = 2\nend = 1\n'),
+        ("(tread).params on track 'smoke'", "start=2 .. end=1 must satisfy 1 <= start <= end"),
+    ),
+    Case(
+        "irepa-shapes-encoder-without-teacher",
+        manifest(tail='[[components]]\nname = "irepa"\n[components.params]\nteacher = "shapes-encoder"\n'),
+        ("(irepa).params on track 'smoke'", "teacher 'shapes-encoder'", "track 'smoke' has none"),
+    ),
     # symlinks leaving the folder
     Case(
         "symlink-outside",

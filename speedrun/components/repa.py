@@ -9,14 +9,16 @@ projector, REPA's MLP ``Linear(h, P) - SiLU - Linear(P, P) - SiLU - Linear(P, D)
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from speedrun.components.teachers import Teacher, TeacherName, teacher_for
+from speedrun.components.teachers import SHAPES_ENCODER, Teacher, TeacherName, teacher_for
 from speedrun.errors import SpeedrunError
+from speedrun.model import MODEL_CONFIGS
 from speedrun.protocol import Component, ComponentContext, Params, StepState, TrainBatch
 
 # PRX aligns block 8 of 16; a shallower denoiser gets the same relative depth.
@@ -61,6 +63,15 @@ class REPA(Component):
     name = "repa"
     Params = REPAParams
     params: AlignParams
+
+    @classmethod
+    def check(cls, params: AlignParams, track: Any) -> None:
+        resolve_layer(params.layer, MODEL_CONFIGS[track.model.config]().depth, cls.name)
+        if params.teacher == SHAPES_ENCODER and track.data.teacher is None:
+            raise SpeedrunError(
+                f"component '{cls.name}': teacher '{SHAPES_ENCODER}' is trained by prepare on tracks with "
+                f"data.teacher; track '{track.id}' has none"
+            )
 
     def setup(self, ctx: ComponentContext) -> None:
         cfg = ctx.model.config

@@ -8,12 +8,14 @@ grid order with their RoPE positions; the rest rejoin after ``end``. At evaluati
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from pydantic import Field
 
 from speedrun.errors import SpeedrunError
 from speedrun.flow import keyed_generator
+from speedrun.model import MODEL_CONFIGS
 from speedrun.protocol import Component, ComponentContext, Params, StepState
 
 # TREAD/PRX route from block 2 through block 12 of 16; shallower denoisers get the same proportions.
@@ -78,6 +80,10 @@ class TREAD(Component):
     name = "tread"
     Params = TREADParams
     params: TREADParams
+
+    @classmethod
+    def check(cls, params: TREADParams, track: Any) -> None:
+        resolve_span(params.start, params.end, MODEL_CONFIGS[track.model.config]().depth)
 
     def setup(self, ctx: ComponentContext) -> None:
         self.start, self.end = resolve_span(self.params.start, self.params.end, ctx.model.config.depth)

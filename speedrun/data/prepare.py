@@ -354,6 +354,10 @@ def prepare(
     jobs = _jobs(data_source, definition["examples_per_shard"])
     mine = [job for k, job in enumerate(jobs) if k % world_size == rank]
     out.mkdir(parents=True, exist_ok=True)
+    if progress and rank == 0:
+        print(f"preparing track '{track.id}' data in {out}: images, captions and text embeddings of "
+              f"{', '.join(f'{counts[s]:,} {s}' for s in SPLITS)} examples (once per data folder)",
+              file=sys.stderr, flush=True)  # fmt: skip
     with _progress_bar(progress) as bar:
         advance: dict[str, Callable[[float], None]] = dict.fromkeys(SPLITS, lambda n: None)
         for split in SPLITS:

@@ -106,4 +106,3 @@ def _load_trunk(path: Path, device: torch.device) -> torch.jit.ScriptModule:
     raise SpeedrunError(
         f"Inception weights {path} have no 'layers' trunk; expected clean-fid's inception-2015-12-05.pt"
     )
-

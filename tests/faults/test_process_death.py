@@ -86,9 +86,10 @@ def test_sigkill_at_every_stage_then_resume_matches_uninterrupted(
     assert proc.returncode == KILLED, out
     assert not results.exists() and list(results.parent.glob(".seed0.json.tmp-*"))
 
-    # The last run resumes and completes.
+    # The last run resumes and completes, and says where it resumed.
     proc, out = attempt(None)
     assert proc.returncode == 0, out
+    assert "resuming from step 20 of 20" in out, out
     assert not list(results.parent.glob(".*")), "no temporary file left beside the results"
     for ckpt in ckpts.glob("step-*"):
         read_meta(ckpt)  # every checkpoint directory is complete and verifies
