@@ -158,10 +158,14 @@ def run_cmd(
         "--resume/--no-resume",
         help="Continue a killed seed from its checkpoint; --no-resume starts it over, deleting its checkpoints.",
     ),
+    force: bool = typer.Option(
+        False, "--force", help="Run finished seeds again from step 0, replacing their results files."
+    ),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP),
 ) -> None:
-    """Validate, prepare if needed, train, evaluate in a separate process, write results."""
+    """Validate, prepare if needed, train, evaluate in a separate process, write results; a seed whose
+    committed result was made on another machine runs here and is compared with it."""
     options = {k: v for k, v in locals().items() if k != "submission"}  # each named as RunOptions names it
     from speedrun.run import RunOptions, run_submission
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -108,6 +109,8 @@ def track_table(frame: pd.DataFrame, track: Track) -> pd.DataFrame:
     entries = []
     for name, group in groups.items():
         entry: dict[str, object] = {"submission": name, "folder": group["folder"].iloc[0], "seeds": len(group)}
+        # Which frozen teacher the entry aligned to, as its results name it (weights included).
+        entry["teacher"] = ", ".join(sorted({t for r in group["result"] for t in r.provenance.teachers.values()}))
         compare = name != BASELINE and BASELINE in groups
         for column, _ in quantities(track):
             values = per_seed[name][column]
@@ -198,7 +201,7 @@ def _num(x: float, spec: str = ".4g") -> str:
 
 def headers(track: Track) -> list[str]:
     shown = (h for _, q in quantities(track) for h in (q, f"Δ {q} (p)"))
-    return ["rank", "submission", "status", "seeds", "× sooner (steps)", "× sooner (wall-clock)", *shown]
+    return ["rank", "submission", "status", "seeds", "teacher", "× sooner (steps)", "× sooner (wall-clock)", *shown]
 
 
 def _ratio(mean_low_high: tuple[float, float, float], at_least: bool) -> str:
@@ -221,7 +224,7 @@ def cells(row: pd.Series, track: Track, name: str) -> list[str]:
     """One table row, ``name`` linked as the output format does: per quantity ``mean ± half-width`` and
     ``paired difference to baseline (p value)``, starred when significant, "–" where there is none."""
     out = [DASH if math.isnan(row["rank"]) else str(int(row["rank"])), name, row["status"], str(row["seeds"])]
-    out += _speedups(row.get("speedup"))
+    out += [row.get("teacher") or DASH, *_speedups(row.get("speedup"))]
     for column, _ in quantities(track):
         mean, ci, delta, p = (row[f"{column}:{k}"] for k in ("mean", "ci", "delta", "p"))
         out.append(DASH if row[f"{column}:n"] == 0 else f"{_num(mean)} ± {_num(ci, '.2g')}")
@@ -283,7 +286,7 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1400px;padding:0 1rem;color:#222}
 table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}
 th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right;white-space:nowrap}
-th{background:#f3f3f3}td:nth-child(2),td:nth-child(3){text-align:left}
+th{background:#f3f3f3}td:nth-child(2),td:nth-child(3),td:nth-child(5){text-align:left}
 .unranked{color:#888}figure{margin:1rem 0}figure svg{max-width:100%;height:auto}
 .grids{display:flex;flex-wrap:wrap;gap:1rem}.grids img{image-rendering:pixelated;width:256px}
 """
@@ -418,10 +421,28 @@ def leaderboard_command(
             console.print(f"{tid}: no results yet")
             continue
         intro = _track_intro(track, board.detectable[tid])
-        out = Table(title=f"{tid} (v{track.version}): {intro}", title_justify="left")
-        for col in headers(track):
-            out.add_column(col, no_wrap=True)
-        for _, row in table.iterrows():
-            out.add_row(*cells(row, track, row["submission"]), style=None if math.isfinite(row["rank"]) else "dim")
-        console.print(out)
+        rows = [(cells(row, track, row["submission"]), math.isfinite(row["rank"])) for _, row in table.iterrows()]
+        console.print(f"{tid} (v{track.version}): {intro}", highlight=False)
+        console.print(_fitted_table(console, track, rows))
     return 0
+
+
+def _fitted_table(console: Console, track: Track, rows: list[tuple[list[str], bool]]) -> Table:
+    """The terminal table with the columns that fit the console's width: rank, entry and the ranking metric
+    always, then the others by importance; a caption names those left out."""
+    cols = headers(track)
+    ranking = cols.index(track.ranking.metric)
+    order = [0, 1, ranking, ranking + 1, 2, 3, 5, 6, 4]
+    order += [i for i in range(len(cols)) if i not in order]
+    for n in range(len(order), 3, -1):
+        kept = sorted(order[:n])
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption_justify="left")
+        for i in kept:
+            table.add_column(cols[i], no_wrap=True)
+        for values, ranked in rows:
+            table.add_row(*(values[i] for i in kept), style=None if ranked else "dim")
+        if console.measure(table, options=console.options.update_width(10**6)).maximum <= console.width:
+            break
+    if dropped := [cols[i] for i in range(len(cols)) if i not in kept]:
+        table.caption = f"left out at {console.width} columns: {', '.join(dropped)} (all of them: --md)"
+    return table

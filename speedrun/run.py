@@ -1,5 +1,7 @@
 """``speedrun run``: check the options, prepare, then train each seed, evaluate it in a separate process and
-write its result, with its run folder locked. A finished seed is skipped; a killed one resumes from its checkpoint.
+write its result, with its run folder locked. A seed finished here is skipped (``--force`` runs it again); one
+whose result in the submission folder was made elsewhere runs here, beside it, and is compared with it; a
+killed one resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -7,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
 import time
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -62,6 +65,7 @@ class RunOptions(BaseModel):
     master_port: int = Field(29500, ge=1, le=65535)
     device: Literal[DEVICES] | None = None  # type: ignore[valid-type]
     resume: bool = True
+    force: bool = False
     data_dir: Path | None = None
     runs_dir: Path | None = None
     progress: bool = True
@@ -195,40 +199,89 @@ def _scored_here(report: EvalReport, checkpoint: Path, identity: dict[str, str])
     return report.model_sha256 == weights and all(getattr(report, k) == v for k, v in identity.items())
 
 
-def _finished(submission: Submission, track: Track, seed: int, results_path: Path, console: Console) -> bool:
-    """Whether the seed has a result of this very code and track (then skipped); SpeedrunError for a
-    damaged or stale one."""
-    if not results_path.exists():
-        return False
+# This machine's copy of the seed's result, in its run folder: the mark that the seed ran here.
+LOCAL_RESULT = "result.json"
+
+
+class Outcome(NamedTuple):
+    """A seed's result to show (``path``) and how it came: "ran", "reproduced" (run here beside a committed
+    result made elsewhere) or "finished" (run here before, shown as it is)."""
+
+    path: Path
+    how: str
+
+
+def _read(path: Path) -> RunResult | None:
+    """The result at ``path``; None when there is none or it does not load."""
     try:
-        done = load_result(results_path)
-    except SpeedrunError as exc:
-        raise SpeedrunError(f"{exc}. Move it away to re-run seed {seed}.") from None
-    changed = [str(c) for c in code_changes(done.provenance.code, code_record(submission.path))]
-    if done.provenance.track_hash != load_track(track.id).content_hash:
+        return load_result(path)
+    except SpeedrunError:
+        return None
+
+
+def _changes(result: RunResult, submission: Submission, track: Track) -> list[str]:
+    """What differs between the code and track that made ``result`` and the current ones."""
+    changed = [str(c) for c in code_changes(result.provenance.code, code_record(submission.path))]
+    if result.provenance.track_hash != load_track(track.id).content_hash:
         changed.append(f"track '{track.id}' changed")
-    if changed:
+    return changed
+
+
+def _skip(
+    submission: Submission, track: Track, seed: int, run_dir: Path, o: RunOptions, console: Console
+) -> Outcome | None:
+    """The seed's outcome when it already ran here with the current code; None when it is to run. A seed
+    whose result in the submission folder did not come from this machine runs here, to be compared with it."""
+    results_path = submission.results_dir(track.id) / f"seed{seed}.json"
+    if o.force or not results_path.exists():
+        return None
+    try:
+        committed = load_result(results_path)
+    except SpeedrunError as exc:
+        raise SpeedrunError(f"{exc}. `--force` re-runs seed {seed}, replacing it") from None
+    if changed := _changes(committed, submission, track):
         raise SpeedrunError(
             f"{results_path}: seed {seed} has a result from other code or track ({'; '.join(changed)}); "
-            f"move it away to re-run seed {seed} with the current files"
+            f"`--force` re-runs seed {seed} with the current files, replacing it"
         )
-    console.print(f"seed {seed}: already finished ({results_path}), skipped")
-    return True
+    local = _read(run_dir / LOCAL_RESULT)
+    if local is None or _changes(local, submission, track):
+        return None
+    if local.digest == committed.digest:
+        console.print(f"seed {seed}: already finished here ({results_path}), showing it; `--force` runs it again")
+        return Outcome(results_path, "finished")
+    console.print(f"seed {seed}: already reproduced here ({run_dir / LOCAL_RESULT}); `--force` runs it again")
+    compare_with_committed(local, committed, results_path, track, console)
+    return Outcome(run_dir / LOCAL_RESULT, "reproduced")
 
 
-def run_one_seed(submission: Submission, track: Track, seed: int, o: RunOptions, console: Console) -> Path | None:
+def run_one_seed(submission: Submission, track: Track, seed: int, o: RunOptions, console: Console) -> Outcome | None:
     results_path = submission.results_dir(track.id) / f"seed{seed}.json"
-    # Checked before locking so a finished seed is skipped without creating its run folder.
-    if _finished(submission, track, seed, results_path, console):
-        return results_path
     run_dir = runs_root(o.runs_dir) / submission.name / track.id / f"seed{seed}"
+    # Checked before locking so a finished seed is skipped without creating its run folder.
+    if (outcome := _skip(submission, track, seed, run_dir, o, console)) is not None:
+        return outcome
     if o.node_rank != 0:
         # Only node 0 locks: on a shared filesystem the other nodes would find its locks held.
-        return _train_evaluate_record(submission, track, seed, run_dir, results_path, o, console, ())
+        _train_evaluate_record(submission, track, seed, run_dir, results_path, o, console, ())
+        return None
     with results_lock(results_path), seed_lock(run_dir) as lock_fd:
-        if _finished(submission, track, seed, results_path, console):  # another run finished it meanwhile
-            return results_path
-        return _train_evaluate_record(submission, track, seed, run_dir, results_path, o, console, (lock_fd,))
+        if (outcome := _skip(submission, track, seed, run_dir, o, console)) is not None:  # finished meanwhile
+            return outcome
+        previous = _read(results_path)
+        # A current result made elsewhere stays as committed; this machine's goes to its run folder.
+        reproduce = previous is not None and not o.force
+        if reproduce:
+            console.print(f"seed {seed}: reproducing the committed result ({results_path}) on this machine")
+        target = run_dir / LOCAL_RESULT if reproduce else results_path
+        path = _train_evaluate_record(submission, track, seed, run_dir, target, o, console, (lock_fd,))
+        if path is None:
+            return None
+        if not reproduce:
+            atomic_write_bytes(run_dir / LOCAL_RESULT, path.read_bytes())
+        if previous is not None:
+            compare_with_committed(load_result(path), previous, results_path, track, console)
+        return Outcome(path, "reproduced" if reproduce else "ran")
 
 
 def _wait_for_torchrun(cmd: list[str], lock_fds: tuple[int, ...]) -> int:
@@ -355,25 +408,73 @@ def run_submission(path: Path, o: RunOptions, console: Console) -> list[Path]:
     submission = load_submission(path)
     track = submission.track(o.track)
     check_options(o, track)
+    if o.force:  # a re-run from step 0: resuming a finished seed's last checkpoint would train nothing
+        o = o.model_copy(update={"resume": False})
     if o.node_rank == 0:
         prepare(track, data_root(o.data_dir))
     seeds = [o.seed] if o.seed is not None else list(range(o.seeds))
-    written = [p for s in seeds if (p := run_one_seed(submission, track, s, o, console)) is not None]
-    if written:
-        print_summary(written, console)
-    return written
+    outcomes = [out for s in seeds if (out := run_one_seed(submission, track, s, o, console)) is not None]
+    if outcomes:
+        print_summary(submission.name, track.id, outcomes, console)
+    return [out.path for out in outcomes]
 
 
-def print_summary(paths: list[Path], console: Console) -> None:
-    table = Table(title="Results")
-    for col in ("run", "status", "steps", "metrics", "batches/s", "train clock", "eval"):
-        table.add_column(col)
-    for p in paths:
-        r = load_result(p)
-        metrics = ", ".join(f"{k} {v:.4g}" if v is not None else f"{k} n/a" for k, v in r.metrics.items())
+def compare_with_committed(new: RunResult, old: RunResult, old_path: Path, track: Track, console: Console) -> None:
+    """The seed's scores beside the committed ones, and what agreement to expect: bit for bit from a CPU
+    of the committed result's model, about a change of seed from another machine."""
+    table = Table(title=f"seed {new.seed}: this run vs the committed {old_path}", title_justify="left")
+    for col in ("metric", "this run", "committed", "difference"):
+        table.add_column(col, overflow="fold")
+    for name in sorted(set(new.metrics) | set(old.metrics)):
+        a, b = new.metrics.get(name), old.metrics.get(name)
+        if a is None or b is None:
+            diff = "-"
+        else:
+            diff = "identical" if a == b else f"{a - b:+.4g}" + (f" ({(a - b) / abs(b):+.1%})" if b else "")
+        table.add_row(name, _number(a), _number(b), diff)
+    console.print(table)
+    machine = (new.hardware.device_type, new.hardware.device_names, new.hardware.cpu)
+    if new.metrics == old.metrics:
+        console.print(f"seed {new.seed}: [green]identical to the committed result[/]")
+    elif machine == (old.hardware.device_type, old.hardware.device_names, old.hardware.cpu) and machine[0] == "cpu":
+        console.print(
+            f"seed {new.seed}: [red]differs from the committed result, made on this CPU model ({new.hardware.cpu})"
+            "[/]: a CPU seed reproduces bit for bit on one model, so the code, packages or data differ; report it "
+            "with both results files"
+        )
+    else:
+        ranked = track.ranking.metric
+        found = [_read(f) for f in sorted(old_path.parent.glob("seed*.json"))]
+        values = [r.metrics[ranked] for r in found if r and r.status == "ok" and r.metrics.get(ranked) is not None]
+        spread = f" (the committed seeds' {ranked} has sd {statistics.stdev(values):.4g})" if len(values) > 1 else ""
+        console.print(
+            f"seed {new.seed}: made on {_machine(new)}, the committed one on {_machine(old)}: across machine "
+            f"models a seed's scores move about as much as a change of seed{spread}"
+        )
+
+
+def _machine(r: RunResult) -> str:
+    return r.hardware.cpu if r.hardware.device_type == "cpu" else ", ".join(r.hardware.device_names)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.6g}"
+
+
+def print_summary(submission: str, track: str, outcomes: list[Outcome], console: Console) -> None:
+    """One row per seed; narrow terminals fold the metrics cell rather than cut the seed or its scores."""
+    table = Table(title=f"Results: {submission} on {track}", title_justify="left")
+    table.add_column("seed", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("metrics", overflow="fold", ratio=1)
+    for col in ("batch/s", "train", "eval", "result"):
+        table.add_column(col, overflow="fold")
+    for out in outcomes:
+        r = load_result(out.path)
+        metrics = ", ".join(f"{k} {_number(v)}" for k, v in r.metrics.items())
         speed = f"{r.speed.batches_per_second:.2f}" if r.speed.batches_per_second else "-"
         table.add_row(
-            f"{r.submission}/{r.track}/{r.run_id}", r.status, str(r.steps), metrics or "-", speed,
-            f"{r.timing.train_clock_s:.0f}s", f"{r.timing.eval_s:.0f}s",
+            str(r.seed), r.status, metrics or "-", speed, f"{r.timing.train_clock_s:.0f}s", f"{r.timing.eval_s:.0f}s",
+            out.how,
         )
     console.print(table)

@@ -2,7 +2,8 @@
 
 No submission code runs (but with the opt-in ``--rerun``). A results file counts when it matches its
 schema and digest, its provenance matches the repository now, its derived numbers recompute and it lies
-where its content says; an entry's ok seeds are at least ``rules.seeds_required``, 0, 1, 2, ... no gap.
+where its content says; an entry's ok seeds are at least ``rules.seeds_required``, 0, 1, 2, ... no gap,
+all made with the same evaluator weights and teachers on one machine model.
 """
 
 from __future__ import annotations
@@ -146,6 +147,56 @@ def flops_per_step_of(track: Track) -> int:
     return model.flops_per_step(track.train.global_batch, (side, side), track.data.text_max_tokens)
 
 
+def _by_seed(results: list[RunResult], label: Callable[[RunResult], str | None], how: str) -> str | None:
+    """'seed 0, 1 <how> A, seed 2 <how> B' when ``label`` takes more than one value over ``results``, else
+    None; a result whose label is None (nothing recorded) is left out."""
+    groups: defaultdict[str, list[int]] = defaultdict(list)
+    for r in sorted(results, key=lambda r: r.seed):
+        if (value := label(r)) is not None:
+            groups[value].append(r.seed)
+    if len(groups) < 2:
+        return None
+    return ", ".join(f"seed {', '.join(map(str, seeds))} {how} {value}" for value, seeds in groups.items())
+
+
+def _machine(r: RunResult) -> str:
+    """The machine model, devices and CPU; not cpu_count or driver, which vary between machines of one model."""
+    h = r.hardware
+    if h.device_type == "cpu" and set(h.device_names) == {h.cpu}:
+        return f"'{h.cpu}'"
+    devices = " + ".join(f"{n} x {name}" if n > 1 else name for name, n in sorted(Counter(h.device_names).items()))
+    return f"'{devices}' ({h.device_type}) with CPU '{h.cpu}'"
+
+
+def _mixed_setups(results: list[RunResult]) -> Iterable[tuple[str, str]]:
+    """An entry's seeds must share evaluator weights, teachers and machine model: the leaderboard pairs each
+    seed with the baseline's same seed, so a difference between them must come from the recipe alone."""
+    paired = "an entry's seeds are compared with the baseline's seed by seed, so"
+    split = []
+    for extractor in sorted({e for r in results for e in r.provenance.extractor_weights}):
+        # Among the seeds that used it: a run that stopped before its first evaluation records none.
+        def weights(r: RunResult, e: str = extractor) -> str | None:
+            return w[:12] if (w := r.provenance.extractor_weights.get(e)) else None
+
+        if seeds := _by_seed(results, weights, "with"):
+            split.append(f"for '{extractor}', {seeds}")
+    if split:
+        message = (
+            f"seeds scored with different evaluator weights: {'; '.join(split)}; "
+            f"{paired} score them all with the same weights"
+        )
+        yield "provenance.extractor_weights", message
+
+    def teachers(r: RunResult) -> str:
+        return " and ".join(f"{m} '{t}'" for m, t in sorted(r.provenance.teachers.items())) or "no teacher"
+
+    if seeds := _by_seed(results, teachers, "with"):
+        message = f"seeds trained with different teachers: {seeds}; {paired} train them all with the same teachers"
+        yield "provenance.teachers", message
+    if seeds := _by_seed(results, _machine, "on"):
+        yield "hardware", f"seeds scored on different hardware: {seeds}; {paired} run them all on one machine model"
+
+
 def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
 
@@ -240,6 +291,7 @@ class _Verifier:
                 f"left out, so that it cannot keep only its best runs; run each (`{run} --seed <N>`)"
             )
             yield "seeds", message
+        yield from _mixed_setups(results)
 
     def check_result(
         self, path: Path, folder: Path, sub: Submission | None, code: dict[str, Any]

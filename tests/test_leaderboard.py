@@ -144,7 +144,7 @@ def test_diverged_and_incomplete_entries_are_listed_not_ranked(filled: Path) -> 
     add_result(filled, "wild", 0, 1.0)  # the best fid of all, but seed 1 diverged
     add_result(filled, "wild", 1, None, status="diverged")
     tiny = load_track("tiny", filled / "tracks")
-    add_result(filled, "few", 0, 5.0, track_id="tiny")  # tiny needs 3 seeds
+    add_result(filled, "few", 0, 5.0, track_id="tiny")  # tiny needs more seeds
     board = build_board(filled)
     smoke = board.tables["smoke"]
     assert smoke["submission"].tolist() == ["solo", "alpha", "baseline", "wild"]
@@ -257,3 +257,34 @@ def test_html_page_is_self_contained(filled: Path, tmp_path: Path) -> None:
 def test_no_results_renders_every_track_empty(root: Path) -> None:
     md = render_markdown(build_board(root))
     assert md.count("No results yet.") == len(list((root / "tracks").glob("*.toml")))
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_terminal_table_keeps_rank_entry_and_ranking_metric_at_narrow_widths(filled: Path, width: int) -> None:
+    out = io.StringIO()
+    assert leaderboard_command(console=Console(file=out, width=width), repo_root=filled) == 0
+    text = out.getvalue()
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= width
+    header = next(line for line in lines if "submission" in line)
+    assert {"rank", "submission", "fid"} <= set(header.split())
+    table = build_board(filled).tables["smoke"]
+    for name in FIDS:
+        line = next(line for line in lines if f" {name} " in f" {line} ")
+        mean = row(table, name)["metric:fid:mean"]
+        assert f"{mean:.4g}" in line, line
+    assert f"left out at {width} columns:" in text
+
+
+def test_the_teacher_an_entry_aligned_to_is_named(root: Path) -> None:
+    for seed in range(2):
+        add_result(root, "baseline", seed, 12.0 + seed)
+        path = add_result(root, "aligned", seed, 11.0 + seed)
+        data = json.loads(path.read_text())
+        data["provenance"]["teachers"] = {"repa-teacher": "shapes-encoder@0123456789ab"}
+        write_result(path, finalize({k: v for k, v in data.items() if k != "digest"}))
+    lines = render_markdown(build_board(root)).splitlines()
+    header = next(line for line in lines if line.startswith("| rank |"))
+    assert header.split(" | ")[4] == "teacher"
+    assert next(line for line in lines if "[aligned]" in line).split(" | ")[4] == "shapes-encoder@0123456789ab"
+    assert next(line for line in lines if "[baseline]" in line).split(" | ")[4] == "–"

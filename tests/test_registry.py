@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from pydantic import BaseModel, ValidationError
@@ -295,15 +296,22 @@ def test_component_defaults_do_nothing() -> None:
         AlphaParams(weight=1.0, extra=1)  # Params forbid unknown keys
 
 
+def guide_components(heading: str, folder: Path) -> Path:
+    """The ```python blocks of CONTRIBUTING.md's section ``heading``, put together literally as a components.py."""
+    guide = (Path(__file__).resolve().parents[1] / "CONTRIBUTING.md").read_text()
+    start = guide.index(heading)
+    end = guide.find("\n## ", start)
+    section = guide[start : end if end >= 0 else None]
+    folder.mkdir()
+    (folder / "components.py").write_text("\n".join(re.findall(r"```python\n(.*?)```", section, re.DOTALL)))
+    return folder / "components.py"
+
+
 def test_contributing_worked_example_assembles_into_the_example_component(tmp_path: Path) -> None:
     # CONTRIBUTING.md section 6 shows the example in pieces; put together literally they must import,
     # register and declare the same parameters as submissions/custom-example/components.py.
     root = Path(__file__).resolve().parents[1]
-    guide = (root / "CONTRIBUTING.md").read_text()
-    section = guide[guide.index("## 6. Custom components") :]
-    path = tmp_path / "guide" / "components.py"
-    path.parent.mkdir()
-    path.write_text("\n".join(re.findall(r"```python\n(.*?)```", section, re.S)))
+    path = guide_components("## 6. Custom components", tmp_path / "guide")
     guide_reg, example_reg = Registry(lazy={}), Registry(lazy={})
     assert guide_reg.load_submission_components(path) == ["deep-supervision"]
     example_reg.load_submission_components(root / "submissions" / "custom-example" / "components.py")
@@ -312,3 +320,39 @@ def test_contributing_worked_example_assembles_into_the_example_component(tmp_pa
         assert method in vars(guide_cls), f"CONTRIBUTING's example lost {method}()"
     fields = {name: (f.annotation, f.default) for name, f in guide_cls.Params.model_fields.items()}
     assert fields == {name: (f.annotation, f.default) for name, f in example_cls.Params.model_fields.items()}
+
+
+def test_contributing_objective_example_is_a_working_objective(tmp_path: Path) -> None:
+    """CONTRIBUTING.md section 7's min-SNR objective: the baseline's times, input and target (so seed s
+    stays paired with the baseline's), and each sample's velocity MSE weighted so that the loss is
+    min-SNR-gamma's, min(SNR, gamma) times the x0 error."""
+    import torch
+
+    from speedrun.flow import Objective, RectifiedFlowObjective, keyed_generator
+    from speedrun.protocol import replacing_objective
+    from speedrun.tracks import load_track
+
+    registry = Registry(lazy={})
+    path = guide_components("## 7. A new objective", tmp_path / "objective-guide")
+    assert declared_component_names(path) == ["min-snr"]  # what validate sees without running it
+    assert registry.load_submission_components(path) == ["min-snr"]
+    cls = registry.get("min-snr")
+    comp = cls(cls.Params.model_validate({"gamma": 5.0}))
+    track = load_track("smoke")
+    comp.setup(SimpleNamespace(track=track))  # setup reads the track only
+    objective = replacing_objective([comp])
+    assert isinstance(objective, Objective) and objective.prediction == "velocity"
+    baseline = RectifiedFlowObjective(track.train.timesteps)
+
+    t = objective.sample_t(8, keyed_generator("t:0:0"), "cpu")
+    assert torch.equal(t, baseline.sample_t(8, keyed_generator("t:0:0"), "cpu"))
+    gen = torch.Generator().manual_seed(0)
+    x0, noise, pred = (torch.randn(8, 3, 4, 4, generator=gen) for _ in range(3))
+    x_t, target = objective.input_and_target(x0, noise, t)
+    for mine, theirs in zip((x_t, target), baseline.input_and_target(x0, noise, t)):
+        assert torch.equal(mine, theirs)
+
+    snr = ((1 - t) / t) ** 2
+    x0_error = (x_t - t[:, None, None, None] * pred - x0).pow(2).flatten(1).mean(dim=1)
+    expected = (torch.minimum(snr, torch.tensor(5.0)) * x0_error).mean()
+    assert torch.allclose(objective.loss(pred, target, x_t, t), expected, rtol=1e-5)

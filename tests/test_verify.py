@@ -79,6 +79,7 @@ def seal(folder: Path, track_id: str, seed: int, *, tracks_dir: Path, data_dir: 
         },
         "created_at": "2025-01-01T00:00:00+00:00",
     }
+    data["provenance"] |= fields.pop("provenance", {})  # the given provenance fields, the real hashes for the rest
     data.update(fields)
     path = folder / "results" / track.id / f"seed{seed}.json"
     write_result(path, finalize(data))
@@ -315,6 +316,81 @@ def test_entry_seeds_run_from_0_without_a_gap(repo: Repo) -> None:
     repo.seal("tiny", 1)
     repo.seal("tiny", 4, status="diverged", failure={"step": 3, "reason": "nan", "last_finite_loss": 1.0})
     assert repo.verify() == []  # the diverged seed stays: leaving it out is what the rule forbids
+
+
+def machine(cpu: str, cards: list[str] | None = None, cpu_count: int = 2, driver: str | None = None) -> dict:
+    """The ``hardware`` record of a run on ``cards`` (CUDA), or on the CPU ``cpu`` alone."""
+    device = {"device_type": "cuda", "device_names": cards} if cards else {"device_type": "cpu", "device_names": [cpu]}
+    return {**device, "device_count": 1, "driver": driver, "cpu": cpu, "cpu_count": cpu_count}
+
+
+PAIRED = "an entry's seeds are compared with the baseline's seed by seed, so"
+
+
+def test_entry_seeds_on_different_hardware(repo: Repo) -> None:
+    intel, amd = "Intel Xeon (x86_64)", "AMD EPYC (x86_64)"
+    n = load_track("tiny").rules.seeds_required
+    # The core count and the driver differ between machines of one model: not a problem.
+    for seed in range(n):
+        repo.seal("tiny", seed, hardware=machine(intel, cpu_count=2 + seed, driver=str(seed)))
+    assert repo.verify() == []
+    repo.seal("tiny", 2, hardware=machine(amd))
+    problems = repo.verify()
+    assert [(p.file, p.field) for p in problems] == [("submissions/alpha/results/tiny", "hardware")]
+    others = "".join(f", {s}" for s in range(3, n))
+    assert problems[0].message == (
+        f"seeds scored on different hardware: seed 0, 1{others} on '{intel}', seed 2 on '{amd}'; "
+        f"{PAIRED} run them all on one machine model"
+    )
+    # The same CPU, other cards: cards with no known peak FLOP/s, so that the recorded mfu None stays right.
+    timing = {"train_clock_s": 5.0, "warmup_s": 1.0, "data_s": 0.5, "checkpoint_s": 0.1, "validation_s": 0.2,
+              "eval_s": 2.0, "wall_s": 9.0, "gpu_hours": 5.0 / 3600}  # fmt: skip
+    rtx4090, rtx3090 = "NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 3090"
+    for seed in range(n):
+        repo.seal("tiny", seed, hardware=machine(intel, [rtx4090, rtx4090] if seed else [rtx3090]), timing=timing)
+    problems = repo.verify()
+    assert fields(problems) == ["hardware"]
+    assert problems[0].message == (
+        f"seeds scored on different hardware: seed 0 on '{rtx3090}' (cuda) with CPU '{intel}', "
+        f"seed 1, 2{others} on '2 x {rtx4090}' (cuda) with CPU '{intel}'; {PAIRED} run them all on one machine model"
+    )
+
+
+def test_entry_seeds_scored_with_different_evaluator_weights(repo: Repo) -> None:
+    pinned, other = "1a2b3c4d5e6f" + "0" * 52, "9f8e7d6c5b4a" + "0" * 52
+    n = load_track("tiny").rules.seeds_required
+    for seed in range(n):
+        repo.seal("tiny", seed, provenance={"extractor_weights": {"inception-v3": pinned, "dinov2": other}})
+    # A seed that stopped before its first evaluation records no weights: nothing to compare.
+    diverged = {"status": "diverged", "failure": {"step": 3, "reason": "nan", "last_finite_loss": 1.0}}
+    repo.seal("tiny", n, **diverged)
+    assert repo.verify() == []
+    repo.seal("tiny", 1, provenance={"extractor_weights": {"inception-v3": other, "dinov2": other}})
+    problems = repo.verify()
+    assert [(p.file, p.field) for p in problems] == [("submissions/alpha/results/tiny", "provenance.extractor_weights")]
+    others = "".join(f", {s}" for s in range(2, n))
+    assert problems[0].message == (
+        f"seeds scored with different evaluator weights: for 'inception-v3', seed 0{others} with 1a2b3c4d5e6f, "
+        f"seed 1 with 9f8e7d6c5b4a; {PAIRED} score them all with the same weights"
+    )
+
+
+def test_entry_seeds_trained_with_different_teachers(repo: Repo) -> None:
+    dinov2 = {"repa-teacher": "vit_base_patch14_reg4_dinov2"}
+    n = load_track("tiny").rules.seeds_required
+    for seed in range(n):
+        repo.seal("tiny", seed, provenance={"teachers": dinov2})
+    assert repo.verify() == []
+    repo.seal("tiny", 0, provenance={"teachers": {"repa-teacher": "random-init:vit_base_patch14_reg4_dinov2"}})
+    repo.seal("tiny", 2, provenance={"teachers": {}})
+    problems = repo.verify()
+    assert [(p.file, p.field) for p in problems] == [("submissions/alpha/results/tiny", "provenance.teachers")]
+    others = "".join(f", {s}" for s in range(3, n))
+    assert problems[0].message == (
+        "seeds trained with different teachers: seed 0 with repa-teacher 'random-init:vit_base_patch14_reg4_dinov2', "
+        f"seed 1{others} with repa-teacher 'vit_base_patch14_reg4_dinov2', seed 2 with no teacher; "
+        f"{PAIRED} train them all with the same teachers"
+    )
 
 
 def test_links_and_hidden_folders_with_results_are_not_submissions(repo: Repo) -> None:

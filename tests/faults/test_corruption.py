@@ -159,7 +159,7 @@ RESULTS_DAMAGE = {
 
 @pytest.mark.parametrize("label", list(RESULTS_DAMAGE))
 def test_corrupted_results_file_reported_by_run_verify_leaderboard(tmp_path, smoke_data_root, label):
-    """`speedrun run` refuses to skip or redo the seed (move it away), `verify` lists it, the
+    """`speedrun run` refuses to skip or redo the seed (unless --force), `verify` lists it, the
     leaderboard skips it with the reason; the file keeps its bytes."""
     damage, message = RESULTS_DAMAGE[label]
     repo = tmp_repo(tmp_path / "repo")
@@ -174,7 +174,7 @@ def test_corrupted_results_file_reported_by_run_verify_leaderboard(tmp_path, smo
     options = RunOptions(
         track="smoke", seed=0, device="cpu", data_dir=smoke_data_root, runs_dir=tmp_path / "runs", progress=False
     )
-    with pytest.raises(SpeedrunError, match="Move it away to re-run seed 0"):
+    with pytest.raises(SpeedrunError, match="`--force` re-runs seed 0, replacing it"):
         run_submission(sub, options, Console(file=io.StringIO()))
     problems = verify_paths([path], repo_root=repo, data_dir=smoke_data_root, info=lambda _: None).problems
     assert any(message in p.message for p in problems), problems
