@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _run(folder: Path, data_root: Path, runs: Path, **options: object) -> tuple[list[Path], str]:
     out = io.StringIO()
-    options = {"track": "smoke", "seed": 0, "device": "cpu", "progress": False, **options}
-    paths = run_submission(folder, RunOptions(data_dir=data_root, runs_dir=runs, **options), Console(file=out, width=80))
+    chosen = {"track": "smoke", "seed": 0, "device": "cpu", "progress": False, **options}
+    paths = run_submission(folder, RunOptions(data_dir=data_root, runs_dir=runs, **chosen), Console(file=out, width=80))
     return paths, out.getvalue()
 
 
