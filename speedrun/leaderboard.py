@@ -288,7 +288,7 @@ table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}
 th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right;white-space:nowrap}
 th{background:#f3f3f3}td:nth-child(2),td:nth-child(3),td:nth-child(5){text-align:left}
 .unranked{color:#888}figure{margin:1rem 0}figure svg{max-width:100%;height:auto}
-.grids{display:flex;flex-wrap:wrap;gap:1rem}.grids img{image-rendering:pixelated;width:256px}
+.grids{display:flex;flex-wrap:wrap;gap:1rem}.grids img{image-rendering:pixelated;width:480px}
 """
 
 
@@ -354,16 +354,16 @@ def render_html(board: Board, out_dir: Path, repo_root: Path, track_ids: Sequenc
         body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows_html)}</tbody></table>")
         seeds = board.frame[board.frame["track"] == tid]
         body.append(f"<figure>{_curves_svg(seeds, track)}<figcaption>Curves of every seed.</figcaption></figure>")
-        figs = []  # each entry's first sample grid, <results file stem>.png
         for name, group in seeds.groupby("submission", sort=True):
-            # A pull request controls these paths: never follow a link out of it into the page.
-            pngs = [p.with_suffix(".png") for p in group["path"]]
-            if png := next((p for p in pngs if p.is_file() and not p.is_symlink()), None):
-                uri, caption = base64.b64encode(png.read_bytes()).decode(), esc(f"{name} / {png.stem}")
-                img = f'<img alt="{caption}" src="data:image/png;base64,{uri}">'
-                figs.append(f"<figure>{img}<figcaption>{caption}</figcaption></figure>")
-        if figs:
-            body.append(f'<div class="grids">{"".join(figs)}</div>')
+            figs = []  # every seed's sample grid, <results file stem>.png, one row per entry
+            for png in (p.with_suffix(".png") for p in group["path"]):
+                # A pull request controls these paths: never follow a link out of it into the page.
+                if png.is_file() and not png.is_symlink():
+                    uri, caption = base64.b64encode(png.read_bytes()).decode(), esc(f"{name} / {png.stem}")
+                    img = f'<img alt="{caption}" src="data:image/png;base64,{uri}">'
+                    figs.append(f"<figure>{img}<figcaption>{caption}</figcaption></figure>")
+            if figs:
+                body.append(f'<h3>{esc(name)}</h3><div class="grids">{"".join(figs)}</div>')
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>prx-speedrun leaderboard</title><style>{_CSS}</style></head>\n<body>\n"

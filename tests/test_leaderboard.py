@@ -233,12 +233,14 @@ def test_html_page_is_self_contained(filled: Path, tmp_path: Path) -> None:
     from PIL import Image
 
     Image.new("RGB", (8, 8), (200, 30, 30)).save(grid)
+    Image.new("RGB", (8, 8), (30, 200, 30)).save(grid.with_name("seed1.png"))
     out = tmp_path / "site"
     assert leaderboard_command(html=out, console=Console(file=io.StringIO()), repo_root=filled) == 0
     page = (out / "index.html").read_text()
     for name in ("baseline", "alpha", "solo", "wild"):
         assert f">{name}</a>" in page
-    assert "<svg" in page and "<style>" in page and "data:image/png;base64," in page
+    assert "<svg" in page and "<style>" in page
+    assert page.count("data:image/png;base64,") == 2 and "alpha / seed0" in page and "alpha / seed1" in page
     for external in ("<link", "<script", 'src="http', "src='http", 'href="http', "url(http", "@import"):
         assert external not in page
     if not CHROMIUM.exists():
