@@ -248,12 +248,14 @@ def test_html_page_is_self_contained(filled: Path, tmp_path: Path) -> None:
     shot = tmp_path / "page.png"
     subprocess.run(
         [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-         "--window-size=1400,1000", (out / "index.html").as_uri()],
+         "--window-size=1400,4000", (out / "index.html").as_uri()],
         check=True, capture_output=True, timeout=60,
     )
-    assert shot.exists() and shot.stat().st_size > 10_000
     with Image.open(shot) as img:
-        assert len(set(img.convert("L").getdata())) > 16  # not a blank page
+        pixels = np.asarray(img.convert("RGB")).reshape(-1, 3).astype(int)
+    assert len(np.unique(pixels @ [65536, 256, 1])) > 16  # not a blank page
+    for colour in ((200, 30, 30), (30, 200, 30)):  # both of alpha's grids, drawn at least 400 px a side
+        assert (np.abs(pixels - colour).max(axis=1) < 8).sum() > 400 * 400, colour
 
 
 def test_no_results_renders_every_track_empty(root: Path) -> None:
