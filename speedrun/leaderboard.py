@@ -159,13 +159,16 @@ def detectable_change(frame: pd.DataFrame, track: Track) -> float:
 
 
 def _curves(rows: pd.DataFrame, metric: str) -> tuple[dict[int, list[tuple[float, float]]], dict[int, float]]:
-    """Per ok seed: the ranking metric's (step, value) at each evaluation, and seconds per training step."""
+    """Per ok seed: the ranking metric's (step, value) at each evaluation, and the entry's seconds per training
+    step: the median over its seeds, as speed is the recipe's and the machine's, and one seed slowed by a
+    busy machine would otherwise skew that seed's ratio."""
     curves, seconds = {}, {}
     for r in rows.loc[rows["status"] == "ok", "result"]:
         curves[r.seed] = [(e.step, v) for e in r.evals if (v := e.metrics.get(metric)) is not None and math.isfinite(v)]
         if r.speed.batches_per_second:
             seconds[r.seed] = 1 / r.speed.batches_per_second
-    return curves, seconds
+    median = float(np.median(list(seconds.values()))) if seconds else math.nan
+    return curves, dict.fromkeys(seconds, median)
 
 
 def _status(group: pd.DataFrame, track: Track, ranked_seeds: int) -> str:
@@ -256,7 +259,7 @@ _EXPLAIN = (
     f"Δ: mean per-seed difference to the `{BASELINE}` submission, with the two-sided paired t-test p-value "
     f"(– under 2 common seeds or when the differences do not vary); * marks p < {ALPHA}. Entries share a rank "
     f"unless the paired test separates them at p < {ALPHA}. × sooner: how many times fewer steps (and less "
-    f"training wall-clock, steps x the entry's own seconds per step) the entry needs to reach the `{BASELINE}`'s "
+    f"training wall-clock, steps x the entry's median seconds per step over its seeds) the entry needs to reach the `{BASELINE}`'s "
     "final ranking score, seed by seed, interpolated between evaluations (geometric mean, 95% interval; ≥ where "
     "the first evaluation had already reached it). Entries with a failed or diverged "
     "seed, too few seeds or no ranking metric are listed unranked. Provenance is checked by `speedrun verify`, "

@@ -292,3 +292,13 @@ def test_the_teacher_an_entry_aligned_to_is_named(root: Path) -> None:
     assert header.split(" | ")[4] == "teacher"
     assert next(line for line in lines if "[aligned]" in line).split(" | ")[4] == "shapes-encoder@0123456789ab"
     assert next(line for line in lines if "[baseline]" in line).split(" | ")[4] == "–"
+
+
+def test_one_seed_slowed_by_a_busy_machine_does_not_skew_the_wall_clock_ratio(root: Path) -> None:
+    """Speed is the recipe's: each side's seconds per step is its median over seeds."""
+    for seed, bps in enumerate([4.0, 4.1, 1.5]):  # the baseline's seed 2 ran beside another job
+        add_result(root, "baseline", seed, 12.0 + seed, bps=bps)
+        add_result(root, "same", seed, 12.0 + seed, bps=4.05)
+    found = row(build_board(root).tables["smoke"], "same")["speedup"]
+    assert found.steps[0] == pytest.approx(1.0)
+    assert found.wall[0] == pytest.approx(4.05 / 4.0)  # the medians' ratio, on every seed
