@@ -259,9 +259,9 @@ _EXPLAIN = (
     f"Δ: mean per-seed difference to the `{BASELINE}` submission, with the two-sided paired t-test p-value "
     f"(– under 2 common seeds or when the differences do not vary); * marks p < {ALPHA}. Entries share a rank "
     f"unless the paired test separates them at p < {ALPHA}. × sooner: how many times fewer steps (and less "
-    f"training wall-clock, steps x the entry's median seconds per step over its seeds) the entry needs to reach the `{BASELINE}`'s "
-    "final ranking score, seed by seed, interpolated between evaluations (geometric mean, 95% interval; ≥ where "
-    "the first evaluation had already reached it). Entries with a failed or diverged "
+    "training wall-clock, steps x the entry's median seconds per step over its seeds) the entry needs to reach "
+    f"the `{BASELINE}`'s final ranking score, seed by seed, interpolated between evaluations (geometric mean, "
+    "95% interval; ≥ where the first evaluation had already reached it). Entries with a failed or diverged "
     "seed, too few seeds or no ranking metric are listed unranked. Provenance is checked by `speedrun verify`, "
     "not here."
 )
@@ -400,12 +400,12 @@ def leaderboard_command(
     if check:
         current = readme.read_text(encoding="utf-8") if readme.is_file() else ""
         if current == full:
-            console.print(f"{README.as_posix()} is up to date")
+            console.print(f"{_openable(readme)} is up to date", highlight=False)
             return 0
         diff = difflib.unified_diff(current.splitlines(), full.splitlines(), "committed", "generated", lineterm="", n=1)
         console.print("\n".join(islice(diff, 40)), markup=False, highlight=False, soft_wrap=True)
         console.print(
-            f"[red]{README.as_posix()} differs from what the results files give[/]: "
+            f"[red]{_openable(readme)} differs from what the results files give[/]: "
             "run `speedrun leaderboard --md` and commit it (never edit it by hand)",
             highlight=False,
         )
@@ -413,7 +413,7 @@ def leaderboard_command(
     if md:
         atomic_write_text(readme, full)
         console.out(render_markdown(board, shown), highlight=False)
-        console.print(f"wrote {README.as_posix()}", highlight=False)
+        console.print(f"wrote {_openable(readme)}", highlight=False)
     if html is not None:
         page = html / "index.html"
         atomic_write_text(page, render_html(board, html, repo_root, shown))
@@ -428,6 +428,12 @@ def leaderboard_command(
         console.print(f"{tid} (v{track.version}): {intro}", highlight=False)
         console.print(_fitted_table(console, track, rows))
     return 0
+
+
+def _openable(path: Path) -> str:
+    """``path`` as a user opens it from the current folder: relative below it, else absolute."""
+    path = path.resolve()
+    return path.relative_to(Path.cwd()).as_posix() if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def _fitted_table(console: Console, track: Track, rows: list[tuple[list[str], bool]]) -> Table:

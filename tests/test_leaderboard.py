@@ -302,3 +302,14 @@ def test_one_seed_slowed_by_a_busy_machine_does_not_skew_the_wall_clock_ratio(ro
     found = row(build_board(root).tables["smoke"], "same")["speedup"]
     assert found.steps[0] == pytest.approx(1.0)
     assert found.wall[0] == pytest.approx(4.05 / 4.0)  # the medians' ratio, on every seed
+
+
+def test_the_written_file_is_named_as_it_opens_from_the_current_folder(filled: Path, tmp_path, monkeypatch) -> None:
+    (elsewhere := tmp_path / "elsewhere").mkdir()
+    absolute = str((filled / README).resolve())
+    places = ((filled, "leaderboard/README.md"), (filled.parent, "repo/leaderboard/README.md"), (elsewhere, absolute))
+    for cwd, shown in places:
+        monkeypatch.chdir(cwd)
+        out = io.StringIO()
+        assert leaderboard_command(md=True, console=Console(file=out, width=300), repo_root=filled) == 0
+        assert out.getvalue().splitlines()[-1] == f"wrote {shown}"
