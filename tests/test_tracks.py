@@ -299,9 +299,13 @@ def test_malformed_track_names_file_and_field(
 
 
 def test_read_toml_reads_no_more_than_its_limit(tmp_path: Path) -> None:
-    # /dev/zero never ends: reading it whole would exhaust memory before the size check.
-    with pytest.raises(SpeedrunError, match=re.escape("/dev/zero: more than 1000000 bytes is too large")):
+    # /dev/zero never ends (and a FIFO would wait forever): anything but a regular file is refused unopened.
+    with pytest.raises(SpeedrunError, match=re.escape("/dev/zero: not a regular file (a character device)")):
         read_toml(Path("/dev/zero"))
+    over = tmp_path / "over.toml"
+    over.write_bytes(b"#" * 1_000_001)
+    with pytest.raises(SpeedrunError, match=re.escape(f"{over}: more than 1000000 bytes is too large")):
+        read_toml(over)
     at_limit = tmp_path / "at-limit.toml"
     at_limit.write_text('x = "' + "y" * (1_000_000 - 7) + '"\n')
     assert at_limit.stat().st_size == 1_000_000
