@@ -433,10 +433,11 @@ def compare_with_committed(new: RunResult, old: RunResult, old_path: Path, track
             diff = "identical" if a == b else f"{a - b:+.4g}" + (f" ({(a - b) / abs(b):+.1%})" if b else "")
         table.add_row(name, _number(a), _number(b), diff)
     console.print(table)
-    machine = (new.hardware.device_type, new.hardware.device_names, new.hardware.cpu)
+    from speedrun.verify import machine_model
+
     if new.metrics == old.metrics:
         console.print(f"seed {new.seed}: [green]identical to the committed result[/]")
-    elif machine == (old.hardware.device_type, old.hardware.device_names, old.hardware.cpu) and machine[0] == "cpu":
+    elif machine_model(new) == machine_model(old) and new.hardware.device_type == "cpu":
         console.print(
             f"seed {new.seed}: [red]differs from the committed result, made on this CPU model ({new.hardware.cpu})"
             "[/]: a CPU seed reproduces bit for bit on one model, so the code, packages or data differ; report it "
@@ -448,13 +449,9 @@ def compare_with_committed(new: RunResult, old: RunResult, old_path: Path, track
         values = [r.metrics[ranked] for r in found if r and r.status == "ok" and r.metrics.get(ranked) is not None]
         spread = f" (the committed seeds' {ranked} has sd {statistics.stdev(values):.4g})" if len(values) > 1 else ""
         console.print(
-            f"seed {new.seed}: made on {_machine(new)}, the committed one on {_machine(old)}: across machine "
+            f"seed {new.seed}: made on {machine_model(new)}, the committed one on {machine_model(old)}: across machine "
             f"models a seed's scores move about as much as a change of seed{spread}"
         )
-
-
-def _machine(r: RunResult) -> str:
-    return r.hardware.cpu if r.hardware.device_type == "cpu" else ", ".join(r.hardware.device_names)
 
 
 def _number(value: float | None) -> str:

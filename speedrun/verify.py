@@ -159,7 +159,7 @@ def _by_seed(results: list[RunResult], label: Callable[[RunResult], str | None],
     return ", ".join(f"seed {', '.join(map(str, seeds))} {how} {value}" for value, seeds in groups.items())
 
 
-def _machine(r: RunResult) -> str:
+def machine_model(r: RunResult) -> str:
     """The machine model, devices and CPU; not cpu_count or driver, which vary between machines of one model."""
     h = r.hardware
     if h.device_type == "cpu" and set(h.device_names) == {h.cpu}:
@@ -193,7 +193,7 @@ def _mixed_setups(results: list[RunResult]) -> Iterable[tuple[str, str]]:
     if seeds := _by_seed(results, teachers, "with"):
         message = f"seeds trained with different teachers: {seeds}; {paired} train them all with the same teachers"
         yield "provenance.teachers", message
-    if seeds := _by_seed(results, _machine, "on"):
+    if seeds := _by_seed(results, machine_model, "on"):
         yield "hardware", f"seeds scored on different hardware: {seeds}; {paired} run them all on one machine model"
 
 
