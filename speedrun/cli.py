@@ -208,10 +208,63 @@ def verify_cmd(
     else:
         for p in problems:
             console.print(f"{p.file}: {p.field}: {p.message}", highlight=False, soft_wrap=True)
-        read = f"{found.tracks} track(s), {found.submissions} submission(s), {found.results} results file(s)"
+        read = (
+            f"{found.tracks} track(s), {found.submissions} submission(s), {found.results} results file(s) "
+            f"({found.reproduced} signed by the reproduction)"
+        )
         console.print(f"[green]verify: no problems[/] in {read}" if not problems else f"verify: read {read}")
     if problems:
         raise typer.Exit(1)
+
+
+@_command("reproduce")
+def reproduce_cmd(
+    submission: Path = typer.Argument(..., help="Submission folder, e.g. submissions/repa-shapes."),
+    track: str = typer.Option(..., "--track", "-t", help="Track to reproduce the entry on."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP),
+) -> None:
+    """Run the track's required seeds from step 0 with this harness, replacing the entry's results files
+    (the maintainers' reproduction; `speedrun sign` then signs what it wrote)."""
+    from speedrun.run import RunOptions, run_submission
+    from speedrun.tracks import load_track
+
+    seeds = load_track(track).rules.seeds_required
+    options = RunOptions(track=track, seeds=seeds, force=True, data_dir=data_dir, runs_dir=runs_dir)
+    run_submission(submission, options, console=console)
+    console.print(
+        f"reproduced {seeds} seed(s); to sign them: speedrun sign {submission} --track {track}",
+        highlight=False, soft_wrap=True,
+    )
+
+
+@_command("sign")
+def sign_cmd(
+    submission: Path = typer.Argument(..., help="Submission folder whose results to sign."),
+    track: str = typer.Option(..., "--track", "-t", help="Sign the results of this track."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help="PEM private key (default: $SPEEDRUN_SIGNING_KEY)."),
+) -> None:
+    """Verify an entry's results on a track and sign each with the reproduction's key (writes seed<N>.json.sig);
+    refuses if verify finds any problem. Never runs submission code."""
+    from speedrun.trust import private_key
+    from speedrun.verify import sign_entry
+
+    for path in sign_entry(submission, track, private_key(key_file), report=err_console.print):
+        console.print(Text(f"signed {path}"), highlight=False)
+
+
+@_command("keygen")
+def keygen_cmd(
+    out: Path = typer.Argument(..., help="Where to write the new private key (PEM; never over a file)."),
+    holder: str = typer.Option(..., "--holder", help="Who will hold it, e.g. 'reproduce workflow, 2027'."),
+) -> None:
+    """Make a reproduction signing key; prints the entry that lists it in keys/reproduction.toml."""
+    from speedrun.trust import KEYS_FILE, new_key
+
+    entry = new_key(out, holder)
+    console.print(  # never wrapped: the entry is pasted into a TOML file
+        Text(f"wrote {out}; add this to {KEYS_FILE} (and mark the key it replaces retired):\n{entry}"), soft_wrap=True
+    )
 
 
 @_command("leaderboard")

@@ -26,11 +26,11 @@ from rich.table import Table
 
 from speedrun.errors import SpeedrunError
 from speedrun.fileio import atomic_write_text
-from speedrun.results import identity_problems, load_result, missing_seeds
+from speedrun.results import missing_seeds
 from speedrun.significance import ALPHA, mean_ci, min_detectable_effect, paired, pooled_sd, shared_ranks
 from speedrun.speedup import Speedup, speedup
-from speedrun.submission import discover_submissions
 from speedrun.tracks import REPO_ROOT, Track, all_tracks
+from speedrun.verify import verify_paths
 
 BASELINE = "baseline"
 README = Path("leaderboard") / "README.md"
@@ -43,40 +43,33 @@ _ROW = ["track", "submission", "folder", "seed", "status", "path", "result"]  # 
 
 @dataclass(frozen=True)
 class Board:
-    """Everything one rendering needs: the tracks, one row per seed, and per track its entries table."""
+    """Everything one rendering needs: the tracks, one row per accepted seed, and per track the ranked table of
+    reproduced entries and the unranked one of self-reported entries."""
 
     tracks: dict[str, Track]
     frame: pd.DataFrame
     tables: dict[str, pd.DataFrame]
+    self_reported: dict[str, pd.DataFrame]
     detectable: dict[str, float]
     skipped: list[str]
 
 
 def collect_results(repo_root: Path, tracks: dict[str, Track]) -> tuple[pd.DataFrame, list[str]]:
-    """One row per valid results file of a known track at its current version (track, submission,
-    folder, seed, status, path, result, then the quantities), and why the others were skipped."""
-    rows, skipped = [], []
-    folders = discover_submissions(repo_root / "submissions")
-    for path in [p for folder in folders for p in sorted(folder.glob("results/*/*.json"))]:
-        rel = path.relative_to(repo_root).as_posix()
-        try:
-            result = load_result(path)
-        except SpeedrunError as exc:
-            skipped.append(f"{rel}: {exc}")
-            continue
-        track = tracks.get(result.track)
-        if misplaced := identity_problems(path, path.parents[2], result):
-            skipped.append(f"{rel}: " + "; ".join(f"field '{field}' {message}" for field, message in misplaced))
-        elif track is None:
-            skipped.append(f"{rel}: unknown track '{result.track}'")
-        elif result.track_version != track.version:
-            skipped.append(f"{rel}: track '{track.id}' version {result.track_version}, current is {track.version}")
-        else:
-            r, folder = result, path.parents[2].relative_to(repo_root).as_posix()
-            row = dict(zip(_ROW, (r.track, r.submission, folder, r.seed, r.status, path, r)))
-            row |= {"batches_per_second": r.speed.batches_per_second, "gpu_hours": r.timing.gpu_hours}
-            rows.append(row | {f"metric:{k}": v for k, v in r.metrics.items()})
-    frame = pd.DataFrame(rows, columns=None if rows else _ROW)
+    """One row per results file ``speedrun verify`` accepts (track, submission, folder, seed, status, path,
+    result, reproduced, then the quantities), and what verify found wrong with the rest."""
+    found = verify_paths([], repo_root=repo_root, info=lambda _: None, local_data=False)
+    # An entry's own problems mark its row (its status); the files verify rejects are left out, and named.
+    skipped = [f"{p.file}: field '{p.field}' {p.message}" for p in found.problems if p.file not in found.rejected]
+    rows = []
+    for accepted in found.accepted:
+        r, path = accepted.result, accepted.path
+        folder = path.parents[2].relative_to(repo_root).as_posix()
+        row = dict(zip(_ROW, (r.track, r.submission, folder, r.seed, r.status, path, r)))
+        rejected = found.rejected.get(f"{folder}/results/{r.track}")
+        row |= {"reproduced": accepted.signed_by is not None, "rejected": rejected}
+        row |= {"batches_per_second": r.speed.batches_per_second, "gpu_hours": r.timing.gpu_hours}
+        rows.append(row | {f"metric:{k}": v for k, v in r.metrics.items()})
+    frame = pd.DataFrame(rows, columns=None if rows else [*_ROW, "reproduced", "rejected"])
     return frame.sort_values(["track", "submission", "seed"], kind="mergesort").reset_index(drop=True), skipped
 
 
@@ -94,26 +87,46 @@ def _values(rows: pd.DataFrame, column: str) -> dict[int, float]:
     return {int(s): float(v) for s, v in zip(ok["seed"], values) if math.isfinite(v)}
 
 
-def track_table(frame: pd.DataFrame, track: Track) -> pd.DataFrame:
-    """One row per submission, ranked rows first in rank order: ``submission``, ``folder``, ``seeds``, ``status``,
-    ``rank`` (NaN when unranked; entries not significantly apart share one) and per quantity ``q``: ``q:mean``,
-    ``q:ci``, ``q:n``, and against the baseline on paired seeds, ``q:delta`` and ``q:p``."""
-    rows = frame[frame["track"] == track.id]
+def _counted(frame: pd.DataFrame, track: Track) -> pd.DataFrame:
+    """The track's rows of its required seeds 0..N-1: the only ones any mean, test or curve uses (an entry cannot
+    add seeds until the mean suits it)."""
+    return frame[(frame["track"] == track.id) & (frame["seed"] < track.rules.seeds_required)]
+
+
+def reproduced_entries(frame: pd.DataFrame, track: Track) -> set[str]:
+    """Entries whose every counted seed was signed by the maintainers' reproduction: the only ones ranked."""
+    rows = _counted(frame, track)
+    return {name for name, group in rows.groupby("submission") if group["reproduced"].all()}
+
+
+def track_table(frame: pd.DataFrame, track: Track, reproduced: bool = True) -> pd.DataFrame:
+    """One row per reproduced submission (``reproduced=False``: per self-reported one, all unranked), ranked rows
+    first in rank order: ``submission``, ``folder``, ``seeds``, ``status``, ``rank`` (NaN when unranked; entries
+    not significantly apart share one) and per quantity ``q``: ``q:mean``, ``q:ci``, ``q:n``, and against the
+    baseline on paired seeds (a reproduced baseline for reproduced entries), ``q:delta`` and ``q:p``."""
+    rows, counted = frame[frame["track"] == track.id], _counted(frame, track)
     metric = f"metric:{track.ranking.metric}"
-    groups = dict(iter(rows.groupby("submission", sort=True)))
+    signed = reproduced_entries(frame, track)
+    groups = dict(iter(counted.groupby("submission", sort=True)))
     # Seed -> value of every quantity, and the ranking metric's curves, once per entry.
     per_seed = {
         name: {column: _values(group, column) for column, _ in quantities(track)} for name, group in groups.items()
     }
     curves = {name: _curves(group, track.ranking.metric) for name, group in groups.items()}
+    has_baseline = BASELINE in groups and (BASELINE in signed or not reproduced)
     entries = []
-    for name, group in groups.items():
-        entry: dict[str, object] = {"submission": name, "folder": group["folder"].iloc[0], "seeds": len(group)}
+    for name, group in rows.groupby("submission", sort=True):
+        if (name in signed) != reproduced:
+            continue
+        extra = int((group["seed"] >= track.rules.seeds_required).sum())
+        seeds = len(group) - extra
+        entry: dict[str, object] = {"submission": name, "folder": group["folder"].iloc[0]}
+        entry["seeds"] = f"{seeds} + {extra} extra" if extra else str(seeds)
         # Which frozen teacher the entry aligned to, as its results name it (weights included).
         entry["teacher"] = ", ".join(sorted({t for r in group["result"] for t in r.provenance.teachers.values()}))
-        compare = name != BASELINE and BASELINE in groups
+        compare = name != BASELINE and has_baseline and name in groups
         for column, _ in quantities(track):
-            values = per_seed[name][column]
+            values = per_seed.get(name, {}).get(column, {})
             entry[f"{column}:mean"], entry[f"{column}:ci"] = mean_ci(list(values.values()))
             vs = paired(values, per_seed[BASELINE][column]) if compare else None
             entry |= {f"{column}:n": len(values), f"{column}:delta": vs.delta if vs else math.nan}
@@ -125,7 +138,7 @@ def track_table(frame: pd.DataFrame, track: Track) -> pd.DataFrame:
         entries.append(entry)
     table = pd.DataFrame(entries, columns=None if entries else ["submission", "folder", "seeds", "status"])
     table["rank"] = math.nan
-    ranked = table[table["status"] == "ok"]
+    ranked = table[table["status"] == "ok"] if reproduced else table.iloc[:0]
     if len(ranked):
         lower = track.ranking.direction == "min"
         order = ranked.sort_values([f"{metric}:mean", "submission"], ascending=[lower, True], kind="mergesort")
@@ -142,11 +155,12 @@ def track_table(frame: pd.DataFrame, track: Track) -> pd.DataFrame:
 
 def detectable_change(frame: pd.DataFrame, track: Track) -> float:
     """The smallest change of the ranking metric, as a fraction of the baseline's mean, that the track's
-    required seeds detect (p < ALPHA, 80% power), from the spread of every entry's paired differences to
-    the baseline; NaN until some entry has two seeds paired with it."""
-    rows = frame[frame["track"] == track.id]
+    required seeds detect (p < ALPHA, 80% power), from the spread of every reproduced entry's paired
+    differences to the reproduced baseline; NaN until some entry has two seeds paired with it."""
+    signed = reproduced_entries(frame, track)
+    rows = _counted(frame, track)
     metric = f"metric:{track.ranking.metric}"
-    groups = dict(iter(rows.groupby("submission", sort=True)))
+    groups = {name: group for name, group in rows.groupby("submission", sort=True) if name in signed}
     base = _values(groups[BASELINE], metric) if BASELINE in groups else {}
     differences = []
     for name, group in groups.items():
@@ -173,15 +187,19 @@ def _curves(rows: pd.DataFrame, metric: str) -> tuple[dict[int, list[tuple[float
 
 def _status(group: pd.DataFrame, track: Track, ranked_seeds: int) -> str:
     """Why the entry is not ranked, or "ok"; ``ranked_seeds`` counts its seeds with a ranking metric."""
+    need = track.rules.seeds_required
+    counted = group[group["seed"] < need]
     for bad in ("failed", "diverged"):
-        if seeds := sorted(group.loc[group["status"] == bad, "seed"].tolist()):
+        if seeds := sorted(counted.loc[counted["status"] == bad, "seed"].tolist()):
             return f"{bad} (seed {', '.join(map(str, seeds))})"
     present = set(group["seed"].tolist())
     if missing := missing_seeds(present):
         return f"seed {', '.join(map(str, missing))} missing"
-    have, need = len(present), track.rules.seeds_required
+    have = len(set(counted["seed"].tolist()))
     if have < need:
         return f"incomplete ({have}/{need} seeds)"
+    if rejected := group["rejected"].dropna().tolist():
+        return f"rejected by verify ({rejected[0]})"
     if ranked_seeds == 0:
         return f"no {track.ranking.metric}"
     if ranked_seeds < need:
@@ -194,8 +212,11 @@ def build_board(repo_root: Path = REPO_ROOT) -> Board:
     tracks = {t.id: t for t in all_tracks(repo_root / "tracks")}
     frame, skipped = collect_results(repo_root, tracks)
     tables = {tid: track_table(frame, t) for tid, t in tracks.items()}
+    self_reported = {tid: track_table(frame, t, reproduced=False) for tid, t in tracks.items()}
     detectable = {tid: detectable_change(frame, t) for tid, t in tracks.items()}
-    return Board(tracks=tracks, frame=frame, tables=tables, detectable=detectable, skipped=skipped)
+    return Board(
+        tracks=tracks, frame=frame, tables=tables, self_reported=self_reported, detectable=detectable, skipped=skipped
+    )
 
 
 def _num(x: float, spec: str = ".4g") -> str:
@@ -247,7 +268,8 @@ def _track_intro(track: Track, detectable: float) -> str:
     else:
         smallest += "unknown until an entry has seeds paired with the baseline's."
     return (
-        f"Ranked by mean `{metric}` ({better} is better); an entry needs {n} ok seed(s). {smallest} "
+        f"Ranked by mean `{metric}` ({better} is better) over {'seeds 0–' + str(n - 1) if n > 1 else 'seed 0'}, "
+        f"each ok and signed by the maintainers' reproduction. {smallest} "
         f"Track version {track.version}, hash `{track.content_hash[:12]}`."
     )
 
@@ -262,26 +284,44 @@ _EXPLAIN = (
     "training wall-clock, steps x the entry's median seconds per step over its seeds) the entry needs to reach "
     f"the `{BASELINE}`'s final ranking score, seed by seed, interpolated between evaluations (geometric mean, "
     "95% interval; ≥ where the first evaluation had already reached it). Entries with a failed or diverged "
-    "seed, too few seeds or no ranking metric are listed unranked. Provenance is checked by `speedrun verify`, "
-    "not here."
+    "seed, too few seeds or no ranking metric are listed unranked; seeds beyond the required ones are shown "
+    "(`+ N extra`) but never counted. Only results `speedrun verify` accepts appear, and only those the "
+    "maintainers' reproduction signed are ranked; self-reported ones are listed apart, below each ranking."
 )
+SELF_REPORTED = (
+    "Self-reported, not reproduced: no maintainer's reproduction has signed these results, so they are never "
+    "ranked (their Δ is against the baseline all the same)."
+)
+
+
+def _sections(board: Board, tid: str) -> list[tuple[str | None, pd.DataFrame]]:
+    """(heading, table) of the track's reproduced ranking, then of its self-reported entries if any."""
+    sections: list[tuple[str | None, pd.DataFrame]] = [(None, board.tables[tid])]
+    if len(board.self_reported[tid]):
+        sections.append((SELF_REPORTED, board.self_reported[tid]))
+    return sections
 
 
 def render_markdown(board: Board, track_ids: Sequence[str] | None = None) -> str:
     """The Markdown leaderboard (``leaderboard/README.md`` holds it for every track)."""
     lines = [HEADER, "", "# Leaderboard", "", _EXPLAIN, ""]
     for tid in track_ids or sorted(board.tracks):
-        track, table = board.tracks[tid], board.tables[tid]
+        track = board.tracks[tid]
         lines += [f"## {tid}", "", _track_intro(track, board.detectable[tid]), ""]
-        if not len(table):
+        if not (board.frame["track"] == tid).any():
             lines += ["No results yet.", ""]
             continue
-        cols = headers(track)
-        lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-        for _, row in table.iterrows():
-            link = f"[{row['submission']}](../{row['folder']}/)"
-            lines.append("| " + " | ".join(cells(row, track, link)) + " |")
-        lines.append("")
+        for heading, table in _sections(board, tid):
+            lines += [heading, ""] if heading else []
+            if not len(table):
+                lines += ["No reproduced results yet.", ""]
+                continue
+            cols = headers(track)
+            lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+            for _, row in table.iterrows():
+                link = f"[{row['submission']}](../{row['folder']}/)"
+                lines.append("| " + " | ".join(cells(row, track, link)) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -341,21 +381,26 @@ def render_html(board: Board, out_dir: Path, repo_root: Path, track_ids: Sequenc
     """A self-contained page (inline CSS, tables, SVG curves and sample grids) to write in ``out_dir``."""
     body = [f"<h1>Leaderboard</h1><p>{_inline(_EXPLAIN)}</p>"]
     for tid in track_ids:
-        track, table = board.tracks[tid], board.tables[tid]
+        track = board.tracks[tid]
         body.append(f"<h2>{esc(tid)}</h2><p>{_inline(_track_intro(track, board.detectable[tid]))}</p>")
-        if not len(table):
+        seeds = board.frame[board.frame["track"] == tid]
+        if not len(seeds):
             body.append("<p>No results yet.</p>")
             continue
-        head = "".join(f"<th>{esc(c)}</th>" for c in headers(track))
-        rows_html = []
-        for _, row in table.iterrows():
-            href = Path(os.path.relpath(repo_root / row["folder"], out_dir)).as_posix() + "/"
-            link = f'<a href="{esc(href)}">{esc(row["submission"])}</a>'
-            cls = "" if math.isfinite(row["rank"]) else ' class="unranked"'
-            tds = "".join(f"<td>{c if i == 1 else esc(c)}</td>" for i, c in enumerate(cells(row, track, link)))
-            rows_html.append(f"<tr{cls}>{tds}</tr>")
-        body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows_html)}</tbody></table>")
-        seeds = board.frame[board.frame["track"] == tid]
+        for heading, table in _sections(board, tid):
+            body.append(f"<p>{_inline(heading)}</p>" if heading else "")
+            if not len(table):
+                body.append("<p>No reproduced results yet.</p>")
+                continue
+            head = "".join(f"<th>{esc(c)}</th>" for c in headers(track))
+            rows_html = []
+            for _, row in table.iterrows():
+                href = Path(os.path.relpath(repo_root / row["folder"], out_dir)).as_posix() + "/"
+                link = f'<a href="{esc(href)}">{esc(row["submission"])}</a>'
+                cls = "" if math.isfinite(row["rank"]) else ' class="unranked"'
+                tds = "".join(f"<td>{c if i == 1 else esc(c)}</td>" for i, c in enumerate(cells(row, track, link)))
+                rows_html.append(f"<tr{cls}>{tds}</tr>")
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows_html)}</tbody></table>")
         body.append(f"<figure>{_curves_svg(seeds, track)}<figcaption>Curves of every seed.</figcaption></figure>")
         for name, group in seeds.groupby("submission", sort=True):
             figs = []  # every seed's sample grid, <results file stem>.png, one row per entry
@@ -419,14 +464,20 @@ def leaderboard_command(
         atomic_write_text(page, render_html(board, html, repo_root, shown))
         console.print(f"wrote {page}", highlight=False)
     for tid in shown if not md and html is None else []:
-        track, table = board.tracks[tid], board.tables[tid]
-        if not len(table):
+        track = board.tracks[tid]
+        if not (board.frame["track"] == tid).any():
             console.print(f"{tid}: no results yet")
             continue
         intro = _track_intro(track, board.detectable[tid])
-        rows = [(cells(row, track, row["submission"]), math.isfinite(row["rank"])) for _, row in table.iterrows()]
         console.print(f"{tid} (v{track.version}): {intro}", highlight=False)
-        console.print(_fitted_table(console, track, rows))
+        for heading, table in _sections(board, tid):
+            if heading:
+                console.print(heading, highlight=False)
+            if not len(table):
+                console.print("No reproduced results yet.")
+                continue
+            rows = [(cells(row, track, row["submission"]), math.isfinite(row["rank"])) for _, row in table.iterrows()]
+            console.print(_fitted_table(console, track, rows))
     return 0
 
 

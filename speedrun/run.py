@@ -46,6 +46,7 @@ from speedrun.results import (
 )
 from speedrun.submission import MANIFEST, Submission, load_submission
 from speedrun.tracks import REPO_ROOT, Track, canonical_hash, load_track
+from speedrun.trust import signature_path
 from speedrun.worker import SUMMARY, cli_flags, train_seed
 
 
@@ -341,6 +342,8 @@ def _train_evaluate_record(
         if grid is not None and grid.is_file():
             # For the leaderboard page; written before the results file, which marks the seed finished.
             atomic_write_bytes(results_path.with_suffix(".png"), grid.read_bytes())
+        # A signature of the result this one replaces would no longer hold: this one is unsigned until signed.
+        signature_path(results_path).unlink(missing_ok=True)
         write_result(results_path, result)
         console.print(f"seed {seed}: {result.status}; results -> {results_path}")
         return results_path

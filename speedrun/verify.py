@@ -1,9 +1,10 @@
 """``speedrun verify``: rule, provenance and recompute checks of manifests, tracks and results files.
 
-No submission code runs (but with the opt-in ``--rerun``). A results file counts when it matches its
-schema and digest, its provenance matches the repository now, its derived numbers recompute and it lies
-where its content says; an entry's ok seeds are at least ``rules.seeds_required``, 0, 1, 2, ... no gap,
-all made with the same evaluator weights and teachers on one machine model.
+No submission code runs (but with the opt-in ``--rerun``). A results file counts when it is a regular file
+within the size cap, matches its schema and digest, its provenance matches the repository now, its derived
+numbers recompute, it lies where its content says and a signature beside it, if any, holds; an entry's ok
+seeds are at least ``rules.seeds_required``, 0, 1, 2, ... no gap, all made with the same evaluator weights
+and teachers on one machine model. The leaderboard shows only what this accepts.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel, ConfigDict, Field
 
 from speedrun.devices import model_flops_utilisation
 from speedrun.errors import SpeedrunError
@@ -28,6 +30,7 @@ from speedrun.provenance import code_changes, code_record, harness_sha256
 from speedrun.results import RunResult, identity_problems, load_result, missing_seeds
 from speedrun.submission import MANIFEST, Submission, discover_submissions, load_submission
 from speedrun.tracks import REPO_ROOT, Track, load_track_file
+from speedrun.trust import KEYS_FILE, load_trust, read_result, sign, signer
 
 RERUN_TRACK = "smoke"
 # A re-run on other hardware or software is not bit-identical; it only has to land near the record.
@@ -47,13 +50,29 @@ class Problem(BaseModel):
     message: str
 
 
+class Accepted(BaseModel):
+    """A results file with no problem, and the reproduction key that signed it (None: self-reported)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path
+    result: RunResult
+    signed_by: str | None
+
+
 class Verification(BaseModel):
     """What ``verify_paths`` found, and how much it read (so that "no problems" says of what)."""
 
     problems: list[Problem]
+    accepted: list[Accepted]
+    rejected: dict[str, str] = Field(description="An entry's results/<track> folder -> its first problem's field.")
     submissions: int
     results: int
     tracks: int
+
+    @property
+    def reproduced(self) -> int:
+        return sum(a.signed_by is not None for a in self.accepted)
 
 
 def verify_paths(
@@ -62,10 +81,15 @@ def verify_paths(
     repo_root: Path = REPO_ROOT,
     data_dir: Path | None = None,
     info: Callable[[str], None] = lambda message: print(f"note: {message}", file=sys.stderr),
+    unsigned_ok: bool = False,
+    local_data: bool = True,
 ) -> Verification:
     """Every problem of the tracks and of the given submission folders, manifests or results files (none:
-    every submission); ``info`` receives notes on checks that could not run, which are not problems."""
-    verifier = _Verifier(Path(repo_root), data_dir, info)
+    every submission); ``info`` receives notes on checks that could not run, which are not problems.
+    ``unsigned_ok``: accept unsigned results on the tracks the reproduction re-runs (what it checks before
+    signing them). ``local_data``: compare results with this machine's prepared data (the leaderboard does
+    not, so that it depends on the repository alone)."""
+    verifier = _Verifier(Path(repo_root), data_dir, info, unsigned_ok=unsigned_ok, local_data=local_data)
     problems = verifier.check_tracks()
     targets = _targets([Path(p) for p in paths], verifier.repo_root, problems)
     for folder, (files, whole) in sorted(targets.items()):
@@ -73,7 +97,28 @@ def verify_paths(
         if rerun:
             problems += verifier.rerun(folder)
     results = sum(len(files) for files, _ in targets.values())
-    return Verification(problems=problems, submissions=len(targets), results=results, tracks=len(verifier.tracks))
+    return Verification(
+        problems=problems, accepted=verifier.accepted, rejected=verifier.rejected, submissions=len(targets),
+        results=results, tracks=len(verifier.tracks),
+    )  # fmt: skip
+
+
+def sign_entry(
+    folder: Path, track: str, key: Ed25519PrivateKey, repo_root: Path = REPO_ROOT,
+    report: Callable[[str], None] = print,
+) -> list[Path]:
+    """Sign the results of one entry on ``track`` (what the reproduction does after re-running it): each
+    problem verify finds in the entry is reported, and any makes it sign nothing. Returns the signatures."""
+    found = verify_paths([folder], repo_root=repo_root, unsigned_ok=True)
+    for p in found.problems:
+        report(f"{p.file}: {p.field}: {p.message}")
+    if found.problems:
+        raise SpeedrunError(f"{folder}: verify found {len(found.problems)} problem(s); nothing signed")
+    chosen = [a for a in found.accepted if a.result.track == track]
+    if not chosen:
+        raise SpeedrunError(f"{folder}: no results for track '{track}' to sign")
+    keys = load_trust(repo_root).keys
+    return [sign(a.path, a.result, key, keys) for a in chosen]
 
 
 def _targets(paths: list[Path], repo_root: Path, problems: list[Problem]) -> dict[Path, tuple[list[Path], bool]]:
@@ -115,8 +160,9 @@ def _targets(paths: list[Path], repo_root: Path, problems: list[Problem]) -> dic
 
 
 def _rel(path: Path, repo_root: Path) -> str:
+    """``path`` below ``repo_root``, its folders resolved but not its own name (a link is named as itself)."""
     try:
-        return path.resolve().relative_to(repo_root.resolve()).as_posix()
+        return (path.parent.resolve() / path.name).relative_to(repo_root.resolve()).as_posix()
     except ValueError:
         return str(path)
 
@@ -204,13 +250,20 @@ def _close(a: float, b: float) -> bool:
 class _Verifier:
     """Holds what every check compares against, computed once per ``verify_paths`` call."""
 
-    def __init__(self, repo_root: Path, data_dir: Path | None, info: Callable[[str], None]) -> None:
+    def __init__(
+        self, repo_root: Path, data_dir: Path | None, info: Callable[[str], None], *, unsigned_ok: bool,
+        local_data: bool,
+    ) -> None:
         self.repo_root = repo_root
         self.tracks_dir = repo_root / "tracks"
         self.data_dir = data_dir
         self.info = info
         self.harness = harness_sha256()
+        self.trust = load_trust(repo_root)
         self.tracks: dict[str, Track] = {}
+        self.accepted: list[Accepted] = []
+        self.rejected: dict[str, str] = {}
+        self.unsigned_ok, self.local_data = unsigned_ok, local_data
         self._noted: set[str] = set()
 
     def problem(self, path: Path, field: str, message: str) -> Problem:
@@ -249,8 +302,12 @@ class _Verifier:
             else:
                 failing[path.parent.name].append(path)
         for track_id, results in sorted(valid.items()) if whole else []:
-            found = self.check_entry(folder, track_id, results, failing[track_id], sub)
-            problems += [self.problem(folder / "results" / track_id, f, m) for f, m in found]
+            found = [self.problem(folder / "results" / track_id, f, m) for f, m in self.check_entry(
+                folder, track_id, results, failing[track_id], sub
+            )]  # fmt: skip
+            problems += found
+            if found:
+                self.rejected[found[0].file] = found[0].field
         return problems
 
     def check_entry(
@@ -300,7 +357,7 @@ class _Verifier:
         folder's ``code_record`` now."""
         rerun_hint = self.rerun_hint(path, folder)
         try:
-            result = load_result(path)
+            result = read_result(path)
         except SpeedrunError as exc:
             return None, [self.problem(path, _field_of(exc), f"{exc}; {rerun_hint}")]
         found: Iterable[tuple[str, str]] = identity_problems(path, folder, result)
@@ -319,7 +376,21 @@ class _Verifier:
                 self._effective(result, effective, rerun_hint),
                 self._recompute(result, track),
             )
-        return result, [self.problem(path, f, m) for f, m in found]
+        problems = [self.problem(path, f, m) for f, m in found]
+        if not problems:
+            try:
+                signed_by = signer(path, result.digest, self.trust.keys)
+            except SpeedrunError as exc:
+                return result, [self.problem(path, "signature", f"{exc}; restore both files, or reproduce the entry")]
+            if signed_by is None and result.track in self.trust.reproduces and not self.unsigned_ok:
+                message = (
+                    f"self-reported: on track '{result.track}' a result counts only once the maintainers' "
+                    f"reproduction has signed it ({KEYS_FILE}); leave results out of the pull request, or ask a "
+                    f"maintainer to run `speedrun reproduce {_rel(folder, self.repo_root)} --track {result.track}`"
+                )
+                return result, [self.problem(path, "signature", message)]
+            self.accepted.append(Accepted(path=path, result=result, signed_by=signed_by))
+        return result, problems
 
     def rerun_hint(self, path: Path, folder: Path) -> str:
         """How to replace ``path`` by a fresh run of its seed (``--no-resume``: else its checkpoint resumes)."""
@@ -364,10 +435,7 @@ class _Verifier:
             )
             yield "provenance.track_hash", message
 
-    def _effective(self, r: RunResult, track: Track | None, rerun_hint: str) -> Iterable[tuple[str, str]]:
-        """Against the effective track: the prepared data (when prepared here) and ``flops_per_step``."""
-        if track is None:
-            return
+    def _prepared_data(self, r: RunResult, track: Track, rerun_hint: str) -> Iterable[tuple[str, str]]:
         from speedrun.data.source import dataset_manifest_sha256
 
         try:
@@ -386,6 +454,14 @@ class _Verifier:
                 f"and GPU); verify where the run was made, or {rerun_hint}"
             )
             yield "provenance.dataset_manifest_sha256", message
+
+    def _effective(self, r: RunResult, track: Track | None, rerun_hint: str) -> Iterable[tuple[str, str]]:
+        """Against the effective track: the prepared data (when prepared here, and ``local_data``) and
+        ``flops_per_step``."""
+        if track is None:
+            return
+        if self.local_data:
+            yield from self._prepared_data(r, track, rerun_hint)
         try:
             expected = flops_per_step_of(track)
         except SpeedrunError as exc:  # an unknown model config or text encoder

@@ -14,52 +14,53 @@ import pytest
 from rich.console import Console
 from scipy import stats
 
+from results_helpers import KEY, seal, sign_result, write_keys
+
 from speedrun.errors import SpeedrunError
-from speedrun.leaderboard import HEADER, README, build_board, leaderboard_command, render_markdown
+from speedrun.leaderboard import HEADER, README, SELF_REPORTED, build_board, leaderboard_command, render_markdown
 from speedrun.results import finalize, write_result
+from speedrun.paths import data_root
 from speedrun.tracks import TRACKS_DIR, load_track
 
 CHROMIUM = Path("/usr/bin/chromium")
 
 
+SMOKE_SEEDS = 3  # the fixture's smoke track requires 3 seeds (the real one: 1), so that statistics exist
+
+
 def add_result(
     root: Path, name: str, seed: int, fid: float | None, *, track_id: str = "smoke", status: str = "ok",
-    bps: float = 4.0, clock_s: float = 3600.0,
+    bps: float = 4.0, clock_s: float = 3600.0, signed: bool = True,
 ) -> Path:
-    """A sealed results file; provenance is filler, as the leaderboard reads numbers only."""
+    """A results file verify accepts (real hashes; on one H100), signed by the reproduction unless ``signed``
+    is False; ``fid`` None: the metric was unavailable."""
     folder = root / "submissions" / name
     if not (folder / "submission.toml").exists():
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "submission.toml").write_text(
-            f'name = "{name}"\nauthors = ["T"]\ntracks = ["{track_id}"]\ndescription = "x"\n'
+            f'name = "{name}"\nauthors = ["T"]\ntracks = ["smoke", "tiny"]\ndescription = "x"\n'
         )
     track = load_track(track_id, root / "tracks")
     metrics = {"fid": fid, "val_loss": 0.4 + 0.01 * seed, "prompt_adherence": None if fid is None else 1 / fid}
+    metrics = {k: metrics.get(k, 0.25) for k in track.eval.metrics}  # cmmd, dino_mmd: 0.25
+    unavailable = {k: "not measured" for k, v in metrics.items() if v is None}
     steps = track.train.steps if status == "ok" else 7
     evals = [
-        {"step": 10, "metrics": {**metrics, "fid": None if fid is None else fid + 5}, "samples": 32},
-        {"step": steps, "metrics": metrics, "samples": 32},
-    ] if status == "ok" else []
-    data = {
-        "run_id": f"seed{seed}", "submission": name, "track": track.id, "track_version": track.version,
-        "seed": seed, "status": status,
+        {"step": steps // 2, "metrics": {**metrics, "fid": None if fid is None else fid + 5}, "samples": 32},
+        {"step": steps, "metrics": metrics, "unavailable": unavailable, "samples": 32},
+    ] if status == "ok" else []  # fmt: skip
+    fields = {
+        "status": status, "steps": steps, "metrics": metrics if status == "ok" else {}, "evals": evals,
+        "unavailable": unavailable if status == "ok" else {},
         "failure": None if status == "ok" else {"step": 7, "reason": "non-finite loss at step 7"},
-        "steps": steps, "metrics": metrics if status == "ok" else {}, "evals": evals,
         "val_loss_curve": [{"step": 10, "val_loss": 0.6 + 0.01 * seed}, {"step": 20, "val_loss": 0.45}],
-        "speed": {"batches_per_second": bps, "images_per_second": bps * track.train.global_batch,
-                  "flops_per_step": 1, "mfu": None, "peak_memory_bytes": None},
-        "timing": {"train_clock_s": clock_s, "warmup_s": 0, "data_s": 0, "checkpoint_s": 0, "validation_s": 0,
-                   "eval_s": 0, "wall_s": clock_s, "gpu_hours": clock_s / 3600},
-        "kernels": "torch", "world_size": 1,
-        "hardware": {"device_type": "cuda", "device_names": ["H100"], "device_count": 1, "driver": None,
-                     "cpu": "x", "cpu_count": 1},
-        "software": {"python": "3.11", "torch": "2", "triton": None, "cuda": None, "packages_sha256": "0" * 64},
-        "provenance": {"manifest_sha256": "0" * 64, "submission_files": {}, "harness_sha256": "0" * 64,
-                       "track_hash": track.content_hash, "overrides": {}, "dataset_manifest_sha256": None},
-        "created_at": "2025-01-01T00:00:00+00:00",
-    }
-    path = folder / "results" / track.id / f"seed{seed}.json"
-    write_result(path, finalize(data))
+    }  # fmt: skip
+    path = seal(
+        folder, track_id, seed, tracks_dir=root / "tracks", data_dir=data_root(None), bps=bps, clock_s=clock_s,
+        card="NVIDIA H100 80GB HBM3", fid=fid, **fields,
+    )  # fmt: skip
+    if signed:
+        sign_result(root, path, KEY)
     return path
 
 
@@ -67,6 +68,9 @@ def add_result(
 def root(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
     shutil.copytree(TRACKS_DIR, root / "tracks")
+    smoke = root / "tracks" / "smoke.toml"
+    smoke.write_text(smoke.read_text().replace("seeds_required = 1", f"seeds_required = {SMOKE_SEEDS}"))
+    write_keys(root, {KEY: "active"})
     return root
 
 
@@ -74,12 +78,16 @@ FIDS = {"baseline": [12.0, 12.5, 14.0, 15.0], "alpha": [10.0, 11.0, 13.0], "solo
 BPS = {"baseline": [4.0, 4.2, 3.9, 4.1], "alpha": [5.0, 5.5, 5.2], "solo": [6.0]}
 
 
-@pytest.fixture
-def filled(root: Path) -> Path:
+def fill(root: Path) -> Path:
     for name, fids in FIDS.items():
         for seed, (fid, bps) in enumerate(zip(fids, BPS[name])):
             add_result(root, name, seed, fid, bps=bps, clock_s=1800.0 * (seed + 1))
     return root
+
+
+@pytest.fixture
+def filled(root: Path) -> Path:
+    return fill(root)
 
 
 def row(table, name: str):
@@ -115,14 +123,15 @@ def test_mean_ci_and_paired_p_equal_scipy(filled: Path) -> None:
 
 
 @pytest.mark.parametrize("metric, direction", [("fid", "min"), ("prompt_adherence", "max")])
-def test_ranking_follows_the_metrics_direction(filled: Path, metric: str, direction: str) -> None:
+def test_ranking_follows_the_metrics_direction(root: Path, metric: str, direction: str) -> None:
     """prompt_adherence is 1 / fid here: the highest adherence ranks first as the lowest fid does."""
-    smoke = filled / "tracks" / "smoke.toml"
+    smoke = root / "tracks" / "smoke.toml"
     text = smoke.read_text().replace('metric = "fid"\ndirection = "min"', f'metric = "{metric}"\ndirection = "{direction}"')
-    smoke.write_text(text)
-    table = build_board(filled).tables["smoke"]
-    assert table["submission"].tolist() == ["solo", "alpha", "baseline"]
-    assert table["rank"].tolist() == [1, 1, 1]  # in mean order, but no paired test separates them
+    smoke.write_text(text)  # before the results, which record the track's hash
+    table = build_board(fill(root)).tables["smoke"]
+    assert table["submission"].tolist() == ["alpha", "baseline", "solo"]
+    # In mean order, but no paired test separates them; solo has 1 of the 3 seeds required.
+    assert table["rank"].tolist()[:2] == [1, 1] and math.isnan(table["rank"].iloc[2])
 
 
 def test_only_a_significant_paired_difference_opens_a_rank(filled: Path) -> None:
@@ -135,7 +144,7 @@ def test_only_a_significant_paired_difference_opens_a_rank(filled: Path) -> None
     assert table["submission"].tolist() == ["alpha", "baseline", "far"]
     assert table["rank"].tolist() == [1, 1, 3]
     far = row(table, "far")
-    assert far["metric:fid:p"] < 0.01 and far["metric:fid:delta"] == pytest.approx(50.0)
+    assert far["metric:fid:p"] < 0.01 and far["metric:fid:delta"] == pytest.approx(50 + 0.1 / SMOKE_SEEDS)
     far_line = next(line for line in render_markdown(build_board(filled)).splitlines() if "[far]" in line)
     assert "| +50* (p " in far_line
 
@@ -147,9 +156,9 @@ def test_diverged_and_incomplete_entries_are_listed_not_ranked(filled: Path) -> 
     add_result(filled, "few", 0, 5.0, track_id="tiny")  # tiny needs more seeds
     board = build_board(filled)
     smoke = board.tables["smoke"]
-    assert smoke["submission"].tolist() == ["solo", "alpha", "baseline", "wild"]
+    assert smoke["submission"].tolist() == ["alpha", "baseline", "solo", "wild"]
     wild = row(smoke, "wild")
-    assert math.isnan(wild["rank"]) and wild["status"] == "diverged (seed 1)" and wild["seeds"] == 2
+    assert math.isnan(wild["rank"]) and wild["status"] == "diverged (seed 1)" and wild["seeds"] == "2"
     few = row(board.tables["tiny"], "few")
     assert math.isnan(few["rank"]) and few["status"] == f"incomplete (1/{tiny.rules.seeds_required} seeds)"
     line = next(line for line in render_markdown(board).splitlines() if "[wild]" in line)
@@ -170,10 +179,9 @@ def test_an_entry_is_ranked_only_on_seeds_0_to_n_with_the_ranking_metric(filled:
     assert table["rank"].isna().all()
 
 
-def test_only_verified_submission_folders_count(filled: Path) -> None:
-    """A hidden folder, a symbolic link to a submission and a results file that names another
-    submission or seed than its path are all left out (verify reports each; see test_verify.py)."""
-    before = row(build_board(filled).tables["smoke"], "alpha")
+def test_only_what_verify_accepts_is_shown(filled: Path) -> None:
+    """A hidden folder, a symbolic link to a submission and results files that name another submission or
+    seed than their path are left out with verify's reasons, and an entry holding one is not ranked."""
     subs = filled / "submissions"
     shutil.copytree(subs / "alpha" / "results", subs / ".shadow" / "results")
     (subs / "alpha-again").symlink_to(subs / "alpha", target_is_directory=True)
@@ -182,15 +190,16 @@ def test_only_verified_submission_folders_count(filled: Path) -> None:
     shutil.copy(subs / "solo" / "results" / "smoke" / "seed0.json", base / "seed9.json")
     board = build_board(filled)
     table = board.tables["smoke"]
-    assert table["submission"].tolist() == ["solo", "alpha", "baseline"]
-    assert row(table, "alpha")["seeds"] == before["seeds"] == 3
-    assert row(table, "alpha")["metric:fid:n"] == 3 and row(table, "baseline")["seeds"] == 4
-    assert sorted(board.skipped) == [
-        "submissions/alpha/results/smoke/seed7.json: field 'run_id' is 'seed0' (seed 0); the file must be "
-        "results/smoke/seed0.json",
-        "submissions/baseline/results/smoke/seed9.json: field 'submission' is 'solo' but the file lies in "
-        "submission folder 'baseline'; field 'run_id' is 'seed0' (seed 0); the file must be results/smoke/seed0.json",
-    ]
+    assert table["submission"].tolist() == ["alpha", "baseline", "solo"] and table["rank"].isna().all()
+    assert row(table, "alpha")["seeds"] == "3" and row(table, "alpha")["metric:fid:n"] == 3
+    assert row(table, "alpha")["status"] == "rejected by verify (seeds)"
+    for path, field in (
+        ("submissions/.shadow", "(path)"), ("submissions/alpha-again", "(path)"),
+        ("submissions/alpha/results/smoke/seed7.json", "run_id"),
+        ("submissions/baseline/results/smoke/seed9.json", "submission"),
+        ("submissions/baseline/results/smoke/seed9.json", "run_id"),
+    ):  # fmt: skip
+        assert any(line.startswith(f"{path}: field '{field}'") for line in board.skipped), (path, field)
 
 
 def test_markdown_is_deterministic_and_check_detects_a_hand_edit(filled: Path) -> None:
@@ -202,7 +211,7 @@ def test_markdown_is_deterministic_and_check_detects_a_hand_edit(filled: Path) -
     assert text.startswith(HEADER + "\n")
     assert text == render_markdown(build_board(filled))
     assert leaderboard_command(check=True, console=console, repo_root=filled) == 0
-    readme.write_text(text.replace("| 1 | [solo]", "| 1 | [alpha]"))
+    readme.write_text(text.replace("| 1 | [alpha]", "| 1 | [solo]"))
     assert leaderboard_command(check=True, console=console, repo_root=filled) == 1
 
 
@@ -287,6 +296,7 @@ def test_the_teacher_an_entry_aligned_to_is_named(root: Path) -> None:
         data = json.loads(path.read_text())
         data["provenance"]["teachers"] = {"repa-teacher": "shapes-encoder@0123456789ab"}
         write_result(path, finalize({k: v for k, v in data.items() if k != "digest"}))
+        sign_result(root, path, KEY)
     lines = render_markdown(build_board(root)).splitlines()
     header = next(line for line in lines if line.startswith("| rank |"))
     assert header.split(" | ")[4] == "teacher"
@@ -313,3 +323,18 @@ def test_the_written_file_is_named_as_it_opens_from_the_current_folder(filled: P
         out = io.StringIO()
         assert leaderboard_command(md=True, console=Console(file=out, width=300), repo_root=filled) == 0
         assert out.getvalue().splitlines()[-1] == f"wrote {shown}"
+
+
+def test_self_reported_results_are_listed_apart_and_never_ranked(root: Path) -> None:
+    """On a track no maintainer re-runs (here smoke, as prx-256 for now), unsigned results are shown below the
+    ranking, compared with the baseline, never ranked, however good."""
+    write_keys(root, {KEY: "active"}, reproduces=("tiny",))
+    for seed in range(SMOKE_SEEDS):
+        add_result(root, "baseline", seed, 12.0 + seed)
+        add_result(root, "mine", seed, 5.0 + seed, signed=False)
+    board = build_board(root)
+    assert board.tables["smoke"]["submission"].tolist() == ["baseline"]
+    mine = row(board.self_reported["smoke"], "mine")
+    assert math.isnan(mine["rank"]) and mine["status"] == "ok" and mine["metric:fid:delta"] == pytest.approx(-7.0)
+    md = render_markdown(board, ["smoke"])
+    assert md.index("| 1 | [baseline]") < md.index(SELF_REPORTED) < md.index("| – | [mine]")

@@ -10,16 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from model_helpers import reference_attention
+from results_helpers import seal
 from torch.utils.flop_counter import FlopCounterMode
 
 import speedrun.verify as verify_mod
 from speedrun.data.shards import MANIFEST_NAME
-from speedrun.data.source import dataset_dir, dataset_manifest_sha256
-from speedrun.fileio import sha256_file
+from speedrun.data.source import dataset_dir
 from speedrun.kernels import dispatch
 from speedrun.model import build_model
-from speedrun.provenance import harness_sha256, submission_file_hashes
-from speedrun.results import finalize, write_result
 from speedrun.tracks import TRACKS_DIR, load_track
 from speedrun.verify import Problem, flops_per_step_of, verify_paths
 
@@ -30,60 +28,6 @@ tracks = ["smoke", "tiny"]
 description = "A fixture submission."
 components = []
 """
-
-
-def seal(folder: Path, track_id: str, seed: int, *, tracks_dir: Path, data_dir: Path, **fields) -> Path:
-    """Write a results file for ``folder`` as ``speedrun run`` would, with the current real hashes."""
-    track = load_track(track_id, tracks_dir)
-    fid = fields.pop("fid", 10.0 + seed)
-    metrics = {"fid": fid, "cmmd": 0.2, "dino_mmd": 0.3, "val_loss": 0.5, "prompt_adherence": None}
-    evals = [{"step": track.train.steps, "metrics": metrics, "unavailable": {}, "samples": track.eval.samples}]
-    data = {
-        "run_id": f"seed{seed}",
-        "submission": folder.name,
-        "track": track.id,
-        "track_version": track.version,
-        "seed": seed,
-        "status": "ok",
-        "failure": None,
-        "steps": track.train.steps,
-        "metrics": metrics,
-        "unavailable": {"prompt_adherence": "no CLIP weights offline"},
-        "evals": evals,
-        "val_loss_curve": [{"step": 10.0, "val_loss": 0.7}, {"step": 20.0, "val_loss": 0.5}],
-        "speed": {
-            "batches_per_second": 4.0,
-            "images_per_second": 4.0 * track.train.global_batch,
-            "flops_per_step": flops_per_step_of(track),
-            "mfu": None,
-            "peak_memory_bytes": None,
-        },
-        "timing": {
-            "train_clock_s": 5.0, "warmup_s": 1.0, "data_s": 0.5, "checkpoint_s": 0.1,
-            "validation_s": 0.2, "eval_s": 2.0, "wall_s": 9.0, "gpu_hours": 0.0,
-        },
-        "kernels": "torch",
-        "world_size": 1,
-        "hardware": {
-            "device_type": "cpu", "device_names": ["x86_64"], "device_count": 1, "driver": None,
-            "cpu": "x86_64", "cpu_count": 2,
-        },
-        "software": {"python": "3.11", "torch": "2", "triton": None, "cuda": None, "packages_sha256": "0" * 64},
-        "provenance": {
-            "manifest_sha256": sha256_file(folder / "submission.toml"),
-            "submission_files": submission_file_hashes(folder),
-            "harness_sha256": harness_sha256(),
-            "track_hash": track.content_hash,
-            "overrides": {},
-            "dataset_manifest_sha256": dataset_manifest_sha256(track, data_dir),
-        },
-        "created_at": "2025-01-01T00:00:00+00:00",
-    }
-    data["provenance"] |= fields.pop("provenance", {})  # the given provenance fields, the real hashes for the rest
-    data.update(fields)
-    path = folder / "results" / track.id / f"seed{seed}.json"
-    write_result(path, finalize(data))
-    return path
 
 
 class Repo:

@@ -19,8 +19,8 @@ after a failure. Each new result is compared with the committed one:
 With ``--replace``, each seed whose scores matched (or any, with ``--allow-changes``) takes its new
 results file and grid as soon as it has run; the committed ones are kept in ``<work>/committed/``.
 An interrupted regeneration is continued with ``--only-stale``, which skips seeds whose result
-already names the current code and track. Then run ``speedrun leaderboard --md`` and
-``speedrun verify``. Exit status: 0 when every score matched, 1 when one differs, 2 for bad
+already names the current code and track. Then sign them (``speedrun sign``, each entry and track: the
+replaced results are unsigned), run ``speedrun leaderboard --md`` and ``speedrun verify``. Exit status: 0 when every score matched, 1 when one differs, 2 for bad
 arguments or a failed run (the seeds replaced before it stay replaced).
 
 Scores are bit-identical only on one CPU model: between an Intel Xeon and an AMD EPYC the same code
@@ -165,7 +165,11 @@ def replace(target: Target, new_path: Path, work: Path) -> None:
 
     kept = work / "committed" / target.submission.name / target.track
     kept.mkdir(parents=True, exist_ok=True)
-    for old, new in ((target.result, new_path), (target.grid, new_path.with_suffix(".png"))):
+    from speedrun.trust import signature_path
+
+    signature = signature_path(target.result)
+    pairs = ((target.result, new_path), (target.grid, new_path.with_suffix(".png")), (signature, Path("-")))
+    for old, new in pairs:  # the old signature is kept, not replaced: the new result is unsigned until signed
         if old.is_file():
             shutil.copy2(old, kept / old.name)
         if new.is_file():

@@ -7,11 +7,12 @@ import json
 import math
 
 import pytest
-from fault_helpers import POISON, make_result, tmp_repo, write_submission
+from fault_helpers import POISON, tmp_repo, write_submission
+from results_helpers import KEY, seal, sign_result, write_keys
 from rich.console import Console
 
 from speedrun.leaderboard import build_board, leaderboard_command, render_markdown
-from speedrun.results import load_result, write_result
+from speedrun.results import load_result
 from speedrun.run import RunOptions, run_submission
 
 
@@ -40,11 +41,15 @@ def test_non_finite_stops_within_one_step_with_diverged_result(tmp_path, smoke_d
 
 
 def test_leaderboard_lists_diverged_entry_unranked(tmp_path, smoke_data_root):
-    repo, _, _ = diverge(tmp_path, smoke_data_root, "nan")
+    repo, _, diverged = diverge(tmp_path, smoke_data_root, "nan")
     ok = write_submission(repo / "submissions", "steady", [])
-    write_result(ok / "results" / "smoke" / "seed0.json", make_result("steady"))
-    table = build_board(repo).tables["smoke"]
+    write_keys(repo, {KEY: "active"})  # both reproduced, so both rankable
+    for path in (diverged, seal(ok, "smoke", 0, tracks_dir=repo / "tracks", data_dir=smoke_data_root)):
+        sign_result(repo, path)
+    board = build_board(repo)
+    table = board.tables["smoke"]
     rows = {r["submission"]: r for _, r in table.iterrows()}
+    assert not board.skipped, board.skipped
     assert rows["poison"]["status"] == "diverged (seed 0)" and math.isnan(rows["poison"]["rank"])
     assert rows["steady"]["rank"] == 1
     markdown = render_markdown(build_board(repo), ["smoke"])
