@@ -68,7 +68,7 @@ def main() -> None:
         competitor.kill()
     base = quiet["default"][0]
     for name in SETTINGS:
-        (q, nq), (b, nb) = quiet[name], busy[name]
+        (q, _), (b, nb) = quiet[name], busy[name]
         print(
             f"{name:24s} quiet {q:5.2f} steps/s ({q / base:4.0%} of default)   "
             f"busy {b:5.2f} steps/s ({b / base:4.0%} of quiet default, {nb} steps)"

@@ -242,7 +242,9 @@ def reproduce_cmd(
 def sign_cmd(
     submission: Path = typer.Argument(..., help="Submission folder whose results to sign."),
     track: str = typer.Option(..., "--track", "-t", help="Sign the results of this track."),
-    key_file: Optional[Path] = typer.Option(None, "--key-file", help="PEM private key (default: $SPEEDRUN_SIGNING_KEY)."),
+    key_file: Optional[Path] = typer.Option(
+        None, "--key-file", help="PEM private key (default: $SPEEDRUN_SIGNING_KEY)."
+    ),
 ) -> None:
     """Verify an entry's results on a track and sign each with the reproduction's key (writes seed<N>.json.sig);
     refuses if verify finds any problem. Never runs submission code."""

@@ -17,6 +17,7 @@ from speedrun.tracks import load_track
 from speedrun.trust import KEYS_FILE, key_id, load_trust, sign
 from speedrun.verify import flops_per_step_of
 
+
 def seal(
     folder: Path, track_id: str, seed: int, *, tracks_dir: Path, data_dir: Path, bps: float = 4.0,
     clock_s: float = 5.0, card: str | None = None, **fields,

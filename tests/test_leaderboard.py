@@ -11,15 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from results_helpers import KEY, seal, sign_result, write_keys
 from rich.console import Console
 from scipy import stats
 
-from results_helpers import KEY, seal, sign_result, write_keys
-
 from speedrun.errors import SpeedrunError
 from speedrun.leaderboard import HEADER, README, SELF_REPORTED, build_board, leaderboard_command, render_markdown
-from speedrun.results import finalize, write_result
 from speedrun.paths import data_root
+from speedrun.results import finalize, write_result
 from speedrun.tracks import TRACKS_DIR, load_track
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -118,8 +117,6 @@ def test_mean_ci_and_paired_p_equal_scipy(filled: Path) -> None:
     md = render_markdown(build_board(filled))
     solo_line = next(line for line in md.splitlines() if "[solo]" in line)
     assert "9 ± –" in solo_line and "(p –)" in solo_line
-
-
 
 
 @pytest.mark.parametrize("metric, direction", [("fid", "min"), ("prompt_adherence", "max")])

@@ -33,7 +33,8 @@ SMOKE = "results/smoke/seed0.json"
 def entry(root: Path, name: str) -> Path:
     folder = root / "submissions" / name
     folder.mkdir(parents=True)
-    (folder / "submission.toml").write_text(f'name = "{name}"\nauthors = ["T"]\ntracks = ["smoke"]\ndescription = "x"\n')
+    manifest = f'name = "{name}"\nauthors = ["T"]\ntracks = ["smoke"]\ndescription = "x"\n'
+    (folder / "submission.toml").write_text(manifest)
     return folder
 
 
@@ -99,7 +100,8 @@ def test_a_copied_result_under_another_name_is_refused(repo: Path, keep_signatur
     [problem] = problems_of(repo, path)
     expected = "the signature does not match" if keep_signature else "self-reported: on track 'smoke'"
     assert problem.startswith("signature: ") and expected in problem
-    assert ranked(repo) == ["baseline"] and "forged" not in build_board(repo).self_reported["smoke"]["submission"].tolist()
+    assert ranked(repo) == ["baseline"]
+    assert "forged" not in build_board(repo).self_reported["smoke"]["submission"].tolist()
 
 
 def fid(value: float):

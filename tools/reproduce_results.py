@@ -162,20 +162,21 @@ def compare(target: Target, new_path: Path) -> tuple[list[str], str]:
 def replace(target: Target, new_path: Path, work: Path) -> None:
     """Keep the committed results file and grid in ``work/committed/`` and put the new ones in place."""
     from speedrun.fileio import atomic_write_bytes
+    from speedrun.trust import signature_path
 
     kept = work / "committed" / target.submission.name / target.track
     kept.mkdir(parents=True, exist_ok=True)
-    from speedrun.trust import signature_path
-
-    signature = signature_path(target.result)
-    pairs = ((target.result, new_path), (target.grid, new_path.with_suffix(".png")), (signature, Path("-")))
-    for old, new in pairs:  # the old signature is kept, not replaced: the new result is unsigned until signed
+    for old, new in ((target.result, new_path), (target.grid, new_path.with_suffix(".png"))):
         if old.is_file():
             shutil.copy2(old, kept / old.name)
         if new.is_file():
             atomic_write_bytes(old, new.read_bytes())  # the committed file is never half-written
         elif old.is_file():
             old.unlink()
+    # The new result is unsigned until signed again: the old one's signature is kept, not left beside it.
+    if (signature := signature_path(target.result)).is_file():
+        shutil.copy2(signature, kept / signature.name)
+        signature.unlink()
 
 
 def main(argv: list[str] | None = None) -> int:
