@@ -1,4 +1,4 @@
 {
  "key": "228cf2f92d6bc34c",
- "signature": "OcLKFOfzo/H154OpJxdz/DYhBFWf/l8eIkVsragqeKLkSCPf/ApC+wl3t7pzH0v65qHyq2y3Ph8ziAfDFPloAQ=="
+ "signature": "CtZSKzKtyAinAD2njIDaf+mm+JOKnjLBpHsgdpIaOKOlD+jFzLnD1wV09GianTOPQAiRIhZR6ngaOX5W/UNkBg=="
 }

@@ -1,4 +1,4 @@
 {
  "key": "228cf2f92d6bc34c",
- "signature": "kFWQcqFmo7LxGnyFEhz8WlYRshxo4vktrCqTtk3lMkl+pGopoEOdGq+zyGhclnlRpO9as2qpG2FTuAJU8b/rDg=="
+ "signature": "zrJcgRr5vT6ffKLp05FXMuQQybJ9Y8S1v8GqnweXAbx4YcBWktkv9vI6T1IlxsPze2W+eiewO1QJNWnEPyNxAw=="
 }

@@ -1,4 +1,4 @@
 {
  "key": "228cf2f92d6bc34c",
- "signature": "MWhtbD5FN5lHe0PdCUs2L8JTDV/qEKzWUHP4weXe+CFr9HPsZPNwWnR3M9ADxegAgzvcV78qIJXLCkHLxhSWAw=="
+ "signature": "9vUSLxukUOuCxbJNE+qErKRUKRWUsJgYr6en9t3hUYKNmGRqzOD1nKdqxDLEoSYnWQX/Y4tKi1nRxfk7B5SeCA=="
 }
