@@ -1,4 +1,4 @@
 {
  "key": "228cf2f92d6bc34c",
- "signature": "82uAZIRW3lq/afZESPXyMNNSqSYDn4lSX79A/h59h5Ln1BhZc4yYUAcMPsIXwR2qfZ/EEY2REtJxr2Zlk2tnBA=="
+ "signature": "S1b6wzz34e0to1SNngdRFa0QZczGZi2bnbBEsvu8DehtGS1Ff3Vjy9p2UogGH9+wxH2Jc8jyp9t3vbjyujjfAw=="
 }

@@ -1,4 +1,4 @@
 {
  "key": "228cf2f92d6bc34c",
- "signature": "DAvbSBNv9PBCij6D1cAbtq/wZg3LUkttrWARtScol+ktGyB1U3AScpTCbnvjtBkSRTyDrtCNWJpDwzXjyPEMDg=="
+ "signature": "fm/li5H1gy2Eu1MkOt9ZwNeHJOtUCzzMeRJVSgaWhWJIRfcEmJ9Y0gr714nIU2itGSaBcEYHetCPXnXsf6FRAQ=="
 }

@@ -1,4 +1,4 @@
 {
  "key": "228cf2f92d6bc34c",
- "signature": "WBAk6uPeEcu6IToCOn+wIQZvHVpFdll4N3Whh1vecbQa8yQkrt9zxpqjUcb9/U0+D2ahd27/7jvLuMR2NuR/Cg=="
+ "signature": "o73qfpe7u+BMXdxd6JXVaYTbrn4TOsUZ75Y2faBLLNF80iN1R3pK9gcnH0PeWrdp6auq4rLaacVVB37e0+rVAA=="
 }

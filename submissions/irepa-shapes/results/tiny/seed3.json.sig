@@ -1,4 +1,4 @@
 {
  "key": "228cf2f92d6bc34c",
- "signature": "bZ3iezMXGriLa8SFOpphGXOO97v9Aq+JUH7M4GyjutI7VIbN9rMQ4/jlsbD73FeCozZ35OHTkdXhxw1PcCreBw=="
+ "signature": "0UcStitvBzTcoKaK/RiPh7fiSlbbbvuTPEFrmY/dX6zZeCLYk1kcVUxZaUoDMv7E1RYlKlxPWPWzN2BYFGk2DA=="
 }

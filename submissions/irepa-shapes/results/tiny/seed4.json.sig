@@ -1,4 +1,4 @@
 {
  "key": "228cf2f92d6bc34c",
- "signature": "xiaLfCXvnkcZlrCmyZzrN4ANlJC9nLS+dZ42G7pmoFZyfaja4mV2rINqOUguhlfhHxlUln6f8H8eIkVPyBNUDg=="
+ "signature": "yw0haPfQIZ0CrzomW05xWkq3pdtNhVH5gGteBqEv2uH2hbueTZisfM+bXnIy0pMsOC5fneuNCNCitX8vokUYDA=="
 }

@@ -1,4 +1,4 @@
 {
  "key": "228cf2f92d6bc34c",
- "signature": "5jonD08zQdm2frCTE/wA606hjEdMxytsDrMHPzXvOEUcERieaLLufmqzDGne94VNrRPG7byvsoonCQxlLcpXAg=="
+ "signature": "hi3PcMSZWmw4K9uibr7xeXKVxvsZ47ecyw1VgmqxEVH4YAdADS1Kc9EVidHKby/mASPkQBaLVKpxqlPru5p2Aw=="
 }

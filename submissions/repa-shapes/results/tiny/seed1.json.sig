@@ -1,4 +1,4 @@
 {
  "key": "228cf2f92d6bc34c",
- "signature": "hCFiJrBcg709XXj6CBTJrfl0UzTw4dhjvTrk9sIo5aXByv+b9TiUx0/NjYfR5dQdedxtJWYml6ZWSgd2iPKZCw=="
+ "signature": "SEzDFKXfceL2oMoT0sIlYP+24MTttqXBX8WConMD7NmxSBW2fdT2Hg02QYc7ikIENydV7MRdZaG1XL6ydHjuBA=="
 }

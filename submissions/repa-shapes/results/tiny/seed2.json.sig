@@ -1,4 +1,4 @@
 {
  "key": "228cf2f92d6bc34c",
- "signature": "g2HBCXBaEeNURwDhIvcKcWFlhUXQLEQrorZfK6KIU8Wx2tNiiGw1ns2jUqU0WNas63f3I34JhKus2LPJGmeTBA=="
+ "signature": "36wHd9Mh740Ckc5n3C8VeZfp2d4sa+zBINdexv1tVq7bKxZfxds62s/W1DBfRWJDtua3zpGSf9uJuG7QrcshBQ=="
 }

@@ -1,4 +1,4 @@
 {
  "key": "228cf2f92d6bc34c",
- "signature": "lirAzLmi0Me+CLJ2q/z7eeV8iFElFALMSjbMeOnqyy3b251EXTPyLZDJ9oBk+WemljNOIPb1ylrsvGxRITGTDg=="
+ "signature": "qw4A6TIgj0g9DdjnuLU20EOJ+3VCslV2RZQ35kLiXunLzCorA9LteGfOhaiY0uAVug89AOSbUoSXGORFtnwaAA=="
 }
