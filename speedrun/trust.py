@@ -126,17 +126,17 @@ def read_result(path: Path) -> RunResult:
     """A results file through the checks every reader shares: a regular file, not a symbolic link (refused
     before it is opened), at most ``MAX_RESULT_BYTES``, then schema and digest (``results.load_result``)."""
     try:
-        mode = os.lstat(path).st_mode
+        st = os.lstat(path)  # never follows a link: one look at the name itself
     except FileNotFoundError:
         raise SpeedrunError(f"{path}: no such results file") from None
     except OSError as exc:
         raise SpeedrunError(f"{path}: cannot read it ({exc.strerror})") from None
-    if stat.S_ISLNK(mode):
+    if stat.S_ISLNK(st.st_mode):
         raise SpeedrunError(f"{path}: a symbolic link, not a results file (results are never read through links)")
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(st.st_mode):
         raise SpeedrunError(f"{path}: not a regular file")
-    if (size := os.lstat(path).st_size) > MAX_RESULT_BYTES:
-        raise SpeedrunError(f"{path}: {size} bytes, more than a results file's limit of {MAX_RESULT_BYTES}")
+    if st.st_size > MAX_RESULT_BYTES:
+        raise SpeedrunError(f"{path}: {st.st_size} bytes, more than a results file's limit of {MAX_RESULT_BYTES}")
     try:
         return load_result(path)
     except RecursionError:  # json's parser recurses once per nesting level
@@ -150,7 +150,8 @@ def signer(path: Path, digest: str, keys: dict[str, ReproductionKey]) -> str | N
     if not os.path.lexists(sig_path):
         return None
     try:
-        if os.path.islink(sig_path) or os.lstat(sig_path).st_size > 4096:
+        st = os.lstat(sig_path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:  # a link, a FIFO, or no signature's size
             raise SpeedrunError(f"{sig_path}: not a signature file")
         signature = Signature.model_validate(json.loads(sig_path.read_bytes()))
         raw = base64.b64decode(signature.signature, validate=True)
