@@ -21,10 +21,12 @@ from pathlib import Path
 
 STEPS = 40
 TIMEOUT_S = 240
-SETTINGS = {  # name -> environment added to the trainer's
-    "default": {},
-    "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
-    "1 thread": {"OMP_NUM_THREADS": "1"},
+SETTINGS = {  # name -> environment added to the trainer's (it imports torch before speedrun sets its default)
+    "spinning (libgomp default)": {},
+    "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},  # what speedrun sets unless the user chose
+    "GOMP_SPINCOUNT=1000": {"GOMP_SPINCOUNT": "1000"},
+    "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"},
+    "1 thread": {"OMP_NUM_THREADS": "1"},  # changes numbers: torch's CPU reductions split by thread count
 }
 COMPETITOR = (
     "import torch\ntorch.set_num_threads(2)\na = torch.randn(512, 512)\nwhile True:\n    a = (a @ a).tanh()\n"
@@ -66,12 +68,12 @@ def main() -> None:
         busy = {name: rate(env) for name, env in SETTINGS.items()}
     finally:
         competitor.kill()
-    base = quiet["default"][0]
+    base = quiet["spinning (libgomp default)"][0]
     for name in SETTINGS:
         (q, _), (b, nb) = quiet[name], busy[name]
         print(
-            f"{name:24s} quiet {q:5.2f} steps/s ({q / base:4.0%} of default)   "
-            f"busy {b:5.2f} steps/s ({b / base:4.0%} of quiet default, {nb} steps)"
+            f"{name:24s} quiet {q:5.2f} steps/s ({q / base:4.0%} of spinning)   "
+            f"busy {b:5.2f} steps/s ({b / base:4.0%} of quiet spinning, {nb} steps)"
         )
 
 

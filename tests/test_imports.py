@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,14 @@ def test_the_trainer_imports_the_protocol_never_a_technique() -> None:
     found = imports(PACKAGE / "train.py")
     assert "speedrun.protocol" in found
     assert [m for m in found if m.split(".")[:2] == ["speedrun", "components"]] == []
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_waits_passively_unless_the_user_chose(given: str | None, expected: str) -> None:
+    """Set by ``import speedrun``, before torch loads OpenMP (which reads it once): spinning threads beside another
+    busy process cut tiny's speed to 4-30% (BENCHMARKS.md). Training and evaluation start as ``-m speedrun...``."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env |= {"OMP_WAIT_POLICY": given} if given else {}
+    code = "import os, speedrun.worker; print(os.environ['OMP_WAIT_POLICY'])"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=PACKAGE.parent)
+    assert run.stdout.strip() == expected, run.stderr
