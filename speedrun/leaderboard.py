@@ -331,39 +331,61 @@ table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}
 th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right;white-space:nowrap}
 th{background:#f3f3f3}td:nth-child(2),td:nth-child(3),td:nth-child(5){text-align:left}
 .unranked{color:#888}figure{margin:1rem 0}figure svg{max-width:100%;height:auto}
-.grids{display:flex;flex-wrap:wrap;gap:1rem}.grids img{image-rendering:pixelated;width:480px}
+.grids img{width:100%}
 """
 
 
 def _curves_svg(rows: pd.DataFrame, track: Track) -> str:
-    """Inline SVG: validation loss and each metric by step, one colour per entry, a line per seed."""
+    """Inline SVG: validation loss and each metric by step, one colour per entry, a line per seed; a metric
+    evaluated at one step only is drawn per entry instead, a dot per seed and a bar at their mean; one legend."""
     from matplotlib import rc_context
     from matplotlib.figure import Figure
 
     panels = ["val_loss (trainer)"] + list(track.eval.metrics)
-    fig = Figure(figsize=(4 * len(panels), 3.2), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    grid_rows = math.ceil(len(panels) / 3)  # three panels a row at most: each wide enough to read on the page
+    grid_cols = math.ceil(len(panels) / grid_rows)
+    fig = Figure(figsize=(4.5 * grid_cols + 1.5, 3.2 * grid_rows), layout="constrained")
+    axes = fig.subplots(grid_rows, grid_cols, squeeze=False).flatten()
+    for ax in axes[len(panels) :]:
+        ax.set_axis_off()
     colours = {name: f"C{i % 10}" for i, name in enumerate(sorted(rows["submission"].unique()))}
     for r in rows["result"]:
-        style = {"color": colours[r.submission], "lw": 1, "alpha": 0.8}
         curve = [(p["step"], p["val_loss"]) for p in r.val_loss_curve if "step" in p and "val_loss" in p]
         if curve:
-            axes[0].plot(*zip(*curve), label=r.submission, **style)
-        for ax, metric in zip(axes[1:], track.eval.metrics):
-            points = [(e.step, e.metrics[metric]) for e in r.evals if e.metrics.get(metric) is not None]
-            if points:
-                ax.plot(*zip(*points), marker="o", ms=3, label=r.submission, **style)
+            axes[0].plot(*zip(*curve), label=r.submission, color=colours[r.submission], lw=1, alpha=0.8)
+    for ax, metric in zip(axes[1:], track.eval.metrics):
+        curves = [
+            (r.submission, [(e.step, e.metrics[metric]) for e in r.evals if e.metrics.get(metric) is not None])
+            for r in rows["result"]
+        ]
+        steps = {step for _, curve in curves for step, _ in curve}
+        if len(steps) != 1:
+            for name, curve in curves:
+                if curve:
+                    ax.plot(*zip(*curve), marker="o", ms=3, label=name, color=colours[name], lw=1, alpha=0.8)
+            continue
+        # Every seed evaluated at one step: a column of dots would hide how entries differ, so per entry.
+        by_entry: dict[str, list[float]] = {}
+        for name, curve in curves:
+            if curve:
+                by_entry.setdefault(name, []).extend(value for _, value in curve)
+        for i, (name, values) in enumerate(by_entry.items()):
+            ax.plot([i] * len(values), values, "o", ms=3, label=name, color=colours[name])
+            ax.hlines(np.mean(values), i - 0.3, i + 0.3, color=colours[name])
+        ax.set_xticks(range(len(by_entry)), list(by_entry), rotation=30, ha="right")
+        ax.set_xlabel(f"entry (evaluated at step {steps.pop()})", fontsize=8)
+    legend: dict[str, object] = {}  # one entry per submission, for the whole figure
     for ax, title in zip(axes, panels):
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
+        ax.set_xlabel(ax.get_xlabel() or "step", fontsize=8)
         ax.tick_params(labelsize=7)
-        handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))  # one legend entry per submission, not per seed
-        if unique:
-            ax.legend(unique.values(), unique.keys(), fontsize=7)
-        else:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+        if not ax.has_data():
             ax.set_axis_off()
             ax.text(0.5, 0.5, "unavailable", ha="center", va="center", transform=ax.transAxes, color="0.5")
+    if legend:
+        fig.legend(legend.values(), legend.keys(), loc="outside right upper", fontsize=7)
     buf = io.StringIO()
     # A fixed hash salt and no date or matplotlib version keep the SVG identical for identical results.
     with rc_context({"svg.hashsalt": "speedrun", "svg.fonttype": "path"}):

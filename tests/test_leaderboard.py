@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from results_helpers import KEY, seal, sign_result, write_keys
 from rich.console import Console
-from scipy import stats
+from scipy import ndimage, stats
 
 from speedrun.errors import SpeedrunError
 from speedrun.leaderboard import HEADER, README, SELF_REPORTED, build_board, leaderboard_command, render_markdown
@@ -29,10 +29,10 @@ SMOKE_SEEDS = 3  # the fixture's smoke track requires 3 seeds (the real one: 1),
 
 def add_result(
     root: Path, name: str, seed: int, fid: float | None, *, track_id: str = "smoke", status: str = "ok",
-    bps: float = 4.0, clock_s: float = 3600.0, signed: bool = True,
+    bps: float = 4.0, clock_s: float = 3600.0, signed: bool = True, evals: int = 2,
 ) -> Path:
     """A results file verify accepts (real hashes; on one H100), signed by the reproduction unless ``signed``
-    is False; ``fid`` None: the metric was unavailable."""
+    is False, with the last ``evals`` of its two evaluations; ``fid`` None: the metric was unavailable."""
     folder = root / "submissions" / name
     if not (folder / "submission.toml").exists():
         folder.mkdir(parents=True, exist_ok=True)
@@ -47,7 +47,7 @@ def add_result(
     evals = [
         {"step": steps // 2, "metrics": {**metrics, "fid": None if fid is None else fid + 5}, "samples": 32},
         {"step": steps, "metrics": metrics, "unavailable": unavailable, "samples": 32},
-    ] if status == "ok" else []  # fmt: skip
+    ][2 - evals :] if status == "ok" else []  # fmt: skip
     fields = {
         "status": status, "steps": steps, "metrics": metrics if status == "ok" else {}, "evals": evals,
         "unavailable": unavailable if status == "ok" else {},
@@ -235,6 +235,9 @@ def test_edited_results_are_skipped_and_submission_code_never_imported(filled: P
 
 def test_html_page_is_self_contained(filled: Path, tmp_path: Path) -> None:
     add_result(filled, "wild", 0, None, status="diverged")
+    for name, fid in (("one-eval", 30.0), ("one-eval-too", 40.0)):  # tiny: both seeds evaluated once, at one step
+        for seed in range(2):
+            add_result(filled, name, seed, fid + seed, track_id="tiny", evals=1)
     grid = filled / "submissions" / "alpha" / "results" / "smoke" / "seed0.png"
     from PIL import Image
 
@@ -254,14 +257,22 @@ def test_html_page_is_self_contained(filled: Path, tmp_path: Path) -> None:
     shot = tmp_path / "page.png"
     subprocess.run(
         [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-         "--window-size=1400,4000", (out / "index.html").as_uri()],
+         "--window-size=1400,6000", (out / "index.html").as_uri()],
         check=True, capture_output=True, timeout=60,
     )
     with Image.open(shot) as img:
-        pixels = np.asarray(img.convert("RGB")).reshape(-1, 3).astype(int)
+        rgb = np.asarray(img.convert("RGB")).astype(int)
+    pixels = rgb.reshape(-1, 3)
     assert len(np.unique(pixels @ [65536, 256, 1])) > 16  # not a blank page
-    for colour in ((200, 30, 30), (30, 200, 30)):  # both of alpha's grids, drawn at least 400 px a side
-        assert (np.abs(pixels - colour).max(axis=1) < 8).sum() > 400 * 400, colour
+    for colour in ((200, 30, 30), (30, 200, 30)):  # both of alpha's grids, drawn across the page
+        assert (np.abs(pixels - colour).max(axis=1) < 8).sum() > 1200 * 1200, colour
+    # Each chart panel is a dark frame; the coloured data inside it spans more than a column of dots.
+    frames = ndimage.find_objects(ndimage.label(rgb.max(axis=2) < 128)[0])
+    panels = [(r, c) for r, c in frames if r.stop - r.start > 100 and c.stop - c.start > 150]
+    assert len(panels) == 6 + 4  # smoke: val_loss (trainer) and 5 metrics; tiny: and 3
+    for r, c in panels:
+        ink = np.flatnonzero(np.ptp(rgb[r.start + 3 : r.stop - 3, c.start + 3 : c.stop - 3], axis=2).max(axis=0) > 60)
+        assert ink.size and ink[-1] - ink[0] > (c.stop - c.start) / 2, (r, c)
 
 
 def test_no_results_renders_every_track_empty(root: Path) -> None:

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from speedrun.data.source import TrainData
 
 GRID_SAMPLES = 64
+# The grid PNG is ~1360 px wide, shown 1:1 across the leaderboard page: captions at 8 pt (11 px) stay readable.
+GRID_COLUMNS, GRID_CELL_IN, GRID_GAP_IN, GRID_DPI = 8, 1.7, 0.05, 100
+GRID_FONT_PT, GRID_CAPTION_CHARS = 8, 26  # 26 characters of 8 pt fit the cell's 1.6 inches
 
 
 def sample_noise(seed: int, index: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -232,25 +235,26 @@ def evaluate_checkpoint(
 
 
 def write_grid(images: np.ndarray, captions: list[str], path: Path) -> None:
-    """A PNG grid of samples, each titled with (the start of) its prompt."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """A PNG grid of samples, ``GRID_COLUMNS`` a row, each below its whole prompt wrapped to the cell's width."""
+    from matplotlib.figure import Figure
 
     if len(images) == 0:
         return
-    cols = min(8, len(images))
-    rows = (len(images) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, img, cap in zip(axes.flat, images, captions):
-        ax.imshow(img, interpolation="nearest")
-        lines = textwrap.wrap(" ".join(cap.split()), 26, break_long_words=False, break_on_hyphens=False)
-        ax.set_title("\n".join(lines[:3]), fontsize=4.5)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
-    finally:
-        plt.close(fig)
+    cols = min(GRID_COLUMNS, len(images))
+    texts = [textwrap.fill(cap, GRID_CAPTION_CHARS) for cap in captions]
+    rows = [range(i, min(i + cols, len(images))) for i in range(0, len(images), cols)]
+    # A row is as tall as its longest caption needs: its lines (1.25 x the font size) and one for the gap.
+    line = GRID_FONT_PT * 1.25 / 72  # inches
+    heights = [GRID_CELL_IN + line * (2 + max(texts[i].count("\n") for i in row)) for row in rows]
+    width, height = cols * GRID_CELL_IN, sum(heights)
+    fig = Figure(figsize=(width, height))
+    side = GRID_CELL_IN - 2 * GRID_GAP_IN
+    for r, row in enumerate(rows):
+        bottom = height - sum(heights[: r + 1]) + GRID_GAP_IN
+        for col, i in enumerate(row):
+            left = col * GRID_CELL_IN + GRID_GAP_IN
+            ax = fig.add_axes((left / width, bottom / height, side / width, side / height))
+            ax.imshow(images[i], interpolation="nearest")
+            ax.set_title(texts[i], fontsize=GRID_FONT_PT, linespacing=1.1, pad=2)
+            ax.axis("off")
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=GRID_DPI))

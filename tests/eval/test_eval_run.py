@@ -289,6 +289,17 @@ def test_grid_is_written_atomically(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
 
 
+def test_grid_captions_are_wrapped_whole(tmp_path):
+    """No prompt is cut: a caption's every wrapped line makes its row taller (the grid once kept three)."""
+    from PIL import Image
+
+    long = " ".join(["word"] * 60)  # 10 lines of 26 characters
+    for name, captions in (("short", ["a cat", "a dog"]), ("long", ["a cat", long])):
+        write_grid(np.zeros((2, 8, 8, 3), np.uint8), captions, tmp_path / f"{name}.png")
+    with Image.open(tmp_path / "short.png") as short, Image.open(tmp_path / "long.png") as tall:
+        assert tall.width == short.width and tall.height - short.height > 8 * 11  # 8 pt lines: 11 px at 100 dpi
+
+
 class _Images:
     """A reference split of uint8 images (``images(index)``, ``len``), as the evaluator reads one."""
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import socketserver
 import sys
+import threading
 import urllib.error
 from pathlib import Path
 
@@ -114,3 +116,45 @@ def test_hub_weights_come_from_the_weights_dir_first(tmp_path, monkeypatch) -> N
     # The hash covers the bytes: changing the weights changes it.
     _write(local / "model.safetensors", b"other weights")
     assert resolve_hub_weights("cmmd", "org/net", "0" * 40, ("model.safetensors", "config.json"), "net")[1] != digest
+
+
+@pytest.fixture
+def dead_hub(tmp_path, monkeypatch):
+    """A hub endpoint on 127.0.0.1 that reads each request line and hangs up, as a network that is down; yields
+    the request lines it got. Empty weights dir and Hugging Face cache."""
+    from huggingface_hub import constants
+
+    requests: list[str] = []
+
+    class Hangup(socketserver.StreamRequestHandler):
+        def handle(self) -> None:  # the server then closes the connection without an answer
+            requests.append(self.rfile.readline().decode().strip())
+
+    server = socketserver.TCPServer(("127.0.0.1", 0), Hangup)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("SPEEDRUN_WEIGHTS_DIR", str(tmp_path / "weights"))
+    yield requests
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_an_unreachable_hub_is_asked_once_and_offline_never(dead_hub, monkeypatch, offline: bool) -> None:
+    """hf_hub_download alone retries a dead network for ~30 s per file: the lookup asks the hub once per process
+    (never with HF_HUB_OFFLINE set), then reads the cache alone, and the miss names the remedy."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)  # as huggingface_hub reads it at import
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "")
+    for repo in ("org/first", "org/second"):
+        with pytest.raises(SpeedrunError) as info:
+            resolve_hub_weights("cmmd", repo, "0" * 40, ("model.safetensors",), "net")
+        message = str(info.value)
+        assert f"needs {repo} at revision {'0' * 40}" in message and "$SPEEDRUN_WEIGHTS_DIR/net/" in message
+        assert ("HF_HUB_OFFLINE is set" if offline else "did not answer") in message
+    asked = [line for line in dead_hub if "/api/agent-harnesses" not in line]  # huggingface_hub's, once a process
+    assert asked == ([] if offline else ["HEAD / HTTP/1.1"])
