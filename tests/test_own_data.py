@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from speedrun.cli import app
 from speedrun.errors import SpeedrunError
-from speedrun.leaderboard import leaderboard_command
+from speedrun.leaderboard import SELF_REPORTED, leaderboard_command
 from speedrun.results import load_result
 from speedrun.submission import load_submission
-from speedrun.tracks import REPO_ROOT
+from speedrun.tracks import REPO_ROOT, TRACKS_DIR
 
 SECTION = (REPO_ROOT / "README.md").read_text().split("## Race on your own images\n", 1)[1].split("\n## ", 1)[0]
 
@@ -49,9 +49,12 @@ def test_the_readme_races_entries_on_a_folder_of_ones_own(own: Path) -> None:
         if args[0] == "run":  # results/ is written beside the manifest: a copy, not the checkout's entry
             shutil.copytree(REPO_ROOT / args[1], own / args[1], ignore=shutil.ignore_patterns("results"))
         if args[0] == "leaderboard":  # of the results in this folder, not the checkout's
+            shutil.copytree(TRACKS_DIR, own / "tracks")
             out = io.StringIO()
-            assert leaderboard_command(track=args[2], console=Console(file=out, width=200), repo_root=own) == 0
-            assert "baseline" in out.getvalue() and "xpred" in out.getvalue(), out.getvalue()
+            assert leaderboard_command(track=args[2], console=Console(file=out, width=300), repo_root=own) == 0
+            board = out.getvalue()
+            assert "skipped" not in board and SELF_REPORTED.split(":")[0] in board, board
+            assert all(re.search(rf"\b{entry}\b.*\bok\b", board) for entry in ("baseline", "xpred")), board
             continue
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
