@@ -599,7 +599,7 @@ def test_an_imagefolder_track_cannot_ask_for_prompt_adherence(tmp_path: Path) ->
     with pytest.raises(SpeedrunError) as info:
         load_track(str(path))
     message = str(info.value)
-    assert message.startswith(f"{path}: ") and "field 'eval': metrics ['prompt_adherence'] need captions annotated" in message
+    assert message.startswith(f"{path}: field 'eval': metrics ['prompt_adherence'] need captions annotated"), message
     assert "dataset 'imagefolder' lacks" in message
     d = tomllib.loads(path.read_text())
     d["eval"]["metrics"].remove("prompt_adherence")
