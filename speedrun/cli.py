@@ -31,6 +31,7 @@ Device = Enum("Device", {d: d for d in DEVICES}, type=str)  # typer takes an opt
 # The real defaults (speedrun/paths.py): the repository's folders, wherever it is run from
 DATA_DIR_HELP = "Prepared data (default: $SPEEDRUN_DATA_DIR, else the repository's data/)."
 RUNS_DIR_HELP = "Checkpoints and logs (default: $SPEEDRUN_RUNS_DIR, else the repository's runs/)."
+TRACK_HELP = "a track id, or the path of a track file of your own (ending in .toml)"
 
 
 def _command(name: str) -> Callable[[Callable[..., Any]], Any]:
@@ -128,7 +129,7 @@ def schema_cmd(out: Path = typer.Option(Path("schemas"), "--out", help="Folder f
 
 @_command("prepare")
 def prepare_cmd(
-    track: str = typer.Option("tiny", "--track", "-t", help="Track whose data to prepare."),
+    track: str = typer.Option("tiny", "--track", "-t", help=f"Track whose data to prepare: {TRACK_HELP}."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
 ) -> None:
     """Prepare (or verify) a track's data: shards, text embeddings, evaluation reference."""
@@ -143,7 +144,9 @@ def prepare_cmd(
 @_command("run")
 def run_cmd(
     submission: Path = typer.Argument(..., help="Submission folder, e.g. submissions/baseline."),
-    track: Optional[str] = typer.Option(None, "--track", "-t", help="Track (default: the manifest's first)."),
+    track: Optional[str] = typer.Option(
+        None, "--track", "-t", help=f"Track: {TRACK_HELP} (default: the manifest's first)."
+    ),
     seeds: int = typer.Option(1, "--seeds", help="Number of seeds (0..N-1 unless --seed)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Run exactly this seed."),
     nproc: int = typer.Option(1, "--nproc", help="Processes per node (torchrun when > 1)."),
@@ -175,7 +178,7 @@ def run_cmd(
 @_command("eval")
 def eval_cmd(
     checkpoint: Path = typer.Argument(..., help="A checkpoint directory written by the trainer."),
-    track: str = typer.Option(..., "--track", "-t", help="Track whose protocol to apply."),
+    track: str = typer.Option(..., "--track", "-t", help=f"Track whose protocol to apply: {TRACK_HELP}."),
     out: Optional[Path] = typer.Option(None, "--out", help="Metrics JSON path (default: beside the checkpoint)."),
     device: Optional[Device] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
@@ -197,11 +200,15 @@ def verify_cmd(
     paths: Optional[list[Path]] = typer.Argument(None, help="Submissions or results files (default: all)."),
     rerun: bool = typer.Option(False, "--rerun", help="Re-run each submission on the smoke track and compare."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    tracks: Optional[list[str]] = typer.Option(
+        None, "--track", "-t", help="A track file of your own whose results to check too (repeatable)."
+    ),
 ) -> None:
     """Check manifests, tracks and results (schema, digest, provenance, seeds) without running submission code."""
+    from speedrun.tracks import load_track
     from speedrun.verify import verify_paths
 
-    found = verify_paths(paths or [], rerun=rerun)
+    found = verify_paths(paths or [], rerun=rerun, tracks=[load_track(t) for t in tracks or []])
     problems = found.problems
     if as_json:
         print(json.dumps([p.model_dump() for p in problems], indent=2))
@@ -271,7 +278,7 @@ def keygen_cmd(
 
 @_command("leaderboard")
 def leaderboard_cmd(
-    track: Optional[str] = typer.Option(None, "--track", "-t", help="Only this track."),
+    track: Optional[str] = typer.Option(None, "--track", "-t", help=f"Only this track: {TRACK_HELP}."),
     md: bool = typer.Option(False, "--md", help="Print Markdown and write leaderboard/README.md."),
     html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML page into this folder."),
     check: bool = typer.Option(False, "--check", help="Fail if committed leaderboard files are stale."),

@@ -29,7 +29,7 @@ from speedrun.fileio import atomic_write_text
 from speedrun.results import missing_seeds
 from speedrun.significance import ALPHA, mean_ci, min_detectable_effect, paired, pooled_sd, shared_ranks
 from speedrun.speedup import Speedup, speedup
-from speedrun.tracks import REPO_ROOT, Track, all_tracks
+from speedrun.tracks import REPO_ROOT, Track, all_tracks, load_track
 from speedrun.verify import verify_paths
 
 BASELINE = "baseline"
@@ -57,7 +57,8 @@ class Board:
 def collect_results(repo_root: Path, tracks: dict[str, Track]) -> tuple[pd.DataFrame, list[str]]:
     """One row per results file ``speedrun verify`` accepts (track, submission, folder, seed, status, path,
     result, reproduced, then the quantities), and what verify found wrong with the rest."""
-    found = verify_paths([], repo_root=repo_root, info=lambda _: None, local_data=False)
+    own = [t for t in tracks.values() if t.file]
+    found = verify_paths([], repo_root=repo_root, info=lambda _: None, local_data=False, tracks=own)
     # An entry's own problems mark its row (its status); the files verify rejects are left out, and named.
     skipped = [f"{p.file}: field '{p.field}' {p.message}" for p in found.problems if p.file not in found.rejected]
     rows = []
@@ -207,9 +208,10 @@ def _status(group: pd.DataFrame, track: Track, ranked_seeds: int) -> str:
     return "ok"
 
 
-def build_board(repo_root: Path = REPO_ROOT) -> Board:
-    """Load the tracks and results of ``repo_root`` and compute every track's table."""
-    tracks = {t.id: t for t in all_tracks(repo_root / "tracks")}
+def build_board(repo_root: Path = REPO_ROOT, own: Sequence[Track] = ()) -> Board:
+    """Load the tracks and results of ``repo_root``, with the ``own`` tracks (track files of one's own, from
+    ``load_track``), and compute every track's table."""
+    tracks = {t.id: t for t in [*all_tracks(repo_root / "tracks"), *own]}
     frame, skipped = collect_results(repo_root, tracks)
     tables = {tid: track_table(frame, t) for tid, t in tracks.items()}
     self_reported = {tid: track_table(frame, t, reproduced=False) for tid, t in tracks.items()}
@@ -451,17 +453,22 @@ def leaderboard_command(
     repo_root: Path = REPO_ROOT,
 ) -> int:
     """Run ``speedrun leaderboard``; return the exit code (1: ``--check`` found a stale README).
-    ``--track`` limits what is printed or rendered to HTML, never the README (every track)."""
+    ``--track`` limits what is printed or rendered to HTML, never the README (every track of the repository); a
+    track file of one's own (``load_track``) is shown with the results on it."""
     if check and (md or html is not None):
         writes = " and ".join(flag for flag, on in (("--md", md), ("--html", html is not None)) if on)
         raise SpeedrunError(f"--check writes nothing, so it cannot be combined with {writes}; run them separately")
     console = console or Console()
-    board = build_board(repo_root)
-    if track is not None and track not in board.tracks:
-        raise SpeedrunError(f"no track '{track}'; known: {sorted(board.tracks)}")
+    chosen = load_track(track, repo_root / "tracks") if track is not None else None
+    own = [chosen] if chosen is not None and chosen.file else []
+    if own and (md or check):
+        raise SpeedrunError(
+            f"--md and --check write or check {README}, which ranks the repository's tracks, not {chosen.file}"
+        )
+    board = build_board(repo_root, own)
     for reason in board.skipped:
         console.print(f"[yellow]skipped[/] {reason}", highlight=False, soft_wrap=True)
-    shown = [track] if track else sorted(board.tracks)
+    shown = [chosen.id] if chosen else sorted(board.tracks)
     readme = repo_root / README
     full = render_markdown(board)
     if check:

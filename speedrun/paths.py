@@ -72,9 +72,10 @@ def data_root(explicit: Path | None = None) -> Path:
     return _root(explicit, "--data-dir", "SPEEDRUN_DATA_DIR", "data")
 
 
-def prepare_command(track_id: str, root: Path) -> str:
-    """The ``speedrun prepare`` command line for ``track_id`` under ``root`` (named unless the default)."""
-    cmd = f"speedrun prepare --track {track_id}"
+def prepare_command(track: str, root: Path) -> str:
+    """The ``speedrun prepare`` command line for ``track`` (an id or a track file) under ``root`` (named unless
+    the default)."""
+    cmd = f"speedrun prepare --track {track}"
     if Path(root).resolve() != data_root().resolve():
         cmd += f" --data-dir {quote(str(root))}"
     return cmd

@@ -142,7 +142,7 @@ def _train(
         *cli_flags(nproc_per_node=o.nproc, nnodes=o.nnodes, node_rank=o.node_rank, master_addr=o.master_addr,
                    master_port=o.master_port),
         "-m", "speedrun.worker", str(submission.path),
-        *cli_flags(track=track.id, seed=seed, run_dir=run_dir, parallel=o.parallel, data_dir=o.data_dir,
+        *cli_flags(track=track.ref, seed=seed, run_dir=run_dir, parallel=o.parallel, data_dir=o.data_dir,
                    device=o.device, no_resume=not o.resume, stop_message=stopped,
                    worker_lock=bool(lock_fds)),  # this launcher locked the seed: its workers lock too
     ]
@@ -188,7 +188,7 @@ def _evaluation_identity(track: Track) -> dict[str, str]:
     from speedrun.eval.run import protocol
 
     return {
-        "track_hash": load_track(track.id).content_hash,
+        "track_hash": load_track(track.ref).content_hash,
         "protocol_hash": canonical_hash(protocol(track)),
         "harness_sha256": harness_sha256(),
     }
@@ -223,7 +223,7 @@ def _read(path: Path) -> RunResult | None:
 def _changes(result: RunResult, submission: Submission, track: Track) -> list[str]:
     """What differs between the code and track that made ``result`` and the current ones."""
     changed = [str(c) for c in code_changes(result.provenance.code, code_record(submission.path))]
-    if result.provenance.track_hash != load_track(track.id).content_hash:
+    if result.provenance.track_hash != load_track(track.ref).content_hash:
         changed.append(f"track '{track.id}' changed")
     return changed
 
@@ -322,7 +322,7 @@ def _train_evaluate_record(
                 console.print(f"seed {seed}: evaluating {name}")
                 t0 = time.perf_counter()
                 cmd = [sys.executable, "-m", "speedrun.cli", "eval", str(ckpt)]
-                cmd += cli_flags(track=track.id, out=out, device=o.device, data_dir=o.data_dir)
+                cmd += cli_flags(track=track.ref, out=out, device=o.device, data_dir=o.data_dir)
                 code = subprocess.run(cmd, env=_child_env(PYTHONUNBUFFERED="1"), pass_fds=lock_fds).returncode
                 if code != 0:
                     raise SpeedrunError(f"evaluation of {ckpt} failed (exit {code}); see the message above")
@@ -394,7 +394,7 @@ def assemble_result(
             manifest_sha256=s.code["submission_files"][MANIFEST],
             submission_files=s.code["submission_files"],
             harness_sha256=s.code["harness_sha256"],
-            track_hash=load_track(track.id).content_hash,
+            track_hash=load_track(track.ref).content_hash,
             overrides=submission.manifest.flat_overrides(),
             dataset_manifest_sha256=dataset_manifest_sha256(track, data_root(o.data_dir)),
             reference_stats_sha256={k: v for e in evals for k, v in e.reference_stats_sha256.items()},

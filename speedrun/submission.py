@@ -103,16 +103,22 @@ class Submission:
         return self.path / "results" / track_id
 
     def track(self, track_id: str | None = None, tracks_dir: Path = TRACKS_DIR) -> Track:
-        """The effective track (overrides applied); default: the manifest's first track."""
+        """The effective track (overrides applied); default: the manifest's first track. ``track_id`` may be a
+        track file's path (``load_track``): any submission whose overrides it allows races on such a track."""
         track_id = self.manifest.tracks[0] if track_id is None else track_id
-        if track_id not in self.manifest.tracks and track_id not in (known := available_tracks(tracks_dir)):
+        named = track_id in self.manifest.tracks or track_id.endswith(".toml")  # or a path load_track reads
+        if not named and track_id not in (known := available_tracks(tracks_dir)):
             raise SpeedrunError(f"no track {track_id!r}; known: {known}")
-        if track_id not in self.manifest.tracks:
+        track = load_track(track_id, tracks_dir)
+        if track.file is None and track.id not in self.manifest.tracks:
             raise SpeedrunError(
-                f"{self.path / MANIFEST}: submission '{self.name}' does not target track '{track_id}' "
+                f"{self.path / MANIFEST}: submission '{self.name}' does not target track '{track.id}' "
                 f"(field 'tracks' = {self.manifest.tracks})"
             )
-        return load_track(track_id, tracks_dir).with_overrides(self.manifest.flat_overrides())
+        track = track.with_overrides(self.manifest.flat_overrides())
+        if track.file is not None:  # load_submission checked the components on the tracks the manifest lists
+            _check_components(self.manifest, self.path, Registry(), [track])
+        return track
 
 
 def _check_inside(folder: Path) -> None:

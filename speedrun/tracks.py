@@ -1,5 +1,6 @@
 """Tracks: frozen, versioned race definitions, ``tracks/<id>.toml``, fixing everything that decides a
-score; submissions may change only its ``rules.allowed_overrides``. Unknown keys are errors."""
+score; submissions may change only its ``rules.allowed_overrides``. Unknown keys are errors. A track file of
+one's own, kept anywhere, is named by its path (``--track path/to/track.toml``): ``load_track`` resolves both."""
 
 from __future__ import annotations
 
@@ -13,7 +14,16 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from speedrun.errors import SpeedrunError, format_validation_error
 from speedrun.metrics import METRICS
@@ -51,8 +61,8 @@ class TeacherTraining(_Frozen):
 class DataSpec(_Frozen):
     """What the model trains on and what the evaluator compares against."""
 
-    dataset: Literal["shapes", "mjv6"]
-    source: str = Field(description="Procedural generator id, or the HF dataset id@revision.")
+    dataset: Literal["shapes", "mjv6", "imagefolder"]
+    source: str = Field(description="Generator id, HF dataset id@revision, or imagefolder path (from the track file).")
     image_size: int = Field(gt=0, description="Square image side in pixels.")
     representation: Literal["pixels", "flux-vae"]
     vae: str | None = Field(None, description="HF repo@revision of the VAE for latent tracks.")
@@ -202,11 +212,25 @@ class Track(_Frozen):
     eval: EvalSpec
     ranking: RankingSpec
     rules: RulesSpec
+    # The file of a track named by its path; it anchors an imagefolder's data.source. Never dumped nor hashed.
+    _file: Path | None = PrivateAttr(None)
 
     @field_validator("id")
     def _slug(cls, v: str) -> str:
         if not TRACK_ID.fullmatch(v):
             raise ValueError("a track id is lowercase letters, digits and '-', at most 64")
+        return v
+
+    @field_validator("eval")
+    def _metrics_have_their_annotations(cls, v: EvalSpec, info: ValidationInfo) -> EvalSpec:
+        # Adherence reads a caption's stated shapes back from the image: only shapes-v1 captions state them.
+        data = info.data.get("data")  # None when the data section is invalid, which its own error names
+        if data is not None and data.dataset != "shapes":
+            if unscorable := [m for m in v.metrics if METRICS[m].reads == "images and prompts"]:
+                raise ValueError(
+                    f"metrics {unscorable} need captions annotated with what the image shows, which dataset "
+                    f"'{data.dataset}' lacks (only 'shapes' has them); remove them from eval.metrics"
+                )
         return v
 
     @model_validator(mode="after")
@@ -217,6 +241,16 @@ class Track(_Frozen):
         if ranking.direction != (better := METRICS[ranking.metric].direction):
             raise ValueError(f"ranking.direction of '{ranking.metric}' is '{better}', not '{ranking.direction}'")
         return self
+
+    @property
+    def file(self) -> Path | None:
+        """The track file when the track was named by its path; None for a track of the tracks folder."""
+        return self._file
+
+    @property
+    def ref(self) -> str:
+        """What names this track to ``--track``: its file's path, else its id."""
+        return str(self._file) if self._file else self.id
 
     @property
     def content_hash(self) -> str:
@@ -235,9 +269,11 @@ class Track(_Frozen):
             *parents, leaf = key.split(".")
             functools.reduce(dict.__getitem__, parents, data)[leaf] = value
         try:
-            return Track.model_validate(data)
+            track = Track.model_validate(data)
         except ValidationError as exc:
             raise SpeedrunError(format_validation_error(f"overrides on track '{self.id}'", exc)) from None
+        track._file = self._file
+        return track
 
 
 def canonical_hash(obj: Any) -> str:
@@ -285,11 +321,16 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise SpeedrunError(f"{path}: nested too deeply") from None
 
 
-def load_track_file(path: Path) -> Track:
+def _read_track(path: Path) -> Track:
     try:
-        track = Track.model_validate(read_toml(path))
+        return Track.model_validate(read_toml(path))
     except ValidationError as exc:
         raise SpeedrunError(format_validation_error(str(path), exc)) from None
+
+
+def load_track_file(path: Path) -> Track:
+    """The track of a tracks folder's file, which is named after the track's id."""
+    track = _read_track(path)
     if track.id != path.stem:
         raise SpeedrunError(f"{path}: field 'id' is '{track.id}' but the file is named '{path.stem}'")
     return track
@@ -309,6 +350,21 @@ def available_tracks(tracks_dir: Path = TRACKS_DIR) -> list[str]:
 
 
 def load_track(track_id: str, tracks_dir: Path = TRACKS_DIR) -> Track:
+    """The track ``track_id`` names: an id, of ``<tracks_dir>/<id>.toml``, or the path of a track file ending in
+    ``.toml``. Such a file's id is its ``id`` field, which no track of ``tracks_dir`` may have: their results
+    would share a folder."""
+    if track_id.endswith(".toml"):
+        path = Path(track_id).absolute()
+        track = _read_track(path)
+        if track.id in available_tracks(tracks_dir):
+            if path.resolve() == (tracks_dir / f"{track.id}.toml").resolve():
+                return load_track(track.id, tracks_dir)
+            raise SpeedrunError(
+                f"{path}: track id '{track.id}' is taken by {tracks_dir / f'{track.id}.toml'}; give this track "
+                "another id (field 'id')"
+            )
+        track._file = path
+        return track
     if not TRACK_ID.fullmatch(track_id):
         raise SpeedrunError(f"{track_id!r} is not a valid track id; known: {available_tracks(tracks_dir)}")
     path = tracks_dir / f"{track_id}.toml"

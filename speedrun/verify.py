@@ -83,14 +83,17 @@ def verify_paths(
     info: Callable[[str], None] = lambda message: print(f"note: {message}", file=sys.stderr),
     unsigned_ok: bool = False,
     local_data: bool = True,
+    tracks: Iterable[Track] = (),
 ) -> Verification:
     """Every problem of the tracks and of the given submission folders, manifests or results files (none:
-    every submission); ``info`` receives notes on checks that could not run, which are not problems.
+    every submission), besides the tracks folder's on ``tracks`` (track files of one's own, from ``load_track``);
+    ``info`` receives notes on checks that could not run, which are not problems.
     ``unsigned_ok``: accept unsigned results on the tracks the reproduction re-runs (what it checks before
     signing them). ``local_data``: compare results with this machine's prepared data (the leaderboard does
     not, so that it depends on the repository alone)."""
     verifier = _Verifier(Path(repo_root), data_dir, info, unsigned_ok=unsigned_ok, local_data=local_data)
     problems = verifier.check_tracks()
+    verifier.tracks |= {t.id: t for t in tracks}
     targets = _targets([Path(p) for p in paths], verifier.repo_root, problems)
     for folder, (files, whole) in sorted(targets.items()):
         problems += verifier.check_submission(folder, files, whole)
@@ -314,13 +317,14 @@ class _Verifier:
         self, folder: Path, track_id: str, results: list[RunResult], failing: list[Path], sub: Submission | None
     ) -> Iterable[tuple[str, str]]:
         """The leaderboard-entry rule for one submission on one track, given its valid and failing files."""
-        if sub is not None and track_id not in sub.manifest.tracks:
+        track = self.tracks.get(track_id)
+        # Any submission may race on a track file of one's own; on a track of the folder, those that target it.
+        if sub is not None and track_id not in sub.manifest.tracks and (track is None or track.file is None):
             yield "tracks", f"results for track '{track_id}', which {MANIFEST} does not target"
             return
-        track = self.tracks.get(track_id)
         if track is None:
             return  # the unknown track is already reported on each of its results files
-        run = f"speedrun run {_rel(folder, self.repo_root)} --track {track_id}"
+        run = f"speedrun run {_rel(folder, self.repo_root)} --track {track.ref}"
         seeds = [r.seed for r in results if r.status == "ok"]
         if repeated := sorted(s for s, c in Counter(seeds).items() if c > 1):
             yield "seed", f"seed(s) {repeated} used by more than one run"
@@ -364,12 +368,12 @@ class _Verifier:
         track = self.tracks.get(result.track)
         if track is None:
             where = _rel(self.tracks_dir, self.repo_root)
-            found = [*found, ("track", f"no valid track '{result.track}' in {where}")]
+            own = "a track file of one's own is named with --track path/to/track.toml"
+            found = [*found, ("track", f"no valid track '{result.track}' in {where} ({own})")]
         else:
             # The effective track (overrides applied), unless the manifest's problem is reported instead.
-            effective = (
-                sub.track(result.track, self.tracks_dir) if sub and result.track in sub.manifest.tracks else None
-            )
+            targets = sub and (track.file or result.track in sub.manifest.tracks)
+            effective = sub.track(track.ref, self.tracks_dir) if targets else None
             found = chain(
                 found,
                 self._provenance(result, folder, code, track, rerun_hint),
@@ -398,9 +402,10 @@ class _Verifier:
         seed = _SEED_FILE.fullmatch(path.stem)
         if seed is None:
             return move  # its name is no seed's (a problem of its own); `speedrun run` never reads it
+        track = self.tracks.get(path.parent.name)
         return (
             f"to re-run it, {move}, then run `speedrun run {_rel(folder, self.repo_root)} "
-            f"--track {path.parent.name} --seed {seed.group(1)} --no-resume`"
+            f"--track {track.ref if track else path.parent.name} --seed {seed.group(1)} --no-resume`"
         )
 
     def _provenance(

@@ -179,7 +179,7 @@ def resume_command(
                 master_port=os.environ.get("MASTER_PORT", "29500"),
             )
     flags = cli_flags(
-        track=track.id,
+        track=track.ref,
         seed=seed,
         runs_dir=runs if runs.resolve() != runs_root().resolve() else None,
         data_dir=data_dir,

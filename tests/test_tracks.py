@@ -560,3 +560,47 @@ def test_a_stray_file_in_tracks_is_named(tmp_path: Path, stray: str) -> None:
         (tracks / stray).write_text(PRX_TEXT)
     with pytest.raises(SpeedrunError, match=re.escape(f"{tracks / stray}: not a track file")):
         available_tracks(tracks)
+
+
+# --------------------------------------------------------------------------------------------------
+# Track files of one's own, named by their path
+
+
+def own_track(folder: Path, **data: Any) -> Path:
+    """tracks/smoke.toml as a track file of one's own, ``own.toml`` in ``folder``, id "mine"."""
+    d = tomllib.loads((TRACKS_DIR / "smoke.toml").read_text())
+    d["id"] = "mine"
+    d["data"].update(data)
+    return write_track(folder, d, "own")
+
+
+def test_a_track_file_is_named_by_its_path_and_identified_by_its_id(tmp_path: Path) -> None:
+    first, second = own_track(tmp_path / "a"), own_track(tmp_path / "b")
+    track = load_track(str(first))
+    assert (track.id, track.file, track.ref) == ("mine", first, str(first))
+    assert track.with_overrides({"optim.lr": 2e-3}).ref == str(first)
+    # Where the file lies is no part of the track: the hash every result records is the same.
+    assert load_track(str(second)).content_hash == track.content_hash
+    assert load_track("smoke").ref == "smoke" and load_track("smoke").file is None
+    assert load_track(str(TRACKS_DIR / "smoke.toml")) == load_track("smoke")  # a track of tracks/ by its path
+
+
+def test_a_track_file_may_not_take_the_id_of_a_track_of_the_folder(tmp_path: Path) -> None:
+    path = write_track(tmp_path, (TRACKS_DIR / "tiny.toml").read_text(), "my-tiny")
+    with pytest.raises(SpeedrunError) as info:
+        load_track(str(path))
+    assert str(info.value) == (
+        f"{path}: track id 'tiny' is taken by {TRACKS_DIR / 'tiny.toml'}; give this track another id (field 'id')"
+    )
+
+
+def test_an_imagefolder_track_cannot_ask_for_prompt_adherence(tmp_path: Path) -> None:
+    path = own_track(tmp_path, dataset="imagefolder", source="images")
+    with pytest.raises(SpeedrunError) as info:
+        load_track(str(path))
+    message = str(info.value)
+    assert message.startswith(f"{path}: field 'eval': metrics ['prompt_adherence'] need captions annotated"), message
+    assert "dataset 'imagefolder' lacks" in message
+    d = tomllib.loads(path.read_text())
+    d["eval"]["metrics"].remove("prompt_adherence")
+    assert load_track(str(write_track(tmp_path, d, "own"))).data.dataset == "imagefolder"

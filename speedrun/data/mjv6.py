@@ -64,9 +64,10 @@ def load_source(source: str, local: str | Path | None = None) -> Any:
     return dataset
 
 
-def split_rows(ids: list[str], counts: dict[str, int]) -> dict[str, np.ndarray]:
-    """Row numbers of each split (see module doc); SpeedrunError if there are too few rows."""
-    digests = (hashlib.sha256(f"mjv6/heldout/{i}".encode()).digest() for i in ids)
+def split_rows(ids: list[str], counts: dict[str, int], namespace: str = "mjv6") -> dict[str, np.ndarray]:
+    """Row numbers of each split (see module doc), rows ordered by ``sha256(<namespace>/heldout/<id>)``;
+    SpeedrunError if there are too few rows."""
+    digests = (hashlib.sha256(f"{namespace}/heldout/{i}".encode()).digest() for i in ids)
     keys = np.array([int.from_bytes(d[:8], "little") for d in digests], dtype=np.uint64)
     order = np.argsort(keys, kind="stable")
     n_ref, n_val = counts["reference"], counts["validation"]
@@ -93,7 +94,7 @@ def center_crop_resize(image: Any, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
-def _decode(cell: dict[str, Any], size: int) -> np.ndarray:
+def decode(cell: dict[str, Any], size: int) -> np.ndarray:
     """An undecoded HF ``Image`` cell (bytes or path) -> uint8 (size, size, 3)."""
     from PIL import Image
 
@@ -131,6 +132,6 @@ class Mjv6Source:
         rows = self.rows[split][start : start + count].tolist()
         batch = self.dataset[rows]
         with ThreadPoolExecutor(DECODE_WORKERS) as pool:  # PIL releases the GIL while decoding
-            images = list(pool.map(lambda cell: _decode(cell, self.image_size), batch[IMAGE_COLUMN]))
+            images = list(pool.map(lambda cell: decode(cell, self.image_size), batch[IMAGE_COLUMN]))
         captions = [self._caption(batch, i) for i in range(len(rows))]
         return np.stack(images), captions, None

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from speedrun.data import mjv6, shapes, shards, teacher
+from speedrun.data import imagefolder, mjv6, shapes, shards, teacher
 from speedrun.data.shards import MANIFEST_NAME, NULL_DIR, SPLITS, TEACHER_FILE, ShardEntry, TextEncoderInfo
 from speedrun.data.text import TextEncoder, get_text_encoder, text_encoder_class
 from speedrun.data.vae import FLUX_DOWNSAMPLE, FLUX_LATENT_CHANNELS, FluxVAE, load_flux_vae, parse_ref
@@ -134,10 +134,14 @@ def dataset_definition(
     # split_hashes check a dataset; train_images and teacher at their defaults (False, None) are left out so
     # that datasets prepared before the fields existed keep their directory.
     exclude = {"split_hashes"} | {field for field in ("train_images", "teacher") if not getattr(data, field)}
+    if data.dataset == "imagefolder":
+        source = imagefolder.definition(track)
+    else:
+        source = _ShapesSource.definition if data.dataset == "shapes" else mjv6.Mjv6Source.definition
     return {
         "format_version": shards.FORMAT_VERSION,
         "data": data.model_dump(mode="json", exclude=exclude),
-        "source": _ShapesSource.definition if data.dataset == "shapes" else mjv6.Mjv6Source.definition,
+        "source": source,
         "text_encoder": text.model_dump(),
         "vae": _vae_identity(track, vae),
         "examples_per_shard": examples_per_shard or _examples_per_shard(track, text, vae),
@@ -346,6 +350,8 @@ def prepare(
     counts = {split: getattr(data, f"{split}_examples") for split in SPLITS}
     if data.dataset == "shapes":
         data_source: Any = _ShapesSource(track, counts)
+    elif data.dataset == "imagefolder":
+        data_source = imagefolder.ImageFolderSource(track, counts)
     else:
         data_source = mjv6.Mjv6Source(mjv6.load_source(data.source, source), data.image_size, counts)
     if device is None and torch.cuda.is_available():

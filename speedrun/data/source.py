@@ -34,7 +34,7 @@ class TrainData:
         root = dataset_dir(track, data_root)
         if not (root / MANIFEST_NAME).is_file():
             raise SpeedrunError(
-                f"{root}: data for track '{track.id}' is not prepared; run `{prepare_command(track.id, data_root)}`"
+                f"{root}: data for track '{track.id}' is not prepared; run `{prepare_command(track.ref, data_root)}`"
             )
         return cls(open_dataset(root))
 
