@@ -95,13 +95,11 @@ def _save(write: Callable[[Any, str], Any], obj: Any, path: Path) -> None:
     limit) carry no OSError: raised as the OSError behind them; any other error as it is."""
     try:
         write(obj, str(path))
-    except SafetensorError as exc:
+    except (SafetensorError, RuntimeError) as exc:
+        # safetensors names the errno; torch's stream error does not: the write failed if the file refuses one
+        # more byte too, and the refusal says why (after another fault, a CUDA error say, the byte goes in).
         if code := OS_ERROR.search(str(exc)):
             raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from exc
-        raise
-    except RuntimeError as exc:
-        # torch's stream error has no errno: it was the write's when the file refuses one more byte, and
-        # that refusal says why; after another failure (a CUDA fault copying a tensor) the byte goes in.
         try:
             with open(path, "ab") as handle:
                 handle.write(b"\0")
