@@ -10,10 +10,11 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from pydantic import ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -24,6 +25,7 @@ from speedrun.results import CheckpointMeta
 COMPONENT_PREFIX = "components."
 META_DIGEST = "meta_sha256"
 STEP_NAME = re.compile(r"step-\d{8}")
+OS_ERROR = re.compile(r"\(os error (\d+)\)")  # an errno as Rust's std::io::Error shows it (safetensors' writer)
 
 
 def _meta_digest(meta: dict[str, Any]) -> str:
@@ -88,6 +90,24 @@ def discard_checkpoints(root: Path) -> None:
         ) from None
 
 
+def _save(write: Callable[[Any, str], Any], obj: Any, path: Path) -> None:
+    """``write(obj, path)`` by safetensors or torch.save, whose failed writes (a full disk, past the file-size
+    limit) carry no OSError: raised as the OSError behind them; any other error as it is."""
+    try:
+        write(obj, str(path))
+    except (SafetensorError, RuntimeError) as exc:
+        # safetensors names the errno; torch's stream error does not: the write failed if the file refuses one
+        # more byte too, and the refusal says why (after another fault, a CUDA error say, the byte goes in).
+        if code := OS_ERROR.search(str(exc)):
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from exc
+        try:
+            with open(path, "ab") as handle:
+                handle.write(b"\0")
+        except OSError as refused:
+            raise OSError(refused.errno, refused.strerror, str(path)) from exc
+        raise
+
+
 def write_checkpoint(
     root: Path, meta: CheckpointMeta, tensors: dict[str, torch.Tensor], optim_state: dict[str, Any], rng: dict[str, Any]
 ) -> Path:
@@ -100,9 +120,9 @@ def write_checkpoint(
         shutil.rmtree(stale, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
-        torch.save(optim_state, tmp / "optimizer.pt")
-        torch.save(rng, tmp / "rng.pt")
+        _save(save_file, {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / "model.safetensors")
+        _save(torch.save, optim_state, tmp / "optimizer.pt")
+        _save(torch.save, rng, tmp / "rng.pt")
         files = {name: sha256_file(tmp / name) for name in ("model.safetensors", "optimizer.pt", "rng.pt")}
         keys = sorted(k for k in tensors if k.startswith(COMPONENT_PREFIX))
         data = meta.model_copy(update={"files": files, "component_keys": keys}).model_dump()

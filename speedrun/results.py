@@ -4,24 +4,45 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from speedrun.errors import SpeedrunError, format_validation_error
 from speedrun.fileio import atomic_write_text
+from speedrun.metrics import METRICS
 from speedrun.tracks import canonical_hash
 
 SCHEMA_VERSION = 1
+# A results file is a few kB: the cap keeps a planted huge file out of memory.
+MAX_RESULT_BYTES = 1 << 20
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # json reads NaN and Infinity, which no recorded measurement is: every number is finite.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _within_bounds(values: dict[str, float | None]) -> dict[str, float | None]:
+    for name, value in values.items():
+        lower = METRICS[name].lower if name in METRICS else None
+        if value is not None and lower is not None and value < lower:
+            raise ValueError(f"'{name}' is {value}, below the least value the metric takes ({lower})")
+    return values
+
+
+# Metric name -> value (None: unavailable), each at or above its registry's lower bound.
+MetricValues = Annotated[dict[str, float | None], AfterValidator(_within_bounds)]
+NonNegative = Annotated[float, Field(ge=0)]
 
 
 class TrainSummary(_Model):
     """How one seed's training ended, from the trainer (``train_summary.json``) to the launcher."""
+
+    model_config = ConfigDict(allow_inf_nan=True)  # a diverged run's final_loss is NaN or infinite
 
     status: Literal["ok", "diverged", "interrupted"]
     steps: int
@@ -59,7 +80,7 @@ class EvalReport(_Model):
     protocol_hash: str
     harness_sha256: str = Field(description="The code that scored it: a report is reused only from the same.")
     samples: int
-    metrics: dict[str, float | None] = {}
+    metrics: MetricValues = {}
     unavailable: dict[str, str] = {}
     reference_stats_sha256: dict[str, str] = {}
     extractor_weights: dict[str, str] = {}
@@ -112,44 +133,45 @@ class CheckpointMeta(BaseModel):
 
 
 class Failure(_Model):
-    step: int | None = Field(description="Step at which the run stopped (diverged or failed).")
+    step: int | None = Field(ge=0, description="Step at which the run stopped (diverged or failed).")
     reason: str = Field(description="Why it stopped, in words.")
+    # Any sign: a submission's objective may subtract terms (contrastive-fm does).
     last_finite_loss: float | None = Field(None, description="Last finite training loss before divergence.")
 
 
 class EvalPoint(_Model):
-    step: int = Field(description="Training step of the evaluated checkpoint.")
-    metrics: dict[str, float | None] = Field(description="Metric name -> value (None: unavailable).")
+    step: int = Field(ge=0, description="Training step of the evaluated checkpoint.")
+    metrics: MetricValues = Field(description="Metric name -> value (None: unavailable).")
     unavailable: dict[str, str] = Field(default_factory=dict, description="Metric -> why it is unavailable.")
-    samples: int = Field(description="Generated samples the metrics used.")
+    samples: int = Field(ge=1, description="Generated samples the metrics used.")
 
 
 class Timing(_Model):
-    train_clock_s: float = Field(description="Timed training incl. data loading, excl. eval/ckpt; slowest rank's.")
-    warmup_s: float = Field(description="Untimed warmup/compile steps (then undone).")
-    data_s: float = Field(description="Part of the clock spent waiting for batches.")
-    checkpoint_s: float = Field(description="Checkpoint writing (clock paused).")
-    validation_s: float = Field(description="Validation-loss passes (clock paused).")
-    eval_s: float = Field(description="Separate-process evaluation (sampling + metrics).")
-    wall_s: float = Field(description="Whole run, start to results file.")
-    gpu_hours: float = Field(description="train_clock_s x devices / 3600.")
+    train_clock_s: NonNegative = Field(description="Timed training incl. data loading, excl. eval/ckpt (slowest rank).")
+    warmup_s: NonNegative = Field(description="Untimed warmup/compile steps (then undone).")
+    data_s: NonNegative = Field(description="Part of the clock spent waiting for batches.")
+    checkpoint_s: NonNegative = Field(description="Checkpoint writing (clock paused).")
+    validation_s: NonNegative = Field(description="Validation-loss passes (clock paused).")
+    eval_s: NonNegative = Field(description="Separate-process evaluation (sampling + metrics).")
+    wall_s: NonNegative = Field(description="Whole run, start to results file.")
+    gpu_hours: NonNegative = Field(description="train_clock_s x devices / 3600.")
 
 
 class Speed(_Model):
-    batches_per_second: float | None = Field(description="Median over steady-state windows of the clock.")
-    images_per_second: float | None = Field(description="batches_per_second x global batch.")
-    flops_per_step: int = Field(description="Model FLOPs of one training step (3 x forward matmul FLOPs).")
-    mfu: float | None = Field(description="flops_per_step x batches/s / (peak FLOP/s x devices); None on CPU.")
-    peak_memory_bytes: int | None = Field(description="Peak CUDA memory allocated on rank 0.")
+    batches_per_second: float | None = Field(gt=0, description="Median over steady-state windows of the clock.")
+    images_per_second: float | None = Field(gt=0, description="batches_per_second x global batch.")
+    flops_per_step: int = Field(ge=0, description="Model FLOPs of one training step (3 x forward matmul FLOPs).")
+    mfu: float | None = Field(ge=0, description="flops_per_step x batches/s / (peak FLOP/s x devices); None on CPU.")
+    peak_memory_bytes: int | None = Field(ge=0, description="Peak CUDA memory allocated on rank 0.")
 
 
 class Hardware(_Model):
     device_type: str
     device_names: list[str] = Field(min_length=1, description="Each device's name; the CPU's for a CPU run.")
-    device_count: int
+    device_count: int = Field(ge=1)
     driver: str | None
     cpu: str = Field(description="CPU model name and architecture, from /proc/cpuinfo on Linux.")
-    cpu_count: int = Field(description="CPU cores this process may run on (its affinity set).")
+    cpu_count: int = Field(ge=1, description="CPU cores this process may run on (its affinity set).")
 
 
 class Software(_Model):
@@ -183,19 +205,20 @@ class RunResult(_Model):
     run_id: str = Field(description="'seed<N>' : one results file per seed.")
     submission: str
     track: str
-    track_version: int
-    seed: int
+    track_version: int = Field(ge=1)
+    seed: int = Field(ge=0)
     status: Literal["ok", "diverged", "failed"]
     failure: Failure | None = None
-    steps: int = Field(description="Optimizer steps completed.")
-    metrics: dict[str, float | None] = Field(description="Final evaluation's metrics.")
+    steps: int = Field(ge=0, description="Optimizer steps completed.")
+    metrics: MetricValues = Field(description="Final evaluation's metrics.")
     unavailable: dict[str, str] = Field(default_factory=dict, description="Metric -> why it is unavailable.")
     evals: list[EvalPoint] = Field(description="Every evaluation, in step order.")
-    val_loss_curve: list[dict[str, float]] = Field(description="[{step, val_loss}] from the trainer.")
+    # The validation loss is the plain flow-matching mean squared error, whatever the submission trains on.
+    val_loss_curve: list[dict[str, NonNegative]] = Field(description="[{step, val_loss}] from the trainer.")
     speed: Speed
     timing: Timing
     kernels: str = Field(description="Attention/RoPE dispatch used: torch or triton.")
-    world_size: int
+    world_size: int = Field(ge=1)
     hardware: Hardware
     software: Software
     provenance: Provenance
@@ -218,20 +241,31 @@ def write_result(path: Path, result: RunResult) -> None:
 
 
 def load_result(path: Path, check_digest: bool = True) -> RunResult:
-    """Parse and validate a results file; errors say what is wrong only, callers add their remedy."""
+    """The results file ``path``, as every reader takes it: a regular file (a symbolic link is refused before
+    it is opened) of at most ``MAX_RESULT_BYTES``, then schema and digest. Errors say what is wrong only,
+    callers add their remedy."""
     try:
+        st = os.lstat(path)  # the name itself, never what a link points to
+        if stat.S_ISLNK(st.st_mode):
+            raise SpeedrunError(f"{path}: a symbolic link, not a results file (results are never read through links)")
+        if not stat.S_ISREG(st.st_mode):
+            raise SpeedrunError(f"{path}: not a regular file")
+        if st.st_size > MAX_RESULT_BYTES:
+            raise SpeedrunError(f"{path}: {st.st_size} bytes, more than a results file's limit of {MAX_RESULT_BYTES}")
         data = json.loads(path.read_text())
+        result = RunResult.model_validate(data)
+        digest = compute_digest(data) if check_digest else result.digest
     except FileNotFoundError:
         raise SpeedrunError(f"{path}: no such results file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SpeedrunError(f"{path}: not valid JSON ({exc})") from None
-    except OSError as exc:  # a folder of that name, or no permission to read it
+    except OSError as exc:  # no permission to read it
         raise SpeedrunError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    try:
-        result = RunResult.model_validate(data)
+    except RecursionError:  # json recurses once per nesting level: the interpreter's limit is the depth cap
+        raise SpeedrunError(f"{path}: not valid JSON (nested too deeply)") from None
     except ValidationError as exc:
         raise SpeedrunError(format_validation_error(str(path), exc)) from None
-    if check_digest and compute_digest(data) != result.digest:
+    except ValueError as exc:  # a JSON syntax error, bytes that are not UTF-8, an integer of over 4300 digits
+        raise SpeedrunError(f"{path}: not valid JSON ({exc})") from None
+    if digest != result.digest:
         raise SpeedrunError(f"{path}: field 'digest' does not match the content: the file was edited after the run")
     return result
 

@@ -1,4 +1,4 @@
-"""Reproduced results: Ed25519 signatures by the maintainers' reproduction, and the one checked reader.
+"""Reproduced results: Ed25519 signatures by the maintainers' reproduction.
 
 A maintainer's reproduction re-runs an entry's required seeds with this harness and signs each results file
 it wrote with a key that only it holds (``speedrun sign``). The signature covers the file's ``digest``, the
@@ -26,14 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from speedrun.errors import SpeedrunError, format_validation_error
 from speedrun.fileio import atomic_write_text
-from speedrun.results import RunResult, load_result
+from speedrun.results import RunResult
 from speedrun.tracks import read_toml
 
 KEYS_FILE = Path("keys") / "reproduction.toml"
 SIGNING_KEY_ENV = "SPEEDRUN_SIGNING_KEY"  # the PEM text of the private key, as a CI secret holds it
 SIGNATURE_SUFFIX = ".sig"
-# A results file is a few kB: the cap keeps a planted huge file (or a link to /dev/zero) out of memory.
-MAX_RESULT_BYTES = 1 << 20
 # Domain separation: a signature over a result can never be one over anything else this key signs.
 _CONTEXT = b"prx-speedrun result v1\0"
 
@@ -120,27 +118,6 @@ def load_trust(repo_root: Path) -> Trust:
 
 def signature_path(result_path: Path) -> Path:
     return result_path.with_name(result_path.name + SIGNATURE_SUFFIX)
-
-
-def read_result(path: Path) -> RunResult:
-    """A results file through the checks every reader shares: a regular file, not a symbolic link (refused
-    before it is opened), at most ``MAX_RESULT_BYTES``, then schema and digest (``results.load_result``)."""
-    try:
-        st = os.lstat(path)  # never follows a link: one look at the name itself
-    except FileNotFoundError:
-        raise SpeedrunError(f"{path}: no such results file") from None
-    except OSError as exc:
-        raise SpeedrunError(f"{path}: cannot read it ({exc.strerror})") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise SpeedrunError(f"{path}: a symbolic link, not a results file (results are never read through links)")
-    if not stat.S_ISREG(st.st_mode):
-        raise SpeedrunError(f"{path}: not a regular file")
-    if st.st_size > MAX_RESULT_BYTES:
-        raise SpeedrunError(f"{path}: {st.st_size} bytes, more than a results file's limit of {MAX_RESULT_BYTES}")
-    try:
-        return load_result(path)
-    except RecursionError:  # json's parser recurses once per nesting level
-        raise SpeedrunError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def signer(path: Path, digest: str, keys: dict[str, ReproductionKey]) -> str | None:

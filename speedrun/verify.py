@@ -30,7 +30,7 @@ from speedrun.provenance import code_changes, code_record, harness_sha256
 from speedrun.results import RunResult, identity_problems, load_result, missing_seeds
 from speedrun.submission import MANIFEST, Submission, discover_submissions, load_submission
 from speedrun.tracks import REPO_ROOT, Track, load_track_file
-from speedrun.trust import KEYS_FILE, load_trust, read_result, sign, signer
+from speedrun.trust import KEYS_FILE, load_trust, sign, signer
 
 RERUN_TRACK = "smoke"
 # A re-run on other hardware or software is not bit-identical; it only has to land near the record.
@@ -361,7 +361,7 @@ class _Verifier:
         folder's ``code_record`` now."""
         rerun_hint = self.rerun_hint(path, folder)
         try:
-            result = read_result(path)
+            result = load_result(path)
         except SpeedrunError as exc:
             return None, [self.problem(path, _field_of(exc), f"{exc}; {rerun_hint}")]
         found: Iterable[tuple[str, str]] = identity_problems(path, folder, result)

@@ -1,10 +1,13 @@
-"""checkpoint: a seed started over discards its old checkpoints, or says what stopped it."""
+"""checkpoint: a seed started over discards its old checkpoints, or says what stopped it; a write the
+kernel refuses is one message and leaves no partial copy."""
 
 from __future__ import annotations
 
 import errno
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,35 @@ def test_an_entry_vanishing_mid_delete_is_not_taken_for_nothing_to_delete(tmp_pa
         discard_checkpoints(root)
 
 
+# Bytes a file may grow to in the writing process: past meta.json and rng.pt, short of the large file.
+FILE_SIZE_LIMIT = 1 << 16
+WRITE_UNDER_THE_LIMIT = """
+import resource, sys
+from pathlib import Path
+import torch
+from speedrun.checkpoint import write_checkpoint
+from speedrun.errors import SpeedrunError
+from speedrun.results import CheckpointMeta
+
+root, large, limit = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+big, small = torch.zeros(limit), torch.zeros(4)  # float32: 4 x limit bytes
+meta = CheckpointMeta(step=2, track="smoke", track_hash="0", model_config="m", text_dim=4, seed=0, world_size=1)
+tensors, optim_state = {"w": big if large == "model" else small}, {"m": big if large == "optimizer" else small}
+# CPython ignores SIGXFSZ: a write past the limit fails with EFBIG instead of killing the process.
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    write_checkpoint(root, meta, tensors, optim_state, {"cpu": torch.get_rng_state()})
+except SpeedrunError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize("large", ["model", "optimizer"])  # written by safetensors, by torch.save
+def test_a_checkpoint_past_the_file_size_limit_is_one_message_and_leaves_nothing(tmp_path: Path, large: str) -> None:
+    root = tmp_path / "checkpoints"
+    args = [sys.executable, "-c", WRITE_UNDER_THE_LIMIT, str(root), large, str(FILE_SIZE_LIMIT)]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    step = root / "step-00000002"
+    assert proc.stdout == f"{step}: cannot write it (File too large); the partial copy was removed\n", proc.stdout
+    assert list(root.iterdir()) == []  # no partial folder, no latest

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,31 @@ def test_a_failed_atomic_write_leaves_the_old_file(tmp_path: Path, monkeypatch: 
     with pytest.raises(SpeedrunError, match=f"{target}: cannot write it \\(No space left on device\\)"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+WRITE_PAST_THE_LIMIT = """
+import resource, sys
+from pathlib import Path
+from speedrun.errors import SpeedrunError
+from speedrun.fileio import atomic_write_text
+
+# CPython ignores SIGXFSZ: a write past the limit fails with EFBIG instead of killing the process.
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    atomic_write_text(Path(sys.argv[1]), "x" * 8192)
+except SpeedrunError as exc:
+    print(exc)
+"""
+
+
+def test_an_atomic_write_past_the_file_size_limit_leaves_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "seed0.json"
+    target.write_text("old")
+    args = [sys.executable, "-c", WRITE_PAST_THE_LIMIT, str(target)]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{target}: cannot write it (File too large); the file is unchanged\n"
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["seed0.json"]
 
 
 def test_an_atomic_write_below_a_file_names_the_file_in_the_way(tmp_path: Path) -> None:

@@ -17,4 +17,4 @@ def test_every_metric_loads_and_the_smoke_track_runs_them_all() -> None:
 
 def test_a_metric_registered_twice_is_refused() -> None:
     with pytest.raises(ValueError, match="metric 'fid' is registered twice"):
-        _registry(METRICS["fid"], Metric("fid", "max", "images", "speedrun.eval.scores:feature_distance"))
+        _registry(METRICS["fid"], Metric("fid", "max", "images", "speedrun.eval.scores:feature_distance", 0.0))

@@ -1,5 +1,8 @@
-"""Hardware provenance: the CPU is named by its model, not only by its architecture."""
+"""Hardware provenance: the CPU is named by its model, not only by its architecture. Results files: a number
+out of its range is refused with one message naming the file and field."""
 
+import json
+import math
 import os
 import platform
 import re
@@ -11,6 +14,7 @@ import torch
 from speedrun.errors import SpeedrunError
 from speedrun.provenance import cpu_model, hardware_info
 from speedrun.results import load_result
+from speedrun.tracks import REPO_ROOT
 
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -54,4 +58,31 @@ def test_load_result_errors_describe_without_a_remedy(tmp_path: Path):
     folder.mkdir()
     with pytest.raises(SpeedrunError) as info:
         load_result(folder)
-    assert str(info.value) == f"{folder}: cannot read it (Is a directory)"
+    assert str(info.value) == f"{folder}: not a regular file"
+
+
+def set_field(section: str, key: str, value: float):
+    return lambda data: data[section].update({key: value})
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (set_field("metrics", "fid", -1.0), "'metrics': 'fid' is -1.0, below the least value the metric takes (0.0)"),
+        (set_field("metrics", "val_loss", math.nan), "'metrics.val_loss': Input should be a finite number (got nan)"),
+        (set_field("timing", "wall_s", math.inf), "'timing.wall_s': Input should be a finite number (got inf)"),
+        (
+            set_field("speed", "batches_per_second", -4.0),
+            "'speed.batches_per_second': Input should be greater than 0 (got -4.0)",
+        ),
+    ],
+    ids=["negative-fid", "nan-loss", "infinite-time", "negative-rate"],
+)
+def test_a_number_out_of_its_range_is_one_message_naming_file_and_field(tmp_path: Path, edit, problem: str):
+    data = json.loads((REPO_ROOT / "submissions" / "baseline" / "results" / "tiny" / "seed0.json").read_text())
+    edit(data)
+    path = tmp_path / "seed0.json"
+    path.write_text(json.dumps(data))  # Python's json writes NaN and Infinity, and reads them back
+    with pytest.raises(SpeedrunError) as info:
+        load_result(path)
+    assert str(info.value) == f"{path}: field {problem}"

@@ -21,10 +21,10 @@ from speedrun.cli import app
 from speedrun.errors import SpeedrunError
 from speedrun.leaderboard import build_board
 from speedrun.provenance import code_record
-from speedrun.results import compute_digest, load_result
+from speedrun.results import MAX_RESULT_BYTES, compute_digest, load_result
 from speedrun.run import RunOptions, run_submission
 from speedrun.tracks import TRACKS_DIR
-from speedrun.trust import KEYS_FILE, MAX_RESULT_BYTES, Trust, load_trust, new_key, read_result, signature_path
+from speedrun.trust import KEYS_FILE, Trust, load_trust, new_key, signature_path
 from speedrun.verify import sign_entry, verify_paths
 
 SMOKE = "results/smoke/seed0.json"
@@ -121,12 +121,21 @@ def faster(data: dict) -> None:
     data["speed"] |= {"batches_per_second": 400.0, "images_per_second": 400.0 * 8}
 
 
+SIGNATURE = ("signature", "does not match")
+
+
 @pytest.mark.parametrize(
-    "edit",
-    [fid(1.0), fid(-1000.0), fid(math.inf), flip_to_ok, faster],
+    "edit, refused",
+    [
+        (fid(1.0), SIGNATURE),
+        (fid(-1000.0), ("metrics", "'fid' is -1000.0, below the least value the metric takes (0.0)")),
+        (fid(math.inf), ("metrics.fid", "Input should be a finite number (got inf)")),  # before the signature
+        (flip_to_ok, SIGNATURE),
+        (faster, SIGNATURE),
+    ],
     ids=["better-fid", "negative-fid", "infinite-fid", "diverged-flipped-to-ok", "faster"],
 )
-def test_an_edited_signed_result_with_its_digest_recomputed_is_refused(repo: Path, edit) -> None:
+def test_an_edited_signed_result_with_its_digest_recomputed_is_refused(repo: Path, edit, refused) -> None:
     path = repo / "submissions" / "baseline" / SMOKE
     if edit is flip_to_ok:  # a diverged run, reproduced and signed as such
         failure = {"step": 3, "reason": "non-finite loss at step 3"}
@@ -136,7 +145,8 @@ def test_an_edited_signed_result_with_its_digest_recomputed_is_refused(repo: Pat
         assert problems_of(repo, path) == []
     reseal(path, edit)
     [problem] = problems_of(repo, path)
-    assert problem.startswith("signature: ") and "does not match" in problem
+    field, words = refused
+    assert problem.startswith(f"{field}: ") and words in problem
     assert ranked(repo) == []
 
 
@@ -198,7 +208,7 @@ def test_files_no_reader_should_open_are_refused_before_parsing(repo: Path, kind
     else:
         path.write_text("[" * 100_000)
     with pytest.raises(SpeedrunError) as err:
-        read_result(path)
+        load_result(path)
     assert str(path) in str(err.value)
     [problem] = problems_of(repo, path)
     words = {"symlink": "symbolic link", "link-to-dev-zero": "symbolic link", "oversized": "limit", "nested": "deep"}
