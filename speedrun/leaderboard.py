@@ -180,7 +180,7 @@ def _curves(rows: pd.DataFrame, metric: str) -> tuple[dict[int, list[tuple[float
     busy machine would otherwise skew that seed's ratio."""
     curves, seconds = {}, {}
     for r in rows.loc[rows["status"] == "ok", "result"]:
-        curves[r.seed] = [(e.step, v) for e in r.evals if (v := e.metrics.get(metric)) is not None and math.isfinite(v)]
+        curves[r.seed] = [(e.step, v) for e in r.evals if (v := e.metrics.get(metric)) is not None]
         if r.speed.batches_per_second:
             seconds[r.seed] = 1 / r.speed.batches_per_second
     median = float(np.median(list(seconds.values()))) if seconds else math.nan
