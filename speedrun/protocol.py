@@ -85,23 +85,21 @@ class ComponentContext:
             raise ContractError(
                 f"component '{component}' needs the real images (its teacher reads pixels), but track "
                 f"'{self.track.id}' trains on '{self.track.data.representation}' latents without keeping the "
-                "train images (data.train_images = false); use it on a track that keeps them"
+                "train images (data.train_images = false)"
             )
         self.uses_images = True
 
     def add_trainable(self, name: str, module: nn.Module) -> nn.Module:
-        self._check_new(name)
-        self.trainable[name] = module.to(self.device)
-        return module
+        return self._add(self.trainable, name, module.to(self.device))
 
     def add_frozen(self, name: str, module: nn.Module) -> nn.Module:
-        self._check_new(name)
-        self.frozen[name] = module.to(self.device).eval().requires_grad_(False)
-        return module
+        return self._add(self.frozen, name, module.to(self.device).eval().requires_grad_(False))
 
-    def _check_new(self, name: str) -> None:
+    def _add(self, table: dict[str, nn.Module], name: str, module: nn.Module) -> nn.Module:
         if name in self.trainable or name in self.frozen:
             raise ContractError(f"component module '{name}' registered twice")
+        table[name] = module
+        return module
 
 
 @dataclass
@@ -160,32 +158,26 @@ def collect_hooks(components: list[Component], depth: int) -> dict[int, list[tup
     on the last block refuses image tokens that a routing hook never brought back."""
     hooks: dict[int, list[tuple[Any, Any]]] = {}
     for comp in components:
-        who = label(comp)
-        table = comp.hooks()
+        who, table = label(comp), comp.hooks()
         if not isinstance(table, dict):
-            raise ContractError(
-                f"{who}: hooks() must return a dict {{block_index: (before, after)}}, got {type(table).__name__}"
-            )
+            raise ContractError(f"{who}: hooks() must return a dict {{block_index: (before, after)}}, got "
+                                f"{type(table).__name__}")  # fmt: skip
         for index, pair in table.items():
             # bool is an int, and a negative or too large index would match no block: the hook never runs
             if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < depth:
-                raise ContractError(
-                    f"{who}: hooks() key {reprlib.repr(index)} is not a block index of the denoiser's {depth} "
-                    f"blocks (0..{depth - 1})"
-                )
+                raise ContractError(f"{who}: hooks() key {reprlib.repr(index)} is not a block index of the "
+                                    f"denoiser's {depth} blocks (0..{depth - 1})")  # fmt: skip
             if not (isinstance(pair, tuple) and len(pair) == 2):
-                raise ContractError(
-                    f"{who}: hooks()[{index}] must be a (before, after) pair of hooks or None, got {reprlib.repr(pair)}"
-                )
-            checked = []
+                raise ContractError(f"{who}: hooks()[{index}] must be a (before, after) pair of hooks or None, "
+                                    f"got {reprlib.repr(pair)}")  # fmt: skip
             for position, hook in zip(("before", "after"), pair):
                 if hook is not None and not callable(hook):
-                    raise ContractError(
-                        f"{who}: hooks()[{index}] {position} hook is not callable (got {type(hook).__name__})"
-                    )
-                where = f"{who}, {position} hook of block index {index}"
-                checked.append(None if hook is None else _checked(hook, where))
-            hooks.setdefault(index, []).append(tuple(checked))
+                    raise ContractError(f"{who}: hooks()[{index}] {position} hook is not callable "
+                                        f"(got {type(hook).__name__})")  # fmt: skip
+            hooks.setdefault(index, []).append(tuple(
+                None if h is None else _checked(h, f"{who}, {p} hook of block index {index}")
+                for p, h in zip(("before", "after"), pair)
+            ))  # fmt: skip
     if hooks:
         hooks.setdefault(depth - 1, []).append((None, _all_tokens_back))
     return hooks
@@ -208,18 +200,13 @@ def _checked(hook: BlockHook, who: str) -> BlockHook:
             raise ContractError(f"{who} returned {type(out).__name__}, not a tensor of image tokens")
         expected = (tokens.shape[0], count, tokens.shape[2])
         if out.shape != expected:
-            if index is not None:
-                rule = f"state.token_index keeps {count} tokens"
-            elif was_routed:
-                rule = f"routing ended (state.token_index None): every one of the {count} image tokens must come back"
-            else:
-                rule = "a hook that does not route keeps the input's shape"
+            rule = (f"state.token_index keeps {count} tokens" if index is not None else
+                    f"routing ended (state.token_index None): every one of the {count} image tokens must come back"
+                    if was_routed else "a hook that does not route keeps the input's shape")  # fmt: skip
             raise ContractError(f"{who} returned tokens of shape {tuple(out.shape)}, expected {expected}; {rule}")
         if out.dtype != tokens.dtype or out.device != tokens.device:
-            raise ContractError(
-                f"{who} returned {out.dtype} tokens on {out.device}, expected {tokens.dtype} on {tokens.device} "
-                "(the input's)"
-            )
+            raise ContractError(f"{who} returned {out.dtype} tokens on {out.device}, expected {tokens.dtype} on "
+                                f"{tokens.device} (the input's)")  # fmt: skip
         return out
 
     return run
@@ -229,10 +216,8 @@ def _all_tokens_back(tokens: torch.Tensor, state: StepState) -> torch.Tensor:
     """Runs after every other hook of the last block: refuses tokens still routed there."""
     if state.token_index is not None:
         who, count = state.records[ROUTING]
-        raise ContractError(
-            f"{who} routed the image tokens (kept {state.token_index.shape[1]} of {count}) and no hook brought "
-            "every token back by the end of the last block"
-        )
+        raise ContractError(f"{who} routed the image tokens (kept {state.token_index.shape[1]} of {count}) and no "
+                            "hook brought every token back by the end of the last block")  # fmt: skip
     return tokens
 
 
