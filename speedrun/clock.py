@@ -18,9 +18,7 @@ class Clock:
     """A pausable stopwatch in seconds; ``elapsed`` includes only running intervals."""
 
     def __init__(self, device: torch.device, offset: float = 0.0) -> None:
-        self.device = device
-        self._accumulated = offset
-        self._started_at: float | None = None
+        self.device, self._accumulated, self._started_at = device, offset, None
 
     def _now(self) -> float:
         if self.device.type == "cuda":

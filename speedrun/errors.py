@@ -28,7 +28,6 @@ class WriteFailed(SpeedrunError):
 
 
 class NotSynced(WriteFailed):
-
     def __init__(self, path: object, reason: str) -> None:
         SpeedrunError.__init__(self, f"{path}: written, but its folder could not be synced to disk ({reason})")
         self.path, self.reason = path, reason

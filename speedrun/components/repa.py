@@ -68,18 +68,15 @@ class REPA(Component):
     def check(cls, params: AlignParams, track: Any) -> None:
         resolve_layer(params.layer, MODEL_CONFIGS[track.model.config]().depth, cls.name)
         if params.teacher == SHAPES_ENCODER and track.data.teacher is None:
-            raise SpeedrunError(
-                f"component '{cls.name}': teacher '{SHAPES_ENCODER}' is trained by prepare on tracks with "
-                f"data.teacher; track '{track.id}' has none"
-            )
+            raise SpeedrunError(f"component '{cls.name}': teacher '{SHAPES_ENCODER}' is trained by prepare on tracks "
+                                f"with data.teacher; track '{track.id}' has none")  # fmt: skip
 
     def setup(self, ctx: ComponentContext) -> None:
         cfg = ctx.model.config
         self.block = resolve_layer(self.params.layer, cfg.depth, self.name)
         teacher = teacher_for(ctx, self.name, self.params.teacher, self.params.random_init_teacher)
         self.teacher: Teacher = ctx.add_frozen(f"{self.name}-teacher", teacher)
-        self.grid = teacher.grid
-        self.weight = self.resolve_weight(ctx)
+        self.grid, self.weight = teacher.grid, self.resolve_weight(ctx)
         self.projector = ctx.add_trainable(self.name, self.build_projector(cfg.hidden_size, teacher.dim))
 
     def resolve_weight(self, ctx: ComponentContext) -> float:

@@ -25,10 +25,8 @@ class XPredParams(Params):
     @classmethod
     def _matches_evaluator(cls, v: float) -> float:
         if v != EVAL_T_CLAMP:
-            raise ValueError(
-                f"the evaluator converts x0 predictions with t_clamp = {EVAL_T_CLAMP}; another value would train "
-                "one conversion and sample with another"
-            )
+            raise ValueError(f"the evaluator converts x0 predictions with t_clamp = {EVAL_T_CLAMP}; another value "
+                             "would train one conversion and sample with another")  # fmt: skip
         return v
 
 
