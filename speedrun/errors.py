@@ -1,6 +1,5 @@
 """The exceptions for what the user must fix, printed by the CLI as one paragraph without a traceback
-(anything else is a harness bug and keeps its traceback). They carry facts; :mod:`speedrun.advice` adds remedies.
-"""
+(anything else is a harness bug and keeps its traceback). They carry facts; :mod:`speedrun.advice` adds remedies."""
 
 from __future__ import annotations
 

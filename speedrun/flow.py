@@ -1,6 +1,5 @@
 """Rectified flow: timesteps, targets, losses, the Euler sampler and validation loss. Everywhere
-``x_t = (1 - t) x0 + t noise`` (t = 1 pure noise) and ``v = dx_t/dt = noise - x0``; sampling runs t = 1 -> 0.
-"""
+``x_t = (1 - t) x0 + t noise`` (t = 1 pure noise) and ``v = dx_t/dt = noise - x0``; sampling runs t = 1 -> 0."""
 
 from __future__ import annotations
 

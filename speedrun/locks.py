@@ -1,8 +1,7 @@
 """The locks that keep one seed's run folder to one run at a time, and one shard of a prepared dataset
 to one writer. All are ``flock``s, which the kernel releases when the last process holding the
 descriptor dies (SIGKILL included), so no stale lock is ever left; the lock files stay, since deleting
-one would let a third run lock a fresh file while the second still holds the old one.
-"""
+one would let a third run lock a fresh file while the second still holds the old one."""
 
 from __future__ import annotations
 

@@ -2,8 +2,7 @@
 
 The trainer builds each manifest entry from its ``Params``, calls ``setup`` once, installs its block hooks
 through :func:`collect_hooks` (which checks the hook contract), adds its loss terms, and lets at most one
-replace the objective. A leaf of the harness; a broken contract raises :class:`ContractError`, the user's error.
-"""
+replace the objective. A leaf of the harness; a broken contract raises :class:`ContractError`, the user's error."""
 
 from __future__ import annotations
 

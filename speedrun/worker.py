@@ -1,7 +1,6 @@
 """The training process of one seed, run by ``speedrun run`` in-process or under torchrun
 (``python -m speedrun.worker SUBMISSION --track T --seed S --run-dir DIR``). It alone imports the
-submission's ``components.py``; rank 0 writes ``DIR/train_summary.json`` atomically.
-"""
+submission's ``components.py``; rank 0 writes ``DIR/train_summary.json`` atomically."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@
 Loss ``repa = -weight * mean over (batch, tokens) of cos(proj(h), y)``: ``h`` the output tokens of block
 ``layer`` (1-based), ``y`` the teacher's patch tokens of the real image (so a latent track must keep
 ``data.train_images``) on the same grid; under routing only the tokens still flowing are compared. The
-projector, REPA's MLP ``Linear(h, P) - SiLU - Linear(P, P) - SiLU - Linear(P, D)``, is dropped at evaluation.
-"""
+projector, REPA's MLP ``Linear(h, P) - SiLU - Linear(P, P) - SiLU - Linear(P, D)``, is dropped at evaluation."""
 
 from __future__ import annotations
 

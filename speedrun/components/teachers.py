@@ -4,8 +4,7 @@ encoder that ``prepare`` trains for tracks with ``data.teacher`` (``speedrun.dat
 ViT weights come from ``$SPEEDRUN_WEIGHTS_DIR/<timm name>/model.safetensors`` (shared with the evaluator's
 DINO), else the Hugging Face cache; missing ones are an error naming the remedy. Only a track evaluating
 with random-init networks (smoke) gets a small random-init stand-in of the same family, with a note. The
-shapes encoder is read from the prepared dataset (``ComponentContext.data_dir``), checked against its manifest.
-"""
+shapes encoder is read from the prepared dataset (``ComponentContext.data_dir``), checked against its manifest."""
 
 from __future__ import annotations
 

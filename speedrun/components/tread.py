@@ -2,8 +2,7 @@
 
 Per training step and sample, ``round(keep * N)`` of the N image tokens, drawn from a CPU generator seeded
 by ``(seed, step, rank)`` (the same on every run and device), go through blocks ``start..end`` (1-based) in
-grid order with their RoPE positions; the rest rejoin after ``end``. At evaluation every token is used.
-"""
+grid order with their RoPE positions; the rest rejoin after ``end``. At evaluation every token is used."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """x-prediction: the network outputs the clean sample ``x0_hat``; the loss compares its velocity
 ``(x_t - x0_hat) / max(t, t_clamp)`` with ``noise - x0`` by MSE (JiT-style; PRX part 3). The evaluator
-converts with ``speedrun.flow.velocity_from_prediction``, whose ``t_clamp`` must be ours (unrecorded).
-"""
+converts with ``speedrun.flow.velocity_from_prediction``, whose ``t_clamp`` must be ours (unrecorded)."""
 
 from __future__ import annotations
 

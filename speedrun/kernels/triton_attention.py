@@ -3,8 +3,7 @@
 Forward: online softmax in fp32, saving the output and row LSE. Backward: delta = rowsum(dO * O), then
 one program per batch*head walks its key blocks (dK, dV in registers, dQ shares added to fp32 partial
 sums): five matmuls per tile, no atomics (deterministic grads); padding-only key blocks are skipped.
-Without a GPU, set ``TRITON_INTERPRET=1`` before importing this module and pass CPU tensors.
-"""
+Without a GPU, set ``TRITON_INTERPRET=1`` before importing this module and pass CPU tensors."""
 
 from __future__ import annotations
 

@@ -2,8 +2,7 @@
 
 One launch normalises q and k rows in fp32 and rotates them with one load of the cos/sin tile. The
 backward recomputes the norm; weight grads are reduced in fp32 without atomics (deterministic).
-Without a GPU, set ``TRITON_INTERPRET=1`` before importing this module and pass CPU tensors.
-"""
+Without a GPU, set ``TRITON_INTERPRET=1`` before importing this module and pass CPU tensors."""
 
 from __future__ import annotations
 

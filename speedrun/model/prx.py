@@ -1,8 +1,7 @@
 """The PRX denoiser: a "simplified MMDiT" whose text stream is never updated.
 
 Computes what diffusers' ``PRXTransformer2DModel`` computes (weights map one to one), plus block hooks on
-the image tokens and ``flops_per_step``. ``t`` in [0, 1], t = 1 pure noise, is embedded as ``t * time_scale``.
-"""
+the image tokens and ``flops_per_step``. ``t`` in [0, 1], t = 1 pure noise, is embedded as ``t * time_scale``."""
 
 from __future__ import annotations
 
