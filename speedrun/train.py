@@ -85,9 +85,7 @@ class Trainer:
         optim.check_optimizer_coverage(self.optimizer, [self.model, *self.heads.values()])
 
     def _step(self, step: int, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        x0 = batch.x.to(self.device, non_blocking=True)
-        text = batch.text.to(self.device, non_blocking=True)
-        mask = batch.text_mask.to(self.device, non_blocking=True)
+        x0, text, mask = (x.to(self.device, non_blocking=True) for x in (batch.x, batch.text, batch.text_mask))
         # Randomness is drawn for the global batch, each rank taking its slice: N processes see what 1 process
         # sees. Each draw has its own generator per (seed, step), so seed s of every entry shares it (paired
         # seeds) whatever else an entry draws; on the run's device, as host draws add copies to every step.

@@ -93,10 +93,8 @@ def train_seed(
     from speedrun.train import Trainer, TrainOptions
 
     data = TrainData.open(track, data_root(data_dir))
-    options = TrainOptions(
-        run_dir=run_dir, seed=seed, device=device, resume=resume, progress=progress, stop_after=stop_after,
-        parallel=parallel,
-    )
+    options = TrainOptions(run_dir=run_dir, seed=seed, device=device, resume=resume, progress=progress,
+                           stop_after=stop_after, parallel=parallel)  # fmt: skip
     header = {"submission": submission.name, "manifest": submission.manifest.model_dump(mode="json"),
               "effective_track": track.model_dump(mode="json")}  # fmt: skip
     # Hashed before components.py is imported: the result's provenance names the code that trains.
@@ -147,12 +145,9 @@ def resume_command(submission: Submission, track: Track, seed: int, run_dir: Pat
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         launch["nproc"] = per_node
         if per_node < world_size:
-            launch.update(
-                nnodes=world_size // per_node,
-                node_rank=os.environ.get("GROUP_RANK", "0"),
-                master_addr=os.environ.get("MASTER_ADDR", "127.0.0.1"),
-                master_port=os.environ.get("MASTER_PORT", "29500"),
-            )
+            env = os.environ.get
+            launch.update(nnodes=world_size // per_node, node_rank=env("GROUP_RANK", "0"),
+                          master_addr=env("MASTER_ADDR", "127.0.0.1"), master_port=env("MASTER_PORT", "29500"))
     flags = cli_flags(
         track=track.id, seed=seed, runs_dir=runs if runs.resolve() != runs_root().resolve() else None,
         data_dir=data_dir, device=device, parallel=parallel if parallel != "auto" else None, **launch,
