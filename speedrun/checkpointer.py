@@ -39,10 +39,8 @@ class Checkpointer:
             checkpoint.discard_checkpoints(self.root)
         return None
 
-    def after(
-        self, done: int, last: bool, final: bool, record: CheckpointMeta, optimizer: torch.optim.Optimizer,
-        budget: Budget, log: RunLog,
-    ) -> None:  # fmt: skip
+    def after(self, done: int, last: bool, final: bool, record: CheckpointMeta, optimizer: torch.optim.Optimizer,
+              budget: Budget, log: RunLog) -> None:  # fmt: skip
         """Checkpoint step ``done`` (clock paused) if due: every ``checkpoint_every``, evaluation and ``final`` step."""
         evaluated = done % self.track.eval.interval == 0 or last
         if not (evaluated or final or done % self.track.train.checkpoint_every == 0):

@@ -75,11 +75,8 @@ class REPA(Component):
         self.block = resolve_layer(self.params.layer, cfg.depth, self.name)
         teacher = teacher_for(ctx, self.name, self.params.teacher, self.params.random_init_teacher)
         self.teacher: Teacher = ctx.add_frozen(f"{self.name}-teacher", teacher)
-        self.grid, self.weight = teacher.grid, self.resolve_weight(ctx)
+        self.grid, self.weight = teacher.grid, self.params.weight
         self.projector = ctx.add_trainable(self.name, self.build_projector(cfg.hidden_size, teacher.dim))
-
-    def resolve_weight(self, ctx: ComponentContext) -> float:
-        return self.params.weight
 
     def build_projector(self, hidden: int, dim: int) -> nn.Module:
         p = self.params.projector_dim
