@@ -199,9 +199,12 @@ def _checked(hook: BlockHook, who: str) -> BlockHook:
             raise ContractError(f"{who} returned {type(out).__name__}, not a tensor of image tokens")
         expected = (tokens.shape[0], count, tokens.shape[2])
         if out.shape != expected:
-            rule = (f"state.token_index keeps {count} tokens" if index is not None else
-                    f"routing ended (state.token_index None): every one of the {count} image tokens must come back"
-                    if was_routed else "a hook that does not route keeps the input's shape")  # fmt: skip
+            if index is not None:
+                rule = f"state.token_index keeps {count} tokens"
+            elif was_routed:
+                rule = f"routing ended (state.token_index None): every one of the {count} image tokens must come back"
+            else:
+                rule = "a hook that does not route keeps the input's shape"
             raise ContractError(f"{who} returned tokens of shape {tuple(out.shape)}, expected {expected}; {rule}")
         if out.dtype != tokens.dtype or out.device != tokens.device:
             raise ContractError(f"{who} returned {out.dtype} tokens on {out.device}, expected {tokens.dtype} on "

@@ -149,7 +149,7 @@ def load_submission(path: Path | str, tracks_dir: Path = TRACKS_DIR, registry: R
         raise SpeedrunError(format_validation_error(str(manifest_path), exc)) from None
     if manifest.name != (name := folder.resolve().name):
         raise SpeedrunError(f"{manifest_path}: field 'name' is '{manifest.name}' but the folder is '{name}'")
-    tracks, field = [], "overrides"
+    tracks, field = [], "overrides"  # the field an error below is blamed on
     try:
         overrides = manifest.flat_overrides()
         for track_id in manifest.tracks:
