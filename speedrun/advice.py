@@ -19,10 +19,8 @@ def explain(exc: SpeedrunError, again: str | None = "run the command again") -> 
     if isinstance(exc, WriteFailed):
         return f"{exc}: fix that (e.g. free disk space){then}"
     if isinstance(exc, OutOfMemory):
-        return (
-            f"{exc}. The batch is fixed by the track: spread it over more processes (--nproc) or use a device "
-            f"with more memory{f'; {again}' if again else ''}"
-        )
+        return (f"{exc}. The batch is fixed by the track: spread it over more processes (--nproc) or use a device "
+                f"with more memory{f'; {again}' if again else ''}")  # fmt: skip
     return str(exc)
 
 
@@ -65,10 +63,8 @@ def once_trained(seed: int, resume: bool) -> Iterator[None]:
     if resume:
         yield
         return
-    trained = (
-        f"Seed {seed} is trained: {rerun(seed, False)} to evaluate and record its checkpoints; with "
-        "--no-resume it trains again from step 0."
-    )
+    trained = (f"Seed {seed} is trained: {rerun(seed, False)} to evaluate and record its checkpoints; with "
+               "--no-resume it trains again from step 0.")  # fmt: skip
     try:
         yield
     except SpeedrunError as exc:

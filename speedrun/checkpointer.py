@@ -9,14 +9,8 @@ from typing import Any
 
 import torch
 
-from speedrun import distributed
-from speedrun.checkpoint import (
-    COMPONENT_PREFIX,
-    discard_checkpoints,
-    latest_checkpoint,
-    load_checkpoint,
-    write_checkpoint,
-)
+from speedrun import checkpoint, distributed
+from speedrun.checkpoint import COMPONENT_PREFIX
 from speedrun.clock import Budget, Paused
 from speedrun.errors import SpeedrunError
 from speedrun.parallel import Parallel
@@ -27,27 +21,26 @@ from speedrun.tracks import Track
 
 # The fields of a checkpoint's meta that say where the run stood; a resume continues from them.
 RUN_STATE = ("step", "clock_seconds", "warmup_seconds", "val_loss_curve", "eval_checkpoints", "times", "log_bytes")
+ANEW = "start over with --no-resume"
 
 
 class Checkpointer:
     """The checkpoints of one run: when one is due, and the run's state in and out."""
 
     def __init__(self, run_dir: Path, track: Track, code: dict[str, Any], parallel: Parallel, loader: Any) -> None:
-        self.run_dir, self.root, self.track, self.code = run_dir, run_dir / "checkpoints", track, code
+        self.root, self.track, self.code = run_dir / "checkpoints", track, code
         self.parallel, self.dist, self.loader = parallel, parallel.dist, loader
 
     def to_resume(self, resume: bool) -> Path | None:
         """The checkpoint to resume from (None: start at step 0); a run started over deletes the old ones."""
         if resume:
-            return latest_checkpoint(self.root)
+            return checkpoint.latest_checkpoint(self.root)
         if self.dist.is_main:  # for a process of its own; under torchrun the launcher has already done it
-            discard_checkpoints(self.root)
+            checkpoint.discard_checkpoints(self.root)
         return None
 
-    def after(
-        self, done: int, last: bool, final: bool, record: CheckpointMeta, optimizer: torch.optim.Optimizer,
-        budget: Budget, log: RunLog,
-    ) -> None:  # fmt: skip
+    def after(self, done: int, last: bool, final: bool, record: CheckpointMeta, optimizer: torch.optim.Optimizer,
+              budget: Budget, log: RunLog) -> None:  # fmt: skip
         """Checkpoint step ``done`` (clock paused) if due: every ``checkpoint_every``, evaluation and ``final`` step."""
         evaluated = done % self.track.eval.interval == 0 or last
         if not (evaluated or final or done % self.track.train.checkpoint_every == 0):
@@ -66,35 +59,25 @@ class Checkpointer:
         """Write checkpoint ``record.step`` and point ``latest`` at it (rank 0; a collective under FSDP)."""
         model_state, optim_state = self.parallel.model_state(), self.parallel.optim_state(optimizer)
         if self.dist.is_main:
-            device = self.dist.device
+            device, heads = self.dist.device, self.parallel.heads.items()
             rng = {"torch": torch.get_rng_state()}
             if device.type == "cuda":
                 rng["cuda"] = torch.cuda.get_rng_state(device)
             record.loader = self.loader.state_dict()
-            heads = self.parallel.heads.items()
             heads_state = {f"{COMPONENT_PREFIX}{name}.{k}": v for name, h in heads for k, v in h.state_dict().items()}
-            write_checkpoint(self.root, record, {**model_state, **heads_state}, optim_state, rng)
+            checkpoint.write_checkpoint(self.root, record, {**model_state, **heads_state}, optim_state, rng)
         distributed.barrier(self.dist)
 
     def restore(self, path: Path, record: CheckpointMeta, optimizer: torch.optim.Optimizer) -> CheckpointMeta:
         """Load checkpoint ``path`` into the run's state; returns ``record`` continued from its step."""
         device = self.dist.device
-        meta, tensors, optim_state, rng = load_checkpoint(path, device)
+        meta, tensors, optim_state, rng = checkpoint.load_checkpoint(path, device)
         if meta.track_hash != self.track.content_hash:
-            raise SpeedrunError(
-                f"{path}: written for another version of track '{self.track.id}'; "
-                f"start over with --no-resume or delete {self.run_dir}"
-            )
-        if changed := code_changes(meta.code, self.code):
-            raise SpeedrunError(
-                f"{path}: written by other code ({'; '.join(map(str, changed))}), and a run's steps must all come "
-                f"from the code its results name; restore that code to resume, or start over with --no-resume"
-            )
+            raise SpeedrunError(f"{path}: written for another version of track '{self.track.id}'; {ANEW}")
+        if changed := code_changes(meta.code, self.code):  # a run's steps must all come from the code its results name
+            raise SpeedrunError(f"{path}: written by other code ({'; '.join(map(str, changed))}); restore it or {ANEW}")
         if meta.world_size != self.dist.world_size:
-            raise SpeedrunError(
-                f"{path}: written by {meta.world_size} processes, resuming with {self.dist.world_size}; "
-                "resume with the same --nproc"
-            )
+            raise SpeedrunError(f"{path}: written by {meta.world_size} processes, resuming with {self.dist.world_size}")
         heads: dict[str, dict[str, torch.Tensor]] = {name: {} for name in self.parallel.heads}
         for key in [k for k in tensors if k.startswith(COMPONENT_PREFIX)]:
             name, _, rest = key[len(COMPONENT_PREFIX) :].partition(".")

@@ -18,9 +18,7 @@ class Clock:
     """A pausable stopwatch in seconds; ``elapsed`` includes only running intervals."""
 
     def __init__(self, device: torch.device, offset: float = 0.0) -> None:
-        self.device = device
-        self._accumulated = offset
-        self._started_at: float | None = None
+        self.device, self._accumulated, self._started_at = device, offset, None
 
     def _now(self) -> float:
         if self.device.type == "cuda":
@@ -64,10 +62,8 @@ class Budget:
     """When the run ends: after ``steps`` (or ``stop_after``) or the step its clock passed ``max_seconds``; a resume
     after step ``start`` continues it, told whether that step ``spent`` the budget (its clock may pass it unspent)."""
 
-    def __init__(
-        self, clock: Clock, dist: distributed.Dist, steps: int, max_seconds: float | None, stop_after: int | None,
-        start: int = 0, spent: bool = False,
-    ) -> None:  # fmt: skip
+    def __init__(self, clock: Clock, dist: distributed.Dist, steps: int, max_seconds: float | None,
+                 stop_after: int | None, start: int = 0, spent: bool = False) -> None:  # fmt: skip
         self.clock, self.dist, self.steps, self.max_seconds = clock, dist, steps, max_seconds
         self.end = steps if stop_after is None else min(steps, stop_after)
         self.spent_at: int | None = None  # the step after which the timed budget ran out

@@ -15,13 +15,8 @@ MAX_SEED = 2**63 - 1
 # MFU; None where no meaningful peak is known (CPU, other cards). The first name found in the device's
 # name, as whole words, wins, so the PCIe and NVL cards (lower clocks and power) come before the SXM ones.
 PEAK_FLOPS = {
-    "H100 PCIe": 756e12,
-    "H100 NVL": 835e12,
-    "H200 NVL": 835e12,
-    "H100": 989e12,
-    "H200": 989e12,
-    "A100": 312e12,
-}
+    "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200 NVL": 835e12, "H100": 989e12, "H200": 989e12, "A100": 312e12,
+}  # fmt: skip
 
 
 def peak_flops_of(device_name: str) -> float | None:

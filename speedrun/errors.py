@@ -1,6 +1,5 @@
 """The exceptions for what the user must fix, printed by the CLI as one paragraph without a traceback
-(anything else is a harness bug and keeps its traceback). They carry facts; :mod:`speedrun.advice` adds remedies.
-"""
+(anything else is a harness bug and keeps its traceback). They carry facts; :mod:`speedrun.advice` adds remedies."""
 
 from __future__ import annotations
 
@@ -28,7 +27,6 @@ class WriteFailed(SpeedrunError):
 
 
 class NotSynced(WriteFailed):
-
     def __init__(self, path: object, reason: str) -> None:
         SpeedrunError.__init__(self, f"{path}: written, but its folder could not be synced to disk ({reason})")
         self.path, self.reason = path, reason

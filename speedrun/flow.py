@@ -1,6 +1,5 @@
 """Rectified flow: timesteps, targets, losses, the Euler sampler and validation loss. Everywhere
-``x_t = (1 - t) x0 + t noise`` (t = 1 pure noise) and ``v = dx_t/dt = noise - x0``; sampling runs t = 1 -> 0.
-"""
+``x_t = (1 - t) x0 + t noise`` (t = 1 pure noise) and ``v = dx_t/dt = noise - x0``; sampling runs t = 1 -> 0."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ import torch.nn.functional as F
 from speedrun.protocol import PredictionKind
 from speedrun.tracks import TimestepSpec
 
-PREDICTION_KINDS: tuple[str, ...] = get_args(PredictionKind)
 # model_fn(x_t (B, C, H, W), t (B,), text, text_mask) -> velocity
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -50,11 +48,9 @@ def velocity_from_prediction(
 ) -> torch.Tensor:
     """Convert a model output of ``kind`` to velocity: ``x0`` becomes ``(x_t - x0_hat) / max(t, t_clamp)``
     (finite near t = 0, as in JiT-style x-prediction)."""
-    if kind == "velocity":
-        return pred
-    if kind == "x0":
-        return (x_t - pred) / _per_sample(t, x_t).clamp(min=t_clamp)
-    raise ValueError(f"unknown prediction kind '{kind}'; expected one of {list(PREDICTION_KINDS)}")
+    if kind not in get_args(PredictionKind):
+        raise ValueError(f"unknown prediction kind '{kind}'; expected one of {list(get_args(PredictionKind))}")
+    return pred if kind == "velocity" else (x_t - pred) / _per_sample(t, x_t).clamp(min=t_clamp)
 
 
 def sample_timesteps(
@@ -75,14 +71,10 @@ def sample_timesteps(
 
 
 class Objective(ABC):
-    """What the model learns to predict and how it is scored; the trainer knows nothing else.
-
-    prediction: ``"velocity"`` or ``"x0"``; saved in the checkpoint for :func:`velocity_from_prediction`.
-    sample_t(n, generator, device): ``(n,)`` training times in [0, 1), t = 1 noise.
-    input_and_target(x0, noise, t): the network input ``x_t`` and the regression target.
-    loss(pred, target, x_t, t): a scalar to minimise, averaged over the batch.
-    velocity(pred, x_t, t): the velocity a prediction implies, for the sampler.
-    """
+    """What the model learns to predict and how it is scored; the trainer knows nothing else. ``prediction``
+    is saved in the checkpoint for :func:`velocity_from_prediction`; ``sample_t``: ``(n,)`` training times in
+    [0, 1), t = 1 noise; ``input_and_target``: the network input ``x_t`` and the regression target; ``loss``:
+    a scalar to minimise, averaged over the batch; ``velocity``: what a prediction implies, for the sampler."""
 
     prediction: PredictionKind
 
@@ -123,10 +115,7 @@ class RectifiedFlowObjective(Objective):
 
 def _batched_null(null: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The empty caption (with or without a batch axis of 1) expanded to ``like``'s batch."""
-    if null.dim() == like.dim() - 1:
-        null = null.unsqueeze(0)
-    if null.shape[1:] != like.shape[1:]:
-        raise ValueError(f"empty-caption tensor {tuple(null.shape)} does not match captions {tuple(like.shape)}")
+    null = null.unsqueeze(0) if null.dim() == like.dim() - 1 else null
     return null.to(device=like.device, dtype=like.dtype).expand_as(like)
 
 
@@ -148,15 +137,9 @@ def apply_caption_dropout(
 
 @torch.no_grad()
 def euler_sample(
-    model_fn: ModelFn,
-    noise: torch.Tensor,
-    text: torch.Tensor,
-    mask: torch.Tensor,
-    null_text: torch.Tensor,
-    null_mask: torch.Tensor,
-    steps: int,
-    cfg_scale: float,
-) -> torch.Tensor:
+    model_fn: ModelFn, noise: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, null_text: torch.Tensor,
+    null_mask: torch.Tensor, steps: int, cfg_scale: float,
+) -> torch.Tensor:  # fmt: skip
     """Integrate ``dx/dt = v`` from t = 1 (``noise``) to t = 0 in ``steps`` uniform Euler steps, with
     ``v = v_uncond + cfg_scale (v_cond - v_uncond)`` (both branches as one batch; ``cfg_scale == 1``
     runs the conditional one alone)."""
@@ -177,28 +160,17 @@ def euler_sample(
     return x
 
 
-def validation_noise(index: int, timesteps: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """The fixed noise ``(timesteps, *shape)`` of validation sample ``index``: it depends only on ``(seed,
-    index)``."""
-    return torch.randn((timesteps, *shape), generator=keyed_generator(f"validation-noise:{seed}:{index}"))
-
-
 @torch.no_grad()
 def validation_loss_per_sample(
-    model_fn: ModelFn,
-    x0: torch.Tensor,
-    text: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    timesteps: int = 8,
-    seed: int = 0,
+    model_fn: ModelFn, x0: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, *, timesteps: int = 8, seed: int = 0,
     first_index: int = 0,
-) -> torch.Tensor:
+) -> torch.Tensor:  # fmt: skip
     """``(B, timesteps)`` float64 velocity MSE of each sample (validation sample ``first_index + j``) at each
-    fixed time."""
+    fixed time; sample ``i``'s noise ``(timesteps, C, H, W)`` depends only on ``(seed, i)``."""
     b = x0.shape[0]
     times = (torch.arange(timesteps, dtype=torch.float64) + 0.5).div(timesteps).float()
-    noise = torch.stack([validation_noise(first_index + j, timesteps, tuple(x0.shape[1:]), seed) for j in range(b)])
+    keys = [keyed_generator(f"validation-noise:{seed}:{first_index + j}") for j in range(b)]
+    noise = torch.stack([torch.randn((timesteps, *x0.shape[1:]), generator=g) for g in keys])
     noise = noise.to(device=x0.device, dtype=x0.dtype)
     losses = torch.empty(b, timesteps, dtype=torch.float64)
     for k in range(timesteps):
@@ -210,15 +182,9 @@ def validation_loss_per_sample(
 
 
 def validation_loss(
-    model_fn: ModelFn,
-    x0: torch.Tensor,
-    text: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    timesteps: int = 8,
-    seed: int = 0,
+    model_fn: ModelFn, x0: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, *, timesteps: int = 8, seed: int = 0,
     batch_size: int | None = None,
-) -> dict[str, float | list[float]]:
+) -> dict[str, float | list[float]]:  # fmt: skip
     """Deterministic stratified validation loss (MLPerf Flux style): the velocity MSE at the times
     ``(k + 0.5) / timesteps`` with fixed noise, averaged per time (``per_t``) and overall, in float64
     in sample order, so ``batch_size`` (samples per model call; None: all) does not change it."""

@@ -1,8 +1,7 @@
 """The locks that keep one seed's run folder to one run at a time, and one shard of a prepared dataset
 to one writer. All are ``flock``s, which the kernel releases when the last process holding the
 descriptor dies (SIGKILL included), so no stale lock is ever left; the lock files stay, since deleting
-one would let a third run lock a fresh file while the second still holds the old one.
-"""
+one would let a third run lock a fresh file while the second still holds the old one."""
 
 from __future__ import annotations
 
@@ -21,6 +20,7 @@ from speedrun.errors import SpeedrunError
 LOCK_NAME = "run.lock"
 WORKERS_LOCK_NAME = "workers.lock"
 SHARD_LOCKS = ".locks"  # folder of a dataset being prepared that holds its shards' lock files
+AGAIN = "run this command again"
 
 
 @contextmanager
@@ -32,18 +32,14 @@ def seed_lock(run_dir: Path) -> Iterator[int]:
     path = run_dir / LOCK_NAME
     with open(path, "a") as handle:
         if not _try_lock(handle):
-            raise SpeedrunError(
-                f"{run_dir}: another `speedrun run` is using this run folder ({path} is locked); wait for it to "
-                "finish or stop it, then run this command again"
-            )
+            raise SpeedrunError(f"{run_dir}: another `speedrun run` is using this run folder ({path} is locked); "
+                                f"wait for it to finish or stop it, then {AGAIN}")  # fmt: skip
         workers = run_dir / WORKERS_LOCK_NAME
         with open(workers, "a") as probe:  # closing it drops the probe's lock; nothing inherits it
             if not _try_lock(probe):
-                raise SpeedrunError(
-                    f"{run_dir}: training processes of an earlier run of this seed are still alive ({workers} "
-                    f"is locked: their torchrun was stopped under them); stop them (`fuser -v {workers}` lists "
-                    "them), then run this command again"
-                )
+                raise SpeedrunError(f"{run_dir}: training processes of an earlier run of this seed are still alive "
+                                    f"({workers} is locked: their torchrun was stopped under them); stop them "
+                                    f"(`fuser -v {workers}` lists them), then {AGAIN}")  # fmt: skip
         yield handle.fileno()
 
 
@@ -59,19 +55,15 @@ def results_lock(results_path: Path) -> Iterator[None]:
         info = folder.lstat()
         # In a shared /tmp another user could otherwise plant links or hold the locks.
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
-            raise SpeedrunError(
-                f"{folder}: the lock folder of `speedrun run` is not a folder of this user that only they "
-                "may write in; remove it (or set $TMPDIR elsewhere) and run the command again"
-            )
+            raise SpeedrunError(f"{folder}: the lock folder of `speedrun run` is not a folder of this user that only "
+                                f"they may write in; remove it (or set $TMPDIR elsewhere), then {AGAIN}")  # fmt: skip
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise SpeedrunError(f"{path}: cannot create the lock of {results_path} ({exc.strerror or exc})") from None
     with open(fd, "a") as handle:
         if not _try_lock(handle):
-            raise SpeedrunError(
-                f"{results_path}: another `speedrun run` is running this seed (perhaps with another --runs-dir; "
-                f"{path} is locked); wait for it to finish or stop it, then run this command again"
-            )
+            raise SpeedrunError(f"{results_path}: another `speedrun run` is running this seed (perhaps with another "
+                                f"--runs-dir; {path} is locked); wait for it or stop it, then {AGAIN}")  # fmt: skip
         yield
 
 
@@ -113,8 +105,6 @@ def shard_lock(dataset: Path, split: str, name: str, on_wait: Callable[[Path], N
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 held = True
         except OSError as exc:  # a filesystem without flock (some network ones)
-            raise SpeedrunError(
-                f"{path}: cannot lock shard {split}/{name} ({exc.strerror or exc}); prepare the data on a local "
-                "filesystem (--data-dir, $SPEEDRUN_DATA_DIR)"
-            ) from None
+            raise SpeedrunError(f"{path}: cannot lock shard {split}/{name} ({exc.strerror or exc}); prepare the data "
+                                "on a local filesystem (--data-dir, $SPEEDRUN_DATA_DIR)") from None  # fmt: skip
         yield held

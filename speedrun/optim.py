@@ -23,8 +23,7 @@ def schedule(optimizer: torch.optim.Optimizer, track: Track, start: int = 0) -> 
 
 def build_optimizer(track: Track, params: list[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
     """The track's AdamW: fused on CUDA (prx-1.2b on an H100: 36 -> 18 ms, BENCHMARKS.md), else torch's default."""
-    o = track.optim
-    fused = True if device.type == "cuda" else None
+    o, fused = track.optim, True if device.type == "cuda" else None
     # One group per kind (FSDP's sharded DTensors, plain heads): the fused update takes one kind per call.
     groups = [{"params": kind} for kind in _by_kind(params) if kind]
     return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, fused=fused)
@@ -55,12 +54,8 @@ def clip_gradients(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
     return norm
 
 
-def update(
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loss: torch.Tensor,
-    grad_norm: torch.Tensor,
-) -> tuple[float, float]:
+def update(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, loss: torch.Tensor,
+           grad_norm: torch.Tensor) -> tuple[float, float]:  # fmt: skip
     """Update and advance the schedule unless ``loss`` or ``grad_norm`` is not finite; returns both as floats."""
     in_kernel = updates_in_kernel(optimizer)
     if in_kernel:
@@ -84,14 +79,11 @@ def check_optimizer_coverage(optimizer: torch.optim.Optimizer, modules: list[nn.
         raise RuntimeError("a parameter appears twice in the optimizer")
     expected = {id(p) for m in modules for p in m.parameters() if p.requires_grad}
     if set(ids) != expected:
-        raise RuntimeError(
-            f"optimizer covers {len(set(ids) & expected)} of {len(expected)} trainable parameters "
-            f"and {len(set(ids) - expected)} foreign ones"
-        )
+        raise RuntimeError(f"optimizer covers {len(set(ids) & expected)} of {len(expected)} trainable parameters "
+                           f"and {len(set(ids) - expected)} foreign ones")  # fmt: skip
 
 
 def check_fp32_master(modules: list[nn.Module]) -> None:
     """Master weights stay fp32 under autocast (bf16-stored weights cost +3.7 FID in PRX)."""
-    bad = [n for m in modules for n, p in m.named_parameters() if p.dtype != torch.float32]
-    if bad:
+    if bad := [n for m in modules for n, p in m.named_parameters() if p.dtype != torch.float32]:
         raise RuntimeError(f"master weights must be fp32; found other dtypes in {bad[:5]}")

@@ -2,8 +2,7 @@
 
 The trainer builds each manifest entry from its ``Params``, calls ``setup`` once, installs its block hooks
 through :func:`collect_hooks` (which checks the hook contract), adds its loss terms, and lets at most one
-replace the objective. A leaf of the harness; a broken contract raises :class:`ContractError`, the user's error.
-"""
+replace the objective. A leaf of the harness; a broken contract raises :class:`ContractError`, the user's error."""
 
 from __future__ import annotations
 
@@ -85,23 +84,21 @@ class ComponentContext:
             raise ContractError(
                 f"component '{component}' needs the real images (its teacher reads pixels), but track "
                 f"'{self.track.id}' trains on '{self.track.data.representation}' latents without keeping the "
-                "train images (data.train_images = false); use it on a track that keeps them"
+                "train images (data.train_images = false)"
             )
         self.uses_images = True
 
     def add_trainable(self, name: str, module: nn.Module) -> nn.Module:
-        self._check_new(name)
-        self.trainable[name] = module.to(self.device)
-        return module
+        return self._add(self.trainable, name, module.to(self.device))
 
     def add_frozen(self, name: str, module: nn.Module) -> nn.Module:
-        self._check_new(name)
-        self.frozen[name] = module.to(self.device).eval().requires_grad_(False)
-        return module
+        return self._add(self.frozen, name, module.to(self.device).eval().requires_grad_(False))
 
-    def _check_new(self, name: str) -> None:
+    def _add(self, table: dict[str, nn.Module], name: str, module: nn.Module) -> nn.Module:
         if name in self.trainable or name in self.frozen:
             raise ContractError(f"component module '{name}' registered twice")
+        table[name] = module
+        return module
 
 
 @dataclass
@@ -160,32 +157,26 @@ def collect_hooks(components: list[Component], depth: int) -> dict[int, list[tup
     on the last block refuses image tokens that a routing hook never brought back."""
     hooks: dict[int, list[tuple[Any, Any]]] = {}
     for comp in components:
-        who = label(comp)
-        table = comp.hooks()
+        who, table = label(comp), comp.hooks()
         if not isinstance(table, dict):
-            raise ContractError(
-                f"{who}: hooks() must return a dict {{block_index: (before, after)}}, got {type(table).__name__}"
-            )
+            raise ContractError(f"{who}: hooks() must return a dict {{block_index: (before, after)}}, got "
+                                f"{type(table).__name__}")  # fmt: skip
         for index, pair in table.items():
             # bool is an int, and a negative or too large index would match no block: the hook never runs
             if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < depth:
-                raise ContractError(
-                    f"{who}: hooks() key {reprlib.repr(index)} is not a block index of the denoiser's {depth} "
-                    f"blocks (0..{depth - 1})"
-                )
+                raise ContractError(f"{who}: hooks() key {reprlib.repr(index)} is not a block index of the "
+                                    f"denoiser's {depth} blocks (0..{depth - 1})")  # fmt: skip
             if not (isinstance(pair, tuple) and len(pair) == 2):
-                raise ContractError(
-                    f"{who}: hooks()[{index}] must be a (before, after) pair of hooks or None, got {reprlib.repr(pair)}"
-                )
-            checked = []
+                raise ContractError(f"{who}: hooks()[{index}] must be a (before, after) pair of hooks or None, "
+                                    f"got {reprlib.repr(pair)}")  # fmt: skip
             for position, hook in zip(("before", "after"), pair):
                 if hook is not None and not callable(hook):
-                    raise ContractError(
-                        f"{who}: hooks()[{index}] {position} hook is not callable (got {type(hook).__name__})"
-                    )
-                where = f"{who}, {position} hook of block index {index}"
-                checked.append(None if hook is None else _checked(hook, where))
-            hooks.setdefault(index, []).append(tuple(checked))
+                    raise ContractError(f"{who}: hooks()[{index}] {position} hook is not callable "
+                                        f"(got {type(hook).__name__})")  # fmt: skip
+            hooks.setdefault(index, []).append(tuple(
+                None if h is None else _checked(h, f"{who}, {p} hook of block index {index}")
+                for p, h in zip(("before", "after"), pair)
+            ))  # fmt: skip
     if hooks:
         hooks.setdefault(depth - 1, []).append((None, _all_tokens_back))
     return hooks
@@ -216,10 +207,8 @@ def _checked(hook: BlockHook, who: str) -> BlockHook:
                 rule = "a hook that does not route keeps the input's shape"
             raise ContractError(f"{who} returned tokens of shape {tuple(out.shape)}, expected {expected}; {rule}")
         if out.dtype != tokens.dtype or out.device != tokens.device:
-            raise ContractError(
-                f"{who} returned {out.dtype} tokens on {out.device}, expected {tokens.dtype} on {tokens.device} "
-                "(the input's)"
-            )
+            raise ContractError(f"{who} returned {out.dtype} tokens on {out.device}, expected {tokens.dtype} on "
+                                f"{tokens.device} (the input's)")  # fmt: skip
         return out
 
     return run
@@ -229,10 +218,8 @@ def _all_tokens_back(tokens: torch.Tensor, state: StepState) -> torch.Tensor:
     """Runs after every other hook of the last block: refuses tokens still routed there."""
     if state.token_index is not None:
         who, count = state.records[ROUTING]
-        raise ContractError(
-            f"{who} routed the image tokens (kept {state.token_index.shape[1]} of {count}) and no hook brought "
-            "every token back by the end of the last block"
-        )
+        raise ContractError(f"{who} routed the image tokens (kept {state.token_index.shape[1]} of {count}) and no "
+                            "hook brought every token back by the end of the last block")  # fmt: skip
     return tokens
 
 

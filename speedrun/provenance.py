@@ -84,12 +84,9 @@ def submission_file_hashes(folder: Path) -> dict[str, str]:
     return out
 
 
-def code_record(submission_folder: Path, harness: str | None = None) -> dict[str, Any]:
+def code_record(folder: Path, harness: str | None = None) -> dict[str, Any]:
     """The code that trains a submission: the harness hash (``harness`` if known) and every submission file's."""
-    return {
-        "harness_sha256": harness or harness_sha256(),
-        "submission_files": submission_file_hashes(submission_folder),
-    }
+    return {"harness_sha256": harness or harness_sha256(), "submission_files": submission_file_hashes(folder)}
 
 
 class CodeChange(NamedTuple):
@@ -130,14 +127,9 @@ def hardware_info(device: torch.device, world_size: int, per_node: int) -> Hardw
                 capture_output=True, text=True, timeout=10,
             ).stdout.strip().splitlines()[0]  # fmt: skip
     cpu = cpu_model()
-    return Hardware(
-        device_type=device.type,
-        device_names=names or [cpu],
-        device_count=world_size,
-        driver=driver,
-        cpu=cpu,
-        cpu_count=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-    )
+    cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return Hardware(device_type=device.type, device_names=names or [cpu], device_count=world_size, driver=driver,
+                    cpu=cpu, cpu_count=cpu_count)  # fmt: skip
 
 
 def cpu_model() -> str:
@@ -161,13 +153,9 @@ def software_info() -> Software:
         from triton import __version__ as triton_version
     except ImportError:
         triton_version = None
-    return Software(
-        python=sys.version.split()[0],
-        torch=torch.__version__,
-        triton=triton_version,
-        cuda=torch.version.cuda,
-        packages_sha256=hashlib.sha256("\n".join(pkgs).encode()).hexdigest(),
-    )
+    packages_sha256 = hashlib.sha256("\n".join(pkgs).encode()).hexdigest()
+    return Software(python=sys.version.split()[0], torch=torch.__version__, triton=triton_version,
+                    cuda=torch.version.cuda, packages_sha256=packages_sha256)  # fmt: skip
 
 
 def now_iso() -> str:

@@ -15,8 +15,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.handled = False
-        self._previous: dict[int, Any] = {}
+        self.handled, self._previous = False, {}
 
     def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():

@@ -155,24 +155,18 @@ def load_submission(path: Path | str, tracks_dir: Path = TRACKS_DIR, registry: R
         manifest = Manifest.model_validate(read_toml(manifest_path))
     except ValidationError as exc:
         raise SpeedrunError(format_validation_error(str(manifest_path), exc)) from None
-    if manifest.name != folder.resolve().name:
-        raise SpeedrunError(
-            f"{manifest_path}: field 'name' is '{manifest.name}' but the folder is '{folder.resolve().name}'"
-        )
+    if manifest.name != (name := folder.resolve().name):
+        raise SpeedrunError(f"{manifest_path}: field 'name' is '{manifest.name}' but the folder is '{name}'")
+    tracks, field = [], "overrides"  # the field an error below is blamed on
     try:
         overrides = manifest.flat_overrides()
-    except SpeedrunError as exc:
-        raise SpeedrunError(f"{manifest_path}: field 'overrides': {exc}") from None
-    tracks = []
-    for track_id in manifest.tracks:
-        try:
+        for track_id in manifest.tracks:
+            field = "tracks"
             track = load_track(track_id, tracks_dir)
-        except SpeedrunError as exc:
-            raise SpeedrunError(f"{manifest_path}: field 'tracks': {exc}") from None
-        try:
+            field = "overrides"
             tracks.append(track.with_overrides(overrides))
-        except SpeedrunError as exc:
-            raise SpeedrunError(f"{manifest_path}: field 'overrides': {exc}") from None
+    except SpeedrunError as exc:
+        raise SpeedrunError(f"{manifest_path}: field '{field}': {exc}") from None
     _check_components(manifest, folder, registry or Registry(), tracks)
     return Submission(path=folder, manifest=manifest)
 
@@ -180,12 +174,10 @@ def load_submission(path: Path | str, tracks_dir: Path = TRACKS_DIR, registry: R
 def _check_components(manifest: Manifest, folder: Path, registry: Registry, tracks: list[Track]) -> None:
     custom_file = folder / CUSTOM_COMPONENTS
     custom = declared_component_names(custom_file) if custom_file.is_file() else []
-    seen: set[str] = set()
     for i, entry in enumerate(manifest.components):
         where = f"{folder / MANIFEST}: field 'components.{i}'"
-        if entry.name in seen:
+        if entry.name in [e.name for e in manifest.components[:i]]:
             raise SpeedrunError(f"{where}: component '{entry.name}' is listed twice")
-        seen.add(entry.name)
         if entry.name in custom:
             if entry.name in registry:
                 raise SpeedrunError(f"{custom_file}: component '{entry.name}' collides with a built-in")

@@ -13,30 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from speedrun import advice, distributed, optim
+from speedrun import advice, distributed, flow, optim, protocol
 from speedrun.checkpointer import Checkpointer
 from speedrun.clock import SPEED_WINDOW, Budget, Clock, Paused, median_speed
 from speedrun.devices import ParallelMode, model_flops_utilisation
-from speedrun.errors import OutOfMemory, SpeedrunError, WriteFailed
-from speedrun.flow import (
-    RectifiedFlowObjective,
-    apply_caption_dropout,
-    caption_drop_mask,
-    keyed_generator,
-    validation_loss,
-)
+from speedrun.errors import OutOfMemory, WriteFailed
 from speedrun.kernels import dispatch
 from speedrun.model import build_model
 from speedrun.parallel import Parallel
-from speedrun.protocol import (
-    Component,
-    ComponentContext,
-    StepState,
-    TrainBatch,
-    collect_hooks,
-    collect_losses,
-    replacing_objective,
-)
+from speedrun.protocol import Component, ComponentContext, StepState, TrainBatch
 from speedrun.results import CheckpointMeta, TrainSummary
 from speedrun.runlog import STEP_LOG_KEYS, RunLog
 from speedrun.stops import StopRequest
@@ -52,41 +37,21 @@ class TrainOptions:
     device: str | None = None
     resume: bool = True
     progress: bool = True
-    stop_after: int | None = None
-    """Stop (with a checkpoint) after this step; for tests of resume. None: run the budget."""
-    parallel: ParallelMode = "auto"
-    """How several processes share the work: "auto" = FSDP2 for prx-1.2b, DDP otherwise."""
+    stop_after: int | None = None  # stop (with a checkpoint) after this step, for tests of resume; None: the budget
+    parallel: ParallelMode = "auto"  # "auto": FSDP2 for prx-1.2b, DDP otherwise
 
 
 class Trainer:
     """One seed of one submission on one track. ``run()`` returns a ``TrainSummary``."""
 
-    checkpointer = Checkpointer
-
-    def __init__(
-        self,
-        track: Track,
-        data: Any,
-        components: list[Component],
-        options: TrainOptions,
-        log_header: dict[str, Any] | None = None,
-        code: dict[str, Any] | None = None,
-    ) -> None:
-        """``code`` (harness and submission file hashes) goes into checkpoints; a resume refuses other code's."""
-        self.track = track
-        self.data = data
-        self.components = components
-        self.opt = options
+    def __init__(self, track: Track, data: Any, components: list[Component], options: TrainOptions,
+                 log_header: dict[str, Any] | None = None, code: dict[str, Any] | None = None) -> None:  # fmt: skip
+        """``code`` (harness and submission file hashes) goes into checkpoints; a resume refuses other code's.
+        The process count must divide the global batch (``speedrun run`` checks it)."""
+        self.track, self.data, self.components, self.opt = track, data, components, options
         self.dist = distributed.setup(options.device)
-        self.device = self.dist.device
-        self.run_dir = options.run_dir
-        self.log_header = log_header or {}
-        self.code = code or {}
-        if track.train.global_batch % self.dist.world_size:
-            raise SpeedrunError(
-                f"track '{track.id}': global batch {track.train.global_batch} does not divide "
-                f"over {self.dist.world_size} processes"
-            )
+        self.device, self.run_dir = self.dist.device, options.run_dir
+        self.log_header, self.code = log_header or {}, code or {}
         self.local_batch = track.train.global_batch // self.dist.world_size
         self.autocast = self.device.type == "cuda" and track.train.precision == "bf16"
         torch.manual_seed(self.opt.seed)  # identical init on every rank
@@ -94,19 +59,14 @@ class Trainer:
         _, height, width = self.data.x_shape
         patch = self.model.config.patch_size
         self.ctx = ComponentContext(
-            model=self.model,
-            track=self.track,
-            device=self.device,
-            seed=self.opt.seed,
-            token_grid=(height // patch, width // patch),
-            images_available=self.data.train_images,
-            data_dir=self.data.root,
-        )
+            model=self.model, track=self.track, device=self.device, seed=self.opt.seed, data_dir=self.data.root,
+            token_grid=(height // patch, width // patch), images_available=self.data.train_images,
+        )  # fmt: skip
         for comp in self.components:
             comp.setup(self.ctx)
         self.heads: dict[str, nn.Module] = self.ctx.trainable
-        self.hooks = collect_hooks(self.components, self.model.config.depth)
-        self.objective = replacing_objective(self.components) or RectifiedFlowObjective(self.track.train.timesteps)
+        self.hooks = protocol.collect_hooks(self.components, self.model.config.depth)
+        self.objective = protocol.replacing_objective(components) or flow.RectifiedFlowObjective(track.train.timesteps)
         optim.check_fp32_master([self.model, *self.heads.values()])
         self.initial_state = {
             "model": copy.deepcopy(self.model.state_dict()),
@@ -125,19 +85,17 @@ class Trainer:
         optim.check_optimizer_coverage(self.optimizer, [self.model, *self.heads.values()])
 
     def _step(self, step: int, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        x0 = batch.x.to(self.device, non_blocking=True)
-        text = batch.text.to(self.device, non_blocking=True)
-        mask = batch.text_mask.to(self.device, non_blocking=True)
+        x0, text, mask = (x.to(self.device, non_blocking=True) for x in (batch.x, batch.text, batch.text_mask))
         # Randomness is drawn for the global batch, each rank taking its slice: N processes see what 1 process
         # sees. Each draw has its own generator per (seed, step), so seed s of every entry shares it (paired
         # seeds) whatever else an entry draws; on the run's device, as host draws add copies to every step.
         g, key = self.track.train.global_batch, f"{self.opt.seed}:{step}"
         rows = slice(self.dist.rank * self.local_batch, (self.dist.rank + 1) * self.local_batch)
-        noise_gen, t_gen, drop_gen = (keyed_generator(f"{what}:{key}", self.device) for what in ("noise", "t", "drop"))
+        noise_gen, t_gen, drop_gen = (flow.keyed_generator(f"{w}:{key}", self.device) for w in ("noise", "t", "drop"))
         noise = torch.randn((g, *x0.shape[1:]), generator=noise_gen, device=self.device)[rows]
         t = self.objective.sample_t(g, t_gen, self.device)[rows]
-        drop = caption_drop_mask(g, self.track.train.caption_dropout, drop_gen)[rows]
-        text, mask = apply_caption_dropout(text, mask, self.null_text, self.null_mask, drop)
+        drop = flow.caption_drop_mask(g, self.track.train.caption_dropout, drop_gen)[rows]
+        text, mask = flow.apply_caption_dropout(text, mask, self.null_text, self.null_mask, drop)
         x_t, target = self.objective.input_and_target(x0, noise, t)
         state = StepState(
             step=step, seed=self.opt.seed, rank=self.dist.rank, training=True, x_t=x_t, t=t,
@@ -148,7 +106,7 @@ class Trainer:
             loss = self.objective.loss(pred.float(), target, x_t, t)
             images = batch.images.to(self.device, non_blocking=True) if batch.images is not None else None
             train_batch = TrainBatch(x0=x0, noise=noise, text=text, text_mask=mask, images_uint8=images)
-            terms = collect_losses(self.components, train_batch, pred, state, STEP_LOG_KEYS)
+            terms = protocol.collect_losses(self.components, train_batch, pred, state, STEP_LOG_KEYS)
         total = loss + sum(terms.values()) if terms else loss
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -175,7 +133,7 @@ class Trainer:
                 return self.objective.velocity(pred, x, t)
 
             with torch.no_grad():
-                result = validation_loss(
+                result = flow.validation_loss(
                     model_fn, val.x.to(self.device), val.text.to(self.device), val.text_mask.to(self.device),
                     timesteps=spec.timesteps, seed=spec.seed,
                     batch_size=self.local_batch,  # memory as in a training step; the value does not depend on it
@@ -214,7 +172,7 @@ class Trainer:
     def _run(self, loader: Any) -> TrainSummary:
         spec, d = self.track.train, self.dist
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpts = self.checkpointer(self.run_dir, self.track, self.code, self.parallel, loader)
+        ckpts = Checkpointer(self.run_dir, self.track, self.code, self.parallel, loader)
         resume_from = ckpts.to_resume(self.opt.resume)
         # A resumed run warms up too, or its first timed step would pay for it; the restore replaces the rest.
         warmup_seconds = self._untimed_warmup(loader)
@@ -293,28 +251,18 @@ class Trainer:
         speed = median_speed(times.step_seconds)
         card = torch.cuda.get_device_name(self.device) if cuda else None
         return TrainSummary(
-            status=status,
-            steps=record.step,
-            final_loss=loss,
-            last_finite_loss=times.last_finite_loss,
-            diverged_at=diverged_at,
-            reason=reason,
-            clock_seconds=budget.run_clock(),
-            warmup_seconds=record.warmup_seconds,
-            checkpoint_seconds=times.checkpoint_seconds,
-            validation_seconds=times.validation_seconds,
-            data_seconds=times.data_seconds,
-            batches_per_second=speed,
+            status=status, steps=record.step, final_loss=loss, last_finite_loss=times.last_finite_loss,
+            diverged_at=diverged_at, reason=reason, clock_seconds=budget.run_clock(),
+            warmup_seconds=record.warmup_seconds, checkpoint_seconds=times.checkpoint_seconds,
+            validation_seconds=times.validation_seconds, data_seconds=times.data_seconds, batches_per_second=speed,
             images_per_second=speed * self.track.train.global_batch if speed else None,
             flops_per_step=times.flops_per_step or 0,
             mfu=model_flops_utilisation(times.flops_per_step, speed, card, self.dist.world_size),
             peak_memory_bytes=torch.cuda.max_memory_allocated(self.device) if cuda else None,
-            kernels=self.kernels,
-            world_size=self.dist.world_size,
-            eval_checkpoints=record.eval_checkpoints,
+            kernels=self.kernels, world_size=self.dist.world_size, eval_checkpoints=record.eval_checkpoints,
             val_loss_curve=record.val_loss_curve,
             teachers={name: str(getattr(m, "id", type(m).__name__)) for name, m in self.ctx.frozen.items()},
-        )
+        )  # fmt: skip
 
     def _untimed_warmup(self, loader: Any) -> float:
         """Run the warmup steps (compilation, allocator, caches), then undo everything they did."""

@@ -1,7 +1,6 @@
 """The training process of one seed, run by ``speedrun run`` in-process or under torchrun
 (``python -m speedrun.worker SUBMISSION --track T --seed S --run-dir DIR``). It alone imports the
-submission's ``components.py``; rank 0 writes ``DIR/train_summary.json`` atomically.
-"""
+submission's ``components.py``; rank 0 writes ``DIR/train_summary.json`` atomically."""
 
 from __future__ import annotations
 
@@ -32,8 +31,7 @@ SUMMARY = "train_summary.json"
 
 
 def cli_flags(**options: object) -> list[str]:
-    """Command-line flags for ``name=value`` options: ``--name value``; True is a bare ``--name``,
-    None or False leaves the flag out."""
+    """``--name value`` for each ``name=value``; True is a bare ``--name``, None or False leaves the flag out."""
     flags: list[str] = []
     for name, value in options.items():
         if value is not None and value is not False:
@@ -52,9 +50,8 @@ def build_components(submission: Submission) -> list[Component]:
         try:
             params = cls.Params.model_validate(entry.params)
         except ValidationError as exc:
-            raise SpeedrunError(
-                format_validation_error(f"{submission.path}/submission.toml: components.{i} ({entry.name}).params", exc)
-            ) from None
+            where = f"{submission.path}/submission.toml: components.{i} ({entry.name}).params"
+            raise SpeedrunError(format_validation_error(where, exc)) from None
         out.append(cls(params))
     return out
 
@@ -71,15 +68,12 @@ def blame_submission_code(submission: Submission) -> Iterator[None]:
         raise SpeedrunError(str(exc)) from exc
     except Exception as exc:
         folder = submission.path.resolve()
-        frames = [
-            f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve().is_relative_to(folder)
-        ]
+        files = [(Path(f.filename).resolve(), f) for f in traceback.extract_tb(exc.__traceback__)]
+        frames = [(path, f) for path, f in files if path.is_relative_to(folder)]
         if not frames:
             raise
-        where = "".join(
-            f"\n  {Path(f.filename).resolve().relative_to(folder.parent)}, line {f.lineno}, in {f.name}: {f.line}"
-            for f in frames[-3:]
-        )
+        where = "".join(f"\n  {p.relative_to(folder.parent)}, line {f.lineno}, in {f.name}: {f.line}"
+                        for p, f in frames[-3:])  # fmt: skip
         raise SpeedrunError(
             f"submission '{submission.name}' raised {type(exc).__name__}: {exc}{where}\n"
             "Its code failed, not the harness; fix it and run the same command again."
@@ -87,18 +81,10 @@ def blame_submission_code(submission: Submission) -> Iterator[None]:
 
 
 def train_seed(
-    submission: Submission,
-    track: Track,
-    seed: int,
-    run_dir: Path,
-    data_dir: Path | None = None,
-    device: str | None = None,
-    resume: bool = True,
-    progress: bool = True,
-    stop_after: int | None = None,
-    parallel: str = "auto",
-    stop_message: Path | None = None,
-) -> TrainSummary:
+    submission: Submission, track: Track, seed: int, run_dir: Path, data_dir: Path | None = None,
+    device: str | None = None, resume: bool = True, progress: bool = True, stop_after: int | None = None,
+    parallel: str = "auto", stop_message: Path | None = None,
+) -> TrainSummary:  # fmt: skip
     """Train one seed and return (and, on rank 0, write) the summary. ``stop_message``: where each node's
     first worker leaves an interruption for its launcher (torchrun exits 1 whatever stopped them)."""
     from speedrun.data.source import TrainData
@@ -107,15 +93,10 @@ def train_seed(
     from speedrun.train import Trainer, TrainOptions
 
     data = TrainData.open(track, data_root(data_dir))
-    options = TrainOptions(
-        run_dir=run_dir, seed=seed, device=device, resume=resume, progress=progress, stop_after=stop_after,
-        parallel=parallel,
-    )
-    header = {
-        "submission": submission.name,
-        "manifest": submission.manifest.model_dump(mode="json"),
-        "effective_track": track.model_dump(mode="json"),
-    }
+    options = TrainOptions(run_dir=run_dir, seed=seed, device=device, resume=resume, progress=progress,
+                           stop_after=stop_after, parallel=parallel)  # fmt: skip
+    header = {"submission": submission.name, "manifest": submission.manifest.model_dump(mode="json"),
+              "effective_track": track.model_dump(mode="json")}  # fmt: skip
     # Hashed before components.py is imported: the result's provenance names the code that trains.
     code = code_record(submission.path)
     with blame_submission_code(submission):
@@ -152,16 +133,8 @@ def _leave_stop_message(stop: TrainingInterrupted, path: Path) -> None:
             print(f"interrupted: {stop}", file=sys.stderr)
 
 
-def resume_command(
-    submission: Submission,
-    track: Track,
-    seed: int,
-    run_dir: Path,
-    data_dir: Path | None,
-    device: str | None,
-    parallel: str,
-    world_size: int,
-) -> str:
+def resume_command(submission: Submission, track: Track, seed: int, run_dir: Path, data_dir: Path | None,
+                   device: str | None, parallel: str, world_size: int) -> str:  # fmt: skip
     """The ``speedrun run`` command line that continues this seed from its last checkpoint; under
     torchrun, the launch of this node as its environment describes it."""
     from speedrun.paths import runs_root
@@ -172,21 +145,13 @@ def resume_command(
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         launch["nproc"] = per_node
         if per_node < world_size:
-            launch.update(
-                nnodes=world_size // per_node,
-                node_rank=os.environ.get("GROUP_RANK", "0"),
-                master_addr=os.environ.get("MASTER_ADDR", "127.0.0.1"),
-                master_port=os.environ.get("MASTER_PORT", "29500"),
-            )
+            env = os.environ.get
+            launch.update(nnodes=world_size // per_node, node_rank=env("GROUP_RANK", "0"),
+                          master_addr=env("MASTER_ADDR", "127.0.0.1"), master_port=env("MASTER_PORT", "29500"))
     flags = cli_flags(
-        track=track.ref,
-        seed=seed,
-        runs_dir=runs if runs.resolve() != runs_root().resolve() else None,
-        data_dir=data_dir,
-        device=device,
-        parallel=parallel if parallel != "auto" else None,
-        **launch,
-    )
+        track=track.ref, seed=seed, runs_dir=runs if runs.resolve() != runs_root().resolve() else None,
+        data_dir=data_dir, device=device, parallel=parallel if parallel != "auto" else None, **launch,
+    )  # fmt: skip
     return shlex.join(["speedrun", "run", str(submission.path), *flags])
 
 

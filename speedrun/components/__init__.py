@@ -12,15 +12,8 @@ if TYPE_CHECKING:
     from speedrun.protocol import BlockHook, Component, ComponentContext, Params, StepState, TrainBatch
 
 __all__ = [
-    "BlockHook",
-    "Component",
-    "ComponentContext",
-    "Params",
-    "Registry",
-    "SpeedrunError",
-    "StepState",
-    "TrainBatch",
-]
+    "BlockHook", "Component", "ComponentContext", "Params", "Registry", "SpeedrunError", "StepState", "TrainBatch",
+]  # fmt: skip
 
 
 def __getattr__(name: str) -> object:

@@ -1,8 +1,7 @@
 """Contrastive flow matching: push each prediction away from another sample's target.
 
 Loss ``contrastive_fm = -weight * MSE(v_hat, roll(noise - x0, 1, batch axis))``, ``v_hat`` the velocity the
-prediction implies: with the objective's MSE, Stoica et al.'s ``|v - v_i|^2 - lambda |v - v_j|^2``.
-"""
+prediction implies: with the objective's MSE, Stoica et al.'s ``|v - v_i|^2 - lambda |v - v_j|^2``."""
 
 from __future__ import annotations
 

@@ -38,13 +38,10 @@ class IREPA(REPA):
     Params = IREPAParams
 
     def setup(self, ctx: ComponentContext) -> None:
-        default_alpha, _ = representation_defaults(ctx.track.data.representation)
+        default_alpha, default_weight = representation_defaults(ctx.track.data.representation)
         self.alpha = default_alpha if self.params.alpha is None else self.params.alpha
         super().setup(ctx)
-
-    def resolve_weight(self, ctx: ComponentContext) -> float:
-        _, default_weight = representation_defaults(ctx.track.data.representation)
-        return default_weight if self.params.weight is None else self.params.weight
+        self.weight = default_weight if self.params.weight is None else self.params.weight
 
     def build_projector(self, hidden: int, dim: int) -> nn.Module:
         return nn.Conv2d(hidden, dim, kernel_size=3, padding=1)

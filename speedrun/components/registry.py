@@ -68,9 +68,8 @@ class Registry:
         from speedrun.protocol import Component
 
         module_name = f"speedrun_submission_{path.parent.name.replace('-', '_')}"
-        module = types.ModuleType(module_name)
+        sys.modules[module_name] = module = types.ModuleType(module_name)
         module.__file__ = str(path)
-        sys.modules[module_name] = module
         try:
             # Compiled from the source text, the file that provenance hashes: an import would run a
             # bytecode file from __pycache__ instead if one claims to match (provenance skips caches).
@@ -86,9 +85,7 @@ class Registry:
 
 
 def name_taken(origin: str, name: str) -> SpeedrunError:
-    return SpeedrunError(
-        f"{origin}: component name '{name}' is already registered (built-in or defined twice); pick another name"
-    )
+    return SpeedrunError(f"{origin}: component name '{name}' is already registered (built-in or defined twice)")
 
 
 def declared_component_names(path: Path) -> list[str]:
@@ -114,12 +111,11 @@ def declared_component_names(path: Path) -> list[str]:
         if bases.isdisjoint(b.id if isinstance(b, ast.Name) else getattr(b, "attr", None) for b in node.bases):
             continue
         bases.add(node.name)
-        for stmt in node.body:
-            if not isinstance(stmt, (ast.Assign, ast.AnnAssign)) or not isinstance(stmt.value, ast.Constant):
-                continue
+        for stmt in [s for s in node.body if isinstance(s, (ast.Assign, ast.AnnAssign))]:
             targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
-            if isinstance(stmt.value.value, str) and any(isinstance(t, ast.Name) and t.id == "name" for t in targets):
-                if stmt.value.value in names:
-                    raise name_taken(f"{path}:{node.name}", stmt.value.value)
-                names.append(stmt.value.value)
+            value = stmt.value.value if isinstance(stmt.value, ast.Constant) else None
+            if isinstance(value, str) and any(isinstance(t, ast.Name) and t.id == "name" for t in targets):
+                if value in names:
+                    raise name_taken(f"{path}:{node.name}", value)
+                names.append(value)
     return names

@@ -3,8 +3,7 @@
 Loss ``repa = -weight * mean over (batch, tokens) of cos(proj(h), y)``: ``h`` the output tokens of block
 ``layer`` (1-based), ``y`` the teacher's patch tokens of the real image (so a latent track must keep
 ``data.train_images``) on the same grid; under routing only the tokens still flowing are compared. The
-projector, REPA's MLP ``Linear(h, P) - SiLU - Linear(P, P) - SiLU - Linear(P, D)``, is dropped at evaluation.
-"""
+projector, REPA's MLP ``Linear(h, P) - SiLU - Linear(P, P) - SiLU - Linear(P, D)``, is dropped at evaluation."""
 
 from __future__ import annotations
 
@@ -68,22 +67,16 @@ class REPA(Component):
     def check(cls, params: AlignParams, track: Any) -> None:
         resolve_layer(params.layer, MODEL_CONFIGS[track.model.config]().depth, cls.name)
         if params.teacher == SHAPES_ENCODER and track.data.teacher is None:
-            raise SpeedrunError(
-                f"component '{cls.name}': teacher '{SHAPES_ENCODER}' is trained by prepare on tracks with "
-                f"data.teacher; track '{track.id}' has none"
-            )
+            raise SpeedrunError(f"component '{cls.name}': teacher '{SHAPES_ENCODER}' is trained by prepare on tracks "
+                                f"with data.teacher; track '{track.id}' has none")  # fmt: skip
 
     def setup(self, ctx: ComponentContext) -> None:
         cfg = ctx.model.config
         self.block = resolve_layer(self.params.layer, cfg.depth, self.name)
         teacher = teacher_for(ctx, self.name, self.params.teacher, self.params.random_init_teacher)
         self.teacher: Teacher = ctx.add_frozen(f"{self.name}-teacher", teacher)
-        self.grid = teacher.grid
-        self.weight = self.resolve_weight(ctx)
+        self.grid, self.weight = teacher.grid, self.params.weight
         self.projector = ctx.add_trainable(self.name, self.build_projector(cfg.hidden_size, teacher.dim))
-
-    def resolve_weight(self, ctx: ComponentContext) -> float:
-        return self.params.weight
 
     def build_projector(self, hidden: int, dim: int) -> nn.Module:
         p = self.params.projector_dim

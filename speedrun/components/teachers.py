@@ -4,8 +4,7 @@ encoder that ``prepare`` trains for tracks with ``data.teacher`` (``speedrun.dat
 ViT weights come from ``$SPEEDRUN_WEIGHTS_DIR/<timm name>/model.safetensors`` (shared with the evaluator's
 DINO), else the Hugging Face cache; missing ones are an error naming the remedy. Only a track evaluating
 with random-init networks (smoke) gets a small random-init stand-in of the same family, with a note. The
-shapes encoder is read from the prepared dataset (``ComponentContext.data_dir``), checked against its manifest.
-"""
+shapes encoder is read from the prepared dataset (``ComponentContext.data_dir``), checked against its manifest."""
 
 from __future__ import annotations
 
@@ -71,11 +70,8 @@ class Teacher(nn.Module):
 
     def __init__(self, network: nn.Module, grid: tuple[int, int], patch: int, id: str) -> None:
         super().__init__()
-        self.network = network
-        self.grid = grid
+        self.network, self.grid, self.id, self.dim = network, grid, id, int(network.num_features)
         self.input_size = (grid[0] * patch, grid[1] * patch)
-        self.dim = int(network.num_features)
-        self.id = id
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -113,9 +109,9 @@ def build_network(
     import timm
 
     kwargs: dict[str, Any] = {"num_classes": 0, "img_size": input_size, **(arch or {})}
-    if weights is None:
-        return timm.create_model(spec.timm_name, pretrained=False, **kwargs)
-    return timm.create_model(spec.timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, **kwargs)
+    if weights is not None:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
+    return timm.create_model(spec.timm_name, **kwargs)
 
 
 def load_teacher(name: str, grid: tuple[int, int], *, random_init: bool = False) -> Teacher:
@@ -137,15 +133,11 @@ def load_shapes_encoder(track: Any, data_dir: Path | None, grid: tuple[int, int]
     """The shapes encoder of ``track``'s prepared dataset in ``data_dir``, its id naming its file's sha256."""
     spec = track.data.teacher
     if spec is None:
-        raise ContractError(
-            f"component '{component}': teacher '{SHAPES_ENCODER}' is trained by prepare on tracks with data.teacher; "
-            f"track '{track.id}' has none"
-        )
+        raise ContractError(f"component '{component}': teacher '{SHAPES_ENCODER}' is trained by prepare on tracks "
+                            f"with data.teacher; track '{track.id}' has none")  # fmt: skip
     if data_dir is None:
-        raise SpeedrunError(
-            f"component '{component}': teacher '{SHAPES_ENCODER}' lives in the prepared dataset, but the trainer "
-            "gave no dataset folder (ComponentContext.data_dir)"
-        )
+        raise SpeedrunError(f"component '{component}': teacher '{SHAPES_ENCODER}' lives in the prepared dataset, "
+                            "but the trainer gave no dataset folder (ComponentContext.data_dir)")  # fmt: skip
     network, sha256 = shapes_teacher.load_encoder(data_dir, spec)
     return Teacher(network, grid, spec.patch, f"{SHAPES_ENCODER}@{sha256[:12]}")
 
@@ -156,10 +148,8 @@ def teacher_for(ctx: Any, component: str, name: str, random_init: bool) -> Teach
     ctx.use_images(component)
     if name == SHAPES_ENCODER:
         if random_init:
-            raise ContractError(
-                f"component '{component}': random_init_teacher is for the hub teachers; '{SHAPES_ENCODER}' is "
-                "trained by prepare and always available"
-            )
+            raise ContractError(f"component '{component}': random_init_teacher is for the hub teachers; "
+                                f"'{SHAPES_ENCODER}' is trained by prepare and always available")  # fmt: skip
         return load_shapes_encoder(ctx.track, ctx.data_dir, ctx.token_grid, component)
     use_random = random_init or ctx.track.eval.extractors == "random-init"
     teacher = load_teacher(name, ctx.token_grid, random_init=use_random)

@@ -2,8 +2,7 @@
 
 Per training step and sample, ``round(keep * N)`` of the N image tokens, drawn from a CPU generator seeded
 by ``(seed, step, rank)`` (the same on every run and device), go through blocks ``start..end`` (1-based) in
-grid order with their RoPE positions; the rest rejoin after ``end``. At evaluation every token is used.
-"""
+grid order with their RoPE positions; the rest rejoin after ``end``. At evaluation every token is used."""
 
 from __future__ import annotations
 
@@ -67,10 +66,8 @@ def resolve_span(start: int | None, end: int | None, depth: int) -> tuple[int, i
     s = start if start is not None else max(1, round_half_up(depth * DEFAULT_SPAN_OF_16[0] / 16))
     e = end if end is not None else max(s, round_half_up(depth * DEFAULT_SPAN_OF_16[1] / 16))
     if not 1 <= s <= e <= depth:
-        raise SpeedrunError(
-            f"component 'tread': blocks start={s} .. end={e} must satisfy 1 <= start <= end <= {depth} "
-            "(the denoiser's depth)"
-        )
+        raise SpeedrunError(f"component 'tread': blocks start={s} .. end={e} must satisfy 1 <= start <= end <= {depth} "
+                            "(the denoiser's depth)")  # fmt: skip
     return s, e
 
 
@@ -87,12 +84,10 @@ class TREAD(Component):
 
     def setup(self, ctx: ComponentContext) -> None:
         self.start, self.end = resolve_span(self.params.start, self.params.end, ctx.model.config.depth)
-        rows, cols = ctx.token_grid
-        if kept_count(self.params.keep, rows * cols) < 1:
-            raise SpeedrunError(
-                f"component 'tread': keep={self.params.keep} keeps none of the {rows * cols} image tokens of the "
-                f"{rows}x{cols} token grid (round(keep * {rows * cols}) = 0); raise keep"
-            )
+        (rows, cols), keep = ctx.token_grid, self.params.keep
+        if kept_count(keep, rows * cols) < 1:
+            raise SpeedrunError(f"component 'tread': keep={keep} keeps none of the {rows * cols} image tokens of the "
+                                f"{rows}x{cols} token grid (round(keep * {rows * cols}) = 0); raise keep")  # fmt: skip
 
     def route(self, tokens: torch.Tensor, state: StepState) -> torch.Tensor:
         if not state.training:
@@ -100,16 +95,14 @@ class TREAD(Component):
         if state.token_index is not None:
             raise SpeedrunError("component 'tread': the image tokens are already routed by another component")
         b, n, hidden = tokens.shape
-        index = step_routing_index(state, b, n, kept_count(self.params.keep, n), tokens.device)
+        state.token_index = index = step_routing_index(state, b, n, kept_count(self.params.keep, n), tokens.device)
         state.records[FULL_TOKENS] = tokens
-        state.token_index = index
         return tokens.gather(1, index[..., None].expand(-1, -1, hidden))
 
     def restore(self, tokens: torch.Tensor, state: StepState) -> torch.Tensor:
         if FULL_TOKENS not in state.records:  # evaluation: nothing was routed
             return tokens
-        full, index = state.records.pop(FULL_TOKENS), state.token_index
-        state.token_index = None
+        full, index, state.token_index = state.records.pop(FULL_TOKENS), state.token_index, None
         # Under autocast the stream's dtype may differ before and after the span; keep the later one.
         return full.to(tokens.dtype).scatter(1, index[..., None].expand(-1, -1, tokens.shape[-1]), tokens)
 

@@ -1,7 +1,6 @@
 """x-prediction: the network outputs the clean sample ``x0_hat``; the loss compares its velocity
 ``(x_t - x0_hat) / max(t, t_clamp)`` with ``noise - x0`` by MSE (JiT-style; PRX part 3). The evaluator
-converts with ``speedrun.flow.velocity_from_prediction``, whose ``t_clamp`` must be ours (unrecorded).
-"""
+converts with ``speedrun.flow.velocity_from_prediction``, whose ``t_clamp`` must be ours (unrecorded)."""
 
 from __future__ import annotations
 
@@ -25,10 +24,8 @@ class XPredParams(Params):
     @classmethod
     def _matches_evaluator(cls, v: float) -> float:
         if v != EVAL_T_CLAMP:
-            raise ValueError(
-                f"the evaluator converts x0 predictions with t_clamp = {EVAL_T_CLAMP}; another value would train "
-                "one conversion and sample with another"
-            )
+            raise ValueError(f"the evaluator converts x0 predictions with t_clamp = {EVAL_T_CLAMP}; another value "
+                             "would train one conversion and sample with another")  # fmt: skip
         return v
 
 

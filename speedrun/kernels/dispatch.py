@@ -73,10 +73,8 @@ def active_backend(device: torch.device | str, head_dim: int) -> Literal["torch"
     if isinstance(kernels, ImportError):
         raise SpeedrunError(f"kernel backend 'triton' is unavailable: {kernels}")
     if not triton_head_dim(head_dim):
-        raise SpeedrunError(
-            f"kernel backend 'triton' takes head dims that are powers of two of at least 16, got {head_dim}; "
-            f"choose 'torch' or 'auto' ({ENV_VAR})"
-        )
+        raise SpeedrunError(f"kernel backend 'triton' takes head dims that are powers of two of at least 16, got "
+                            f"{head_dim}; choose 'torch' or 'auto' ({ENV_VAR})")  # fmt: skip
     return "triton"
 
 
@@ -105,7 +103,6 @@ def qk_norm_rope(
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """``apply_rope(rms_norm(x, w, eps), cos, sin)`` for q, k (B, H, N, D), weights (D,), tables (N, D // 2)
     or (B, N, D // 2)."""
-
     if active_backend(q.device, q.shape[-1]) == "triton":
         return _triton_kernels()[1](q, k, q_weight, k_weight, cos, sin, eps)
     return (apply_rope(rms_norm(q, q_weight, eps), cos, sin), apply_rope(rms_norm(k, k_weight, eps), cos, sin))

@@ -2,8 +2,7 @@
 with ``axes_dim=[head_dim // 2] * 2``: token ``n`` of a row-major grid sits at row ``n // grid_w``, column
 ``n % grid_w``; rotation pairs ``0 .. head_dim//4 - 1`` turn by the row, the rest by the column, pair ``j``
 of an axis at ``theta ** (-2 j / (head_dim // 2))`` rad per token; pair ``i`` is features ``(2i, 2i + 1)``.
-Text tokens carry no position.
-"""
+Text tokens carry no position."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@
 Forward: online softmax in fp32, saving the output and row LSE. Backward: delta = rowsum(dO * O), then
 one program per batch*head walks its key blocks (dK, dV in registers, dQ shares added to fp32 partial
 sums): five matmuls per tile, no atomics (deterministic grads); padding-only key blocks are skipped.
-Without a GPU, set ``TRITON_INTERPRET=1`` before importing this module and pass CPU tensors.
-"""
+Without a GPU, set ``TRITON_INTERPRET=1`` before importing this module and pass CPU tensors."""
 
 from __future__ import annotations
 
@@ -231,26 +230,14 @@ def _attn_bwd_kernel(
 
 
 def _check_inputs(q, k, v, key_mask) -> None:
-    if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape or k.shape[:2] + k.shape[3:] != q.shape[:2] + q.shape[3:]:
-        shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-        raise ValueError(f"q must be (B, H, Nq, D) and k, v (B, H, Nk, D) of its B, H and D; got {shapes}")
-    B, _, _, D = q.shape
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"q, k, v must share one of fp16/bf16/fp32; got {q.dtype}, {k.dtype}, {v.dtype}")
-    if D < 16 or D & (D - 1):
-        raise ValueError(f"head dim must be a power of two >= 16, got {D}")
+    """Shapes the kernels index by (a mismatch would read out of bounds); Triton refuses other misuse itself."""
+    B, H, _, D = q.shape
+    if k.dim() != 4 or k.shape != v.shape or (k.shape[0], k.shape[1], k.shape[3]) != (B, H, D):
+        raise ValueError(f"q must be (B, H, Nq, D) and k, v (B, H, Nk, D); got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")  # fmt: skip
     if key_mask is not None and (key_mask.dtype != torch.bool or key_mask.shape != (B, k.shape[2])):
-        raise ValueError(
-            f"key_mask must be a bool tensor of shape ({B}, {k.shape[2]}); got {key_mask.dtype} {tuple(key_mask.shape)}"
-        )
-    devices = {t.device for t in (q, k, v) + (() if key_mask is None else (key_mask,))}
-    if len(devices) != 1:
-        raise ValueError(f"q, k, v and key_mask must be on one device; got {sorted(map(str, devices))}")
-    if not (q.is_cuda or (_INTERPRET and q.device.type == "cpu")):
-        raise RuntimeError(
-            "Triton kernels need CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before "
-            "speedrun.kernels.triton_attention was imported"
-        )
+        raise ValueError(f"key_mask must be a bool tensor of shape ({B}, {k.shape[2]}); got {key_mask.dtype} "
+                         f"{tuple(key_mask.shape)}")  # fmt: skip
 
 
 class _FlashAttention(torch.autograd.Function):

@@ -1,8 +1,7 @@
 """The PRX denoiser: a "simplified MMDiT" whose text stream is never updated.
 
 Computes what diffusers' ``PRXTransformer2DModel`` computes (weights map one to one), plus block hooks on
-the image tokens and ``flops_per_step``. ``t`` in [0, 1], t = 1 pure noise, is embedded as ``t * time_scale``.
-"""
+the image tokens and ``flops_per_step``. ``t`` in [0, 1], t = 1 pure noise, is embedded as ``t * time_scale``."""
 
 from __future__ import annotations
 
@@ -112,9 +111,7 @@ class PRXBlock(nn.Module):
     def __init__(self, config: PRXConfig):
         super().__init__()
         h, d = config.hidden_size, config.head_dim
-        self.num_heads = config.num_heads
-        self.head_dim = d
-        self.eps = config.norm_eps
+        self.num_heads, self.head_dim, self.eps = config.num_heads, d, config.norm_eps
         self.modulation = nn.Linear(h, 6 * h)
         self.qkv = nn.Linear(h, 3 * h, bias=False)
         self.q_norm = nn.Parameter(torch.ones(d))
@@ -164,12 +161,8 @@ class PRXDenoiser(nn.Module):
     def __init__(self, config: PRXConfig):
         super().__init__()
         self.config = config
-        h = config.hidden_size
-        if config.bottleneck_dim is None:
-            self.img_in: nn.Module = nn.Linear(config.patch_dim, h)
-        else:
-            b = config.bottleneck_dim
-            self.img_in = nn.Sequential(nn.Linear(config.patch_dim, b), nn.Linear(b, h))
+        p, h, b = config.patch_dim, config.hidden_size, config.bottleneck_dim
+        self.img_in = nn.Linear(p, h) if b is None else nn.Sequential(nn.Linear(p, b), nn.Linear(b, h))
         self.time_in = nn.Sequential(nn.Linear(config.time_embed_dim, h), nn.SiLU(), nn.Linear(h, h))
         self.text_in = nn.Linear(config.text_dim, h)
         self.blocks = nn.ModuleList(PRXBlock(config) for _ in range(config.depth))
@@ -191,8 +184,7 @@ class PRXDenoiser(nn.Module):
 
     def grid(self, image_hw: tuple[int, int]) -> tuple[int, int]:
         """Token rows and columns for an ``(H, W)`` input."""
-        h, w = image_hw
-        p = self.config.patch_size
+        (h, w), p = image_hw, self.config.patch_size
         if h % p or w % p:
             raise ValueError(f"image size {h}x{w} is not divisible by patch size {p}")
         return h // p, w // p
@@ -208,14 +200,12 @@ class PRXDenoiser(nn.Module):
         ``text_mask`` (B, L) bool, True for real tokens (None: all real; padding has no influence).
         Block ``i`` runs between the ``before`` and ``after`` hooks of ``hooks[i]``, in order; under routing
         (``state.token_index``, B, N_kept) it takes RoPE for exactly the kept positions."""
-        cfg = self.config
-        _, c, height, width = x.shape
+        cfg, (_, c, height, width) = self.config, x.shape
         if c != cfg.in_channels:  # a track pairing a pixel model with latents, say
             raise ValueError(f"input has {c} channels, the model expects {cfg.in_channels}")
         if text_mask is None:
             text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
-        state = StepState() if state is None else state
-        hooks = hooks or {}
+        state, hooks = StepState() if state is None else state, hooks or {}
 
         cos, sin = rope_tables(*self.grid((height, width)), cfg.head_dim, cfg.rope_theta, x.device)
         tokens = self.img_in(patchify(x, cfg.patch_size))
@@ -226,15 +216,13 @@ class PRXDenoiser(nn.Module):
 
         for i, block in enumerate(self.blocks):
             pairs = hooks.get(i, ())
-            for before, _ in pairs:
-                if before is not None:
-                    tokens = before(tokens, state)
+            for before in (b for b, _ in pairs if b is not None):
+                tokens = before(tokens, state)
             index = state.token_index
             block_cos, block_sin = (cos, sin) if index is None else (cos[index], sin[index])
             tokens = block(tokens, text_tokens, vec, block_cos, block_sin, text_mask)
-            for _, after in pairs:
-                if after is not None:
-                    tokens = after(tokens, state)
+            for after in (a for _, a in pairs if a is not None):
+                tokens = after(tokens, state)
 
         shift, scale = self.final_modulation(F.silu(vec))[:, None].chunk(2, dim=-1)
         tokens = (1 + scale) * F.layer_norm(tokens, (cfg.hidden_size,), eps=cfg.norm_eps) + shift
