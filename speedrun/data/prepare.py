@@ -56,11 +56,6 @@ class _ShapesSource:
             raise SpeedrunError(
                 f"track '{track.id}': data.source '{data.source}' is not a known generator; use '{shapes.SOURCE_ID}'"
             )
-        if data.image_size < shapes.MIN_IMAGE_SIZE:
-            raise SpeedrunError(
-                f"track '{track.id}': data.image_size {data.image_size} is below {shapes.MIN_IMAGE_SIZE}, "
-                f"too small for {shapes.SOURCE_ID}"
-            )
         self.image_size, self.counts = data.image_size, counts
 
     def split_size(self, split: str) -> int:
@@ -85,12 +80,9 @@ class _Models:
     def text(self) -> TextEncoder:
         data = self.track.data
         encoder = get_text_encoder(data.text_encoder, data.text_max_tokens, self.device)
-        expected = text_encoder_class(data.text_encoder).dim
-        if encoder.dim != expected:
-            raise SpeedrunError(
-                f"the weights loaded for text encoder '{data.text_encoder}' ({encoder.id}) have width "
-                f"{encoder.dim}, not {expected}: they are not that model"
-            )
+        if encoder.dim != (expected := text_encoder_class(data.text_encoder).dim):
+            raise SpeedrunError(f"the weights loaded as text encoder '{data.text_encoder}' ({encoder.id}) are "
+                                f"{encoder.dim} wide, not {expected}: they are not that model")
         return encoder
 
     @functools.cached_property
@@ -151,12 +143,9 @@ def dataset_dir(track: Track, root: Path | None = None, definition: dict | None 
 
 
 def _jobs(source: Any, per_shard: int) -> list[_Job]:
-    jobs = []
-    for split in SPLITS:
-        n = source.split_size(split)
-        for shard, start in enumerate(range(0, n, per_shard)):
-            jobs.append(_Job(split, shard, start, min(per_shard, n - start)))
-    return jobs
+    sizes = {split: source.split_size(split) for split in SPLITS}
+    return [_Job(split, k, start, min(per_shard, n - start))
+            for split, n in sizes.items() for k, start in enumerate(range(0, n, per_shard))]  # fmt: skip
 
 
 def _reusable(split_dir: Path, job: _Job) -> bool:
@@ -165,7 +154,7 @@ def _reusable(split_dir: Path, job: _Job) -> bool:
     if entry is None or (entry.start, entry.count) != (job.start, job.count):
         return False
     try:
-        shards.check_files(split_dir / job.name, entry.files, rehash=True, remedy=None)
+        shards.check_files(split_dir / job.name, entry.files, rehash=True)
         return True
     except SpeedrunError:
         return False
@@ -327,10 +316,7 @@ def prepare(
     if prepared:
         manifest = shards.read_manifest(out)
         if manifest.dataset_hash != canonical_hash(definition):
-            raise SpeedrunError(
-                f"{out / MANIFEST_NAME}: dataset_hash does not match the track's data definition; "
-                f"delete {out} and prepare again"
-            )
+            raise SpeedrunError(f"{out / MANIFEST_NAME}: dataset_hash is not that of the track's data definition")
         _check_pins(track, {split: entry.definition_hash for split, entry in manifest.splits.items()})
         if track.data.teacher is not None:
             teacher.check_recorded(out, manifest)
