@@ -92,10 +92,8 @@ def check_options(o: RunOptions, track: Track) -> None:
     if o.device == "cuda" and not torch.cuda.is_available():
         raise SpeedrunError("--device cuda: this machine has no usable CUDA device; use --device cpu")
     if (batch := track.train.global_batch) % (world := o.nproc * o.nnodes):
-        raise SpeedrunError(
-            f"--nproc {o.nproc} x --nnodes {o.nnodes} = {world} processes do not divide track '{track.id}''s "
-            f"global batch {batch} (train.global_batch)"
-        )
+        raise SpeedrunError(f"--nproc {o.nproc} x --nnodes {o.nnodes} = {world} processes do not divide track "
+                            f"'{track.id}''s global batch {batch} (train.global_batch)")
     # As paths.py resolves them ($SPEEDRUN_*_DIR too); a prepared data folder may be read-only.
     for option, env, explicit, root, write in (
         ("--data-dir", "$SPEEDRUN_DATA_DIR", o.data_dir, data_root(o.data_dir), False),
@@ -157,10 +155,8 @@ def _read_eval(path: Path) -> EvalReport:
     try:
         return EvalReport.model_validate_json(path.read_bytes())
     except (OSError, ValidationError) as exc:
-        raise SpeedrunError(
-            f"{path}: not a metrics file of `speedrun eval` ({str(exc).splitlines()[0]}); delete it to evaluate "
-            "that checkpoint again"
-        ) from None
+        raise SpeedrunError(f"{path}: not a metrics file of `speedrun eval` ({str(exc).splitlines()[0]}); delete it "
+                            "to evaluate that checkpoint again") from None
 
 
 def _evaluation_identity(track: Track) -> dict[str, str]:
@@ -222,10 +218,8 @@ def _skip(
     except SpeedrunError as exc:
         raise SpeedrunError(f"{exc}. `--force` re-runs seed {seed}, replacing it") from None
     if changed := _changes(committed, submission, track):
-        raise SpeedrunError(
-            f"{results_path}: seed {seed} has a result from other code or track ({'; '.join(changed)}); "
-            f"`--force` re-runs seed {seed} with the current files, replacing it"
-        )
+        raise SpeedrunError(f"{results_path}: seed {seed} has a result from other code or track ({'; '.join(changed)})"
+                            f"; `--force` re-runs seed {seed} with the current files, replacing it")
     local = _read(run_dir / LOCAL_RESULT)
     if local is None or _changes(local, submission, track):
         return None
@@ -411,20 +405,16 @@ def compare_with_committed(new: RunResult, old: RunResult, old_path: Path, track
     if new.metrics == old.metrics:
         console.print(f"seed {new.seed}: [green]identical to the committed result[/]")
     elif machine_model(new) == machine_model(old) and new.hardware.device_type == "cpu":
-        console.print(
-            f"seed {new.seed}: [red]differs from the committed result, made on this CPU model ({new.hardware.cpu})"
-            "[/]: a CPU seed reproduces bit for bit on one model, so the code, packages or data differ; report it "
-            "with both results files"
-        )
+        console.print(f"seed {new.seed}: [red]differs from the committed result, made on this CPU model "
+                      f"({new.hardware.cpu})[/]: a CPU seed reproduces bit for bit on one model, so the code, packages "
+                      "or data differ; report it with both results files")
     else:
         ranked = track.ranking.metric
         found = [_read(f) for f in sorted(old_path.parent.glob("seed*.json"))]
         values = [r.metrics[ranked] for r in found if r and r.status == "ok" and r.metrics.get(ranked) is not None]
         spread = f" (the committed seeds' {ranked} has sd {statistics.stdev(values):.4g})" if len(values) > 1 else ""
-        console.print(
-            f"seed {new.seed}: made on {machine_model(new)}, the committed one on {machine_model(old)}: across machine "
-            f"models a seed's scores move about as much as a change of seed{spread}"
-        )
+        console.print(f"seed {new.seed}: made on {machine_model(new)}, the committed one on {machine_model(old)}: "
+                      f"across machine models a seed's scores move about as much as a change of seed{spread}")
 
 
 def _number(value: float | None) -> str:

@@ -33,6 +33,7 @@ from speedrun.tracks import Track, canonical_hash
 SHARD_BYTES = 256 << 20
 # Distinct captions per text-encoder call from prepare (bounds float32 temporaries).
 _TEXT_CHUNK = 512
+_ELSEWHERE = "choose another folder with --data-dir or $SPEEDRUN_DATA_DIR"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +54,7 @@ class _ShapesSource:
     def __init__(self, track: Track, counts: dict[str, int]) -> None:
         data = track.data
         if data.source != shapes.SOURCE_ID:
-            raise SpeedrunError(
-                f"track '{track.id}': data.source '{data.source}' is not a known generator; use '{shapes.SOURCE_ID}'"
-            )
+            raise SpeedrunError(f"track '{track.id}': data.source '{data.source}' is not '{shapes.SOURCE_ID}'")
         self.image_size, self.counts = data.image_size, counts
 
     def split_size(self, split: str) -> int:
@@ -209,18 +208,13 @@ def _write_null_text(out: Path, encoder: TextEncoder) -> None:
 
 def _check_pins(track: Track, split_hashes: dict[str, str]) -> None:
     pins = track.data.split_hashes
-    unknown = sorted(set(pins) - set(SPLITS))
-    if unknown:
-        raise SpeedrunError(
-            f"track '{track.id}': data.split_hashes names unknown split(s) {unknown}; splits are {list(SPLITS)}"
-        )
+    if unknown := sorted(set(pins) - set(SPLITS)):
+        raise SpeedrunError(f"track '{track.id}': data.split_hashes has unknown split(s) {unknown}; splits: {SPLITS}")
     for split, pinned in pins.items():
         if split_hashes[split] != pinned:
-            raise SpeedrunError(
-                f"track '{track.id}': data.split_hashes.{split} pins {pinned} but the prepared "
-                f"{split} split hashes to {split_hashes[split]}; the generator or source no longer "
-                "produces the track's data"
-            )
+            raise SpeedrunError(f"track '{track.id}': data.split_hashes.{split} pins {pinned} but the prepared "
+                                f"{split} split hashes to {split_hashes[split]}; the generator or source no longer "
+                                "produces the track's data")
 
 
 def _finalize(
@@ -309,10 +303,7 @@ def prepare(
     try:
         prepared = lookup(out / MANIFEST_NAME) == "file"
     except OSError as exc:  # a name too long, or a folder that may not be entered
-        raise SpeedrunError(
-            f"{out}: cannot look for the dataset there ({exc.strerror or exc}); choose another folder with "
-            "--data-dir or $SPEEDRUN_DATA_DIR"
-        ) from None
+        raise SpeedrunError(f"{out}: cannot look for the dataset there ({exc.strerror or exc}); {_ELSEWHERE}") from None
     if prepared:
         manifest = shards.read_manifest(out)
         if manifest.dataset_hash != canonical_hash(definition):
@@ -324,10 +315,7 @@ def prepare(
         return out
 
     if (problem := unusable_part(out)) is not None:  # checked before the encoders load: minutes at prx-256
-        raise SpeedrunError(
-            f"{out}: cannot prepare the dataset there: {problem}; choose another folder with --data-dir or "
-            "$SPEEDRUN_DATA_DIR"
-        )
+        raise SpeedrunError(f"{out}: cannot prepare the dataset there: {problem}; {_ELSEWHERE}")
     data = track.data
     counts = {split: getattr(data, f"{split}_examples") for split in SPLITS}
     if data.dataset == "shapes":

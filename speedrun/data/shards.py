@@ -150,10 +150,8 @@ def write_shard(
         os.replace(tmp, final)
     except OSError as exc:  # disk full, permissions, I/O errors: the user's to fix
         shutil.rmtree(tmp, ignore_errors=True)
-        raise SpeedrunError(
-            f"{final}: cannot write this shard ({exc.strerror or exc}); its partial copy was removed: fix "
-            "that (e.g. free disk space) and run prepare again (the finished shards are kept)"
-        ) from exc
+        raise SpeedrunError(f"{final}: cannot write this shard ({exc.strerror or exc}); its partial copy was removed: "
+                            "fix that (e.g. free disk space) and run prepare again (it keeps finished shards)") from exc
     sync_after_rename(final)
     return entry
 
@@ -271,10 +269,8 @@ class SplitDataset:
         if self.representation == "pixels":
             return self.gather_field("x", indices)
         if not self.has_images:
-            raise SpeedrunError(
-                f"split '{self.name}' of {self.root} stores latents only; uint8 images are kept for the reference "
-                "split, and for the train split only on tracks with data.train_images = true"
-            )
+            raise SpeedrunError(f"split '{self.name}' of {self.root} stores latents only; uint8 images are kept for "
+                                "the reference split, and the train split's on tracks with data.train_images = true")
         return self.gather_field("images", indices)
 
     @property
@@ -321,10 +317,8 @@ def read_manifest(root: Path) -> Manifest:
         raise SpeedrunError(f"{path}: not valid JSON ({exc}); delete it and run prepare again") from None
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if version != FORMAT_VERSION:
-        raise SpeedrunError(
-            f"{path}: format_version {version!r}, this harness reads {FORMAT_VERSION}; delete {root} "
-            "and run prepare again"
-        )
+        raise SpeedrunError(f"{path}: format_version {version!r}, this harness reads {FORMAT_VERSION}; delete {root} "
+                            "and run prepare again")
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:

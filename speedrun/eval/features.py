@@ -95,10 +95,8 @@ def as_uint8_images(images: Any, *, who: str) -> torch.Tensor:
     array's memory); ``who`` names the caller in errors."""
     dtype = getattr(images, "dtype", type(images).__name__)
     if not isinstance(images, (np.ndarray, torch.Tensor)) or str(dtype) not in ("uint8", "torch.uint8"):
-        raise SpeedrunError(
-            f"{who}: images must be a uint8 numpy array or torch tensor (values 0..255), got {dtype}; quantise once "
-            "where they are made, e.g. x.mul(255).round().clamp(0, 255).to(torch.uint8) for [0, 1] floats"
-        )
+        raise SpeedrunError(f"{who}: images must be a uint8 numpy array or torch tensor (values 0..255), got {dtype}; "
+                            "quantise once where they are made, e.g. x.mul(255).round().clamp(0, 255).to(torch.uint8)")
     if images.ndim != 4 or images.shape[-1] != 3:
         raise SpeedrunError(f"{who}: images must have shape (B, H, W, 3) (channels last, RGB), got {images.shape}")
     if isinstance(images, np.ndarray):

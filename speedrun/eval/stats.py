@@ -142,14 +142,9 @@ def images_sha256(batches: Iterable[Any]) -> str:
 
 
 def reference_stats(
-    images: Iterable[Any],
-    extractor: Extractor,
-    cache_dir: str | os.PathLike[str],
-    key_parts: dict[str, Any],
-    *,
-    images_hash: str | None = None,
-    keep_features: bool = False,
-) -> StreamingMoments:
+    images: Iterable[Any], extractor: Extractor, cache_dir: str | os.PathLike[str], key_parts: dict[str, Any], *,
+    images_hash: str | None = None, keep_features: bool = False,
+) -> StreamingMoments:  # fmt: skip
     """Feature statistics of reference images, cached in ``cache_dir/<key>.npz``, key = sha256 of (images
     hash, extractor id and weights sha256, ``key_parts``, ``keep_features``, format). A cached file whose
     content hash or recorded key fails is a SpeedrunError, never silently recomputed over. ``images``:
