@@ -99,8 +99,7 @@ def check_options(o: RunOptions, track: Track) -> None:
         ("--data-dir", "$SPEEDRUN_DATA_DIR", o.data_dir, data_root(o.data_dir), False),
         ("--runs-dir", "$SPEEDRUN_RUNS_DIR", o.runs_dir, runs_root(o.runs_dir), True),
     ):
-        problem = unusable_part(root, write=write)
-        if problem is not None:
+        if (problem := unusable_part(root, write=write)) is not None:
             raise SpeedrunError(f"{option if explicit is not None else env} {root}: {problem}")
 
 
@@ -164,11 +163,8 @@ def _evaluation_identity(track: Track) -> dict[str, str]:
     file and protocol, scored by this harness (a seed started over trains bit-identical weights on a CPU)."""
     from speedrun.eval.run import protocol
 
-    return {
-        "track_hash": load_track(track.id).content_hash,
-        "protocol_hash": canonical_hash(protocol(track)),
-        "harness_sha256": harness_sha256(),
-    }
+    return {"track_hash": load_track(track.id).content_hash, "protocol_hash": canonical_hash(protocol(track)),
+            "harness_sha256": harness_sha256()}
 
 
 def _scored_here(report: EvalReport, checkpoint: Path, identity: dict[str, str]) -> bool:
@@ -332,17 +328,12 @@ def assemble_result(
     device = torch.device("cuda" if (o.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda" else "cpu")
     final = evals[-1] if evals else None
     return results.finalize({
-        "run_id": f"seed{seed}",
-        "submission": submission.name,
-        "track": track.id,
-        "track_version": track.version,
-        "seed": seed,
-        "status": s.status,
-        "failure": None if s.status == "ok" else results.Failure(step=s.diverged_at, reason=s.reason,
-                                                          last_finite_loss=s.last_finite_loss),
-        "steps": s.steps,
-        "metrics": final.metrics if final else {},
-        "unavailable": final.unavailable if final else {},
+        "run_id": f"seed{seed}", "submission": submission.name, "track": track.id, "track_version": track.version,
+        "seed": seed, "status": s.status,
+        "failure": None if s.status == "ok" else results.Failure(
+            step=s.diverged_at, reason=s.reason, last_finite_loss=s.last_finite_loss
+        ),
+        "steps": s.steps, "metrics": final.metrics if final else {}, "unavailable": final.unavailable if final else {},
         "evals": [results.EvalPoint(step=e.step, metrics=e.metrics, unavailable=e.unavailable, samples=e.samples)
                   for e in evals],
         "val_loss_curve": s.val_loss_curve,
@@ -352,9 +343,7 @@ def assemble_result(
             checkpoint_s=s.checkpoint_seconds, validation_s=s.validation_seconds, eval_s=eval_s, wall_s=wall_s,
             gpu_hours=s.clock_seconds * s.world_size / 3600 if device.type == "cuda" else 0.0,
         ),
-        "kernels": s.kernels,
-        "world_size": s.world_size,
-        "hardware": hardware_info(device, s.world_size, o.nproc),
+        "kernels": s.kernels, "world_size": s.world_size, "hardware": hardware_info(device, s.world_size, o.nproc),
         "software": software_info(),
         "provenance": results.Provenance(
             manifest_sha256=s.code["submission_files"][MANIFEST], submission_files=s.code["submission_files"],

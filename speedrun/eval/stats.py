@@ -83,12 +83,9 @@ class StreamingMoments:
         """Write an .npz atomically; returns the sha256 over every array's name, dtype, shape and
         bytes, which is stored in the file as ``sha256`` and checked by ``load``."""
         state = {
-            "format": np.asarray(STATS_FORMAT, dtype=np.int64),
-            "count": np.asarray(self.count, dtype=np.int64),
-            "sum": self._sum,
-            "comoment": self._comoment,
-            "meta": np.asarray(json.dumps(self.meta, sort_keys=True)),
-        }
+            "format": np.asarray(STATS_FORMAT, dtype=np.int64), "count": np.asarray(self.count, dtype=np.int64),
+            "sum": self._sum, "comoment": self._comoment, "meta": np.asarray(json.dumps(self.meta, sort_keys=True)),
+        }  # fmt: skip
         if self.keep_features:
             state["features"] = self.features
         digest = _content_sha256(state)
