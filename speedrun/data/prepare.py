@@ -89,15 +89,6 @@ class _Models:
         return load_flux_vae(self.track.data.vae, self.device)
 
 
-def _vae_identity(track: Track, vae: FluxVAE | None) -> dict[str, str] | None:
-    if track.data.representation == "pixels":
-        return None
-    if vae is not None:
-        return {"id": vae.id, "revision": vae.revision}
-    repo, revision, subfolder = parse_ref(track.data.vae)
-    return {"id": repo + (f"#{subfolder}" if subfolder else ""), "revision": revision}
-
-
 def _examples_per_shard(track: Track, text: TextEncoderInfo, vae: FluxVAE | None) -> int:
     size = track.data.image_size
     x_bytes = size * size * 3
@@ -125,12 +116,17 @@ def dataset_definition(
     # split_hashes check a dataset; train_images and teacher at their defaults (False, None) are left out so
     # that datasets prepared before the fields existed keep their directory.
     exclude = {"split_hashes"} | {field for field in ("train_images", "teacher") if not getattr(data, field)}
+    if data.representation == "pixels":
+        vae_id = None
+    else:
+        repo, revision, subfolder = (vae.id, vae.revision, None) if vae else parse_ref(data.vae)
+        vae_id = {"id": repo + (f"#{subfolder}" if subfolder else ""), "revision": revision}
     return {
         "format_version": shards.FORMAT_VERSION,
         "data": data.model_dump(mode="json", exclude=exclude),
         "source": _ShapesSource.definition if data.dataset == "shapes" else mjv6.Mjv6Source.definition,
         "text_encoder": text.model_dump(),
-        "vae": _vae_identity(track, vae),
+        "vae": vae_id,
         "examples_per_shard": examples_per_shard or _examples_per_shard(track, text, vae),
     }
 
@@ -145,18 +141,6 @@ def _jobs(source: Any, per_shard: int) -> list[_Job]:
     sizes = {split: source.split_size(split) for split in SPLITS}
     return [_Job(split, k, start, min(per_shard, n - start))
             for split, n in sizes.items() for k, start in enumerate(range(0, n, per_shard))]  # fmt: skip
-
-
-def _reusable(split_dir: Path, job: _Job) -> bool:
-    """Whether a complete, uncorrupted shard for ``job`` is already on disk."""
-    entry = shards.read_shard_entry(split_dir, job.name)
-    if entry is None or (entry.start, entry.count) != (job.start, job.count):
-        return False
-    try:
-        shards.check_files(split_dir / job.name, entry.files, rehash=True)
-        return True
-    except SpeedrunError:
-        return False
 
 
 def _encode_captions(
@@ -264,9 +248,14 @@ def _prepare_shard(
     split_dir = out / job.split
     for stale in split_dir.glob(f".{job.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    if _reusable(split_dir, job):
-        advance(job.count)
-        return
+    entry = shards.read_shard_entry(split_dir, job.name)
+    if entry is not None and (entry.start, entry.count) == (job.start, job.count):
+        try:
+            shards.check_files(split_dir / job.name, entry.files, rehash=True)
+            advance(job.count)
+            return
+        except SpeedrunError:  # damaged: built again below
+            pass
     arrays, documents = _build_shard(job, data_source, models, track, advance)
     shards.write_shard(split_dir, job.name, job.start, arrays, documents)
 

@@ -30,11 +30,10 @@ def find_local_weights(repo: str, subfolder: str | None, weights_dir: str | Path
 def missing_weights_error(repo: str, revision: str, subfolder: str | None, reason: Exception) -> SpeedrunError:
     where = f"{repo}/{subfolder}" if subfolder else repo
     return SpeedrunError(
-        f"weights {where} at revision {revision} are not available offline "
-        f"({type(reason).__name__}: {str(reason).splitlines()[0][:200]}). Supply them in one of two "
-        f"ways: put a local copy (config.json, weights and tokenizer files) in "
-        f"${WEIGHTS_ENV}/{where}/ (or pass weights_dir), or run the command once online so Hugging "
-        f"Face caches {repo}@{revision} (gated models need `huggingface-cli login` first)."
+        f"weights {where} at revision {revision} are not available offline ({type(reason).__name__}: "
+        f"{str(reason).splitlines()[0][:200]}); put a local copy (config.json, weights, tokenizer files) in "
+        f"${WEIGHTS_ENV}/{where}/, or run once online so that Hugging Face caches {repo}@{revision} (gated "
+        "models need `huggingface-cli login` first)"
     )
 
 
