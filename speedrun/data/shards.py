@@ -176,7 +176,8 @@ def check_files(directory: Path, files: dict[str, FileEntry], *, rehash: bool, r
         elif (size := path.stat().st_size) != entry.bytes:
             problem = f"{size} bytes but the manifest records {entry.bytes}; the file is truncated or corrupted"
         elif rehash and (actual := sha256_file(path)) != entry.sha256:
-            problem = f"sha256 {actual[:16]}... does not match the manifest ({entry.sha256[:16]}...); it is corrupted"
+            problem = (f"sha256 {actual[:16]}... does not match the manifest ({entry.sha256[:16]}...); "
+                       "the file is corrupted")
         else:
             continue
         raise SpeedrunError(f"{path}: {problem}" + (f"; {remedy}" if remedy else ""))

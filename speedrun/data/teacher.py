@@ -129,7 +129,7 @@ def check_recorded(root: Path, manifest: shards.Manifest) -> None:
     records the teacher (a dataset prepared by a harness before teachers, or an edited manifest, may not)."""
     if manifest.teacher is None:
         raise SpeedrunError(f"{root / shards.MANIFEST_NAME}: records no {TEACHER_DIR}/{TEACHER_FILE} though the track "
-                            "sets data.teacher; delete it and run prepare again (it keeps the shards and trains it)")
+                            "sets data.teacher; delete it and run prepare again to train the teacher (shards are kept)")
 
 
 def load_encoder(root: Path, spec: TeacherTraining) -> tuple[ShapesEncoder, str]:

@@ -49,8 +49,7 @@ class Extractor(ABC):
                 chunk = batch[start : start + self.batch_size]
                 real = chunk.shape[0]
                 if real < self.batch_size:
-                    padding = chunk[-1:].expand(self.batch_size - real, *chunk.shape[1:])
-                    chunk = torch.cat([chunk, padding])
+                    chunk = torch.cat([chunk, chunk[-1:].expand(self.batch_size - real, *chunk.shape[1:])])
                 features = self.embed(self.preprocess(chunk))[:real]
                 out[start : start + real] = features.to(device="cpu", dtype=torch.float64).numpy()
         return out
@@ -98,7 +97,7 @@ def as_uint8_images(images: Any, *, who: str) -> torch.Tensor:
         raise SpeedrunError(f"{who}: images must be a uint8 numpy array or torch tensor (values 0..255), got {dtype}; "
                             "quantise once where they are made, e.g. x.mul(255).round().clamp(0, 255).to(torch.uint8)")
     if images.ndim != 4 or images.shape[-1] != 3:
-        raise SpeedrunError(f"{who}: images must have shape (B, H, W, 3) (channels last, RGB), got {images.shape}")
+        raise SpeedrunError(f"{who}: images must have shape (B, H, W, 3) (channels last), got {tuple(images.shape)}")
     if isinstance(images, np.ndarray):
         array = np.ascontiguousarray(images)
         # torch warns on read-only arrays (e.g. np.load with mmap); a copy is cheaper than the forward.
