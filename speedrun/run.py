@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from speedrun import advice
+from speedrun import advice, results
 from speedrun.checkpoint import discard_checkpoints, read_meta
 from speedrun.devices import DEVICES, MAX_SEED, PARALLEL_MODES, ParallelMode
 from speedrun.errors import SpeedrunError, TrainingInterrupted
@@ -31,19 +31,7 @@ from speedrun.fileio import atomic_write_bytes
 from speedrun.locks import results_lock, seed_lock
 from speedrun.paths import data_root, runs_root, unusable_part
 from speedrun.provenance import code_changes, code_record, hardware_info, harness_sha256, now_iso, software_info
-from speedrun.results import (
-    EvalPoint,
-    EvalReport,
-    Failure,
-    Provenance,
-    RunResult,
-    Speed,
-    Timing,
-    TrainSummary,
-    finalize,
-    load_result,
-    write_result,
-)
+from speedrun.results import EvalReport, RunResult, TrainSummary, load_result, write_result
 from speedrun.submission import MANIFEST, Submission, load_submission
 from speedrun.tracks import REPO_ROOT, Track, canonical_hash, load_track
 from speedrun.trust import signature_path
@@ -103,20 +91,15 @@ def check_options(o: RunOptions, track: Track) -> None:
     """Refuse options that would fail on this machine or track, before anything is prepared or written."""
     if o.device == "cuda" and not torch.cuda.is_available():
         raise SpeedrunError("--device cuda: this machine has no usable CUDA device; use --device cpu")
-    world = o.nproc * o.nnodes
-    batch = track.train.global_batch
-    if batch % world:
-        raise SpeedrunError(
-            f"--nproc {o.nproc} x --nnodes {o.nnodes} = {world} processes do not divide track '{track.id}''s "
-            f"global batch {batch} (train.global_batch); use a process count that divides {batch}"
-        )
+    if (batch := track.train.global_batch) % (world := o.nproc * o.nnodes):
+        raise SpeedrunError(f"--nproc {o.nproc} x --nnodes {o.nnodes} = {world} processes do not divide track "
+                            f"'{track.id}''s global batch {batch} (train.global_batch)")
     # As paths.py resolves them ($SPEEDRUN_*_DIR too); a prepared data folder may be read-only.
     for option, env, explicit, root, write in (
         ("--data-dir", "$SPEEDRUN_DATA_DIR", o.data_dir, data_root(o.data_dir), False),
         ("--runs-dir", "$SPEEDRUN_RUNS_DIR", o.runs_dir, runs_root(o.runs_dir), True),
     ):
-        problem = unusable_part(root, write=write)
-        if problem is not None:
+        if (problem := unusable_part(root, write=write)) is not None:
             raise SpeedrunError(f"{option if explicit is not None else env} {root}: {problem}")
 
 
@@ -149,12 +132,7 @@ def _train(
     if not o.resume and o.node_rank == 0:
         # Here, not on rank 0: should that fail, the other ranks would wait for it at their first collective.
         discard_checkpoints(run_dir / "checkpoints")
-    try:
-        stopped.unlink(missing_ok=True)  # an earlier launch's
-    except OSError as exc:
-        raise SpeedrunError(
-            f"{stopped}: cannot remove an earlier launch's stop message ({exc.strerror or exc}); delete it yourself"
-        ) from None
+    stopped.unlink(missing_ok=True)  # an earlier launch's
     returncode = _wait_for_torchrun(cmd, lock_fds)
     if returncode != 0:
         try:  # torchrun exits 1 whatever stopped its workers: the first one's stop message says what did
@@ -176,10 +154,8 @@ def _read_eval(path: Path) -> EvalReport:
     try:
         return EvalReport.model_validate_json(path.read_bytes())
     except (OSError, ValidationError) as exc:
-        raise SpeedrunError(
-            f"{path}: not a metrics file of `speedrun eval` ({str(exc).splitlines()[0]}); delete it to evaluate "
-            "that checkpoint again"
-        ) from None
+        raise SpeedrunError(f"{path}: not a metrics file of `speedrun eval` ({str(exc).splitlines()[0]}); delete it "
+                            "to evaluate that checkpoint again") from None
 
 
 def _evaluation_identity(track: Track) -> dict[str, str]:
@@ -187,11 +163,8 @@ def _evaluation_identity(track: Track) -> dict[str, str]:
     file and protocol, scored by this harness (a seed started over trains bit-identical weights on a CPU)."""
     from speedrun.eval.run import protocol
 
-    return {
-        "track_hash": load_track(track.ref).content_hash,
-        "protocol_hash": canonical_hash(protocol(track)),
-        "harness_sha256": harness_sha256(),
-    }
+    return {"track_hash": load_track(track.ref).content_hash, "protocol_hash": canonical_hash(protocol(track)),
+            "harness_sha256": harness_sha256()}
 
 
 def _scored_here(report: EvalReport, checkpoint: Path, identity: dict[str, str]) -> bool:
@@ -241,10 +214,8 @@ def _skip(
     except SpeedrunError as exc:
         raise SpeedrunError(f"{exc}. `--force` re-runs seed {seed}, replacing it") from None
     if changed := _changes(committed, submission, track):
-        raise SpeedrunError(
-            f"{results_path}: seed {seed} has a result from other code or track ({'; '.join(changed)}); "
-            f"`--force` re-runs seed {seed} with the current files, replacing it"
-        )
+        raise SpeedrunError(f"{results_path}: seed {seed} has a result from other code or track ({'; '.join(changed)})"
+                            f"; `--force` re-runs seed {seed} with the current files, replacing it")
     local = _read(run_dir / LOCAL_RESULT)
     if local is None or _changes(local, submission, track):
         return None
@@ -330,10 +301,8 @@ def _train_evaluate_record(
                 eval_s += time.perf_counter() - t0
         result = assemble_result(submission, track, seed, summary, evals, eval_s, time.perf_counter() - wall0, o)
         if changed := code_changes(summary.code, code_record(submission.path)):
-            console.print(
-                f"[yellow]seed {seed}: files changed while it ran ({'; '.join(map(str, changed))}); its result names "
-                "the code that trained, so `speedrun verify` will call it stale against the files now[/]"
-            )
+            console.print(f"[yellow]seed {seed}: files changed while it ran ({'; '.join(map(str, changed))}); "
+                          "`speedrun verify` will call its result (which names the code that trained) stale[/]")
         # A write killed midway leaves a hidden temporary file: not to be committed with the results.
         for name in (results_path.name, results_path.with_suffix(".png").name):
             for stale in results_path.parent.glob(f".{name}.tmp-*"):
@@ -358,43 +327,27 @@ def assemble_result(
     s = summary
     device = torch.device("cuda" if (o.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda" else "cpu")
     final = evals[-1] if evals else None
-    return finalize({
-        "run_id": f"seed{seed}",
-        "submission": submission.name,
-        "track": track.id,
-        "track_version": track.version,
-        "seed": seed,
-        "status": s.status,
-        "failure": None if s.status == "ok" else Failure(
+    return results.finalize({
+        "run_id": f"seed{seed}", "submission": submission.name, "track": track.id, "track_version": track.version,
+        "seed": seed, "status": s.status,
+        "failure": None if s.status == "ok" else results.Failure(
             step=s.diverged_at, reason=s.reason, last_finite_loss=s.last_finite_loss
         ),
-        "steps": s.steps,
-        "metrics": final.metrics if final else {},
-        "unavailable": final.unavailable if final else {},
-        "evals": [
-            EvalPoint(step=e.step, metrics=e.metrics, unavailable=e.unavailable, samples=e.samples) for e in evals
-        ],
+        "steps": s.steps, "metrics": final.metrics if final else {}, "unavailable": final.unavailable if final else {},
+        "evals": [results.EvalPoint(step=e.step, metrics=e.metrics, unavailable=e.unavailable, samples=e.samples)
+                  for e in evals],
         "val_loss_curve": s.val_loss_curve,
-        "speed": Speed(**s.model_dump(include=set(Speed.model_fields))),
-        "timing": Timing(
-            train_clock_s=s.clock_seconds,
-            warmup_s=s.warmup_seconds,
-            data_s=s.data_seconds,
-            checkpoint_s=s.checkpoint_seconds,
-            validation_s=s.validation_seconds,
-            eval_s=eval_s,
-            wall_s=wall_s,
+        "speed": results.Speed(**s.model_dump(include=set(results.Speed.model_fields))),
+        "timing": results.Timing(
+            train_clock_s=s.clock_seconds, warmup_s=s.warmup_seconds, data_s=s.data_seconds,
+            checkpoint_s=s.checkpoint_seconds, validation_s=s.validation_seconds, eval_s=eval_s, wall_s=wall_s,
             gpu_hours=s.clock_seconds * s.world_size / 3600 if device.type == "cuda" else 0.0,
         ),
-        "kernels": s.kernels,
-        "world_size": s.world_size,
-        "hardware": hardware_info(device, s.world_size, o.nproc),
+        "kernels": s.kernels, "world_size": s.world_size, "hardware": hardware_info(device, s.world_size, o.nproc),
         "software": software_info(),
-        "provenance": Provenance(
-            manifest_sha256=s.code["submission_files"][MANIFEST],
-            submission_files=s.code["submission_files"],
-            harness_sha256=s.code["harness_sha256"],
-            track_hash=load_track(track.ref).content_hash,
+        "provenance": results.Provenance(
+            manifest_sha256=s.code["submission_files"][MANIFEST], submission_files=s.code["submission_files"],
+            harness_sha256=s.code["harness_sha256"], track_hash=load_track(track.ref).content_hash,
             overrides=submission.manifest.flat_overrides(),
             dataset_manifest_sha256=dataset_manifest_sha256(track, data_root(o.data_dir)),
             reference_stats_sha256={k: v for e in evals for k, v in e.reference_stats_sha256.items()},
@@ -441,20 +394,16 @@ def compare_with_committed(new: RunResult, old: RunResult, old_path: Path, track
     if new.metrics == old.metrics:
         console.print(f"seed {new.seed}: [green]identical to the committed result[/]")
     elif machine_model(new) == machine_model(old) and new.hardware.device_type == "cpu":
-        console.print(
-            f"seed {new.seed}: [red]differs from the committed result, made on this CPU model ({new.hardware.cpu})"
-            "[/]: a CPU seed reproduces bit for bit on one model, so the code, packages or data differ; report it "
-            "with both results files"
-        )
+        console.print(f"seed {new.seed}: [red]differs from the committed result, made on this CPU model "
+                      f"({new.hardware.cpu})[/]: a CPU seed reproduces bit for bit on one model, so the code, packages "
+                      "or data differ; report it with both results files")
     else:
         ranked = track.ranking.metric
         found = [_read(f) for f in sorted(old_path.parent.glob("seed*.json"))]
         values = [r.metrics[ranked] for r in found if r and r.status == "ok" and r.metrics.get(ranked) is not None]
         spread = f" (the committed seeds' {ranked} has sd {statistics.stdev(values):.4g})" if len(values) > 1 else ""
-        console.print(
-            f"seed {new.seed}: made on {machine_model(new)}, the committed one on {machine_model(old)}: across machine "
-            f"models a seed's scores move about as much as a change of seed{spread}"
-        )
+        console.print(f"seed {new.seed}: made on {machine_model(new)}, the committed one on {machine_model(old)}: "
+                      f"across machine models a seed's scores move about as much as a change of seed{spread}")
 
 
 def _number(value: float | None) -> str:

@@ -10,9 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
-from speedrun.significance import CONFIDENCE
+from speedrun.significance import mean_ci
 
 Curve = Sequence[tuple[float, float]]  # (step, value) in step order
 
@@ -45,11 +44,7 @@ class Speedup:
 
 
 def _log_mean_ci(ratios: list[float]) -> tuple[float, float, float]:
-    logs = np.log(ratios)
-    mean = float(logs.mean())
-    if len(logs) < 2:
-        return math.exp(mean), math.nan, math.nan
-    half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(logs) - 1) * logs.std(ddof=1) / math.sqrt(len(logs))
+    mean, half = mean_ci(np.log(ratios))
     return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
 
 

@@ -113,10 +113,8 @@ def parse_caption(caption: str) -> ShapeSpec:
     for phrase in phrases:
         match = _PHRASE.fullmatch(phrase)
         if match is None:
-            raise SpeedrunError(
-                f"cannot parse shapes caption {caption!r}: {phrase!r} is not "
-                "'a <small|large> <colour> <circle|square|triangle> <position>'"
-            )
+            raise SpeedrunError(f"cannot parse shapes caption {caption!r}: {phrase!r} is not "
+                                "'a <small|large> <colour> <circle|square|triangle> <position>'")
         stated.append(Shape(match["kind"], match["colour"], match["size"], _POSITION_OF_PHRASE[match["where"]]))
     return ShapeSpec(tuple(stated))
 

@@ -99,8 +99,6 @@ class Loader:
         batch_size, world_size, split = self.batch_size, self.world_size, self.split
         if batch_size <= 0 or world_size <= 0 or batch_size % world_size:
             raise SpeedrunError(f"global batch {batch_size} must be a positive multiple of the world size {world_size}")
-        if self.seed < 0 or self.position < 0:
-            raise SpeedrunError(f"seed ({self.seed}) and position ({self.position}) must be >= 0")
         if self.images and not split.has_images:
             raise SpeedrunError(f"split '{split.name}' of {split.root} keeps no real images (latents only)")
         self._local = batch_size // world_size
@@ -178,8 +176,6 @@ class Loader:
         mine = self.state_dict()
         for key in ("seed", "batch_size", "split", "num_examples"):
             if state.get(key) != mine[key]:
-                raise SpeedrunError(
-                    f"loader state has {key}={state.get(key)!r} but this loader has {mine[key]!r}; "
-                    "a run resumes only with the data and batch it started with"
-                )
+                raise SpeedrunError(f"loader state has {key}={state.get(key)!r} but this loader has {mine[key]!r}; "
+                                    "a run resumes only with the data and batch it started with")
         self.position = state["position"]

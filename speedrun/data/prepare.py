@@ -33,6 +33,7 @@ from speedrun.tracks import Track, canonical_hash
 SHARD_BYTES = 256 << 20
 # Distinct captions per text-encoder call from prepare (bounds float32 temporaries).
 _TEXT_CHUNK = 512
+_ELSEWHERE = "choose another folder with --data-dir or $SPEEDRUN_DATA_DIR"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +54,7 @@ class _ShapesSource:
     def __init__(self, track: Track, counts: dict[str, int]) -> None:
         data = track.data
         if data.source != shapes.SOURCE_ID:
-            raise SpeedrunError(
-                f"track '{track.id}': data.source '{data.source}' is not a known generator; use '{shapes.SOURCE_ID}'"
-            )
-        if data.image_size < shapes.MIN_IMAGE_SIZE:
-            raise SpeedrunError(
-                f"track '{track.id}': data.image_size {data.image_size} is below {shapes.MIN_IMAGE_SIZE}, "
-                f"too small for {shapes.SOURCE_ID}"
-            )
+            raise SpeedrunError(f"track '{track.id}': data.source '{data.source}' is not '{shapes.SOURCE_ID}'")
         self.image_size, self.counts = data.image_size, counts
 
     def split_size(self, split: str) -> int:
@@ -85,26 +79,14 @@ class _Models:
     def text(self) -> TextEncoder:
         data = self.track.data
         encoder = get_text_encoder(data.text_encoder, data.text_max_tokens, self.device)
-        expected = text_encoder_class(data.text_encoder).dim
-        if encoder.dim != expected:
-            raise SpeedrunError(
-                f"the weights loaded for text encoder '{data.text_encoder}' ({encoder.id}) have width "
-                f"{encoder.dim}, not {expected}: they are not that model"
-            )
+        if encoder.dim != (expected := text_encoder_class(data.text_encoder).dim):
+            raise SpeedrunError(f"the weights loaded as text encoder '{data.text_encoder}' ({encoder.id}) are "
+                                f"{encoder.dim} wide, not {expected}: they are not that model")
         return encoder
 
     @functools.cached_property
     def vae(self) -> FluxVAE:
         return load_flux_vae(self.track.data.vae, self.device)
-
-
-def _vae_identity(track: Track, vae: FluxVAE | None) -> dict[str, str] | None:
-    if track.data.representation == "pixels":
-        return None
-    if vae is not None:
-        return {"id": vae.id, "revision": vae.revision}
-    repo, revision, subfolder = parse_ref(track.data.vae)
-    return {"id": repo + (f"#{subfolder}" if subfolder else ""), "revision": revision}
 
 
 def _examples_per_shard(track: Track, text: TextEncoderInfo, vae: FluxVAE | None) -> int:
@@ -138,12 +120,17 @@ def dataset_definition(
         source = imagefolder.definition(track)
     else:
         source = _ShapesSource.definition if data.dataset == "shapes" else mjv6.Mjv6Source.definition
+    if data.representation == "pixels":
+        vae_id = None
+    else:
+        repo, revision, subfolder = (vae.id, vae.revision, None) if vae else parse_ref(data.vae)
+        vae_id = {"id": repo + (f"#{subfolder}" if subfolder else ""), "revision": revision}
     return {
         "format_version": shards.FORMAT_VERSION,
         "data": data.model_dump(mode="json", exclude=exclude),
         "source": source,
         "text_encoder": text.model_dump(),
-        "vae": _vae_identity(track, vae),
+        "vae": vae_id,
         "examples_per_shard": examples_per_shard or _examples_per_shard(track, text, vae),
     }
 
@@ -155,24 +142,9 @@ def dataset_dir(track: Track, root: Path | None = None, definition: dict | None 
 
 
 def _jobs(source: Any, per_shard: int) -> list[_Job]:
-    jobs = []
-    for split in SPLITS:
-        n = source.split_size(split)
-        for shard, start in enumerate(range(0, n, per_shard)):
-            jobs.append(_Job(split, shard, start, min(per_shard, n - start)))
-    return jobs
-
-
-def _reusable(split_dir: Path, job: _Job) -> bool:
-    """Whether a complete, uncorrupted shard for ``job`` is already on disk."""
-    entry = shards.read_shard_entry(split_dir, job.name)
-    if entry is None or (entry.start, entry.count) != (job.start, job.count):
-        return False
-    try:
-        shards.check_files(split_dir / job.name, entry.files, rehash=True, remedy=None)
-        return True
-    except SpeedrunError:
-        return False
+    sizes = {split: source.split_size(split) for split in SPLITS}
+    return [_Job(split, k, start, min(per_shard, n - start))
+            for split, n in sizes.items() for k, start in enumerate(range(0, n, per_shard))]  # fmt: skip
 
 
 def _encode_captions(
@@ -224,18 +196,13 @@ def _write_null_text(out: Path, encoder: TextEncoder) -> None:
 
 def _check_pins(track: Track, split_hashes: dict[str, str]) -> None:
     pins = track.data.split_hashes
-    unknown = sorted(set(pins) - set(SPLITS))
-    if unknown:
-        raise SpeedrunError(
-            f"track '{track.id}': data.split_hashes names unknown split(s) {unknown}; splits are {list(SPLITS)}"
-        )
+    if unknown := sorted(set(pins) - set(SPLITS)):
+        raise SpeedrunError(f"track '{track.id}': data.split_hashes has unknown split(s) {unknown}; splits: {SPLITS}")
     for split, pinned in pins.items():
         if split_hashes[split] != pinned:
-            raise SpeedrunError(
-                f"track '{track.id}': data.split_hashes.{split} pins {pinned} but the prepared "
-                f"{split} split hashes to {split_hashes[split]}; the generator or source no longer "
-                "produces the track's data"
-            )
+            raise SpeedrunError(f"track '{track.id}': data.split_hashes.{split} pins {pinned} but the prepared "
+                                f"{split} split hashes to {split_hashes[split]}; the generator or source no longer "
+                                "produces the track's data")
 
 
 def _finalize(
@@ -285,9 +252,14 @@ def _prepare_shard(
     split_dir = out / job.split
     for stale in split_dir.glob(f".{job.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    if _reusable(split_dir, job):
-        advance(job.count)
-        return
+    entry = shards.read_shard_entry(split_dir, job.name)
+    if entry is not None and (entry.start, entry.count) == (job.start, job.count):
+        try:
+            shards.check_files(split_dir / job.name, entry.files, rehash=True)
+            advance(job.count)
+            return
+        except SpeedrunError:  # damaged: built again below
+            pass
     arrays, documents = _build_shard(job, data_source, models, track, advance)
     shards.write_shard(split_dir, job.name, job.start, arrays, documents)
 
@@ -324,17 +296,9 @@ def prepare(
     try:
         prepared = lookup(out / MANIFEST_NAME) == "file"
     except OSError as exc:  # a name too long, or a folder that may not be entered
-        raise SpeedrunError(
-            f"{out}: cannot look for the dataset there ({exc.strerror or exc}); choose another folder with "
-            "--data-dir or $SPEEDRUN_DATA_DIR"
-        ) from None
+        raise SpeedrunError(f"{out}: cannot look for the dataset there ({exc.strerror or exc}); {_ELSEWHERE}") from None
     if prepared:
         manifest = shards.read_manifest(out)
-        if manifest.dataset_hash != canonical_hash(definition):
-            raise SpeedrunError(
-                f"{out / MANIFEST_NAME}: dataset_hash does not match the track's data definition; "
-                f"delete {out} and prepare again"
-            )
         _check_pins(track, {split: entry.definition_hash for split, entry in manifest.splits.items()})
         if track.data.teacher is not None:
             teacher.check_recorded(out, manifest)
@@ -342,10 +306,7 @@ def prepare(
         return out
 
     if (problem := unusable_part(out)) is not None:  # checked before the encoders load: minutes at prx-256
-        raise SpeedrunError(
-            f"{out}: cannot prepare the dataset there: {problem}; choose another folder with --data-dir or "
-            "$SPEEDRUN_DATA_DIR"
-        )
+        raise SpeedrunError(f"{out}: cannot prepare the dataset there: {problem}; {_ELSEWHERE}")
     data = track.data
     counts = {split: getattr(data, f"{split}_examples") for split in SPLITS}
     if data.dataset == "shapes":

@@ -69,10 +69,8 @@ class ShapeSpec:
 
     @property
     def caption(self) -> str:
-        phrases = [s.phrase for s in self.shapes]
-        if len(phrases) == 1:
-            return phrases[0]
-        return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+        *head, last = [s.phrase for s in self.shapes]
+        return ", ".join(head) + " and " + last if head else last
 
     def to_json(self) -> dict[str, Any]:
         shapes = [{**dataclasses.asdict(s), "offset": list(s.offset)} for s in self.shapes]

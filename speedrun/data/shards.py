@@ -150,10 +150,8 @@ def write_shard(
         os.replace(tmp, final)
     except OSError as exc:  # disk full, permissions, I/O errors: the user's to fix
         shutil.rmtree(tmp, ignore_errors=True)
-        raise SpeedrunError(
-            f"{final}: cannot write this shard ({exc.strerror or exc}); its partial copy was removed: fix "
-            "that (e.g. free disk space) and run prepare again (the finished shards are kept)"
-        ) from exc
+        raise SpeedrunError(f"{final}: cannot write this shard ({exc.strerror or exc}); its partial copy was removed: "
+                            "fix that (e.g. free disk space) and run prepare again (it keeps finished shards)") from exc
     sync_after_rename(final)
     return entry
 
@@ -169,25 +167,20 @@ def read_shard_entry(split_dir: Path, name: str) -> ShardEntry | None:
         return None
 
 
-def check_files(directory: Path, files: dict[str, FileEntry], *, rehash: bool, remedy: str | None) -> None:
+def check_files(directory: Path, files: dict[str, FileEntry], *, rehash: bool, remedy: str = "") -> None:
     """Raise SpeedrunError naming the first file missing or of the wrong size or hash, then ``remedy``."""
-    then = f"; {remedy}" if remedy else ""
     for filename, entry in files.items():
         path = directory / filename
         if not path.is_file():
-            raise SpeedrunError(f"{path}: missing from the prepared dataset{then}")
-        size = path.stat().st_size
-        if size != entry.bytes:
-            raise SpeedrunError(
-                f"{path}: {size} bytes but the manifest records {entry.bytes}; the file is truncated or corrupted{then}"
-            )
-        if rehash:
-            actual = sha256_file(path)
-            if actual != entry.sha256:
-                raise SpeedrunError(
-                    f"{path}: sha256 {actual[:16]}... does not match the manifest "
-                    f"({entry.sha256[:16]}...); the file is corrupted{then}"
-                )
+            problem = "missing from the prepared dataset"
+        elif (size := path.stat().st_size) != entry.bytes:
+            problem = f"{size} bytes but the manifest records {entry.bytes}; the file is truncated or corrupted"
+        elif rehash and (actual := sha256_file(path)) != entry.sha256:
+            problem = (f"sha256 {actual[:16]}... does not match the manifest ({entry.sha256[:16]}...); "
+                       "the file is corrupted")
+        else:
+            continue
+        raise SpeedrunError(f"{path}: {problem}" + (f"; {remedy}" if remedy else ""))
 
 
 @functools.cache  # the limit is process state: raise it and size the budget once per process
@@ -277,10 +270,8 @@ class SplitDataset:
         if self.representation == "pixels":
             return self.gather_field("x", indices)
         if not self.has_images:
-            raise SpeedrunError(
-                f"split '{self.name}' of {self.root} stores latents only; uint8 images are kept for the reference "
-                "split, and for the train split only on tracks with data.train_images = true"
-            )
+            raise SpeedrunError(f"split '{self.name}' of {self.root} stores latents only; uint8 images are kept for "
+                                "the reference split, and the train split's on tracks with data.train_images = true")
         return self.gather_field("images", indices)
 
     @property
@@ -304,8 +295,6 @@ class PreparedDataset:
         self._splits: dict[str, SplitDataset] = {}
 
     def split(self, name: str) -> SplitDataset:
-        if name not in self.manifest.splits:
-            raise SpeedrunError(f"{self.root}: no split '{name}'; splits are {list(self.manifest.splits)}")
         if name not in self._splits:
             self._splits[name] = SplitDataset(self.root, name, self.manifest.splits[name], self.manifest)
         return self._splits[name]
@@ -329,10 +318,8 @@ def read_manifest(root: Path) -> Manifest:
         raise SpeedrunError(f"{path}: not valid JSON ({exc}); delete it and run prepare again") from None
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if version != FORMAT_VERSION:
-        raise SpeedrunError(
-            f"{path}: format_version {version!r}, this harness reads {FORMAT_VERSION}; delete {root} "
-            "and run prepare again"
-        )
+        raise SpeedrunError(f"{path}: format_version {version!r}, this harness reads {FORMAT_VERSION}; delete {root} "
+                            "and run prepare again")
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
@@ -343,17 +330,11 @@ def open_dataset(root: Path, rehash: bool = False) -> PreparedDataset:
     """Open a prepared dataset after checking its manifest and every file's size (and sha256 if ``rehash``)."""
     root = Path(root)
     manifest = read_manifest(root)
-    # Without a manifest prepare re-hashes every shard and rebuilds only the damaged ones.
-    remedy = (
-        f"delete {root / MANIFEST_NAME} and run prepare again (it re-checks every shard and rebuilds only "
-        "the damaged ones)"
-    )
-    check_files(root / NULL_DIR, manifest.null_text, rehash=rehash, remedy=remedy)
-    if manifest.teacher is not None:
-        check_files(root / TEACHER_DIR, manifest.teacher, rehash=rehash, remedy=remedy)
-    for split, entry in manifest.splits.items():
-        for shard in entry.shards:
-            check_files(root / split / shard.name, shard.files, rehash=rehash, remedy=remedy)
+    remedy = f"delete {root / MANIFEST_NAME} and run prepare again (it re-checks every shard, rebuilds damaged ones)"
+    folders = [(root / NULL_DIR, manifest.null_text), (root / TEACHER_DIR, manifest.teacher or {})]
+    folders += [(root / split / shard.name, shard.files) for split, e in manifest.splits.items() for shard in e.shards]
+    for folder, files in folders:
+        check_files(folder, files, rehash=rehash, remedy=remedy)
     return PreparedDataset(root, manifest)
 
 

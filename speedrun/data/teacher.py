@@ -21,16 +21,8 @@ import torch.nn.functional as F
 from safetensors.torch import load, save
 from torch import nn
 
-from speedrun.data import shapes
-from speedrun.data.shards import (
-    MANIFEST_NAME,
-    TEACHER_DIR,
-    TEACHER_FILE,
-    Manifest,
-    SplitDataset,
-    check_files,
-    read_manifest,
-)
+from speedrun.data import shapes, shards
+from speedrun.data.shards import TEACHER_DIR, TEACHER_FILE, SplitDataset
 from speedrun.errors import SpeedrunError
 from speedrun.eval.dino import MEAN, STD
 from speedrun.fileio import atomic_write_bytes
@@ -132,25 +124,21 @@ def write(out: Path, spec: TeacherTraining, split: SplitDataset) -> Path:
     return path
 
 
-def check_recorded(root: Path, manifest: Manifest) -> None:
+def check_recorded(root: Path, manifest: shards.Manifest) -> None:
     """SpeedrunError unless the manifest of the prepared dataset ``root``, of a track with ``data.teacher``,
     records the teacher (a dataset prepared by a harness before teachers, or an edited manifest, may not)."""
     if manifest.teacher is None:
-        raise SpeedrunError(
-            f"{root / MANIFEST_NAME}: records no {TEACHER_DIR}/{TEACHER_FILE} though the track sets data.teacher; "
-            "delete it and run prepare again (it keeps the shards and trains the teacher)"
-        )
+        raise SpeedrunError(f"{root / shards.MANIFEST_NAME}: records no {TEACHER_DIR}/{TEACHER_FILE} though the track "
+                            "sets data.teacher; delete it and run prepare again to train the teacher (shards are kept)")
 
 
 def load_encoder(root: Path, spec: TeacherTraining) -> tuple[ShapesEncoder, str]:
     """The encoder of the prepared dataset ``root`` and its file's sha256, after checking that file against the
     manifest; SpeedrunError naming the file or the manifest when either is wrong."""
-    manifest = read_manifest(root)
+    manifest = shards.read_manifest(root)
     check_recorded(root, manifest)
-    check_files(
-        root / TEACHER_DIR, manifest.teacher, rehash=True,
-        remedy=f"delete {root / MANIFEST_NAME} and run prepare again (it keeps the shards and retrains the teacher)",
-    )  # fmt: skip
+    remedy = f"delete {root / shards.MANIFEST_NAME} and run prepare again (it keeps the shards, retrains the teacher)"
+    shards.check_files(root / TEACHER_DIR, manifest.teacher, rehash=True, remedy=remedy)
     path = root / TEACHER_DIR / TEACHER_FILE
     # data.teacher is part of the dataset's hash and the file is checked above: it holds this architecture.
     encoder = ShapesEncoder(spec)

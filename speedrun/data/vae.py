@@ -5,7 +5,6 @@ reproducible). The factors come from the VAE's own config (Flux: shift 0.1159, s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -13,18 +12,10 @@ import torch
 from speedrun.data.loader import from_uint8, to_uint8
 from speedrun.data.text import find_local_weights, missing_weights_error
 from speedrun.errors import SpeedrunError
-from speedrun.tracks import canonical_hash
 
 # A commit of FLUX.1-schnell whose vae/ folder holds the diffusers config and weights.
 FLUX_VAE_REF = "black-forest-labs/FLUX.1-schnell@f1e6c9fa059429dceee1c6b43b4446cfbe8fd8f4#vae"
 FLUX_LATENT_CHANNELS, FLUX_DOWNSAMPLE = 16, 8  # known before the VAE loads (shard sizes, FLOP counts)
-# A Flux-shaped VAE (16 latent channels, 8x downsampling, Flux's factors) small enough for CPU tests.
-SMALL_VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 16, "block_out_channels": [8, 8, 8, 8],
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 1, "norm_num_groups": 4, "scaling_factor": 0.3611, "shift_factor": 0.1159,
-    "use_quant_conv": False, "use_post_quant_conv": False,
-}  # fmt: skip
 
 
 def parse_ref(ref: str) -> tuple[str, str, str | None]:
@@ -95,13 +86,3 @@ def load_flux_vae(
     except (OSError, ValueError) as exc:
         raise missing_weights_error(repo, revision, subfolder, exc) from None
     return FluxVAE(model, repo + (f"#{subfolder}" if subfolder else ""), revision, device)
-
-
-def random_init_vae(config: dict[str, Any] | None = None, device: str | torch.device = "cpu", seed: int = 0) -> FluxVAE:
-    """A randomly initialised ``AutoencoderKL`` (default ``SMALL_VAE_CONFIG``), for tests."""
-    from diffusers import AutoencoderKL
-
-    config = dict(SMALL_VAE_CONFIG if config is None else config)
-    torch.manual_seed(seed)
-    model = AutoencoderKL(**config)
-    return FluxVAE(model, "random-init:AutoencoderKL", f"config-{canonical_hash(config)[:16]}-seed{seed}", device)

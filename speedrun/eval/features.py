@@ -49,8 +49,7 @@ class Extractor(ABC):
                 chunk = batch[start : start + self.batch_size]
                 real = chunk.shape[0]
                 if real < self.batch_size:
-                    padding = chunk[-1:].expand(self.batch_size - real, *chunk.shape[1:])
-                    chunk = torch.cat([chunk, padding])
+                    chunk = torch.cat([chunk, chunk[-1:].expand(self.batch_size - real, *chunk.shape[1:])])
                 features = self.embed(self.preprocess(chunk))[:real]
                 out[start : start + real] = features.to(device="cpu", dtype=torch.float64).numpy()
         return out
@@ -93,26 +92,17 @@ class NetworkExtractor(Extractor):
 def as_uint8_images(images: Any, *, who: str) -> torch.Tensor:
     """``images``, a uint8 (B, H, W, 3) array or tensor, as a tensor on its device (sharing a writable
     array's memory); ``who`` names the caller in errors."""
-    is_array = isinstance(images, np.ndarray)
-    if not (is_array or isinstance(images, torch.Tensor)):
-        kind = type(images).__name__
-        raise SpeedrunError(f"{who}: images must be a uint8 numpy array or torch tensor, got {kind}")
-    if images.dtype != (np.uint8 if is_array else torch.uint8):
-        raise SpeedrunError(
-            f"{who}: images must be uint8 with values 0..255, got {'numpy ' if is_array else ''}{images.dtype}. "
-            "Quantise once where the images are made, e.g. x.mul(255).round().clamp(0, 255).to(torch.uint8) for "
-            "[0, 1] floats; the extractor never rescales, so it refuses to guess the range."
-        )
-    tensor = images
-    if is_array:
+    dtype = getattr(images, "dtype", type(images).__name__)
+    if not isinstance(images, (np.ndarray, torch.Tensor)) or str(dtype) not in ("uint8", "torch.uint8"):
+        raise SpeedrunError(f"{who}: images must be a uint8 numpy array or torch tensor (values 0..255), got {dtype}; "
+                            "quantise once where they are made, e.g. x.mul(255).round().clamp(0, 255).to(torch.uint8)")
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise SpeedrunError(f"{who}: images must have shape (B, H, W, 3) (channels last), got {tuple(images.shape)}")
+    if isinstance(images, np.ndarray):
         array = np.ascontiguousarray(images)
         # torch warns on read-only arrays (e.g. np.load with mmap); a copy is cheaper than the forward.
-        tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
-    if tensor.ndim != 4 or tensor.shape[-1] != 3:
-        raise SpeedrunError(
-            f"{who}: images must have shape (B, H, W, 3) (channels last, RGB), got {tuple(tensor.shape)}"
-        )
-    return tensor
+        images = torch.from_numpy(array if array.flags.writeable else array.copy())
+    return images
 
 
 @contextlib.contextmanager
@@ -149,11 +139,8 @@ def get_extractor(
     """The feature extractor metric ``fid``, ``cmmd`` or ``dino_mmd`` is defined with; ``random_init``:
     a small random network with the same interface and preprocessing (smoke track, tests). A
     SpeedrunError for an unknown metric or missing weights."""
-    target = EXTRACTORS.get(metric_name)
-    if target is None:
-        raise SpeedrunError(
-            f"no feature extractor for metric {metric_name!r}; choose one of {', '.join(sorted(EXTRACTORS))}"
-        )
+    if (target := EXTRACTORS.get(metric_name)) is None:
+        raise SpeedrunError(f"no feature extractor for metric {metric_name!r}; known: {', '.join(sorted(EXTRACTORS))}")
     module_name, class_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(device=device, random_init=random_init, batch_size=batch_size)

@@ -43,10 +43,8 @@ def fid_from_moments(a: StreamingMoments, b: StreamingMoments) -> float:
     few_a, few_b = a.count - 1 < a.dim, b.count - 1 < b.dim
     for side, moments, few in (("first", a, few_a), ("second", b, few_b)):
         if few and not moments.keep_features:
-            raise ValueError(
-                f"the {side} statistics have {moments.count} samples for {moments.dim} dimensions; "
-                "exact FD then needs its features: build it with keep_features=True"
-            )
+            raise ValueError(f"the {side} statistics have {moments.count} samples for {moments.dim} dimensions: "
+                             "exact FD needs their features (keep_features=True)")
     if not (few_a or few_b):
         return frechet_distance(a.mean, a.cov, b.mean, b.cov)
     if few_a and few_b:

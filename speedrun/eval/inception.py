@@ -53,10 +53,8 @@ class InceptionExtractor(NetworkExtractor):
         trunk = _load_trunk(path, self.device)
         sha256 = weights_sha256(trunk)
         if sha256 != INCEPTION_WEIGHTS_SHA256:
-            raise SpeedrunError(
-                f"Inception weights {path} are not FID's InceptionV3 (their tensors hash to {sha256}, the pinned "
-                f"network to {INCEPTION_WEIGHTS_SHA256}); remove that file or put the right one first"
-            )
+            raise SpeedrunError(f"Inception weights {path} are not FID's InceptionV3 (their tensors hash to {sha256}, "
+                                f"the pinned network's to {INCEPTION_WEIGHTS_SHA256}); remove that file")
         return trunk, "inception-2015-12-05", DIM, sha256
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -103,6 +101,4 @@ def _load_trunk(path: Path, device: torch.device) -> torch.jit.ScriptModule:
     for holder in (module, getattr(module, "net", None)):
         if holder is not None and hasattr(holder, "layers"):
             return holder.layers.eval()
-    raise SpeedrunError(
-        f"Inception weights {path} have no 'layers' trunk; expected clean-fid's inception-2015-12-05.pt"
-    )
+    raise SpeedrunError(f"Inception weights {path} have no 'layers' trunk, as clean-fid's inception-2015-12-05.pt has")

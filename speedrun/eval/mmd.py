@@ -20,9 +20,7 @@ def mmd(x, y, sigma: float = 10.0, scale: float = 1000.0, block: int = 1024) -> 
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"feature dimensions differ: {x.shape[1]} vs {y.shape[1]}")
     gamma = 1.0 / (2.0 * sigma * sigma)
-    k_xx = _mean_kernel_minus_one(x, x, gamma, block)
-    k_yy = _mean_kernel_minus_one(y, y, gamma, block)
-    k_xy = _mean_kernel_minus_one(x, y, gamma, block)
+    k_xx, k_yy, k_xy = (_mean_kernel_minus_one(a, b, gamma, block) for a, b in ((x, x), (y, y), (x, y)))
     return float(scale * (k_xx + k_yy - 2.0 * k_xy))
 
 

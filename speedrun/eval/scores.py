@@ -35,24 +35,13 @@ class EvalInputs:
     protocol_hash: str
 
 
-class _Rechunk:
-    """Re-iterable uint8 batches of a split's reference images."""
-
-    def __init__(self, split: Any, n: int) -> None:
-        self.split, self.n = split, n
-
-    def __iter__(self):
-        for i in range(0, self.n, FEATURE_CHUNK):
-            yield self.split.images(np.arange(i, min(i + FEATURE_CHUNK, self.n)))
-
-
 def feature_distance(inputs: EvalInputs, report: dict[str, dict], metric: str) -> None:
     """FID (Fréchet distance) or CMMD / DINO-MMD (MMD) of the samples against the reference split, in the
     metric's extractor's features; unavailable (with the reason) when its weights are not here."""
     from speedrun.eval.features import get_extractor
     from speedrun.eval.fid import fid_from_moments
     from speedrun.eval.mmd import mmd
-    from speedrun.eval.stats import StreamingMoments, reference_stats
+    from speedrun.eval.stats import StreamingMoments, images_sha256, reference_stats
 
     track, images, ref_split = inputs.track, inputs.images, inputs.reference
     random_init, batch = track.eval.extractors == "random-init", track.eval.batch_size
@@ -66,10 +55,12 @@ def feature_distance(inputs: EvalInputs, report: dict[str, dict], metric: str) -
     # MMD reads features; exact FD needs those of each side with no more samples than dimensions.
     keep_ref, keep_gen = (metric != "fid" or n - 1 < extractor.dim for n in (n_ref, len(images)))
     key = {"metric": metric, "protocol": inputs.protocol_hash, "n": n_ref}
-    ref = reference_stats(
-        _Rechunk(ref_split, n_ref), extractor, inputs.cache / "reference-stats", key, images_hash=inputs.reference_hash,
-        keep_features=keep_ref,
-    )  # fmt: skip
+
+    def chunks():  # the reference images, uint8, FEATURE_CHUNK at a time
+        return (ref_split.images(np.arange(i, min(i + FEATURE_CHUNK, n_ref))) for i in range(0, n_ref, FEATURE_CHUNK))
+
+    ref = reference_stats(chunks(), extractor, inputs.cache / "reference-stats", key, keep_features=keep_ref,
+                          images_hash=inputs.reference_hash or images_sha256(chunks()))
     gen = StreamingMoments(extractor.dim, keep_features=keep_gen)
     for i in range(0, len(images), FEATURE_CHUNK):
         gen.update(extractor(images[i : i + FEATURE_CHUNK]))

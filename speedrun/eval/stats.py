@@ -75,22 +75,17 @@ class StreamingMoments:
         """All rows seen, in order, (count, dim) float64. Only with ``keep_features=True``."""
         if not self.keep_features:
             raise ValueError("these statistics were built with keep_features=False")
-        if not self._features:
-            return np.zeros((0, self.dim), dtype=np.float64)
-        if len(self._features) > 1:
-            self._features = [np.concatenate(self._features)]
+        if len(self._features) != 1:
+            self._features = [np.concatenate([np.zeros((0, self.dim)), *self._features])]
         return self._features[0]
 
     def save(self, path: str | os.PathLike[str]) -> str:
         """Write an .npz atomically; returns the sha256 over every array's name, dtype, shape and
         bytes, which is stored in the file as ``sha256`` and checked by ``load``."""
         state = {
-            "format": np.asarray(STATS_FORMAT, dtype=np.int64),
-            "count": np.asarray(self.count, dtype=np.int64),
-            "sum": self._sum,
-            "comoment": self._comoment,
-            "meta": np.asarray(json.dumps(self.meta, sort_keys=True)),
-        }
+            "format": np.asarray(STATS_FORMAT, dtype=np.int64), "count": np.asarray(self.count, dtype=np.int64),
+            "sum": self._sum, "comoment": self._comoment, "meta": np.asarray(json.dumps(self.meta, sort_keys=True)),
+        }  # fmt: skip
         if self.keep_features:
             state["features"] = self.features
         digest = _content_sha256(state)
@@ -101,37 +96,24 @@ class StreamingMoments:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> StreamingMoments:
-        """Read a file written by ``save``; a missing, unreadable or altered file is a SpeedrunError."""
-        path = Path(path)
-        if not path.is_file():
-            raise SpeedrunError(f"statistics file {path} does not exist")
+        """Read a file written by ``save``; an unreadable or altered file is a SpeedrunError. Its format is
+        that of the cache key (its file name), which ``reference_stats`` checks."""
         fix = "delete it and rerun to recompute the statistics"
         try:
             with np.load(path, allow_pickle=False) as data:
                 state = {name: data[name] for name in data.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise SpeedrunError(f"statistics file {path} is corrupted ({exc}); {fix}") from exc
-        stored = state.pop("sha256", None)
-        if stored is None:
-            raise SpeedrunError(f"statistics file {path} has no content hash; {fix}")
-        actual = _content_sha256(state)
-        if str(stored) != actual:
-            raise SpeedrunError(
-                f"statistics file {path} is corrupted: content sha256 {actual} does not match the "
-                f"recorded {stored}; {fix}"
-            )
-        try:
-            if int(state["format"]) != STATS_FORMAT:
-                raise ValueError(f"statistics format {int(state['format'])}, expected {STATS_FORMAT}")
-            total = np.asarray(state["sum"], dtype=np.float64)
-            moments = cls(total.shape[0], keep_features="features" in state, meta=json.loads(str(state["meta"])))
-            moments.count = int(state["count"])
-            moments._sum = total
-            moments._comoment = np.asarray(state["comoment"], dtype=np.float64)
-            if moments.keep_features:
-                moments._features = [np.asarray(state["features"], dtype=np.float64)]
-        except (KeyError, ValueError) as exc:
-            raise SpeedrunError(f"statistics file {path} is not valid ({exc}); {fix}") from exc
+        stored, actual = str(state.pop("sha256", None)), _content_sha256(state)
+        if stored != actual:
+            raise SpeedrunError(f"statistics file {path} is corrupted: content sha256 {actual} does not match the "
+                                f"recorded {stored}; {fix}")
+        total = np.asarray(state["sum"], dtype=np.float64)
+        moments = cls(total.shape[0], keep_features="features" in state, meta=json.loads(str(state["meta"])))
+        moments.count, moments._sum = int(state["count"]), total
+        moments._comoment = np.asarray(state["comoment"], dtype=np.float64)
+        if moments.keep_features:
+            moments._features = [np.asarray(state["features"], dtype=np.float64)]
         return moments
 
 
@@ -157,14 +139,9 @@ def images_sha256(batches: Iterable[Any]) -> str:
 
 
 def reference_stats(
-    images: Iterable[Any],
-    extractor: Extractor,
-    cache_dir: str | os.PathLike[str],
-    key_parts: dict[str, Any],
-    *,
-    images_hash: str | None = None,
-    keep_features: bool = False,
-) -> StreamingMoments:
+    images: Iterable[Any], extractor: Extractor, cache_dir: str | os.PathLike[str], key_parts: dict[str, Any], *,
+    images_hash: str | None = None, keep_features: bool = False,
+) -> StreamingMoments:  # fmt: skip
     """Feature statistics of reference images, cached in ``cache_dir/<key>.npz``, key = sha256 of (images
     hash, extractor id and weights sha256, ``key_parts``, ``keep_features``, format). A cached file whose
     content hash or recorded key fails is a SpeedrunError, never silently recomputed over. ``images``:
@@ -174,22 +151,16 @@ def reference_stats(
             raise TypeError("reference_stats needs re-iterable images or an images_hash, got a one-shot iterator")
         images_hash = images_sha256(images)
     key_material = {
-        "format": STATS_FORMAT,
-        "images_sha256": images_hash,
-        "extractor": extractor.id,
-        "extractor_weights_sha256": extractor.weights_sha256,
-        "protocol": key_parts,
-        "keep_features": keep_features,
-    }
+        "format": STATS_FORMAT, "images_sha256": images_hash, "extractor": extractor.id,
+        "extractor_weights_sha256": extractor.weights_sha256, "protocol": key_parts, "keep_features": keep_features,
+    }  # fmt: skip
     key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()
     path = Path(cache_dir) / f"{key}.npz"
     if path.exists():
         cached = StreamingMoments.load(path)
         if cached.meta.get("key") != key:
-            raise SpeedrunError(
-                f"cached statistics {path} were recorded under key {cached.meta.get('key')!r}, not its "
-                "file name; the file was moved or edited: delete it and rerun to recompute"
-            )
+            raise SpeedrunError(f"cached statistics {path} were recorded under key {cached.meta.get('key')!r}, not "
+                                "its file name; the file was moved or edited: delete it and rerun to recompute")
         return cached
     moments = StreamingMoments(extractor.dim, keep_features=keep_features, meta={"key": key, **key_material})
     for batch in images:

@@ -7,6 +7,7 @@ from functools import partial
 
 import torch
 from component_helpers import step_rows, train
+from vae_helpers import random_init_vae
 
 from speedrun.checkpoint import load_denoiser_strict
 from speedrun.components import Component, ComponentContext, Params
@@ -20,7 +21,6 @@ from speedrun.data.loader import Loader
 from speedrun.data.prepare import prepare
 from speedrun.data.shards import open_dataset
 from speedrun.data.source import TrainData
-from speedrun.data.vae import random_init_vae
 from speedrun.model import MODEL_CONFIGS, build_model
 from speedrun.tracks import load_track
 from speedrun.train import Trainer, TrainOptions

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from vae_helpers import random_init_vae
 
 from speedrun.data import mjv6, shapes
 from speedrun.data.loader import Loader
 from speedrun.data.prepare import dataset_definition, dataset_dir, prepare
 from speedrun.data.shards import MANIFEST_NAME, SPLITS, open_dataset, read_shard_entry, verify
 from speedrun.data.text import get_text_encoder
-from speedrun.data.vae import random_init_vae
 from speedrun.errors import SpeedrunError
 from speedrun.locks import shard_lock
 from speedrun.tracks import load_track

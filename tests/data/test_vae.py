@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from vae_helpers import random_init_vae
 
 from speedrun.data.loader import from_uint8
-from speedrun.data.vae import FLUX_VAE_REF, load_flux_vae, parse_ref, random_init_vae
+from speedrun.data.vae import FLUX_VAE_REF, load_flux_vae, parse_ref
 from speedrun.errors import SpeedrunError
 
 
