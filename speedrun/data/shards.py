@@ -215,14 +215,12 @@ class SplitDataset:
 
     def _array(self, k: int, field: str) -> np.ndarray:
         key = (k, field)
-        if key in self._open:
-            self._open.move_to_end(key)
-            return self._open[key]
-        array = np.load(self._shard_dir(k) / f"{field}.npy", mmap_mode="r", allow_pickle=False)
-        self._open[key] = array
-        if len(self._open) > self._max_open:
-            self._open.popitem(last=False)
-        return array
+        if key not in self._open:
+            self._open[key] = np.load(self._shard_dir(k) / f"{field}.npy", mmap_mode="r", allow_pickle=False)
+            if len(self._open) > self._max_open:
+                self._open.popitem(last=False)  # the least recently used
+        self._open.move_to_end(key)
+        return self._open[key]
 
     def _locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         shard = np.searchsorted(self._starts, indices, side="right") - 1

@@ -139,8 +139,7 @@ def load_encoder(root: Path, spec: TeacherTraining) -> tuple[ShapesEncoder, str]
     check_recorded(root, manifest)
     remedy = f"delete {root / shards.MANIFEST_NAME} and run prepare again (it keeps the shards, retrains the teacher)"
     shards.check_files(root / TEACHER_DIR, manifest.teacher, rehash=True, remedy=remedy)
-    path = root / TEACHER_DIR / TEACHER_FILE
     # data.teacher is part of the dataset's hash and the file is checked above: it holds this architecture.
     encoder = ShapesEncoder(spec)
-    encoder.load_state_dict(load(path.read_bytes()))
+    encoder.load_state_dict(load((root / TEACHER_DIR / TEACHER_FILE).read_bytes()))
     return encoder, manifest.teacher[TEACHER_FILE].sha256
