@@ -77,7 +77,8 @@ class Checkpointer:
         if changed := code_changes(meta.code, self.code):  # a run's steps must all come from the code its results name
             raise SpeedrunError(f"{path}: written by other code ({'; '.join(map(str, changed))}); restore it or {ANEW}")
         if meta.world_size != self.dist.world_size:
-            raise SpeedrunError(f"{path}: written by {meta.world_size} processes, resuming with {self.dist.world_size}")
+            raise SpeedrunError(f"{path}: written by {meta.world_size} processes, resuming with "
+                                f"{self.dist.world_size}; resume with the same --nproc")
         heads: dict[str, dict[str, torch.Tensor]] = {name: {} for name in self.parallel.heads}
         for key in [k for k in tensors if k.startswith(COMPONENT_PREFIX)]:
             name, _, rest = key[len(COMPONENT_PREFIX) :].partition(".")

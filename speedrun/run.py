@@ -93,7 +93,7 @@ def check_options(o: RunOptions, track: Track) -> None:
         raise SpeedrunError("--device cuda: this machine has no usable CUDA device; use --device cpu")
     if (batch := track.train.global_batch) % (world := o.nproc * o.nnodes):
         raise SpeedrunError(f"--nproc {o.nproc} x --nnodes {o.nnodes} = {world} processes do not divide track "
-                            f"'{track.id}''s global batch {batch} (train.global_batch)")
+                            f"'{track.id}''s global batch {batch} (train.global_batch): use one that divides it")
     # As paths.py resolves them ($SPEEDRUN_*_DIR too); a prepared data folder may be read-only.
     for option, env, explicit, root, write in (
         ("--data-dir", "$SPEEDRUN_DATA_DIR", o.data_dir, data_root(o.data_dir), False),
