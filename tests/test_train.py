@@ -155,8 +155,9 @@ def test_resume_equals_uninterrupted(smoke_data_root, tmp_path, track_variant):
 
 def test_a_resumed_run_warms_up_before_its_clock_starts(smoke_data_root, tmp_path, track_variant, monkeypatch):
     """Each process pays for compilation and caches in its first step; a resumed one too, and that
-    step must be an untimed warmup step there as well, not the first timed one."""
-    first_call_s = 0.5
+    step must be an untimed warmup step there as well, not the first timed one. The delay dwarfs a smoke step
+    even on a loaded machine (0.9 s seen beside a training run), so no timed step can reach it by itself."""
+    first_call_s = 3.0
     original = Trainer._step
 
     def slow_first_step(self, *args):
