@@ -132,6 +132,8 @@ def test_track_ids_cannot_name_files_outside_tracks(track):
 
 
 def timed_refusal(tmp_path, text: str, match: str) -> float:
+    """Seconds to refuse ``text``; callers bound it loosely (10 s): a quadratic parse of these inputs takes minutes,
+    while a loaded 2-core machine can stretch a correct refusal past a second."""
     folder = tmp_path / "x"
     folder.mkdir(exist_ok=True)
     (folder / "submission.toml").write_text(text)
@@ -143,7 +145,7 @@ def timed_refusal(tmp_path, text: str, match: str) -> float:
 
 def test_huge_manifest_refused_fast(tmp_path):
     text = manifest_text() + "padding = '" + "a" * 1_100_000 + "'\n"
-    assert timed_refusal(tmp_path, text, "too large") < 1.0
+    assert timed_refusal(tmp_path, text, "too large") < 10.0
 
 
 @pytest.mark.parametrize(
@@ -158,12 +160,12 @@ def test_huge_manifest_refused_fast(tmp_path):
 )
 def test_deeply_nested_manifest_refused_fast(tmp_path, nesting):
     text = manifest_text() + nesting + "\n"
-    assert timed_refusal(tmp_path, text, "nested too deeply|nest deeper than") < 1.0
+    assert timed_refusal(tmp_path, text, "nested too deeply|nest deeper than") < 10.0
 
 
 # ---------------------------------------------------------------- known gaps (outside this issue's files)
 def _read_toml_in_subprocess(tmp_path, text: str) -> subprocess.CompletedProcess:
-    """read_toml under a 1 GB address-space limit and a 5 s timeout (the bug below eats memory and time)."""
+    """read_toml under a 1 GB address-space limit and a 30 s timeout (the bug below eats memory and time)."""
     path = tmp_path / "submission.toml"
     path.write_text(text)
     code = (
@@ -174,7 +176,7 @@ def _read_toml_in_subprocess(tmp_path, text: str) -> subprocess.CompletedProcess
         "print('parsed'); sys.exit(3)"
     )
     try:
-        return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=5)
+        return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=30)
     except subprocess.TimeoutExpired:
         return subprocess.CompletedProcess([], 124, "", "timed out")
 
