@@ -147,14 +147,14 @@ def signer(path: Path, digest: str, keys: dict[str, ReproductionKey]) -> str | N
     """The id of the key whose valid signature of ``digest`` lies beside the results file ``path``; None when
     there is no signature (a self-reported result). A signature that does not hold raises ``SpeedrunError``."""
     sig_path = signature_path(path)
-    if not os.path.lexists(sig_path):
-        return None
     try:
         st = os.lstat(sig_path)
         if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:  # a link, a FIFO, or no signature's size
             raise SpeedrunError(f"{sig_path}: not a signature file")
         signature = Signature.model_validate(json.loads(sig_path.read_bytes()))
         raw = base64.b64decode(signature.signature, validate=True)
+    except FileNotFoundError:  # no signature: a self-reported result
+        return None
     except (OSError, ValueError, ValidationError, binascii.Error):
         raise SpeedrunError(f"{sig_path}: not a signature file") from None
     key = keys.get(signature.key)
