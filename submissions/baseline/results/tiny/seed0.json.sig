@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "CtZSKzKtyAinAD2njIDaf+mm+JOKnjLBpHsgdpIaOKOlD+jFzLnD1wV09GianTOPQAiRIhZR6ngaOX5W/UNkBg=="
+ "key": "0551c8948f5b38e6",
+ "signature": "Ak+SpSpc7kISKh3WkBIvQVFvDgd2BRY9CTCXRXil23WFkW/QKxU0Mqak+sLFpEV6hq2g6JbyjEGC4kUmmcnnDw=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "zrJcgRr5vT6ffKLp05FXMuQQybJ9Y8S1v8GqnweXAbx4YcBWktkv9vI6T1IlxsPze2W+eiewO1QJNWnEPyNxAw=="
+ "key": "0551c8948f5b38e6",
+ "signature": "69Lt8jHtQWgKM+REvtZLWU7dyaGM9f+irPXhoUqEXXvSNprIxoLx5kcY3euHk5jPLoRYvhXArc9dPPTXyVGFAg=="
 }

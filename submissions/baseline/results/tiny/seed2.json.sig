@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "9vUSLxukUOuCxbJNE+qErKRUKRWUsJgYr6en9t3hUYKNmGRqzOD1nKdqxDLEoSYnWQX/Y4tKi1nRxfk7B5SeCA=="
+ "key": "0551c8948f5b38e6",
+ "signature": "nSW5ISqLjp1i9RHfENEGiGi1iDKsesizU4wSTXVcoZwgQWhcB4G7Wu7xSSFs+GEgE1stR/oHbqqtgXczIKEFDw=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "JdLmcPFYgVQUBhoLbupPAiurfCUsmF29whW9XNbLqBX6TbEaJqBsgjOyffiGZmtmF64nEqX2EGtwnTI/C9hgBg=="
+ "key": "0551c8948f5b38e6",
+ "signature": "HRYt0YbmaAPGw8pKttEOYg3/DPm0a84V6mkz1zNETyyiDCqMUnFEuc5iXWw0ThSJuZ/sGJpk0YsFJFHAuUbyCw=="
 }

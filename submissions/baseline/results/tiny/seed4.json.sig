@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "22eZaRy/2jNLErPRil7Y35uTgUlV2yj7M4hx/mZ+gKedqNqyqT2mpazvIQIwr8agAYAkaN89525ErMT65lmFAA=="
+ "key": "0551c8948f5b38e6",
+ "signature": "FEwKFgjigPnkdf1H5MHYEY4mj69I8k0J7qSinCl3YWmBArjkIKvJXmziTC8ivCAfCGBBAxMmvsJju9DKySuOCQ=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "O+G/moOjmfvZnpWSn+EmmMLXhCc+IIyB4BQL+/yyYqVzgo86rVvtMjT0k4QxCno8wpOUwnWuz6X0h7YsL94rBQ=="
+ "key": "0551c8948f5b38e6",
+ "signature": "5bt0lm8CqnU3wXJDJG4TNeaVhakFaSjF6GphVNT1JVqI1gVnOeLQHvWYqvgr4O5wNzuhsUn9XvHI/tHpld4zCA=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "2KX6OIIrBBKNIR+GJZXEZCdlfR6ZmL8Dca8T3xfShEhYRsN6KIRg3xBzjcHuE3gzUZl0tzd294XDwQ3VOClkDQ=="
+ "key": "0551c8948f5b38e6",
+ "signature": "nnaOYXqJX8ykWzZSeO333U2yi33mP/ta0S8BRPiKW2vEccLrtSPCGnDu7G/HAyF6th3CvHZtWhhQqB58jhtQBQ=="
 }

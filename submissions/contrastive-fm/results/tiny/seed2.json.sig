@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "4Xe1vjawn2yerfib16S41ZQOzqNA91rDsH2ZkqPMQbQwaDgaX7lZ4x6J2ooJQgcNSiVY0lAfytV6mvxu4j1yDA=="
+ "key": "0551c8948f5b38e6",
+ "signature": "gXxWpGVTm5fNW88dgVnv5x4YxMwEuV/KynCSpCUkMxE4poOWvZYhy8ssFjLAMuLFMdtL9P0BWVYLS7cP9n8qAA=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "M365UehMwm+UjNtseKkQm4VkewL5XH0bsUfTea14w3romuxoMNJslSAVsqH6SChxax5ZTO/ysUeCw3FFcdPEBg=="
+ "key": "0551c8948f5b38e6",
+ "signature": "3iMdjiZJJ/nhixWwnBa3D6KARo+FCyyiY8V2HLQLhaZbZ7pAihWARNKOZuGyKcREuvORKsQzqsNnD822MOjzBw=="
 }

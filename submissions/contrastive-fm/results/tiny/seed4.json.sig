@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "52iLxyz+Lxf35ms5o1kAmbj3r6KexEHqfdxctn/Ev2ZehjBo1BFXNTOOMIRUyER6QYnphObMe1ZP/c/kadUgAw=="
+ "key": "0551c8948f5b38e6",
+ "signature": "ojHUTDj5Zgz+ytHUuC9qmFWCky4oz28br8tifLXLQwZcECQKplJWJkqCmdtxwLZ3xHnOjmofpmlqJYtp85zODg=="
 }

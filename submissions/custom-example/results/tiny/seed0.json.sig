@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "diFkBLdkhnRzSpXs3HBdvqLNF6L+qoeZpCgXF6nsJQ+WHGqMBXFf78zHEZpF1nPshLpcwuYh2jDJ8lOZfrQtAw=="
+ "key": "0551c8948f5b38e6",
+ "signature": "dyxa3722FhpQz8UlLX9VRn+IRUMUmpg/wAyENo/BcPrkhy5mTUGUElpWAM0ATRP7WILY2UFJ4SuXsnHeo3yTDw=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "WSup36KiUWd+w13qzJ+4IzPvQlSS9gZ+J6kdRFAofjCtXFHAmPp1NKtYAzSU9rtfV4oLeulV8GQjcJwyGFDIBQ=="
+ "key": "0551c8948f5b38e6",
+ "signature": "AcBGuBsb+2bBenz3a8aNvvNiVfxGmcdPgy6iRTr/Xe/hkOHuwNbrbS8425Vv/RoqE10ySB4Y9uqkGWsB+33oCQ=="
 }

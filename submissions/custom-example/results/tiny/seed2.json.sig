@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "J/SRnhmvKgTn+jgOz0tR3GsZQUCBTvV34QWDf6S+PSvSk7mZohdc+D0HP3hSclENCQw5f+CpT43Kk1LKiH/KCw=="
+ "key": "0551c8948f5b38e6",
+ "signature": "M+MT80hMyAyJq8z9E0v/UMTSEEhXmhZ66MtsHETtr044NrPqx82jf4EBZ/7MjY4GZ1mPH+0eSlwfA926rm5rBQ=="
 }

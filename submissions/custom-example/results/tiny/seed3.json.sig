@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "JXyk9xpY6/fH6njFkSkVQsbGgd0e2svZbl77gm0JJo1yRidyceJ9OVzUG7H0ml+0aZzna64ZC2EJUB/3D9zqBQ=="
+ "key": "0551c8948f5b38e6",
+ "signature": "1qtoiXPZZzynn1RbslXUDPuleo+fjGj+h+oXBC3eTLxkwZW6MnH6WC/1NUv9qgAMCHjWdXeulayTCWqxDb/ABg=="
 }

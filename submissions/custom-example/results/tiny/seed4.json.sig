@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "cTtuXuHqP6A2ryLa+EN0j02CA6ljfIRECQBM5h8HrXoeAhZgPK1R7hRO2FL2quJjuqWOM1DSrgz/puaYymlnCw=="
+ "key": "0551c8948f5b38e6",
+ "signature": "RzBycQYl4Hm/drE9Y/kfyFBrOvMkld6wsWZGpYEPCpf+GcG/ffbp4xhN8GQwM8fTmuya5w2QYJg/TUtP+A9jDw=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "fm/li5H1gy2Eu1MkOt9ZwNeHJOtUCzzMeRJVSgaWhWJIRfcEmJ9Y0gr714nIU2itGSaBcEYHetCPXnXsf6FRAQ=="
+ "key": "0551c8948f5b38e6",
+ "signature": "wKRtR8QK6PZY7DqVb8XtEJ3NdjJ/c7oxn78xym7pyhZX/rd6SEBfLOAyUANYJXwINcp9WDV4i8RR8hmKHDXzDA=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "o73qfpe7u+BMXdxd6JXVaYTbrn4TOsUZ75Y2faBLLNF80iN1R3pK9gcnH0PeWrdp6auq4rLaacVVB37e0+rVAA=="
+ "key": "0551c8948f5b38e6",
+ "signature": "d0MCVwXvqqIWJRT6mAksNAmaa1RRHQJJegOdpySAjk8yQ8KpoEtFRYoOP8r6389C2RkqVyvxK7eT5AuqpwV3CA=="
 }

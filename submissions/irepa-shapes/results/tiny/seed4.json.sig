@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "yw0haPfQIZ0CrzomW05xWkq3pdtNhVH5gGteBqEv2uH2hbueTZisfM+bXnIy0pMsOC5fneuNCNCitX8vokUYDA=="
+ "key": "0551c8948f5b38e6",
+ "signature": "7q2rk/4fEmCZm+0ILoX1WxiNnzCJRVwEHS8/dj0ofx4ikIHU/MhTL6ddFenWTzDmtsno23JYwJd6UdrVA1FtDA=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "hi3PcMSZWmw4K9uibr7xeXKVxvsZ47ecyw1VgmqxEVH4YAdADS1Kc9EVidHKby/mASPkQBaLVKpxqlPru5p2Aw=="
+ "key": "0551c8948f5b38e6",
+ "signature": "f2RTJQ6puRtViVnMGmZabm9thKpYs544Y6tk9VeNMjKEYv2paOTXew1Nbm0jlXFR6I91Qnzq3uNPu9IUy9rcBA=="
 }

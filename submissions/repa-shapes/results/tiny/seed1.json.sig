@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "SEzDFKXfceL2oMoT0sIlYP+24MTttqXBX8WConMD7NmxSBW2fdT2Hg02QYc7ikIENydV7MRdZaG1XL6ydHjuBA=="
+ "key": "0551c8948f5b38e6",
+ "signature": "Dmjre4ge0As8khgAdUrphABvlPJQAEHaZFmeaCBkC+anBHDZWV5g+dr7ELOgyGSjWPT6xdAYYsmjs5/jSQvpCg=="
 }

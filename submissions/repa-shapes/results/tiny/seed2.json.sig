@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "36wHd9Mh740Ckc5n3C8VeZfp2d4sa+zBINdexv1tVq7bKxZfxds62s/W1DBfRWJDtua3zpGSf9uJuG7QrcshBQ=="
+ "key": "0551c8948f5b38e6",
+ "signature": "qdbXlVAnJfZr5VY9TWf7wGAJ3jrx6ydOi8c8/suLuuZilFrQA5cqtujg0jFSX4qfMKfmw+n/sU5ocfbIeLW0Ag=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "aSePk6SZ8Pr3AsFNFL/qJ5nFU22nr31o0kFRh1QWWhWZh0bVcTkkvzP+CcIAo6fzHzOFOtaXKFXF42/1z0MeAg=="
+ "key": "0551c8948f5b38e6",
+ "signature": "GMJC6XRAFCP7WkAscDx9ZfLupLnECM1Ha64/dWRoVhrAoxo00PjbLN2x8Ltn+SQw6AOigwRJayxBEB8/YcRRDg=="
 }

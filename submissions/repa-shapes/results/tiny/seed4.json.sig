@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "qw4A6TIgj0g9DdjnuLU20EOJ+3VCslV2RZQ35kLiXunLzCorA9LteGfOhaiY0uAVug89AOSbUoSXGORFtnwaAA=="
+ "key": "0551c8948f5b38e6",
+ "signature": "oi/R/m6LLT9tpsiqC9vFNX3s9hsHuyLi5vOBFMkhg39LuLgxxSu08Saw9ButO2+NU93DHFuRLyM/TF3/sXO+Cg=="
 }

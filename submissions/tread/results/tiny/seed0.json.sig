@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "4Yb6/FSyQMqGGgkkKARdnGmY9PSxJ2jZAh3r90x10+2jl50gxwOPRu2N+ECLEFlHCQJ2S9aMb0DJaEZbv4qLDA=="
+ "key": "0551c8948f5b38e6",
+ "signature": "YQ4S3Fqlc/7azais1JbKOgBIbgYOPr8ENWXdlaGBcBszwz3E9fGQfVyCGpmsafd72IqxaiTr8XCNs6GtqDdACA=="
 }

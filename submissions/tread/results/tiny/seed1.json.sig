@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "Opo0PiSC9dJPmj9r11UK9d+CQszqY1OJefv+43Xp+Fn6ayH4GBDls28G056F3cSHAQ3gdJOwzayYJSYQYcQqDQ=="
+ "key": "0551c8948f5b38e6",
+ "signature": "GhBEQ/q1/rM78OsMysqoN01SJ8fNxizfmuST+DWP/o70MrbiId+5hKRz3rSa5Os9CaiLqG2yKQ0lf6u0Laf3AA=="
 }

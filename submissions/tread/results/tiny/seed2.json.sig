@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "DY9Csn9yIAUika0f9ooAOexmhKIAHQ/RNBW2qXp06ZE/q0jXzyTtdqewCBwdix70RsdznHP2uebMVP1vFf9LBw=="
+ "key": "0551c8948f5b38e6",
+ "signature": "bec8PufiNzqAud+Bb2VuOYVkupHcJaQveeVwsGus2+VaIpmSaKC2Ss4aK9hVqQ/dvXoBji+vz5gsK0quYhmoAQ=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "ujsVtooWuas+qF9Y5NwQ9WGnVQKHAim9IquKgIZRC/P5AL+wXyiHKAmGux/KGnfu+Q839v4IosZEERUiX7twAg=="
+ "key": "0551c8948f5b38e6",
+ "signature": "xBv/aOiJLteseM62pFoR7vESWbM2bRXsRA76YsiEHB0lwLQi0KZmSx1uWfECqS0AAzxKLoRIVg66mEWw8s2gAQ=="
 }

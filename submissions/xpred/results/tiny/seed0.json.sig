@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "R1/AutCScxlCTf4kqc4/SOcvpWsEzqVoE1it7gj/DR89kQ3Mf4LIn9eUwJzvC1mZmqAq92IfY5EXhnuVUyODCQ=="
+ "key": "0551c8948f5b38e6",
+ "signature": "VugRE1X6CTH/9c8+U9NzoBuRFEa5FI6XOGI5C+ZJJj1N3o4pPQU+p6LZQdfTY3gRvjb40fXMp0PYaRaL8nJKDA=="
 }

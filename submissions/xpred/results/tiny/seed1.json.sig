@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "oHLojKHH9H/EfqYdtCUP1yDu0ofF+ZwOjQCYZKidYAjUpcUepLQCGezzcS570Q+0ElUCvurE5QJt2jV9AeqJBA=="
+ "key": "0551c8948f5b38e6",
+ "signature": "Ap4Sa1ZPgy8xJ4w/DqLZCQ5rm1e7oidT5ec0CSkWy/+jRHmRuorZKR609APt5XSneYUfsRmHejps4RjVz413Cw=="
 }

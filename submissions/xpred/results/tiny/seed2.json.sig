@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "DcwiLbcljfRzCgSsaMewBmWhZzZHwYunfpPXSHvDRXVPNw76sSiFn5oPEWQZaREs84b2KMHeN7Zoiq6Q8IJFAg=="
+ "key": "0551c8948f5b38e6",
+ "signature": "8GfDqnp3In3sQuJGpwGhYMB5/rHvaXYJGSenzjHKVAEhaY0AsIZ+0CGNw4mIPZdWvfd3juwKFroFSRQWKl4hBg=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "WXQ5Svs8Z3lfEGTm7KA8TECG57ElFDGPXrNi1akuWquv8h8ZPA0twj+WlKWUmByYGzgaOO6GFiI13pWnevA0Cw=="
+ "key": "0551c8948f5b38e6",
+ "signature": "vEeXzdRlefwYjRviqCk2nYP9upKEMqo91ZdS130GgWe9mC4Yh0Akp/goKmcYgUU4TXDyqV86Kp4WGAYSm6/6AA=="
 }

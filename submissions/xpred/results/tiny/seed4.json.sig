@@ -1,4 +1,4 @@
 {
- "key": "228cf2f92d6bc34c",
- "signature": "83xVx6fMpS1n3Y+2CB54i7HBdSybGzKZ3jLYIuu6k70ZTrUb0Q4r3M+FDJ/YdrPRaUHRKlzAz6YpaEkOcoZZDQ=="
+ "key": "0551c8948f5b38e6",
+ "signature": "FfZXfkDjvwNhOhC7P7/QHNAq5yoSTcXDx+ZOyrDfzH5rhH8ogwiz2GJ120OClAOq8CDdvQjp4WxzzBVcjCO0Dw=="
 }
