@@ -58,8 +58,7 @@ def training(seed: int, resume: bool, checkpoints: Path) -> Iterator[None]:
 
 @contextmanager
 def once_trained(seed: int, resume: bool) -> Iterator[None]:
-    """After training a ``--no-resume`` seed, say how to finish it without training it again (the same
-    command would start it over)."""
+    """After training a ``--no-resume`` seed, say how to finish it without training it again."""
     if resume:
         yield
         return

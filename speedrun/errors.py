@@ -43,11 +43,8 @@ _REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 
 
 def format_validation_error(source: str, exc: Exception) -> str:
     """One readable paragraph for a pydantic ``ValidationError`` raised while loading ``source``."""
-    errors = getattr(exc, "errors", None)
-    if errors is None:
-        return f"{source}: {exc}"
     lines = []
-    for err in errors():
+    for err in exc.errors():
         # repr() any key with a newline or control character so the message stays one printable line
         loc = ".".join(str(p) if str(p).isprintable() else repr(p) for p in err.get("loc", ())) or "(top level)"
         msg = err.get("msg", "invalid value")

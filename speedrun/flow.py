@@ -22,14 +22,9 @@ def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
 
 
-def _device_of(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")
-
-
 def keyed_generator(key: str, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator seeded by the sha256 of ``key`` (what it is for, the seed, the step, ...): what it draws
-    depends on nothing drawn before, so paired runs share it whatever else they draw. 32 bits of the hash:
-    torch's CPU generator keeps no more of a seed."""
+    """A generator seeded by 32 bits (all torch's CPU generator keeps) of the sha256 of ``key`` (its use, seed,
+    step, ...): what it draws depends on nothing drawn before, so paired runs share it whatever else they draw."""
     digest = hashlib.sha256(key.encode()).digest()
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:4], "little"))
 
@@ -54,17 +49,16 @@ def velocity_from_prediction(
 
 
 def sample_timesteps(
-    n: int, spec: TimestepSpec, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+    n: int, spec: TimestepSpec, generator: torch.Generator, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """``n`` training times in ``[t_min, t_max)``, float32 on ``device``: with probability ``uniform_fraction``
     ``U(0, 1)``, else ``sigmoid(N(mean, std))`` shifted by ``s t / (1 + (s - 1) t)``. Drawn on ``generator``'s
     device, so a seed gives the same times on every device."""
-    gen_device = _device_of(generator)
-    normal = torch.randn(n, generator=generator, device=gen_device) * spec.std + spec.mean
+    normal = torch.randn(n, generator=generator, device=generator.device) * spec.std + spec.mean
     t = torch.sigmoid(normal)
     t = spec.shift * t / (1 + (spec.shift - 1) * t)
-    use_uniform = torch.rand(n, generator=generator, device=gen_device) < spec.uniform_fraction
-    uniform = torch.rand(n, generator=generator, device=gen_device)
+    use_uniform = torch.rand(n, generator=generator, device=generator.device) < spec.uniform_fraction
+    uniform = torch.rand(n, generator=generator, device=generator.device)
     t = torch.where(use_uniform, uniform, t)
     upper = torch.nextafter(torch.tensor(spec.t_max, dtype=torch.float32), torch.tensor(0.0)).item()
     return t.clamp(min=spec.t_min, max=upper).to(device)
@@ -79,7 +73,7 @@ class Objective(ABC):
     prediction: PredictionKind
 
     @abstractmethod
-    def sample_t(self, n: int, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor: ...
+    def sample_t(self, n: int, generator: torch.Generator, device: torch.device | str) -> torch.Tensor: ...
 
     @abstractmethod
     def input_and_target(
@@ -101,7 +95,7 @@ class RectifiedFlowObjective(Objective):
     def __init__(self, timestep_spec: TimestepSpec):
         self.timestep_spec = timestep_spec
 
-    def sample_t(self, n: int, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    def sample_t(self, n: int, generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
         return sample_timesteps(n, self.timestep_spec, generator, device)
 
     def input_and_target(
@@ -115,21 +109,19 @@ class RectifiedFlowObjective(Objective):
 
 def _batched_null(null: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The empty caption (with or without a batch axis of 1) expanded to ``like``'s batch."""
-    null = null.unsqueeze(0) if null.dim() == like.dim() - 1 else null
     return null.to(device=like.device, dtype=like.dtype).expand_as(like)
 
 
-def caption_drop_mask(n: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def caption_drop_mask(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
     """``(n,)`` bool: which captions become the empty caption, each with probability ``p`` (drawn for the
     global batch, so it does not depend on the process count)."""
-    return torch.rand(n, generator=generator, device=_device_of(generator)) < p
+    return torch.rand(n, generator=generator, device=generator.device) < p
 
 
 def apply_caption_dropout(
     text: torch.Tensor, mask: torch.Tensor, null_text: torch.Tensor, null_mask: torch.Tensor, drop: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace the captions ``(B, L, Dt)``/``(B, L)`` where ``drop`` ``(B,)`` is True by the empty caption."""
-    drop = drop.to(text.device)
     text = torch.where(drop[:, None, None], _batched_null(null_text, text), text)
     mask = torch.where(drop[:, None], _batched_null(null_mask, mask), mask)
     return text, mask
@@ -188,10 +180,9 @@ def validation_loss(
     """Deterministic stratified validation loss (MLPerf Flux style): the velocity MSE at the times
     ``(k + 0.5) / timesteps`` with fixed noise, averaged per time (``per_t``) and overall, in float64
     in sample order, so ``batch_size`` (samples per model call; None: all) does not change it."""
-    n = x0.shape[0]
-    step = n if batch_size is None else batch_size
+    step = batch_size or len(x0)
     per_sample = functools.partial(validation_loss_per_sample, model_fn, timesteps=timesteps, seed=seed)
-    parts = [slice(i, i + step) for i in range(0, n, step)]
+    parts = [slice(i, i + step) for i in range(0, len(x0), step)]
     rows = [per_sample(x0[p], text[p], mask[p], first_index=p.start) for p in parts]
     per_t = torch.cat(rows).mean(dim=0)
     return {"overall": per_t.mean().item(), "per_t": per_t.tolist()}

@@ -27,21 +27,15 @@ class Metric:
         return getattr(importlib.import_module(module), function)
 
 
-def _registry(*metrics: Metric) -> dict[str, Metric]:
-    registry: dict[str, Metric] = {}
-    for metric in metrics:
-        if metric.name in registry:
-            raise ValueError(f"metric '{metric.name}' is registered twice")
-        registry[metric.name] = metric
-    return registry
-
-
-METRICS = _registry(
-    Metric("fid", "min", "images", "speedrun.eval.scores:feature_distance", lower=0.0),
-    # MMD^2 (eval/mmd.py) is a squared norm, >= 0 in exact arithmetic, yet its float64 sum of kernel terms can
-    # land a few ulps below 0 for near-identical sets: no lower bound that a correct evaluation could cross.
-    Metric("cmmd", "min", "images", "speedrun.eval.scores:feature_distance", lower=None),
-    Metric("dino_mmd", "min", "images", "speedrun.eval.scores:feature_distance", lower=None),
-    Metric("val_loss", "min", "denoiser", "speedrun.eval.scores:val_loss", lower=0.0),
-    Metric("prompt_adherence", "max", "images and prompts", "speedrun.eval.scores:prompt_adherence", lower=0.0),
-)
+METRICS = {
+    m.name: m
+    for m in (
+        Metric("fid", "min", "images", "speedrun.eval.scores:feature_distance", lower=0.0),
+        # MMD^2 (eval/mmd.py) is a squared norm, >= 0 in exact arithmetic, yet its float64 sum of kernel terms
+        # can land a few ulps below 0 for near-identical sets: no lower bound a correct evaluation could cross.
+        Metric("cmmd", "min", "images", "speedrun.eval.scores:feature_distance", lower=None),
+        Metric("dino_mmd", "min", "images", "speedrun.eval.scores:feature_distance", lower=None),
+        Metric("val_loss", "min", "denoiser", "speedrun.eval.scores:val_loss", lower=0.0),
+        Metric("prompt_adherence", "max", "images and prompts", "speedrun.eval.scores:prompt_adherence", lower=0.0),
+    )
+}

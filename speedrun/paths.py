@@ -73,8 +73,7 @@ def data_root(explicit: Path | None = None) -> Path:
 
 
 def prepare_command(track: str, root: Path) -> str:
-    """The ``speedrun prepare`` command line for ``track`` (an id or a track file) under ``root`` (named unless
-    the default)."""
+    """The ``speedrun prepare`` command line for ``track`` (an id or a track file), naming ``root`` unless default."""
     cmd = f"speedrun prepare --track {track}"
     if Path(root).resolve() != data_root().resolve():
         cmd += f" --data-dir {quote(str(root))}"

@@ -153,8 +153,7 @@ def label(comp: Component) -> str:
 
 
 def collect_hooks(components: list[Component], depth: int) -> dict[int, list[tuple[Any, Any]]]:
-    """The components' hooks by block, in manifest order, each wrapped by ``_checked``; a last hook
-    on the last block refuses image tokens that a routing hook never brought back."""
+    """The components' hooks by block, in manifest order, each ``_checked``, then one refusing tokens left routed."""
     hooks: dict[int, list[tuple[Any, Any]]] = {}
     for comp in components:
         who, table = label(comp), comp.hooks()
@@ -166,13 +165,9 @@ def collect_hooks(components: list[Component], depth: int) -> dict[int, list[tup
             if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < depth:
                 raise ContractError(f"{who}: hooks() key {reprlib.repr(index)} is not a block index of the "
                                     f"denoiser's {depth} blocks (0..{depth - 1})")  # fmt: skip
-            if not (isinstance(pair, tuple) and len(pair) == 2):
+            if not (isinstance(pair, tuple) and len(pair) == 2 and all(h is None or callable(h) for h in pair)):
                 raise ContractError(f"{who}: hooks()[{index}] must be a (before, after) pair of hooks or None, "
                                     f"got {reprlib.repr(pair)}")  # fmt: skip
-            for position, hook in zip(("before", "after"), pair):
-                if hook is not None and not callable(hook):
-                    raise ContractError(f"{who}: hooks()[{index}] {position} hook is not callable "
-                                        f"(got {type(hook).__name__})")  # fmt: skip
             hooks.setdefault(index, []).append(tuple(
                 None if h is None else _checked(h, f"{who}, {p} hook of block index {index}")
                 for p, h in zip(("before", "after"), pair)
@@ -226,8 +221,7 @@ def _all_tokens_back(tokens: torch.Tensor, state: StepState) -> torch.Tensor:
 def collect_losses(
     components: list[Component], batch: TrainBatch, prediction: torch.Tensor, state: StepState, reserved: frozenset
 ) -> dict[str, torch.Tensor]:
-    """Every component's loss terms as float tensors, by name; a name in ``reserved`` (the training
-    log's own columns) or given twice is refused."""
+    """Every component's loss terms as float tensors, by name; one named twice or in ``reserved`` is refused."""
     terms: dict[str, torch.Tensor] = {}
     for comp in components:
         for name, value in comp.losses(batch, prediction, state).items():

@@ -100,8 +100,7 @@ class CodeChange(NamedTuple):
 
 
 def code_changes(recorded: dict[str, Any], now: dict[str, Any]) -> list[CodeChange]:
-    """How ``now`` differs from ``recorded``: submission files changed, added, removed (each sorted), then the
-    harness; a missing key counts as empty."""
+    """How ``now`` differs from ``recorded`` (a missing key is empty): files changed, added, removed; the harness."""
     then, files = recorded.get("submission_files", {}), now.get("submission_files", {})
     out = [CodeChange(f, "changed") for f in sorted(then.keys() & files.keys()) if then[f] != files[f]]
     out += [CodeChange(f, "added") for f in sorted(files.keys() - then.keys())]

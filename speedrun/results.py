@@ -16,7 +16,6 @@ from speedrun.fileio import atomic_write_text
 from speedrun.metrics import METRICS
 from speedrun.tracks import canonical_hash
 
-SCHEMA_VERSION = 1
 # A results file is a few kB: the cap keeps a planted huge file out of memory.
 MAX_RESULT_BYTES = 1 << 20
 
@@ -201,7 +200,7 @@ class Provenance(_Model):
 
 
 class RunResult(_Model):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     run_id: str = Field(description="'seed<N>' : one results file per seed.")
     submission: str
     track: str
@@ -240,7 +239,7 @@ def write_result(path: Path, result: RunResult) -> None:
     atomic_write_text(path, result.model_dump_json(indent=2) + "\n")
 
 
-def load_result(path: Path, check_digest: bool = True) -> RunResult:
+def load_result(path: Path) -> RunResult:
     """The results file ``path``, as every reader takes it: a regular file (a symbolic link is refused before
     it is opened) of at most ``MAX_RESULT_BYTES``, then schema and digest. Errors say what is wrong only,
     callers add their remedy."""
@@ -254,7 +253,7 @@ def load_result(path: Path, check_digest: bool = True) -> RunResult:
             raise SpeedrunError(f"{path}: {st.st_size} bytes, more than a results file's limit of {MAX_RESULT_BYTES}")
         data = json.loads(path.read_text())
         result = RunResult.model_validate(data)
-        digest = compute_digest(data) if check_digest else result.digest
+        digest = compute_digest(data)
     except FileNotFoundError:
         raise SpeedrunError(f"{path}: no such results file") from None
     except OSError as exc:  # no permission to read it

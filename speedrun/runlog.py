@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,7 +22,7 @@ class RunLog:
     def __init__(self, path: Path, main: bool, progress: bool) -> None:
         self.path, self.main, self.show = path, main, progress and main
         self.file: IO[str] | None = None
-        self.progress: Callable[[int | None, float | None, float | None], None] = lambda *_: None
+        self.bar: Any = None
 
     def start(self, resumed_from: str | None, keep_bytes: int | None, start: int, total: int, **fields: Any) -> None:
         """Open the log for a session, a resumed one cut to its checkpoint's ``keep_bytes``; log ``fields``."""
@@ -40,7 +39,19 @@ class RunLog:
             if resumed_from:
                 print(f"resuming from step {start} of {total} ({self.path.parent / 'checkpoints' / resumed_from})",
                       file=sys.stderr, flush=True)  # fmt: skip
-        self.progress = _progress(self.show, start, total)
+        if self.show:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            columns = TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}")
+            self.bar = Progress(*columns, TimeRemainingColumn())
+            self.task = self.bar.add_task("train", total=total, completed=start, info="")
+            self.bar.start()
+
+    def progress(self, step: int, loss: float, speed: float | None) -> None:
+        """Move the progress bar, if shown, to ``step``."""
+        if self.bar is not None:
+            speed_info = f"  {speed:.2f} batch/s" if speed else ""
+            self.bar.update(self.task, completed=step, info=f"loss {loss:.4f}{speed_info}")
 
     def step(self, terms: dict[str, torch.Tensor], **fields: Any) -> None:
         """A step line: ``fields``, then the loss ``terms`` (read from the device on rank 0 only)."""
@@ -60,7 +71,8 @@ class RunLog:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
-        self.progress(None, None, None)
+        if self.bar is not None:
+            self.bar.stop()
 
     def end(self, summary: BaseModel) -> None:
         """The end line: the summary (its code record excepted), non-finite losses as JSON NaN."""
@@ -71,26 +83,3 @@ class RunLog:
     def _write(self, record: dict[str, Any]) -> None:
         if self.file is not None:
             self.file.write(json.dumps(record) + "\n")
-
-
-def _progress(enabled: bool, start: int, total: int) -> Callable[[int | None, float | None, float | None], None]:
-    """A rich progress bar; call with step=None to close it."""
-    if not enabled:
-        return lambda *_: None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}")
-    bar = Progress(*columns, TimeRemainingColumn())
-    task = bar.add_task("train", total=total, completed=start, info="")
-    bar.start()
-
-    def update(step: int | None, loss: float | None, speed: float | None) -> None:
-        if step is None:
-            bar.stop()
-            return
-        info = f"loss {loss:.4f}" if loss is not None else ""
-        if speed:
-            info += f"  {speed:.2f} batch/s"
-        bar.update(task, completed=step, info=info)
-
-    return update

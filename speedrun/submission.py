@@ -5,39 +5,41 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from speedrun.components.registry import Registry, declared_component_names
-from speedrun.errors import SpeedrunError, format_validation_error
+from speedrun.errors import SpeedrunError
 from speedrun.paths import lookup
-from speedrun.tracks import TRACKS_DIR, Track, available_tracks, load_track, read_toml
+from speedrun.tracks import TRACKS_DIR, Track, available_tracks, load_track, read_toml, validated
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # use fullmatch: "$" would accept a trailing "\n"
 MANIFEST = "submission.toml"
 CUSTOM_COMPONENTS = "components.py"
 MAX_COMPONENTS = 16
-MAX_OVERRIDE_DEPTH = 4
+
+
+def _slug(v: str) -> str:
+    if not SLUG.fullmatch(v):
+        raise ValueError("a name is lowercase letters, digits, '_' and '-', at most 64, no paths")
+    return v
+
+
+Slug = Annotated[str, AfterValidator(_slug)]
 
 
 class ComponentEntry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(description="Registry name of a built-in or of a class in components.py.")
+    name: Slug = Field(description="Registry name of a built-in or of a class in components.py.")
     params: dict[str, Any] = Field(default_factory=dict, description="The component's Params.")
-
-    @field_validator("name")
-    def _slug(cls, v: str) -> str:
-        if not SLUG.fullmatch(v):
-            raise ValueError("a component name is lowercase letters, digits, '_' and '-'")
-        return v
 
 
 class Manifest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(description="Slug equal to the submission's folder name.")
+    name: Slug = Field(description="Slug equal to the submission's folder name.")
     authors: list[str] = Field(min_length=1, max_length=64)
     tracks: list[str] = Field(min_length=1, max_length=16, description="First is the default.")
     description: str = Field(min_length=1, max_length=20_000)
@@ -45,12 +47,6 @@ class Manifest(BaseModel):
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="Nested tables of track fields, e.g. [overrides.optim] lr = 2e-4."
     )
-
-    @field_validator("name")
-    def _slug(cls, v: str) -> str:
-        if not SLUG.fullmatch(v):
-            raise ValueError("a submission name is lowercase letters, digits, '_' and '-', at most 64, no paths")
-        return v
 
     @field_validator("authors")
     def _authors(cls, v: list[str]) -> list[str]:
@@ -68,18 +64,16 @@ class Manifest(BaseModel):
         """``{"optim.lr": 2e-4, ...}`` from the nested override tables."""
         flat: dict[str, Any] = {}
 
-        def walk(prefix: str, node: Any, depth: int) -> None:
-            if depth > MAX_OVERRIDE_DEPTH:
-                raise SpeedrunError(f"overrides nest deeper than {MAX_OVERRIDE_DEPTH} levels at {prefix!r}")
+        def walk(prefix: str, node: Any) -> None:
             if isinstance(node, dict):
                 for key, value in node.items():
-                    walk(f"{prefix}.{key}" if prefix else key, value, depth + 1)
+                    walk(f"{prefix}.{key}" if prefix else key, value)
             elif prefix in flat:  # [overrides.optim] lr and [overrides] "optim.lr" overlap
                 raise SpeedrunError(f"override {prefix!r} is given twice")
             else:
                 flat[prefix] = node
 
-        walk("", self.overrides, 0)
+        walk("", self.overrides)
         return flat
 
 
@@ -151,10 +145,7 @@ def load_submission(path: Path | str, tracks_dir: Path = TRACKS_DIR, registry: R
     except OSError as exc:  # a name too long, or a folder that may not be entered
         raise SpeedrunError(f"{path}: cannot look at this submission folder ({exc.strerror or exc})") from None
     _check_inside(folder)
-    try:
-        manifest = Manifest.model_validate(read_toml(manifest_path))
-    except ValidationError as exc:
-        raise SpeedrunError(format_validation_error(str(manifest_path), exc)) from None
+    manifest = validated(Manifest, read_toml(manifest_path), str(manifest_path))
     if manifest.name != (name := folder.resolve().name):
         raise SpeedrunError(f"{manifest_path}: field 'name' is '{manifest.name}' but the folder is '{name}'")
     tracks, field = [], "overrides"  # the field an error below is blamed on
@@ -186,10 +177,7 @@ def _check_components(manifest: Manifest, folder: Path, registry: Registry, trac
             known = sorted(set(registry.names()) | set(custom))
             raise SpeedrunError(f"{where}: unknown component '{entry.name}'; known: {known or 'none'}")
         component = registry.get(entry.name)
-        try:
-            params = component.Params.model_validate(entry.params)
-        except ValidationError as exc:
-            raise SpeedrunError(format_validation_error(f"{where} ({entry.name}).params", exc)) from None
+        params = validated(component.Params, entry.params, f"{where} ({entry.name}).params")
         for track in tracks:
             try:
                 component.check(params, track)

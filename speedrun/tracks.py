@@ -12,7 +12,7 @@ import re
 import stat
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -37,6 +37,8 @@ OVERRIDABLE = frozenset(
     + ["train.caption_dropout", "train.compile"]
     + [f"train.timesteps.{k}" for k in ("mean", "std", "shift", "uniform_fraction")]
 )
+Beta = Annotated[float, Field(ge=0, lt=1)]
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Frozen(BaseModel):
@@ -104,18 +106,12 @@ class ModelSpec(_Frozen):
 class OptimSpec(_Frozen):
     name: Literal["adamw"] = "adamw"
     lr: float = Field(gt=0)
-    betas: tuple[float, float] = Field(strict=False)
+    betas: tuple[Beta, Beta] = Field(strict=False)
     eps: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
     warmup_steps: int = Field(ge=0, description="Linear LR warmup, then constant.")
     cooldown_steps: int = Field(0, ge=0, description="Linear LR decay to 0 over the last steps of train.steps.")
     grad_clip: float = Field(gt=0, description="Max global grad norm.")
-
-    @field_validator("betas")
-    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not all(0.0 <= b < 1.0 for b in v):
-            raise ValueError("each beta must be in [0, 1)")
-        return v
 
 
 class TimestepSpec(_Frozen):
@@ -268,10 +264,7 @@ class Track(_Frozen):
         for key, value in overrides.items():
             *parents, leaf = key.split(".")
             functools.reduce(dict.__getitem__, parents, data)[leaf] = value
-        try:
-            track = Track.model_validate(data)
-        except ValidationError as exc:
-            raise SpeedrunError(format_validation_error(f"overrides on track '{self.id}'", exc)) from None
+        track = validated(Track, data, f"overrides on track '{self.id}'")
         track._file = self._file
         return track
 
@@ -279,6 +272,14 @@ class Track(_Frozen):
 def canonical_hash(obj: Any) -> str:
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def validated(model: type[M], data: Any, source: str) -> M:
+    """``data`` as a ``model``; invalid, a ``SpeedrunError`` naming ``source`` and each field at fault."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise SpeedrunError(format_validation_error(source, exc)) from None
 
 
 MAX_TOML_BYTES = 1_000_000
@@ -321,16 +322,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise SpeedrunError(f"{path}: nested too deeply") from None
 
 
-def _read_track(path: Path) -> Track:
-    try:
-        return Track.model_validate(read_toml(path))
-    except ValidationError as exc:
-        raise SpeedrunError(format_validation_error(str(path), exc)) from None
-
-
 def load_track_file(path: Path) -> Track:
     """The track of a tracks folder's file, which is named after the track's id."""
-    track = _read_track(path)
+    track = validated(Track, read_toml(path), str(path))
     if track.id != path.stem:
         raise SpeedrunError(f"{path}: field 'id' is '{track.id}' but the file is named '{path.stem}'")
     return track
@@ -355,7 +349,7 @@ def load_track(track_id: str, tracks_dir: Path = TRACKS_DIR) -> Track:
     would share a folder."""
     if track_id.endswith(".toml"):
         path = Path(track_id).absolute()
-        track = _read_track(path)
+        track = validated(Track, read_toml(path), str(path))
         if track.id in available_tracks(tracks_dir):
             if path.resolve() == (tracks_dir / f"{track.id}.toml").resolve():
                 return load_track(track.id, tracks_dir)

@@ -56,11 +56,9 @@ class Trainer:
         self.autocast = self.device.type == "cuda" and track.train.precision == "bf16"
         torch.manual_seed(self.opt.seed)  # identical init on every rank
         self.model = build_model(self.track.model.config, text_dim=self.data.text_dim).to(self.device)
-        _, height, width = self.data.x_shape
-        patch = self.model.config.patch_size
         self.ctx = ComponentContext(
             model=self.model, track=self.track, device=self.device, seed=self.opt.seed, data_dir=self.data.root,
-            token_grid=(height // patch, width // patch), images_available=self.data.train_images,
+            token_grid=self.model.grid(self.data.x_shape[1:]), images_available=self.data.train_images,
         )  # fmt: skip
         for comp in self.components:
             comp.setup(self.ctx)
@@ -82,7 +80,7 @@ class Trainer:
         params = [p for m in (self.model, *self.heads.values()) for p in m.parameters() if p.requires_grad]
         self.optimizer = optim.build_optimizer(self.track, params, self.device)
         self.scheduler = optim.schedule(self.optimizer, self.track)
-        optim.check_optimizer_coverage(self.optimizer, [self.model, *self.heads.values()])
+        optim.check_distinct_parameters(self.optimizer)
 
     def _step(self, step: int, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         x0, text, mask = (x.to(self.device, non_blocking=True) for x in (batch.x, batch.text, batch.text_mask))

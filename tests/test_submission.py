@@ -169,12 +169,12 @@ CASES: list[Case] = [
         _ov("[overrides.optim]\nlr = -1e-3\n"),
         ("field 'optim.lr'", "greater than 0", "-0.001"),
     ),
-    Case("override-betas-range", _ov("[overrides.optim]\nbetas = [0.9, 1.5]\n"), ("field 'optim.betas'", "[0, 1)")),
+    Case("override-betas-range", _ov("[overrides.optim]\nbetas = [0.9, 1.5]\n"), ("field 'optim.betas.1'", "than 1")),
     Case("override-betas-length", _ov("[overrides.optim]\nbetas = [0.9]\n"), ("field 'optim.betas", "(got [0.9])")),
     Case(
         "override-deeply-nested",
         _ov("[overrides." + ".".join(["optim"] * 40) + "]\nlr = 1\n"),
-        ("field 'overrides'", "deeper than 4 levels", "'optim.optim.optim.optim.optim'"),
+        ("field 'overrides'", "does not allow overriding ['" + ".".join(["optim"] * 40) + ".lr']"),
     ),
     Case(
         "override-given-twice",

@@ -24,8 +24,7 @@ def representation_defaults(representation: str) -> tuple[float, float]:
 
 
 def spatial_normalize(y: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.Tensor:
-    """``(B, N, D)``: per image and channel, subtract ``alpha`` times the token mean, divide by the
-    tokens' standard deviation (unbiased) plus ``eps``; float32."""
+    """``(B, N, D)``, per image and channel: minus ``alpha`` x the token mean, over the tokens' std (unbiased) + eps."""
     y = y.float()
     y = y - alpha * y.mean(dim=1, keepdim=True)
     return y / (y.std(dim=1, keepdim=True) + eps)

@@ -78,8 +78,6 @@ class Teacher(nn.Module):
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, 3)`` uint8 -> ``(B, 3, *input_size)`` float32: /255, bicubic (antialiased when
         shrinking, overshoot clamped to [0, 1]), ImageNet-normalised."""
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
-            raise ValueError(f"teacher expects (B, H, W, 3) uint8 images, got {tuple(images.shape)} {images.dtype}")
         x = images.permute(0, 3, 1, 2).float().div(255.0)
         if tuple(x.shape[-2:]) != self.input_size:
             shrink = x.shape[-2] > self.input_size[0] or x.shape[-1] > self.input_size[1]
@@ -104,8 +102,7 @@ def weights_file(spec: TeacherSpec) -> Path:
 def build_network(
     spec: TeacherSpec, input_size: tuple[int, int], weights: Path | None, arch: dict[str, Any] | None = None
 ) -> nn.Module:
-    """The timm network for ``input_size`` pixels from ``weights`` (timm resamples position embeddings), or
-    random-init when None."""
+    """The timm network for ``input_size`` pixels from ``weights`` (position embeddings resampled), or random-init."""
     import timm
 
     kwargs: dict[str, Any] = {"num_classes": 0, "img_size": input_size, **(arch or {})}

@@ -61,8 +61,7 @@ class TREADParams(Params):
 
 
 def resolve_span(start: int | None, end: int | None, depth: int) -> tuple[int, int]:
-    """``(start, end)`` 1-based, inclusive; defaults ``round(depth * 2/16)`` (>= 1) and ``round(depth * 12/16)``
-    (>= start)."""
+    """1-based inclusive ``(start, end)``; None: ``round(depth * 2/16)`` (>= 1), ``round(depth * 12/16)`` (>= start)."""
     s = start if start is not None else max(1, round_half_up(depth * DEFAULT_SPAN_OF_16[0] / 16))
     e = end if end is not None else max(s, round_half_up(depth * DEFAULT_SPAN_OF_16[1] / 16))
     if not 1 <= s <= e <= depth:

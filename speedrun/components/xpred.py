@@ -21,7 +21,6 @@ class XPredParams(Params):
     t_clamp: float = Field(EVAL_T_CLAMP, gt=0, lt=1, description="Lower clamp of t in the x0 -> velocity conversion.")
 
     @field_validator("t_clamp")
-    @classmethod
     def _matches_evaluator(cls, v: float) -> float:
         if v != EVAL_T_CLAMP:
             raise ValueError(f"the evaluator converts x0 predictions with t_clamp = {EVAL_T_CLAMP}; another value "
@@ -33,10 +32,7 @@ class XPredObjective(RectifiedFlowObjective):
     """The rectified flow's times and ``(x_t, v)``; only the output's meaning and the loss change."""
 
     prediction: PredictionKind = "x0"
-
-    def __init__(self, timestep_spec: TimestepSpec, t_clamp: float = EVAL_T_CLAMP) -> None:
-        super().__init__(timestep_spec)
-        self.t_clamp = t_clamp
+    t_clamp: float = EVAL_T_CLAMP
 
     def velocity(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return velocity_from_prediction("x0", pred, x_t, t, self.t_clamp)
@@ -56,6 +52,4 @@ class XPrediction(Component):
         self.timesteps: TimestepSpec = ctx.track.train.timesteps
 
     def objective(self) -> Objective:
-        if not hasattr(self, "timesteps"):
-            raise RuntimeError("component 'xpred': objective() needs setup() first (it reads the track's timesteps)")
-        return XPredObjective(self.timesteps, self.params.t_clamp)
+        return XPredObjective(self.timesteps)

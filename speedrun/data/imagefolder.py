@@ -24,8 +24,7 @@ _EXAMPLE_ROW = '{"file_name": "cat.png", "text": "a cat asleep on a red sofa"}'
 
 
 def folder(track: Track) -> Path:
-    """The folder ``track``'s ``data.source`` names, from its track file's folder (``tracks/`` for a track of
-    the tracks folder)."""
+    """The folder ``track``'s ``data.source`` names, from its track file's folder (else ``tracks/``)."""
     return (track.file.parent if track.file else TRACKS_DIR) / track.data.source
 
 

@@ -31,9 +31,6 @@ class Batch:
     index: torch.Tensor  # int64 (B,) example indices within the split
     images: torch.Tensor | None = None  # uint8 (B, H, W, 3) real images, when asked for (teachers)
 
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
 
 def from_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 images (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1] (x/127.5 - 1)."""
@@ -96,11 +93,9 @@ class Loader:
     prefetch: InitVar[bool] = False
 
     def __post_init__(self, prefetch: bool) -> None:
-        batch_size, world_size, split = self.batch_size, self.world_size, self.split
+        batch_size, world_size = self.batch_size, self.world_size
         if batch_size <= 0 or world_size <= 0 or batch_size % world_size:
             raise SpeedrunError(f"global batch {batch_size} must be a positive multiple of the world size {world_size}")
-        if self.images and not split.has_images:
-            raise SpeedrunError(f"split '{split.name}' of {split.root} keeps no real images (latents only)")
         self._local = batch_size // world_size
         self._perm_epoch = -1
         self._perm = np.empty(0, dtype=np.int64)
@@ -108,11 +103,6 @@ class Loader:
         self._pin = prefetch and where.type == "cuda"
         self._worker = _reader(where) if prefetch else None
         self._ahead: tuple[int, Future] | None = None  # (position, its rows being read): the next batch
-
-    @property
-    def epoch(self) -> int:
-        """The epoch the next example comes from."""
-        return self.position // len(self.split)
 
     def permutation(self, epoch: int) -> np.ndarray:
         """The order of the split's examples in ``epoch``."""

@@ -39,10 +39,8 @@ def load_source(source: str, local: str | Path | None = None) -> Any:
         elif parquet := sorted(str(p) for p in path.rglob("*.parquet")):
             dataset = datasets.load_dataset("parquet", data_files=parquet, split="train")
         else:
-            raise SpeedrunError(
-                f"{path}: neither a datasets.save_to_disk folder nor a folder of parquet files "
-                f"(set by {'the local argument' if local is not None else LOCAL_ENV})"
-            )
+            raise SpeedrunError(f"{path}: neither a datasets.save_to_disk folder nor a folder of parquet files "
+                                f"(set by ${LOCAL_ENV})")
         if isinstance(dataset, datasets.DatasetDict):
             dataset = dataset["train"]
     else:

@@ -1,8 +1,7 @@
 """prepare: a track's ``data`` section -> shards, the track's vision teacher if it has one
 (``speedrun.data.teacher``, trained on the train shards) and ``manifest.json`` (``speedrun.data.shards``) in
 ``<root>/<dataset>-<size>-<hash of the definition>/``. Idempotent (with a manifest it only re-hashes) and
-resumable (complete shards are re-hashed and kept). Shard ``k`` belongs to rank ``k % world_size``; rank 0
-writes the manifest after a barrier, or, without a process group, whichever call finds every shard complete.
+resumable (complete shards are re-hashed and kept); prepares of one folder started together share the shards.
 """
 
 from __future__ import annotations
@@ -11,13 +10,13 @@ import functools
 import shutil
 import sys
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from speedrun.data import imagefolder, mjv6, shapes, shards, teacher
 from speedrun.data.shards import MANIFEST_NAME, NULL_DIR, SPLITS, TEACHER_FILE, ShardEntry, TextEncoderInfo
@@ -208,13 +207,10 @@ def _check_pins(track: Track, split_hashes: dict[str, str]) -> None:
 def _finalize(
     out: Path, track: Track, jobs: list[_Job], models: _Models, definition: dict[str, Any], progress: bool
 ) -> None:
-    """Train the track's teacher (if any) and write the manifest, if every shard is on disk."""
+    """Train the track's teacher (if any) and write the manifest, every shard being on disk."""
     entries: dict[str, list[ShardEntry]] = {split: [] for split in SPLITS}
     for job in jobs:
-        entry = shards.read_shard_entry(out / job.split, job.name)
-        if entry is None:
-            return
-        entries[job.split].append(entry)
+        entries[job.split].append(shards.read_shard_entry(out / job.split, job.name))
     _write_null_text(out, models.text)
     hashes = {
         split: shards.combine_digests(b"".join(np.load(out / split / e.name / "digests.npy").tobytes() for e in got))
@@ -268,29 +264,12 @@ def _say_waiting(lock: Path) -> None:
     print(f"waiting for another prepare of this data folder to finish a shard ({lock} is locked)", file=sys.stderr)
 
 
-def _progress_bar(enabled: bool):
-    if not enabled:
-        return nullcontext(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
-    )
-
-
 def prepare(
     track: Track, root: Path | None = None, *, progress: bool = True, text_encoder: TextEncoder | None = None,
-    vae: FluxVAE | None = None, source: str | Path | None = None, rank: int | None = None,
-    world_size: int | None = None, examples_per_shard: int | None = None, device: str | None = None,
+    vae: FluxVAE | None = None, source: str | Path | None = None, examples_per_shard: int | None = None,
 ) -> Path:  # fmt: skip
-    """Prepare ``track``'s data under ``root`` (default ``speedrun.paths.data_root()``); return its directory,
-    complete unless other ranks (without a process group) still have shards to write. ``text_encoder``
-    and ``vae`` replace the track's models; ``source`` is a local copy of an mjv6 source."""
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if distributed:
-        rank = torch.distributed.get_rank() if rank is None else rank
-        world_size = torch.distributed.get_world_size() if world_size is None else world_size
-    rank, world_size = rank or 0, world_size or 1
+    """Prepare ``track``'s data under ``root`` (default ``speedrun.paths.data_root()``); return its directory.
+    ``text_encoder`` and ``vae`` replace the track's models; ``source`` is a local copy of an mjv6 source."""
     definition = dataset_definition(track, text_encoder=text_encoder, vae=vae, examples_per_shard=examples_per_shard)
     out = dataset_dir(track, root, definition)
     try:
@@ -315,25 +294,22 @@ def prepare(
         data_source = imagefolder.ImageFolderSource(track, counts)
     else:
         data_source = mjv6.Mjv6Source(mjv6.load_source(data.source, source), data.image_size, counts)
-    if device is None and torch.cuda.is_available():
-        device = f"cuda:{torch.cuda.current_device()}" if distributed else "cuda"
-    models = _Models(track, text_encoder, vae, device or "cpu")
+    models = _Models(track, text_encoder, vae, "cuda" if torch.cuda.is_available() else "cpu")
     jobs = _jobs(data_source, definition["examples_per_shard"])
-    mine = [job for k, job in enumerate(jobs) if k % world_size == rank]
     out.mkdir(parents=True, exist_ok=True)
-    if progress and rank == 0:
+    if progress:
         print(f"preparing track '{track.id}' data in {out}: images, captions and text embeddings of "
               f"{', '.join(f'{counts[s]:,} {s}' for s in SPLITS)} examples (once per data folder)",
               file=sys.stderr, flush=True)  # fmt: skip
-    with _progress_bar(progress) as bar:
-        advance: dict[str, Callable[[float], None]] = dict.fromkeys(SPLITS, lambda n: None)
+    columns = TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+    with Progress(*columns, disable=not progress) as bar:
+        advance = {}
         for split in SPLITS:
-            total = sum(j.count for j in mine if j.split == split)
-            if bar is not None and total:
-                advance[split] = functools.partial(bar.advance, bar.add_task(f"{out.name} {split}", total=total))
+            task = bar.add_task(f"{out.name} {split}", total=sum(j.count for j in jobs if j.split == split))
+            advance[split] = functools.partial(bar.advance, task)
         # Shards another prepare is writing wait for a second pass: two prepares started together share the work.
         deferred = []
-        for job in mine:
+        for job in jobs:
             with shard_lock(out, job.split, job.name, on_wait=None) as held:
                 if held:
                     _prepare_shard(out, job, data_source, models, track, advance[job.split])
@@ -342,10 +318,5 @@ def prepare(
         for job in deferred:
             with shard_lock(out, job.split, job.name, on_wait=_say_waiting):
                 _prepare_shard(out, job, data_source, models, track, advance[job.split])
-    if distributed:
-        torch.distributed.barrier()
-    if not distributed or rank == 0:
-        _finalize(out, track, jobs, models, definition, progress)
-    if distributed:
-        torch.distributed.barrier()
+    _finalize(out, track, jobs, models, definition, progress)
     return out

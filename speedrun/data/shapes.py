@@ -180,8 +180,7 @@ def render(spec: ShapeSpec, size: int) -> np.ndarray:
 
 
 def shape_map(spec: ShapeSpec, size: int) -> np.ndarray:
-    """int8 (size, size): the index in ``spec.shapes`` of the shape :func:`render` paints at each pixel, -1
-    where the background shows."""
+    """int8 (size, size): the index in ``spec.shapes`` of the shape :func:`render` paints at each pixel, else -1."""
     out = np.full((size, size), -1, dtype=np.int8)
     for k, shape in enumerate(spec.shapes):
         rows, cols, covered = _footprint(shape, size)

@@ -128,8 +128,6 @@ def write_shard(
     tmp = split_dir / f".{name}.partial-{os.getpid()}"
     try:
         split_dir.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
         tmp.mkdir()
         files = {}
         for key, array in arrays.items():
@@ -158,12 +156,9 @@ def write_shard(
 
 def read_shard_entry(split_dir: Path, name: str) -> ShardEntry | None:
     """The entry of a completely written shard, or None if there is none under that name."""
-    path = split_dir / name / SHARD_ENTRY_NAME
-    if not path.is_file():
-        return None
     try:
-        return ShardEntry.model_validate_json(path.read_bytes())
-    except ValidationError:
+        return ShardEntry.model_validate_json((split_dir / name / SHARD_ENTRY_NAME).read_bytes())
+    except (OSError, ValidationError):
         return None
 
 
@@ -265,21 +260,12 @@ class SplitDataset:
 
     def images(self, indices: np.ndarray) -> np.ndarray:
         """Real images uint8 (n, H, W, 3) of rows ``indices``: ``x`` on pixel tracks, else ``images``."""
-        if self.representation == "pixels":
-            return self.gather_field("x", indices)
-        if not self.has_images:
-            raise SpeedrunError(f"split '{self.name}' of {self.root} stores latents only; uint8 images are kept for "
-                                "the reference split, and the train split's on tracks with data.train_images = true")
-        return self.gather_field("images", indices)
+        return self.gather_field("x" if self.representation == "pixels" else "images", indices)
 
     @property
     def has_images(self) -> bool:
         """Whether :meth:`images` can read this split's real images."""
         return self.representation == "pixels" or all("images.npy" in s.files for s in self.entry.shards)
-
-    def digests(self) -> np.ndarray:
-        """Per-example digests uint8 (N, 32) in index order."""
-        return self.gather_field("digests", np.arange(len(self)))
 
 
 class PreparedDataset:
@@ -287,9 +273,7 @@ class PreparedDataset:
 
     def __init__(self, root: Path, manifest: Manifest) -> None:
         self.root, self.manifest = root, manifest
-        self.representation = manifest.representation
         self.x_shape = manifest.x_shape  # (C, H, W) of one example in model space
-        self.text_encoder = manifest.text_encoder
         self._splits: dict[str, SplitDataset] = {}
 
     def split(self, name: str) -> SplitDataset:

@@ -1,16 +1,14 @@
 """Feature extractors: uint8 images (B, H, W, 3) -> float64 features (B, dim), preprocessing included.
 
 A float input is refused, never rescaled (PRX fed uint8 images to a metric that multiplied by 255 again
-and wrapped modulo 256, REFERENCE §5). Every forward runs with TF32 off on exactly ``batch_size`` images
-(the last batch padded with its final image), so features do not depend on how the caller chunks images.
+and wrapped modulo 256, REFERENCE §5). Every forward runs on exactly ``batch_size`` images (the last batch
+padded with its final image), so features do not depend on how the caller chunks images; eval.run turns TF32 off.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -44,7 +42,7 @@ class Extractor(ABC):
         batch = as_uint8_images(images, who=self.id)
         count = batch.shape[0]
         out = np.empty((count, self.dim), dtype=np.float64)
-        with tf32_disabled(), torch.inference_mode():
+        with torch.inference_mode():
             for start in range(0, count, self.batch_size):
                 chunk = batch[start : start + self.batch_size]
                 real = chunk.shape[0]
@@ -105,26 +103,6 @@ def as_uint8_images(images: Any, *, who: str) -> torch.Tensor:
     return images
 
 
-@contextlib.contextmanager
-def tf32_disabled() -> Iterator[None]:
-    """TF32 off for CUDA matmuls and cuDNN inside the block, then the caller's setting back; through
-    the newer ``fp32_precision`` API where the process already uses it (torch refuses mixed use)."""
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    settings = [(matmul, "allow_tf32", False), (cudnn, "allow_tf32", False)]
-    try:
-        saved = [getattr(owner, name) for owner, name, _ in settings]
-    except RuntimeError:
-        settings = [(owner, "fp32_precision", "ieee") for owner in (matmul, cudnn.conv, cudnn.rnn)]
-        saved = [getattr(owner, name) for owner, name, _ in settings]
-    for owner, name, value in settings:
-        setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        for (owner, name, _), value in zip(settings, saved):
-            setattr(owner, name, value)
-
-
 def resize_bicubic(x: torch.Tensor, size: int, high: float) -> torch.Tensor:
     """Bicubic, antialiased resize of (B, C, H, W) float pixels in [0, high] to (B, C, size, size),
     clamped to [0, high]: bicubic overshoots, the uint8 PIL pipelines the metrics were defined with cannot."""
@@ -136,11 +114,8 @@ def resize_bicubic(x: torch.Tensor, size: int, high: float) -> torch.Tensor:
 def get_extractor(
     metric_name: str, *, device: torch.device | str, random_init: bool = False, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> Extractor:
-    """The feature extractor metric ``fid``, ``cmmd`` or ``dino_mmd`` is defined with; ``random_init``:
-    a small random network with the same interface and preprocessing (smoke track, tests). A
-    SpeedrunError for an unknown metric or missing weights."""
-    if (target := EXTRACTORS.get(metric_name)) is None:
-        raise SpeedrunError(f"no feature extractor for metric {metric_name!r}; known: {', '.join(sorted(EXTRACTORS))}")
-    module_name, class_name = target.split(":")
+    """The feature extractor metric ``fid``, ``cmmd`` or ``dino_mmd`` is defined with (SpeedrunError without its
+    weights); ``random_init``: a small random network of the same interface and preprocessing (smoke track, tests)."""
+    module_name, class_name = EXTRACTORS[metric_name].split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(device=device, random_init=random_init, batch_size=batch_size)

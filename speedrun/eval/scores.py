@@ -100,4 +100,3 @@ def score(inputs: EvalInputs, report: dict[str, dict]) -> None:
         t0 = time.perf_counter()
         METRICS[name].load()(inputs, report, name)
         report["seconds"][name] = time.perf_counter() - t0
-

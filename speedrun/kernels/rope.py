@@ -14,7 +14,6 @@ def rope_tables(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cos, sin)``, each ``(grid_h * grid_w, head_dim // 2)`` float32, row-major over tokens; angles in
     float64 rounded once, as diffusers does, so the tables match it bit for bit."""
-
     if head_dim % 4:
         raise ValueError(f"head_dim must be a multiple of 4 for 2-D RoPE, got {head_dim}")
     axis_dim = head_dim // 2  # features per axis; axis_dim // 2 rotation pairs per axis

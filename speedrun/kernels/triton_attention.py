@@ -65,9 +65,8 @@ def _attn_fwd_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < Nq
-    q = tl.load(
-        Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_m + offs_d[None, :] * sq_d, mask=row_ok[:, None], other=0.0
-    )
+    q_ptrs = Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_m + offs_d[None, :] * sq_d
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
     k_base = K + b * sk_b + h * sk_h
     v_base = V + b * sv_b + h * sv_h
 
@@ -98,11 +97,8 @@ def _attn_fwd_kernel(
     # and its LSE stays -inf, which the backward's key mask turns into zero grads.
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
-    tl.store(
-        Out + b * so_b + h * so_h + offs_m[:, None] * so_m + offs_d[None, :] * so_d,
-        out.to(Out.dtype.element_ty),
-        mask=row_ok[:, None],
-    )
+    out_ptrs = Out + b * so_b + h * so_h + offs_m[:, None] * so_m + offs_d[None, :] * so_d
+    tl.store(out_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
     # Natural-log LSE of the scaled scores, so it reads the same as other attention kernels'.
     tl.store(Lse + pid_bh.to(tl.int64) * Nq + offs_m, (m_i + tl.log2(l_i)) * _LN2, mask=row_ok)
 
@@ -121,14 +117,10 @@ def _attn_bwd_delta_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < Nq
-    o = tl.load(
-        Out + b * so_b + h * so_h + offs_m[:, None] * so_m + offs_d[None, :] * so_d, mask=row_ok[:, None], other=0.0
-    ).to(tl.float32)
-    do = tl.load(
-        dOut + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_m + offs_d[None, :] * sdo_d,
-        mask=row_ok[:, None],
-        other=0.0,
-    ).to(tl.float32)
+    o_ptrs = Out + b * so_b + h * so_h + offs_m[:, None] * so_m + offs_d[None, :] * so_d
+    o = tl.load(o_ptrs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    do_ptrs = dOut + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_m + offs_d[None, :] * sdo_d
+    do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0).to(tl.float32)
     tl.store(Delta + pid_bh.to(tl.int64) * Nq + offs_m, tl.sum(o * do, 1), mask=row_ok)
 
 
@@ -169,12 +161,10 @@ def _attn_bwd_kernel(
         offs_n = start_n + tl.arange(0, BLOCK_N)
         in_seq = offs_n < Nk
         valid = _key_valid(Mask, b, offs_n, Nk)
-        k = tl.load(
-            K + b * sk_b + h * sk_h + offs_n[:, None] * sk_n + offs_d[None, :] * sk_d, mask=in_seq[:, None], other=0.0
-        )
-        v = tl.load(
-            V + b * sv_b + h * sv_h + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d, mask=in_seq[:, None], other=0.0
-        )
+        k_ptrs = K + b * sk_b + h * sk_h + offs_n[:, None] * sk_n + offs_d[None, :] * sk_d
+        k = tl.load(k_ptrs, mask=in_seq[:, None], other=0.0)
+        v_ptrs = V + b * sv_b + h * sv_h + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d
+        v = tl.load(v_ptrs, mask=in_seq[:, None], other=0.0)
         q_end = tl.where(tl.max(valid.to(tl.int32), 0) > 0, Nq, 0)
         dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -198,11 +188,8 @@ def _attn_bwd_kernel(
             if start_n != first_tile:
                 dq += tl.load(acc_ptrs, mask=row_ok[:, None], other=0.0)
             if start_n == last_tile:
-                tl.store(
-                    dq_base + offs_m[:, None] * sdq_m + offs_d[None, :] * sdq_d,
-                    (dq * sm_scale).to(dQ.dtype.element_ty),
-                    mask=row_ok[:, None],
-                )
+                dq_ptrs = dq_base + offs_m[:, None] * sdq_m + offs_d[None, :] * sdq_d
+                tl.store(dq_ptrs, (dq * sm_scale).to(dQ.dtype.element_ty), mask=row_ok[:, None])
             else:
                 tl.store(acc_ptrs, dq, mask=row_ok[:, None])
         # The next key tile reads back partial sums that other threads of this program wrote.
@@ -222,11 +209,8 @@ def _attn_bwd_kernel(
     if last_tile < 0:
         for start_m in range(0, Nq, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
-            tl.store(
-                dq_base + offs_m[:, None] * sdq_m + offs_d[None, :] * sdq_d,
-                tl.zeros([BLOCK_M, HEAD_DIM], tl.float32).to(dQ.dtype.element_ty),
-                mask=(offs_m < Nq)[:, None],
-            )
+            dq_ptrs = dq_base + offs_m[:, None] * sdq_m + offs_d[None, :] * sdq_d
+            tl.store(dq_ptrs, tl.zeros([BLOCK_M, HEAD_DIM], dQ.dtype.element_ty), mask=(offs_m < Nq)[:, None])
 
 
 def _check_inputs(q, k, v, key_mask) -> None:

@@ -20,10 +20,8 @@ _TILE_ELEMENTS = 4096
 
 @triton.jit
 def _load_pairs(ptr, base, rows, row_ok, sx_n, sx_d, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
-    cols = tl.arange(0, HEAD_DIM)
-    x = tl.load(ptr + base + rows[:, None] * sx_n + cols[None, :] * sx_d, mask=row_ok[:, None], other=0.0).to(
-        tl.float32
-    )
+    ptrs = ptr + base + rows[:, None] * sx_n + tl.arange(0, HEAD_DIM)[None, :] * sx_d
+    x = tl.load(ptrs, mask=row_ok[:, None], other=0.0).to(tl.float32)
     return tl.split(tl.reshape(x, (BLOCK_N, HEAD_DIM // 2, 2)))
 
 
@@ -48,6 +46,22 @@ def _norm_rope_fwd_tile(
 
 
 @triton.jit
+def _tile(cos_ptr, sin_ptr, sc_b, H, N, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's ids, sample, head, token rows (``row_ok`` where they exist) and their cos/sin tables."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    half = tl.arange(0, HEAD_DIM // 2)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    table = b * sc_b + rows[:, None] * (HEAD_DIM // 2) + half[None, :]
+    cos = tl.load(cos_ptr + table, mask=row_ok[:, None], other=0.0)
+    sin = tl.load(sin_ptr + table, mask=row_ok[:, None], other=0.0)
+    return pid_n, pid_bh, b, h, rows, row_ok, cos, sin
+
+
+@triton.jit
 def _norm_rope_fwd_kernel(
     q_ptr, k_ptr, qo_ptr, ko_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr,
     sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d, sc_b,
@@ -56,17 +70,7 @@ def _norm_rope_fwd_kernel(
 ):  # fmt: skip
     # torch.compile launches user kernels with Python floats typed fp64: keep the math fp32.
     eps = tl.cast(eps, tl.float32)
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    half = tl.arange(0, HEAD_DIM // 2)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-
-    table = b * sc_b + rows[:, None] * (HEAD_DIM // 2) + half[None, :]
-    cos = tl.load(cos_ptr + table, mask=row_ok[:, None], other=0.0)
-    sin = tl.load(sin_ptr + table, mask=row_ok[:, None], other=0.0)
+    _, pid_bh, b, h, rows, row_ok, cos, sin = _tile(cos_ptr, sin_ptr, sc_b, H, N, HEAD_DIM, BLOCK_N)
     out_base = pid_bh.to(tl.int64) * N * HEAD_DIM
     _norm_rope_fwd_tile(
         q_ptr, qo_ptr, qw_ptr, b.to(tl.int64) * sq_b + h * sq_h, out_base,
@@ -117,17 +121,7 @@ def _norm_rope_bwd_kernel(
 ):  # fmt: skip
     # torch.compile launches user kernels with Python floats typed fp64: keep the math fp32.
     eps = tl.cast(eps, tl.float32)
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    half = tl.arange(0, HEAD_DIM // 2)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-
-    table = b * sc_b + rows[:, None] * (HEAD_DIM // 2) + half[None, :]
-    cos = tl.load(cos_ptr + table, mask=row_ok[:, None], other=0.0)
-    sin = tl.load(sin_ptr + table, mask=row_ok[:, None], other=0.0)
+    pid_n, pid_bh, b, h, rows, row_ok, cos, sin = _tile(cos_ptr, sin_ptr, sc_b, H, N, HEAD_DIM, BLOCK_N)
     dx_base = pid_bh.to(tl.int64) * N * HEAD_DIM
     # One row of weight-grad partial sums per program, summed over programs by the caller.
     dw_base = (pid_bh.to(tl.int64) * tl.num_programs(0) + pid_n) * HEAD_DIM
@@ -177,7 +171,7 @@ class _FusedQKNormRope(torch.autograd.Function):
             HEAD_DIM=D, BLOCK_N=block_n,
         )  # fmt: skip
         ctx.save_for_backward(q, k, q_weight, k_weight, cos, sin)
-        ctx.eps = eps
+        ctx.eps, ctx.sc_b = eps, sc_b
         return q_out, k_out
 
     @staticmethod
@@ -189,10 +183,9 @@ class _FusedQKNormRope(torch.autograd.Function):
         block_n, grid = _launch_shape(N, D, B * H)
         dqw_partial = torch.empty((grid[0] * grid[1], D), device=q.device, dtype=torch.float32)
         dkw_partial = torch.empty_like(dqw_partial)
-        sc_b = N * (D // 2) if cos.dim() == 3 else 0
         _norm_rope_bwd_kernel[grid](
             q, k, dq_out, dk_out, dq, dk, q_weight, k_weight, dqw_partial, dkw_partial, cos, sin,
-            *q.stride(), *k.stride(), *dq_out.stride(), *dk_out.stride(), sc_b, H, N, ctx.eps,
+            *q.stride(), *k.stride(), *dq_out.stride(), *dk_out.stride(), ctx.sc_b, H, N, ctx.eps,
             HEAD_DIM=D, BLOCK_N=block_n,
         )  # fmt: skip
         dq_weight, dk_weight = dqw_partial.sum(0).to(q_weight.dtype), dkw_partial.sum(0).to(k_weight.dtype)

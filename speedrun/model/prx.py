@@ -72,11 +72,7 @@ def build_model(name: str, **overrides) -> PRXDenoiser:
     then ``to_empty(device=...)`` and ``init_weights()``)."""
     if name not in MODEL_CONFIGS:
         raise SpeedrunError(f"unknown model config '{name}'; known: {sorted(MODEL_CONFIGS)}")
-    try:
-        config = MODEL_CONFIGS[name](**overrides)
-    except (TypeError, ValueError) as exc:
-        raise SpeedrunError(f"model config '{name}' with overrides {overrides}: {exc}") from None
-    return PRXDenoiser(config)
+    return PRXDenoiser(MODEL_CONFIGS[name](**overrides))
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, scale: float, max_period: float) -> torch.Tensor:
@@ -189,9 +185,6 @@ class PRXDenoiser(nn.Module):
             raise ValueError(f"image size {h}x{w} is not divisible by patch size {p}")
         return h // p, w // p
 
-    def num_tokens(self, image_hw: tuple[int, int]) -> int:
-        return math.prod(self.grid(image_hw))
-
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None, *,
         hooks: BlockHooks | None = None, state: StepState | None = None,
@@ -235,7 +228,7 @@ class PRXDenoiser(nn.Module):
         ``2 N P h`` (``P b + b h`` with a bottleneck b) + ``2 L T h`` + ``2 (E h + h h)`` + d [``2 h 6h``
         modulation + ``2 N h 3h`` qkv + ``2 L h 2h`` text kv + ``4 N (L + N) h`` attention + ``2 N h h``
         output + ``3 (2 N h M)`` GeGLU] + ``2 h 2h + 2 N h P`` final. Elementwise ops are not counted."""
-        cfg, n, length = self.config, self.num_tokens(image_hw), text_len
+        cfg, n, length = self.config, math.prod(self.grid(image_hw)), text_len
         h, p_dim, m = cfg.hidden_size, cfg.patch_dim, cfg.mlp_hidden
         embed = p_dim * h if cfg.bottleneck_dim is None else p_dim * cfg.bottleneck_dim + cfg.bottleneck_dim * h
         block = 2 * h * 6 * h + 2 * n * h * 3 * h + 2 * length * h * 2 * h + 2 * 2 * n * (length + n) * h

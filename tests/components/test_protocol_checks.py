@@ -64,7 +64,7 @@ def run_forward(ctx, hooks):
         ({True: (identity, None)}, "hooks() key True is not a block index"),
         ({0: identity}, "hooks()[0] must be a (before, after) pair of hooks or None"),
         ({0: (identity,)}, "hooks()[0] must be a (before, after) pair of hooks or None"),
-        ({1: (None, "identity")}, "hooks()[1] after hook is not callable (got str)"),
+        ({1: (None, "identity")}, "hooks()[1] must be a (before, after) pair of hooks or None, got (None, 'identity')"),
     ],
 )
 def test_a_bad_hooks_table_is_refused_at_setup(table, message):

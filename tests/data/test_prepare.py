@@ -1,10 +1,9 @@
-"""prepare: the smoke track offline, idempotence, resume, pinned hashes, ranks, and mjv6."""
+"""prepare: the smoke track offline, idempotence, resume, pinned hashes, concurrent prepares, and mjv6."""
 
 from __future__ import annotations
 
 import fcntl
 import importlib
-import json
 import multiprocessing
 import os
 import re
@@ -50,7 +49,7 @@ def test_smoke_track_offline_and_idempotent(smoke_data_root, monkeypatch):
     dataset = verify(out)
     sizes = {name: len(dataset.split(name)) for name in ("train", "validation", "reference")}
     assert sizes == {"train": 512, "validation": 16, "reference": 32}
-    assert dataset.text_encoder.id == "sentence-transformers/all-MiniLM-L6-v2"
+    assert dataset.manifest.text_encoder.id == "sentence-transformers/all-MiniLM-L6-v2"
     assert dataset.split("train").gather(np.array([0]))["text"].shape == (1, 32, 384)
 
     monkeypatch.setattr(shapes, "render", _forbid)
@@ -248,17 +247,6 @@ def test_a_folder_prepare_cannot_write_in_is_refused_before_any_work(
     assert message.startswith(str(tmp_path / "data" / "datasets" / "shapes-"))
 
 
-def test_ranks_without_a_process_group_share_the_shards(tmp_path, make_track, hash_encoder):
-    track = make_track(train_examples=24, validation_examples=4, reference_examples=4)
-    encoder = hash_encoder(32)
-    kwargs = {"progress": False, "text_encoder": encoder, "examples_per_shard": 8, "world_size": 2}
-    out = prepare(track, tmp_path, rank=0, **kwargs)
-    assert not (out / MANIFEST_NAME).exists()
-    assert prepare(track, tmp_path, rank=1, **kwargs) == out
-    single = prepare(track, tmp_path / "single", progress=False, text_encoder=encoder, examples_per_shard=8)
-    assert json.loads((out / MANIFEST_NAME).read_text()) == json.loads((single / MANIFEST_NAME).read_text())
-
-
 @pytest.fixture(scope="module")
 def mjv6_fixture(tmp_path_factory):
     """12 rows in the real dataset's columns, of assorted sizes and modes, saved with save_to_disk."""
@@ -291,18 +279,10 @@ def test_mjv6_end_to_end_on_a_local_fixture(tmp_path, mjv6_fixture, make_track, 
     )
     encoder = get_text_encoder("t5gemma", 16, random_init_config=tiny_t5gemma_config)
     vae = random_init_vae()
-    kwargs = {
-        "progress": False,
-        "text_encoder": encoder,
-        "vae": vae,
-        "source": path,
-        "examples_per_shard": 2,
-        "world_size": 2,
-    }
-    prepare(track, tmp_path, rank=1, **kwargs)
-    out = prepare(track, tmp_path, rank=0, **kwargs)
+    kwargs = {"progress": False, "text_encoder": encoder, "vae": vae, "source": path, "examples_per_shard": 2}
+    out = prepare(track, tmp_path, **kwargs)
     dataset = verify(out)
-    assert dataset.representation == "latents" and dataset.x_shape == (16, 4, 4)
+    assert dataset.manifest.representation == "latents" and dataset.x_shape == (16, 4, 4)
     assert dataset.manifest.vae.scaling_factor == pytest.approx(0.3611)
 
     by_caption = {}
@@ -326,7 +306,7 @@ def test_mjv6_end_to_end_on_a_local_fixture(tmp_path, mjv6_fixture, make_track, 
     assert torch.allclose(stored, vae.encode(images), atol=2e-3)  # float16 storage, batch numerics
     batch = next(Loader(dataset.split("train"), 4, seed=0))
     assert batch.x.shape == (4, 16, 4, 4) and batch.text.shape == (4, 16, 32) and batch.images is None
-    assert prepare(track, tmp_path, **{**kwargs, "world_size": 1}) == out
+    assert prepare(track, tmp_path, **kwargs) == out
 
     # prx-256 keeps the train images beside the latents (for REPA teachers); the loader adds them on request.
     train = dataset.split("train")
@@ -339,12 +319,8 @@ def test_mjv6_end_to_end_on_a_local_fixture(tmp_path, mjv6_fixture, make_track, 
     # before the field existed (the field is left out of the definition at its default).
     latents_only = track.model_copy(update={"data": track.data.model_copy(update={"train_images": False})})
     assert "train_images" not in dataset_definition(latents_only, text_encoder=encoder, vae=vae)["data"]
-    other = prepare(latents_only, tmp_path, **{**kwargs, "world_size": 1})
-    assert other != out
-    with pytest.raises(SpeedrunError, match="stores latents only"):
-        open_dataset(other).split("train").images(np.arange(2))
-    with pytest.raises(SpeedrunError, match="keeps no real images"):
-        Loader(open_dataset(other).split("train"), 4, seed=0, images=True)
+    other = prepare(latents_only, tmp_path, **kwargs)
+    assert other != out and not open_dataset(other).split("train").has_images
 
 
 def test_mjv6_offline_without_a_local_copy_is_a_clear_error(monkeypatch):

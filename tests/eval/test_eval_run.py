@@ -242,21 +242,6 @@ def test_out_in_a_read_only_folder_is_refused_before_evaluating(
         evaluate_checkpoint(checkpoint, "smoke", out=out, device="cpu", data_dir=smoke_data_root)
 
 
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"batch_size": 0}, "--batch-size 0"),
-        ({"batch_size": -3}, "--batch-size -3"),
-        ({"device": "gpu"}, "--device 'gpu'"),
-        ({"device": "cuda:0"}, "--device 'cuda:0'"),
-    ],
-)
-def test_bad_batch_size_or_device_is_refused_first(tmp_path, no_heavy_work, kwargs, message):
-    # A path that does not exist: these are checked before anything else is read.
-    with pytest.raises(SpeedrunError, match=message):
-        evaluate_checkpoint(tmp_path / "nothing", "smoke", **kwargs)
-
-
 def test_unprepared_data_hint_names_the_data_dir_in_use(checkpoint, tmp_path, monkeypatch, no_heavy_work):
     monkeypatch.setenv("SPEEDRUN_DATA_DIR", str(tmp_path / "default"))
     custom = tmp_path / "my data"

@@ -49,10 +49,8 @@ def test_keeps_features_in_order(features) -> None:
         _ = _moments(features, []).features
 
 
-def test_rejects_wrong_width_and_non_finite() -> None:
+def test_rejects_non_finite() -> None:
     moments = StreamingMoments(4)
-    with pytest.raises(ValueError, match=r"\(B, 4\)"):
-        moments.update(np.zeros((2, 5)))
     with pytest.raises(ValueError, match="NaN"):
         moments.update(np.full((2, 4), np.nan))
 
@@ -178,9 +176,7 @@ def test_reference_stats_refuse_a_file_moved_to_another_key(tmp_path, batches) -
         reference_stats(batches, _MeanColour(), tmp_path / "b", {"metric": "b"})
 
 
-def test_one_shot_iterators_need_an_images_hash(tmp_path, batches) -> None:
-    with pytest.raises(TypeError, match="re-iterable"):
-        reference_stats(iter(batches), _MeanColour(), tmp_path, {"metric": "test"})
+def test_one_shot_iterators_take_an_images_hash(tmp_path, batches) -> None:
     digest = images_sha256(batches)
     from_iterator = reference_stats(iter(batches), _MeanColour(), tmp_path, {"metric": "test"}, images_hash=digest)
     from_list = reference_stats(batches, _MeanColour(), tmp_path, {"metric": "test"})
