@@ -105,7 +105,8 @@ def test_sigkill_at_every_stage_then_resume_matches_uninterrupted(
     (sub / "EXTRA.md").write_text("added after the run\n")
     proc, out = attempt(None)
     assert proc.returncode == 2 and "Traceback" not in out, out
-    assert "seed 0 has a result from other code or track (EXTRA.md added)" in out and "`--force` re-runs seed 0" in out, out
+    assert "seed 0 has a result from other code or track (EXTRA.md added)" in out, out
+    assert "`--force` re-runs seed 0" in out, out
     assert results.read_bytes() == before
 
 
