@@ -28,7 +28,6 @@ console = Console()
 err_console = Console(stderr=True)
 USER_ERROR = 2
 Device = Enum("Device", {d: d for d in DEVICES}, type=str)  # typer takes an option's choices from an Enum
-# The real defaults (speedrun/paths.py): the repository's folders, wherever it is run from
 DATA_DIR_HELP = "Prepared data (default: $SPEEDRUN_DATA_DIR, else the repository's data/)."
 RUNS_DIR_HELP = "Checkpoints and logs (default: $SPEEDRUN_RUNS_DIR, else the repository's runs/)."
 TRACK_HELP = "a track id, or the path of a track file of your own (ending in .toml)"
@@ -42,17 +41,12 @@ def _command(name: str) -> Callable[[Callable[..., Any]], Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
-            except TrainingInterrupted as exc:
-                err_console.print(
-                    Text.assemble(("interrupted:", "bold yellow"), f" {exc}"), highlight=False, soft_wrap=True
-                )
-                raise typer.Exit(128 + exc.signum) from None
             except SpeedrunError as exc:
+                stopped = isinstance(exc, TrainingInterrupted)
+                label = ("interrupted:", "bold yellow") if stopped else ("error:", "bold red")
                 # Text, not a markup string: a message quoting user input such as "[/]" must print verbatim
-                err_console.print(
-                    Text.assemble(("error:", "bold red"), f" {advice.explain(exc)}"), highlight=False, soft_wrap=True
-                )
-                raise typer.Exit(USER_ERROR) from None
+                err_console.print(Text.assemble(label, f" {advice.explain(exc)}"), highlight=False, soft_wrap=True)
+                raise typer.Exit(128 + exc.signum if stopped else USER_ERROR) from None
             except KeyboardInterrupt:
                 err_console.print("interrupted")
                 raise typer.Exit(130) from None
@@ -290,9 +284,7 @@ def leaderboard_cmd(
         raise typer.Exit(code)
 
 
-def main() -> None:
-    app()
-
+main = app  # the console script's entry point (pyproject.toml)
 
 if __name__ == "__main__":
-    main()
+    app()

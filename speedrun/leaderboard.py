@@ -50,7 +50,6 @@ class Board:
     frame: pd.DataFrame
     tables: dict[str, pd.DataFrame]
     self_reported: dict[str, pd.DataFrame]
-    detectable: dict[str, float]
     skipped: list[str]
 
 
@@ -84,7 +83,7 @@ def _values(rows: pd.DataFrame, column: str) -> dict[int, float]:
     if column not in rows:
         return {}
     ok = rows[rows["status"] == "ok"]
-    values = pd.to_numeric(ok[column], errors="coerce").astype("float64")
+    values = ok[column].astype("float64")
     return {int(s): float(v) for s, v in zip(ok["seed"], values) if math.isfinite(v)}
 
 
@@ -106,33 +105,30 @@ def track_table(frame: pd.DataFrame, track: Track, reproduced: bool = True) -> p
     first in rank order: ``submission``, ``folder``, ``seeds``, ``status``, ``rank`` (NaN when unranked; entries
     not significantly apart share one) and per quantity ``q``: ``q:mean``, ``q:ci``, ``q:n``, and against the
     baseline on paired seeds (a reproduced baseline for reproduced entries), ``q:delta`` and ``q:p``."""
-    rows, counted = frame[frame["track"] == track.id], _counted(frame, track)
-    metric = f"metric:{track.ranking.metric}"
+    metric, need = f"metric:{track.ranking.metric}", track.rules.seeds_required
     signed = reproduced_entries(frame, track)
-    groups = dict(iter(counted.groupby("submission", sort=True)))
-    # Seed -> value of every quantity, and the ranking metric's curves, once per entry.
-    per_seed = {
-        name: {column: _values(group, column) for column, _ in quantities(track)} for name, group in groups.items()
-    }
-    curves = {name: _curves(group, track.ranking.metric) for name, group in groups.items()}
+    groups = dict(iter(frame[frame["track"] == track.id].groupby("submission", sort=True)))
+    # Seed -> value of every quantity, and the ranking metric's curves, over the counted seeds, once per entry.
+    counted = {name: group[group["seed"] < need] for name, group in groups.items()}
+    per_seed = {name: {column: _values(g, column) for column, _ in quantities(track)} for name, g in counted.items()}
+    curves = {name: _curves(g, track.ranking.metric) for name, g in counted.items()}
     has_baseline = BASELINE in groups and (BASELINE in signed or not reproduced)
     entries = []
-    for name, group in rows.groupby("submission", sort=True):
+    for name, group in groups.items():
         if (name in signed) != reproduced:
             continue
-        extra = int((group["seed"] >= track.rules.seeds_required).sum())
+        extra = int((group["seed"] >= need).sum())
         seeds = len(group) - extra
         entry: dict[str, object] = {"submission": name, "folder": group["folder"].iloc[0]}
         entry["seeds"] = f"{seeds} + {extra} extra" if extra else str(seeds)
         # Which frozen teacher the entry aligned to, as its results name it (weights included).
         entry["teacher"] = ", ".join(sorted({t for r in group["result"] for t in r.provenance.teachers.values()}))
-        compare = name != BASELINE and has_baseline and name in groups
+        compare = name != BASELINE and has_baseline
         for column, _ in quantities(track):
-            values = per_seed.get(name, {}).get(column, {})
+            values = per_seed[name][column]
             entry[f"{column}:mean"], entry[f"{column}:ci"] = mean_ci(list(values.values()))
-            vs = paired(values, per_seed[BASELINE][column]) if compare else None
-            entry |= {f"{column}:n": len(values), f"{column}:delta": vs.delta if vs else math.nan}
-            entry[f"{column}:p"] = vs.p if vs else math.nan
+            vs = paired(values, per_seed[BASELINE][column] if compare else {})
+            entry |= {f"{column}:n": len(values), f"{column}:delta": vs.delta, f"{column}:p": vs.p}
         if compare:
             (mine, my_seconds), (base, base_seconds) = curves[name], curves[BASELINE]
             entry["speedup"] = speedup(mine, base, my_seconds, base_seconds, track.ranking.direction == "min")
@@ -159,16 +155,10 @@ def detectable_change(frame: pd.DataFrame, track: Track) -> float:
     """The smallest change of the ranking metric, as a fraction of the baseline's mean, that the track's
     required seeds detect (p < ALPHA, 80% power), from the spread of every reproduced entry's paired
     differences to the reproduced baseline; NaN until some entry has two seeds paired with it."""
-    signed = reproduced_entries(frame, track)
-    rows = _counted(frame, track)
-    metric = f"metric:{track.ranking.metric}"
-    groups = {name: group for name, group in rows.groupby("submission", sort=True) if name in signed}
-    base = _values(groups[BASELINE], metric) if BASELINE in groups else {}
-    differences = []
-    for name, group in groups.items():
-        if name != BASELINE:
-            values = _values(group, metric)
-            differences.append([values[s] - base[s] for s in sorted(set(values) & set(base))])
+    signed, metric = reproduced_entries(frame, track), f"metric:{track.ranking.metric}"
+    values = {name: _values(g, metric) for name, g in _counted(frame, track).groupby("submission") if name in signed}
+    base = values.pop(BASELINE, {})
+    differences = [[v[s] - base[s] for s in sorted(set(v) & set(base))] for v in values.values()]
     effect = min_detectable_effect(pooled_sd(differences), track.rules.seeds_required)
     reference = abs(float(np.mean(list(base.values())))) if base else 0.0
     return effect / reference if reference else math.nan
@@ -194,8 +184,7 @@ def _status(group: pd.DataFrame, track: Track, ranked_seeds: int) -> str:
     for bad in ("failed", "diverged"):
         if seeds := sorted(counted.loc[counted["status"] == bad, "seed"].tolist()):
             return f"{bad} (seed {', '.join(map(str, seeds))})"
-    present = set(group["seed"].tolist())
-    if missing := missing_seeds(present):
+    if missing := missing_seeds(set(group["seed"].tolist())):
         return f"seed {', '.join(map(str, missing))} missing"
     have = len(set(counted["seed"].tolist()))
     if have < need:
@@ -210,16 +199,12 @@ def _status(group: pd.DataFrame, track: Track, ranked_seeds: int) -> str:
 
 
 def build_board(repo_root: Path = REPO_ROOT, own: Sequence[Track] = ()) -> Board:
-    """Load the tracks and results of ``repo_root``, with the ``own`` tracks (track files of one's own, from
-    ``load_track``), and compute every track's table."""
+    """The board of ``repo_root``'s tracks and results, with the ``own`` tracks (track files of one's own)."""
     tracks = {t.id: t for t in [*all_tracks(repo_root / "tracks"), *own]}
     frame, skipped = collect_results(repo_root, tracks)
     tables = {tid: track_table(frame, t) for tid, t in tracks.items()}
     self_reported = {tid: track_table(frame, t, reproduced=False) for tid, t in tracks.items()}
-    detectable = {tid: detectable_change(frame, t) for tid, t in tracks.items()}
-    return Board(
-        tracks=tracks, frame=frame, tables=tables, self_reported=self_reported, detectable=detectable, skipped=skipped
-    )
+    return Board(tracks=tracks, frame=frame, tables=tables, self_reported=self_reported, skipped=skipped)
 
 
 def _num(x: float, spec: str = ".4g") -> str:
@@ -260,13 +245,14 @@ def cells(row: pd.Series, track: Track, name: str) -> list[str]:
     return out
 
 
-def _track_intro(track: Track, detectable: float) -> str:
+def _track_intro(board: Board, tid: str) -> str:
+    track = board.tracks[tid]
     better = "lower" if track.ranking.direction == "min" else "higher"
     n, metric = track.rules.seeds_required, track.ranking.metric
     smallest = f"Smallest change {n} paired seeds detect (p < {ALPHA}, 80% power): "
     if n < 2:
         smallest = "One seed cannot tell any difference from noise."
-    elif math.isfinite(detectable):
+    elif math.isfinite(detectable := detectable_change(board.frame, track)):
         smallest += f"{detectable:.1%} of the baseline's."
     else:
         smallest += "unknown until an entry has seeds paired with the baseline's."
@@ -300,10 +286,8 @@ SELF_REPORTED = (
 
 def _sections(board: Board, tid: str) -> list[tuple[str | None, pd.DataFrame]]:
     """(heading, table) of the track's reproduced ranking, then of its self-reported entries if any."""
-    sections: list[tuple[str | None, pd.DataFrame]] = [(None, board.tables[tid])]
-    if len(board.self_reported[tid]):
-        sections.append((SELF_REPORTED, board.self_reported[tid]))
-    return sections
+    apart = board.self_reported[tid]
+    return [(None, board.tables[tid])] + ([(SELF_REPORTED, apart)] if len(apart) else [])
 
 
 def render_markdown(board: Board, track_ids: Sequence[str] | None = None) -> str:
@@ -311,7 +295,7 @@ def render_markdown(board: Board, track_ids: Sequence[str] | None = None) -> str
     lines = [HEADER, "", "# Leaderboard", "", _EXPLAIN, ""]
     for tid in track_ids or sorted(board.tracks):
         track = board.tracks[tid]
-        lines += [f"## {tid}", "", _track_intro(track, board.detectable[tid]), ""]
+        lines += [f"## {tid}", "", _track_intro(board, tid), ""]
         if not (board.frame["track"] == tid).any():
             lines += ["No results yet.", ""]
             continue
@@ -408,7 +392,7 @@ def render_html(board: Board, out_dir: Path, repo_root: Path, track_ids: Sequenc
     body = [f"<h1>Leaderboard</h1><p>{_inline(_EXPLAIN)}</p>"]
     for tid in track_ids:
         track = board.tracks[tid]
-        body.append(f"<h2>{esc(tid)}</h2><p>{_inline(_track_intro(track, board.detectable[tid]))}</p>")
+        body.append(f"<h2>{esc(tid)}</h2><p>{_inline(_track_intro(board, tid))}</p>")
         seeds = board.frame[board.frame["track"] == tid]
         if not len(seeds):
             body.append("<p>No results yet.</p>")
@@ -499,8 +483,7 @@ def leaderboard_command(
         if not (board.frame["track"] == tid).any():
             console.print(f"{tid}: no results yet")
             continue
-        intro = _track_intro(track, board.detectable[tid])
-        console.print(f"{tid} (v{track.version}): {intro}", highlight=False)
+        console.print(f"{tid} (v{track.version}): {_track_intro(board, tid)}", highlight=False)
         for heading, table in _sections(board, tid):
             if heading:
                 console.print(heading, highlight=False)

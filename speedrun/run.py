@@ -1,8 +1,5 @@
 """``speedrun run``: check the options, prepare, then train each seed, evaluate it in a separate process and
-write its result, with its run folder locked. A seed finished here is skipped (``--force`` runs it again); one
-whose result in the submission folder was made elsewhere runs here, beside it, and is compared with it; a
-killed one resumes from its checkpoint.
-"""
+write its result, with its run folder locked."""
 
 from __future__ import annotations
 
@@ -69,19 +66,17 @@ class RunOptions(BaseModel):
             raise SpeedrunError(f"--node-rank {self.node_rank}: must be from 0 to --nnodes - 1 ({self.nnodes - 1})")
 
 
-CHOICES = {"device": DEVICES, "parallel": PARALLEL_MODES}
-
-
 def _option_problem(error: dict[str, Any]) -> str:
     """``--flag value: what it must be`` for one pydantic error of RunOptions."""
     name = str(error["loc"][0])
     field = RunOptions.model_fields[name]
     value = error.get("input")
+    choices = {"device": DEVICES, "parallel": PARALLEL_MODES}.get(name)
     bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "le") if getattr(m, k, None) is not None}
     if "ge" in bounds and isinstance(value, int):
         rule = f"from {bounds['ge']} to {bounds['le']}" if "le" in bounds else f"{bounds['ge']} or more"
-    elif name in CHOICES:
-        rule = f"one of {', '.join(CHOICES[name])}"
+    elif choices:
+        rule = f"one of {', '.join(choices)}"
     else:
         rule = error["msg"]
     return f"--{name.replace('_', '-')} {value!r}: must be {rule}"
@@ -186,7 +181,6 @@ class Outcome(NamedTuple):
 
 
 def _read(path: Path) -> RunResult | None:
-    """The result at ``path``; None when there is none or it does not load."""
     try:
         return load_result(path)
     except SpeedrunError:
@@ -202,11 +196,10 @@ def _changes(result: RunResult, submission: Submission, track: Track) -> list[st
 
 
 def _skip(
-    submission: Submission, track: Track, seed: int, run_dir: Path, o: RunOptions, console: Console
+    submission: Submission, track: Track, seed: int, run_dir: Path, results_path: Path, o: RunOptions, console: Console
 ) -> Outcome | None:
     """The seed's outcome when it already ran here with the current code; None when it is to run. A seed
     whose result in the submission folder did not come from this machine runs here, to be compared with it."""
-    results_path = submission.results_dir(track.id) / f"seed{seed}.json"
     if o.force or not results_path.exists():
         return None
     try:
@@ -231,14 +224,15 @@ def run_one_seed(submission: Submission, track: Track, seed: int, o: RunOptions,
     results_path = submission.results_dir(track.id) / f"seed{seed}.json"
     run_dir = runs_root(o.runs_dir) / submission.name / track.id / f"seed{seed}"
     # Checked before locking so a finished seed is skipped without creating its run folder.
-    if (outcome := _skip(submission, track, seed, run_dir, o, console)) is not None:
+    if (outcome := _skip(submission, track, seed, run_dir, results_path, o, console)) is not None:
         return outcome
     if o.node_rank != 0:
-        # Only node 0 locks: on a shared filesystem the other nodes would find its locks held.
-        _train_evaluate_record(submission, track, seed, run_dir, results_path, o, console, ())
+        # Only node 0 locks, evaluates and records: on a shared filesystem the other nodes would find its locks held.
+        console.print(f"[bold]seed {seed}[/]: training {submission.name} on {track.id} -> {run_dir}")
+        _train(submission, track, seed, run_dir, o, ())
         return None
     with results_lock(results_path), seed_lock(run_dir) as lock_fd:
-        if (outcome := _skip(submission, track, seed, run_dir, o, console)) is not None:  # finished meanwhile
+        if (outcome := _skip(submission, track, seed, run_dir, results_path, o, console)) is not None:  # done meanwhile
             return outcome
         previous = _read(results_path)
         # A current result made elsewhere stays as committed; this machine's goes to its run folder.
@@ -246,14 +240,12 @@ def run_one_seed(submission: Submission, track: Track, seed: int, o: RunOptions,
         if reproduce:
             console.print(f"seed {seed}: reproducing the committed result ({results_path}) on this machine")
         target = run_dir / LOCAL_RESULT if reproduce else results_path
-        path = _train_evaluate_record(submission, track, seed, run_dir, target, o, console, (lock_fd,))
-        if path is None:
-            return None
+        _train_evaluate_record(submission, track, seed, run_dir, target, o, console, (lock_fd,))
         if not reproduce:
-            atomic_write_bytes(run_dir / LOCAL_RESULT, path.read_bytes())
+            atomic_write_bytes(run_dir / LOCAL_RESULT, target.read_bytes())
         if previous is not None:
-            compare_with_committed(load_result(path), previous, results_path, track, console)
-        return Outcome(path, "reproduced" if reproduce else "ran")
+            compare_with_committed(load_result(target), previous, results_path, track, console)
+        return Outcome(target, "reproduced" if reproduce else "ran")
 
 
 def _wait_for_torchrun(cmd: list[str], lock_fds: tuple[int, ...]) -> int:
@@ -272,12 +264,11 @@ def _wait_for_torchrun(cmd: list[str], lock_fds: tuple[int, ...]) -> int:
 def _train_evaluate_record(
     submission: Submission, track: Track, seed: int, run_dir: Path, results_path: Path, o: RunOptions,
     console: Console, lock_fds: tuple[int, ...],
-) -> Path | None:
+) -> None:
+    """Node 0's part: train the seed, evaluate its checkpoints and write its result to ``results_path``."""
     wall0 = time.perf_counter()
     console.print(f"[bold]seed {seed}[/]: training {submission.name} on {track.id} -> {run_dir}")
     summary = _train(submission, track, seed, run_dir, o, lock_fds)
-    if summary is None:
-        return None
     with advice.once_trained(seed, o.resume):
         evals: list[EvalReport] = []
         eval_s = 0.0
@@ -307,15 +298,13 @@ def _train_evaluate_record(
         for name in (results_path.name, results_path.with_suffix(".png").name):
             for stale in results_path.parent.glob(f".{name}.tmp-*"):
                 stale.unlink(missing_ok=True)
-        grid = run_dir / "eval" / evals[-1].grid if evals and evals[-1].grid else None
-        if grid is not None and grid.is_file():
+        if evals and evals[-1].grid and (grid := run_dir / "eval" / evals[-1].grid).is_file():
             # For the leaderboard page; written before the results file, which marks the seed finished.
             atomic_write_bytes(results_path.with_suffix(".png"), grid.read_bytes())
         # A signature of the result this one replaces would no longer hold: this one is unsigned until signed.
         signature_path(results_path).unlink(missing_ok=True)
         write_result(results_path, result)
         console.print(f"seed {seed}: {result.status}; results -> {results_path}")
-        return results_path
 
 
 def assemble_result(
@@ -325,7 +314,7 @@ def assemble_result(
     from speedrun.data.source import dataset_manifest_sha256
 
     s = summary
-    device = torch.device("cuda" if (o.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda" else "cpu")
+    device = torch.device(o.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     final = evals[-1] if evals else None
     return results.finalize({
         "run_id": f"seed{seed}", "submission": submission.name, "track": track.id, "track_version": track.version,

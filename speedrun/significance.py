@@ -22,8 +22,7 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     x = np.asarray(values, dtype=np.float64)
     if x.size < 2:
         return (float(x[0]) if x.size else math.nan), math.nan
-    t = stats.t.ppf(0.5 + CONFIDENCE / 2, x.size - 1)
-    return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(x.size))
+    return float(x.mean()), float(stats.t.ppf(0.5 + CONFIDENCE / 2, x.size - 1) * stats.sem(x))
 
 
 @dataclass(frozen=True)
@@ -42,14 +41,11 @@ class Paired:
 def paired(a: Mapping[int, float], b: Mapping[int, float]) -> Paired:
     """Compare per-seed values ``a`` and ``b`` (seed -> value) on their common seeds. p is NaN under two
     pairs or when the differences do not vary (scipy's p 0 from an infinite t is no evidence from ties)."""
-    seeds = sorted(set(a) & set(b))
-    x, y = np.array([a[s] for s in seeds], np.float64), np.array([b[s] for s in seeds], np.float64)
-    if not seeds:
-        return Paired(math.nan, math.nan, 0)
-    delta = float((x - y).mean())
-    if len(seeds) < 2 or np.ptp(x - y) == 0:
-        return Paired(delta, math.nan, len(seeds))
-    return Paired(delta, float(stats.ttest_rel(x, y).pvalue), len(seeds))
+    d = np.array([a[s] - b[s] for s in sorted(set(a) & set(b))], np.float64)
+    delta = float(d.mean()) if d.size else math.nan
+    if d.size < 2 or np.ptp(d) == 0:
+        return Paired(delta, math.nan, d.size)
+    return Paired(delta, float(stats.ttest_1samp(d, 0.0).pvalue), d.size)
 
 
 def pooled_sd(differences: Sequence[Sequence[float]]) -> float:
@@ -57,21 +53,19 @@ def pooled_sd(differences: Sequence[Sequence[float]]) -> float:
     so a real effect does not inflate it); NaN without a comparison of two seeds or more."""
     groups = [np.asarray(d, np.float64) for d in differences if len(d) >= 2]
     dof = sum(g.size - 1 for g in groups)
-    if dof == 0:
-        return math.nan
-    return math.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof)
+    return math.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof) if dof else math.nan
 
 
-def min_detectable_effect(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+def min_detectable_effect(sd: float, n: int) -> float:
     """The smallest true mean difference a two-sided paired t-test over ``n`` seeds detects at level
-    ``alpha`` with probability ``power``, for differences of standard deviation ``sd`` (exact, by the
+    ``ALPHA`` with probability ``POWER``, for differences of standard deviation ``sd`` (exact, by the
     noncentral t distribution); NaN for n < 2 or an unknown sd."""
     if n < 2 or not math.isfinite(sd) or sd <= 0:
         return math.nan
-    df, critical = n - 1, stats.t.ppf(1 - alpha / 2, n - 1)
+    df, critical = n - 1, stats.t.ppf(1 - ALPHA / 2, n - 1)
 
     def shortfall(shift: float) -> float:  # shift: the noncentrality, effect sqrt(n) / sd
-        return stats.nct.sf(critical, df, shift) + stats.nct.sf(critical, df, -shift) - power
+        return stats.nct.sf(critical, df, shift) + stats.nct.sf(critical, df, -shift) - POWER
 
     upper = critical  # power is about 1/2 there; doubling stays where scipy's nct is finite
     while shortfall(upper) < 0:

@@ -20,14 +20,12 @@ def steps_to_reach(curve: Curve, target: float, lower: bool) -> tuple[float, boo
     """The first step at which ``curve`` reaches ``target`` (at or below it when ``lower``), interpolated
     linearly from the evaluation before, and whether it was (False: the first evaluation had already
     reached it, so the step is an upper bound); None if it never does."""
-    previous = None
-    for step, value in curve:
+    for i, (step, value) in enumerate(curve):
         if value <= target if lower else value >= target:
-            if previous is None:
+            if i == 0:
                 return float(step), False
-            (s0, v0) = previous
+            s0, v0 = curve[i - 1]
             return s0 + (step - s0) * (target - v0) / (value - v0), True
-        previous = (step, value)
     return None
 
 
@@ -56,18 +54,12 @@ def speedup(
     seeds = sorted(s for s in set(entry) & set(baseline) if entry[s] and baseline[s] and s in entry_sps)
     if not seeds:
         return None
-    steps, wall, unreached, at_least = [], [], [], False
-    for s in seeds:
-        # The baseline reaches its own final value by its last evaluation: its step is exact or an upper bound.
-        base_steps, _ = steps_to_reach(baseline[s], baseline[s][-1][1], lower)
-        reached = steps_to_reach(entry[s], baseline[s][-1][1], lower)
-        if reached is None:
-            unreached.append(s)
-            continue
-        mine, exact = reached
-        at_least |= not exact
-        steps.append(base_steps / mine)
-        wall.append(base_steps * baseline_sps[s] / (mine * entry_sps[s]))
-    if unreached:
-        return Speedup((math.nan,) * 3, (math.nan,) * 3, unreached=tuple(unreached))
-    return Speedup(_log_mean_ci(steps), _log_mean_ci(wall), at_least)
+    target = {s: baseline[s][-1][1] for s in seeds}
+    reached = {s: steps_to_reach(entry[s], target[s], lower) for s in seeds}
+    if unreached := tuple(s for s in seeds if reached[s] is None):
+        return Speedup((math.nan,) * 3, (math.nan,) * 3, unreached=unreached)
+    # The baseline reaches its own final value by its last evaluation: its step is exact or an upper bound.
+    base = {s: steps_to_reach(baseline[s], target[s], lower)[0] for s in seeds}
+    steps = [base[s] / reached[s][0] for s in seeds]
+    wall = [base[s] * baseline_sps[s] / (reached[s][0] * entry_sps[s]) for s in seeds]
+    return Speedup(_log_mean_ci(steps), _log_mean_ci(wall), at_least=not all(reached[s][1] for s in seeds))

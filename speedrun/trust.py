@@ -31,13 +31,11 @@ from speedrun.tracks import read_toml
 
 KEYS_FILE = Path("keys") / "reproduction.toml"
 SIGNING_KEY_ENV = "SPEEDRUN_SIGNING_KEY"  # the PEM text of the private key, as a CI secret holds it
-SIGNATURE_SUFFIX = ".sig"
 # Domain separation: a signature over a result can never be one over anything else this key signs.
 _CONTEXT = b"prx-speedrun result v1\0"
 
 
 def key_id(public_key: bytes) -> str:
-    """The first 16 hex digits of the raw public key's sha256."""
     return hashlib.sha256(public_key).hexdigest()[:16]
 
 
@@ -117,7 +115,7 @@ def load_trust(repo_root: Path) -> Trust:
 
 
 def signature_path(result_path: Path) -> Path:
-    return result_path.with_name(result_path.name + SIGNATURE_SUFFIX)
+    return result_path.with_name(result_path.name + ".sig")
 
 
 def signer(path: Path, digest: str, keys: dict[str, ReproductionKey]) -> str | None:

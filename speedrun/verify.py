@@ -96,13 +96,10 @@ def verify_paths(
     verifier.tracks |= {t.id: t for t in tracks}
     targets = _targets([Path(p) for p in paths], verifier.repo_root, problems)
     for folder, (files, whole) in sorted(targets.items()):
-        problems += verifier.check_submission(folder, files, whole)
-        if rerun:
-            problems += verifier.rerun(folder)
-    results = sum(len(files) for files, _ in targets.values())
+        problems += verifier.check_submission(folder, files, whole, rerun)
     return Verification(
         problems=problems, accepted=verifier.accepted, rejected=verifier.rejected, submissions=len(targets),
-        results=results, tracks=len(verifier.tracks),
+        results=sum(len(files) for files, _ in targets.values()), tracks=len(verifier.tracks),
     )  # fmt: skip
 
 
@@ -224,9 +221,7 @@ def _mixed_setups(results: list[RunResult]) -> Iterable[tuple[str, str]]:
     split = []
     for extractor in sorted({e for r in results for e in r.provenance.extractor_weights}):
         # Among the seeds that used it: a run that stopped before its first evaluation records none.
-        def weights(r: RunResult, e: str = extractor) -> str | None:
-            return w[:12] if (w := r.provenance.extractor_weights.get(e)) else None
-
+        weights = lambda r: r.provenance.extractor_weights.get(extractor, "")[:12] or None
         if seeds := _by_seed(results, weights, "with"):
             split.append(f"for '{extractor}', {seeds}")
     if split:
@@ -235,10 +230,7 @@ def _mixed_setups(results: list[RunResult]) -> Iterable[tuple[str, str]]:
             f"{paired} score them all with the same weights"
         )
         yield "provenance.extractor_weights", message
-
-    def teachers(r: RunResult) -> str:
-        return " and ".join(f"{m} '{t}'" for m, t in sorted(r.provenance.teachers.items())) or "no teacher"
-
+    teachers = lambda r: " and ".join(f"{m} '{t}'" for m, t in sorted(r.provenance.teachers.items())) or "no teacher"
     if seeds := _by_seed(results, teachers, "with"):
         message = f"seeds trained with different teachers: {seeds}; {paired} train them all with the same teachers"
         yield "provenance.teachers", message
@@ -286,8 +278,8 @@ class _Verifier:
                 problems.append(self.problem(path, _field_of(exc), str(exc)))
         return problems
 
-    def check_submission(self, folder: Path, files: list[Path], whole: bool) -> list[Problem]:
-        """Manifest, each results file, and (for a whole submission) the per-track seed rule."""
+    def check_submission(self, folder: Path, files: list[Path], whole: bool, rerun: bool) -> list[Problem]:
+        """Manifest, each results file, (for a whole submission) the per-track seed rule, and the ``rerun``."""
         problems: list[Problem] = []
         sub: Submission | None = None
         try:
@@ -311,7 +303,7 @@ class _Verifier:
             problems += found
             if found:
                 self.rejected[found[0].file] = found[0].field
-        return problems
+        return problems + (self.rerun(folder, sub) if rerun and sub else [])
 
     def check_entry(
         self, folder: Path, track_id: str, results: list[RunResult], failing: list[Path], sub: Submission | None
@@ -325,10 +317,8 @@ class _Verifier:
         if track is None:
             return  # the unknown track is already reported on each of its results files
         run = f"speedrun run {_rel(folder, self.repo_root)} --track {track.ref}"
-        seeds = [r.seed for r in results if r.status == "ok"]
-        if repeated := sorted(s for s, c in Counter(seeds).items() if c > 1):
-            yield "seed", f"seed(s) {repeated} used by more than one run"
-        need, have, finished = track.rules.seeds_required, sorted(set(seeds)), {r.seed for r in results}
+        have = sorted(r.seed for r in results if r.status == "ok")
+        need, finished = track.rules.seeds_required, {r.seed for r in results}
         if len(have) < need:
             # `--seeds M` skips seeds with a valid file (a diverged one adds no ok seed) and refuses a failing
             # one: M is the (need - have)-th seed without a valid file, plus one; failing files must move away.
@@ -367,9 +357,8 @@ class _Verifier:
         found: Iterable[tuple[str, str]] = identity_problems(path, folder, result)
         track = self.tracks.get(result.track)
         if track is None:
-            where = _rel(self.tracks_dir, self.repo_root)
             own = "a track file of one's own is named with --track path/to/track.toml"
-            found = [*found, ("track", f"no valid track '{result.track}' in {where} ({own})")]
+            found = [*found, ("track", f"no valid track '{result.track}' in tracks ({own})")]
         else:
             # The effective track (overrides applied), unless the manifest's problem is reported instead.
             targets = sub and (track.file or result.track in sub.manifest.tracks)
@@ -461,8 +450,7 @@ class _Verifier:
             yield "provenance.dataset_manifest_sha256", message
 
     def _effective(self, r: RunResult, track: Track | None, rerun_hint: str) -> Iterable[tuple[str, str]]:
-        """Against the effective track: the prepared data (when prepared here, and ``local_data``) and
-        ``flops_per_step``."""
+        """Against the effective track: the prepared data (if prepared here, and ``local_data``), ``flops_per_step``."""
         if track is None:
             return
         if self.local_data:
@@ -511,8 +499,8 @@ class _Verifier:
         if evals != sorted(set(evals)):
             yield "evals", "evaluations are not in strictly increasing step order"
         curve = [point.get("step") for point in r.val_loss_curve]
-        if curve != sorted(set(curve)):
-            yield "val_loss_curve", "points are not in strictly increasing step order"
+        if None in curve or curve != sorted(set(curve)):
+            yield "val_loss_curve", "each point needs a step, in strictly increasing step order"
         bps, ips, batch = r.speed.batches_per_second, r.speed.images_per_second, track.train.global_batch
         if bps is not None and ips is not None and not _close(ips, bps * batch):
             yield "speed.images_per_second", f"is {ips}, batches/s x global batch is {bps * batch}"
@@ -525,17 +513,13 @@ class _Verifier:
         if not _close(r.timing.gpu_hours, gpu_hours):
             yield "timing.gpu_hours", f"is {r.timing.gpu_hours}, train clock x devices / 3600 is {gpu_hours}"
 
-    def rerun(self, folder: Path) -> list[Problem]:
+    def rerun(self, folder: Path, sub: Submission) -> list[Problem]:
         """Re-run seed 0 on the smoke track from a temporary copy of the folder (this imports the
         submission's code, so it is opt-in) and compare with its recorded smoke result."""
         from rich.console import Console
 
         from speedrun.run import RunOptions, run_submission
 
-        try:
-            sub = load_submission(folder, self.tracks_dir)
-        except SpeedrunError:
-            return []  # reported by check_submission
         if RERUN_TRACK not in sub.manifest.tracks:
             self.note(f"{_rel(folder, self.repo_root)}: not re-run, it does not target the {RERUN_TRACK} track")
             return []

@@ -123,7 +123,8 @@ def test_mean_ci_and_paired_p_equal_scipy(filled: Path) -> None:
 def test_ranking_follows_the_metrics_direction(root: Path, metric: str, direction: str) -> None:
     """prompt_adherence is 1 / fid here: the highest adherence ranks first as the lowest fid does."""
     smoke = root / "tracks" / "smoke.toml"
-    text = smoke.read_text().replace('metric = "fid"\ndirection = "min"', f'metric = "{metric}"\ndirection = "{direction}"')
+    ranking = f'metric = "{metric}"\ndirection = "{direction}"'
+    text = smoke.read_text().replace('metric = "fid"\ndirection = "min"', ranking)
     smoke.write_text(text)  # before the results, which record the track's hash
     table = build_board(fill(root)).tables["smoke"]
     assert table["submission"].tolist() == ["alpha", "baseline", "solo"]

@@ -42,7 +42,7 @@ def test_find_targets_filters_and_names_mistakes(tool, tmp_path: Path) -> None:
     def found(names=(), seeds=()):
         return [(t.submission.name, t.seed) for t in tool.find_targets(tmp_path, "smoke", list(names), list(seeds))]
 
-    assert found() == [("a", 0), ("a", 1), ("a", 2), ("b", 0)]
+    assert found() == [("a", 0), ("b", 0), ("a", 1), ("a", 2)]  # interleaved: seed 0 of every entry first
     assert found(names=["a"], seeds=[0, 2]) == [("a", 0), ("a", 2)]
     with pytest.raises(tool.ToolError, match="--submission c: no .*submission.toml"):
         found(names=["c"])

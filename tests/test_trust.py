@@ -117,6 +117,10 @@ def flip_to_ok(data: dict) -> None:
     data["evals"] = [{"step": 20, "metrics": metrics, "unavailable": {}, "samples": 32}]
 
 
+def stepless_point(data: dict) -> None:
+    data["val_loss_curve"].append({"val_loss": 0.1})
+
+
 def faster(data: dict) -> None:
     data["speed"] |= {"batches_per_second": 400.0, "images_per_second": 400.0 * 8}
 
@@ -132,8 +136,9 @@ SIGNATURE = ("signature", "does not match")
         (fid(math.inf), ("metrics.fid", "Input should be a finite number (got inf)")),  # before the signature
         (flip_to_ok, SIGNATURE),
         (faster, SIGNATURE),
+        (stepless_point, ("val_loss_curve", "each point needs a step")),  # once a crash of verify
     ],
-    ids=["better-fid", "negative-fid", "infinite-fid", "diverged-flipped-to-ok", "faster"],
+    ids=["better-fid", "negative-fid", "infinite-fid", "diverged-flipped-to-ok", "faster", "stepless-curve-point"],
 )
 def test_an_edited_signed_result_with_its_digest_recomputed_is_refused(repo: Path, edit, refused) -> None:
     path = repo / "submissions" / "baseline" / SMOKE

@@ -1,11 +1,11 @@
 """Re-run committed results and check that their scores did not move; optionally put the new ones in place.
 
 A maintainers' tool. An edit to the harness code that trains and evaluates (``harness_files`` in
-``speedrun/provenance.py``) changes the harness hash, and ``speedrun verify`` then calls every
-committed result stale until each seed is run again. This re-runs them, one seed
-after another (speeds are measured, so nothing else should run meanwhile), each from a copy of its
-submission folder in a work folder, so the committed results stay untouched while it works and
-after a failure. Each new result is compared with the committed one:
+``speedrun/provenance.py``) changes the harness hash, and ``speedrun verify`` then calls every committed
+result stale until each seed is run again. This re-runs them, one seed after another, seed 0 of every entry
+first (speeds are measured, so nothing else should run meanwhile), each from a copy of its submission folder
+in a work folder, so the committed results stay untouched while it works and after a failure. Each new result
+is compared with the committed one:
 
 * scores: status, failure, steps, metrics, unavailable, evals and the validation-loss curve must be
   equal exactly (the tiny track is bit-reproducible on one machine), and so must the sample grid's
@@ -16,12 +16,12 @@ after a failure. Each new result is compared with the committed one:
     python tools/reproduce_results.py --track tiny --submission baseline --seed 0
     python tools/reproduce_results.py --track tiny --replace --only-stale
 
-With ``--replace``, each seed whose scores matched (or any, with ``--allow-changes``) takes its new
-results file and grid as soon as it has run; the committed ones are kept in ``<work>/committed/``.
-An interrupted regeneration is continued with ``--only-stale``, which skips seeds whose result
-already names the current code and track. Then sign them (``speedrun sign``, each entry and track: the
-replaced results are unsigned), run ``speedrun leaderboard --md`` and ``speedrun verify``. Exit status: 0 when every score matched, 1 when one differs, 2 for bad
-arguments or a failed run (the seeds replaced before it stay replaced).
+With ``--replace``, each seed whose scores matched (or any, with ``--allow-changes``) takes its new results
+file and grid as soon as it has run; the committed ones are kept in ``<work>/committed/``. An interrupted
+regeneration is continued with ``--only-stale``, which skips seeds whose result already names the current code
+and track. Then sign them (``speedrun sign``, each entry and track: the replaced results are unsigned), run
+``speedrun leaderboard --md`` and ``speedrun verify``. Exit status: 0 when every score matched, 1 when one
+differs, 2 for bad arguments or a failed run (the seeds replaced before it stay replaced).
 
 Scores are bit-identical only on one CPU model: between an Intel Xeon and an AMD EPYC the same code
 moved the tiny track's per-seed FIDs by -13 to +43, like a change of seed (BENCHMARKS.md,
@@ -86,7 +86,9 @@ def find_targets(root: Path, track: str, names: list[str], seeds: list[int]) -> 
                 targets.append(Target(submission=folder, track=track, seed=int(seed)))
     if not targets:
         raise ToolError(f"no committed results of track '{track}' match (looked in {subs}/*/results/{track}/)")
-    return targets
+    # Seed 0 of every entry, then seed 1, ...: the machine's speed drifts by ~10% over hours, and interleaving
+    # spreads that drift over every entry instead of making one entry's seeds all fast and another's all slow.
+    return sorted(targets, key=lambda t: (t.seed, t.submission.name))
 
 
 def is_current(target: Target) -> bool:

@@ -97,7 +97,6 @@ def diffusers_config(config: PRXConfig) -> dict[str, Any]:
 
 def load_diffusers_prx(path_or_model: str | Path | torch.nn.Module) -> PRXDenoiser:
     """A :class:`PRXDenoiser` from a ``PRXTransformer2DModel`` or its local ``save_pretrained`` directory."""
-
     if isinstance(path_or_model, torch.nn.Module):
         source = path_or_model
     else:
