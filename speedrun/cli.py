@@ -192,7 +192,6 @@ def eval_cmd(
 @_command("verify")
 def verify_cmd(
     paths: Optional[list[Path]] = typer.Argument(None, help="Submissions or results files (default: all)."),
-    rerun: bool = typer.Option(False, "--rerun", help="Re-run each submission on the smoke track and compare."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     tracks: Optional[list[str]] = typer.Option(
         None, "--track", "-t", help="A track file of your own whose results to check too (repeatable)."
@@ -202,7 +201,7 @@ def verify_cmd(
     from speedrun.tracks import load_track
     from speedrun.verify import verify_paths
 
-    found = verify_paths(paths or [], rerun=rerun, tracks=[load_track(t) for t in tracks or []])
+    found = verify_paths(paths or [], tracks=[load_track(t) for t in tracks or []])
     problems = found.problems
     if as_json:
         print(json.dumps([p.model_dump() for p in problems], indent=2))

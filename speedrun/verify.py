@@ -1,6 +1,6 @@
 """``speedrun verify``: rule, provenance and recompute checks of manifests, tracks and results files.
 
-No submission code runs (but with the opt-in ``--rerun``). A results file counts when it is a regular file
+No submission code runs. A results file counts when it is a regular file
 within the size cap, matches its schema and digest, its provenance matches the repository now, its derived
 numbers recompute, it lies where its content says and a signature beside it, if any, holds; an entry's ok
 seeds are at least ``rules.seeds_required``, 0, 1, 2, ... no gap, all made with the same evaluator weights
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from itertools import chain
@@ -32,10 +30,6 @@ from speedrun.submission import MANIFEST, Submission, discover_submissions, load
 from speedrun.tracks import REPO_ROOT, Track, load_track_file
 from speedrun.trust import KEYS_FILE, load_trust, sign, signer
 
-RERUN_TRACK = "smoke"
-# A re-run on other hardware or software is not bit-identical; it only has to land near the record.
-RERUN_REL_TOL = 0.1
-RERUN_ABS_TOL = 1e-3
 _FIELD = re.compile(r"field '([^']+)'")
 _SEED_FILE = re.compile(r"seed(\d+)")
 
@@ -77,7 +71,6 @@ class Verification(BaseModel):
 
 def verify_paths(
     paths: Iterable[Path],
-    rerun: bool = False,
     repo_root: Path = REPO_ROOT,
     data_dir: Path | None = None,
     info: Callable[[str], None] = lambda message: print(f"note: {message}", file=sys.stderr),
@@ -96,7 +89,7 @@ def verify_paths(
     verifier.tracks |= {t.id: t for t in tracks}
     targets = _targets([Path(p) for p in paths], verifier.repo_root, problems)
     for folder, (files, whole) in sorted(targets.items()):
-        problems += verifier.check_submission(folder, files, whole, rerun)
+        problems += verifier.check_submission(folder, files, whole)
     return Verification(
         problems=problems, accepted=verifier.accepted, rejected=verifier.rejected, submissions=len(targets),
         results=sum(len(files) for files, _ in targets.values()), tracks=len(verifier.tracks),
@@ -278,8 +271,8 @@ class _Verifier:
                 problems.append(self.problem(path, _field_of(exc), str(exc)))
         return problems
 
-    def check_submission(self, folder: Path, files: list[Path], whole: bool, rerun: bool) -> list[Problem]:
-        """Manifest, each results file, (for a whole submission) the per-track seed rule, and the ``rerun``."""
+    def check_submission(self, folder: Path, files: list[Path], whole: bool) -> list[Problem]:
+        """Manifest, each results file, and (for a whole submission) the per-track seed rule."""
         problems: list[Problem] = []
         sub: Submission | None = None
         try:
@@ -303,7 +296,7 @@ class _Verifier:
             problems += found
             if found:
                 self.rejected[found[0].file] = found[0].field
-        return problems + (self.rerun(folder, sub) if rerun and sub else [])
+        return problems
 
     def check_entry(
         self, folder: Path, track_id: str, results: list[RunResult], failing: list[Path], sub: Submission | None
@@ -512,49 +505,3 @@ class _Verifier:
         gpu_hours = r.timing.train_clock_s * r.world_size / 3600 if r.hardware.device_type == "cuda" else 0.0
         if not _close(r.timing.gpu_hours, gpu_hours):
             yield "timing.gpu_hours", f"is {r.timing.gpu_hours}, train clock x devices / 3600 is {gpu_hours}"
-
-    def rerun(self, folder: Path, sub: Submission) -> list[Problem]:
-        """Re-run seed 0 on the smoke track from a temporary copy of the folder (this imports the
-        submission's code, so it is opt-in) and compare with its recorded smoke result."""
-        from rich.console import Console
-
-        from speedrun.run import RunOptions, run_submission
-
-        if RERUN_TRACK not in sub.manifest.tracks:
-            self.note(f"{_rel(folder, self.repo_root)}: not re-run, it does not target the {RERUN_TRACK} track")
-            return []
-        recorded_path = folder / "results" / RERUN_TRACK / "seed0.json"
-        with tempfile.TemporaryDirectory(prefix="speedrun-rerun-") as tmp:
-            top = folder.resolve()
-            copy = Path(tmp) / top.name
-            ignore = lambda d, names: [n for n in names if n == "__pycache__" or (Path(d) == top and n == "results")]
-            shutil.copytree(top, copy, ignore=ignore)
-            options = RunOptions(
-                track=RERUN_TRACK, seeds=1, data_dir=self.data_dir, runs_dir=Path(tmp) / "runs", progress=False
-            )
-            try:
-                written = run_submission(copy, options, console=Console(stderr=True))
-                if not written:
-                    raise SpeedrunError("it wrote no results file")
-                fresh = load_result(written[0])
-            except SpeedrunError as exc:
-                return [self.problem(folder, "rerun", f"re-running seed 0 on {RERUN_TRACK} failed: {exc}")]
-        if not recorded_path.is_file():
-            self.note(f"{_rel(folder, self.repo_root)}: re-ran on {RERUN_TRACK} ({fresh.status}), no recorded result")
-            return []
-        try:
-            recorded = load_result(recorded_path)
-        except SpeedrunError:
-            return []  # reported by check_result
-        if recorded.status != fresh.status:
-            message = f"recorded '{recorded.status}', the re-run ended '{fresh.status}'"
-            return [self.problem(recorded_path, "status", message)]
-        last = [r.val_loss_curve[-1].get("val_loss") if r.val_loss_curve else None for r in (recorded, fresh)]
-        pairs = {"val_loss_curve": tuple(last)}
-        pairs |= {f"metrics.{m}": (v, fresh.metrics.get(m)) for m, v in sorted(recorded.metrics.items())}
-        problems = []
-        for field, (old, new) in pairs.items():
-            if None not in (old, new) and not math.isclose(old, new, rel_tol=RERUN_REL_TOL, abs_tol=RERUN_ABS_TOL):
-                message = f"recorded final {old:.6g}, the re-run gives {new:.6g} (tolerance {RERUN_REL_TOL:.0%})"
-                problems.append(self.problem(recorded_path, field, message))
-        return problems

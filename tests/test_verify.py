@@ -449,24 +449,6 @@ def test_explicit_paths(repo: Repo) -> None:
     assert fields(repo.verify([repo.root / "nowhere.txt"])) == ["(path)"]
 
 
-@pytest.mark.parametrize("rerun_fid, ok", [(10.5, True), (20.0, False)])
-def test_rerun_compares_with_the_recorded_smoke_result(repo: Repo, monkeypatch, rerun_fid: float, ok: bool) -> None:
-    recorded = repo.seal("smoke", 0, fid=10.0)
-    before = recorded.read_bytes()
-    calls = []
-
-    def fake_run_submission(path, options, console):
-        calls.append((Path(path), options))
-        return [seal(Path(path), "smoke", 0, tracks_dir=repo.tracks, data_dir=repo.data, fid=rerun_fid)]
-
-    monkeypatch.setattr("speedrun.run.run_submission", fake_run_submission)
-    problems = repo.verify(rerun=True)
-    (copy, options), = calls
-    assert copy != repo.sub and copy.name == "alpha" and options.track == "smoke"
-    assert recorded.read_bytes() == before
-    assert fields(problems) == ([] if ok else ["metrics.fid"])
-
-
 def test_flops_per_step_is_3x_the_counted_forward_at_the_tracks_shapes(monkeypatch) -> None:
     """What verify expects is torch's FLOP count of one forward at the track's global batch, image
     size, MiniLM width (384) and text length, times 3 (forward and backward)."""
