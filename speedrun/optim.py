@@ -72,11 +72,15 @@ def update(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler
     return loss_value, norm
 
 
-def check_distinct_parameters(optimizer: torch.optim.Optimizer) -> None:
-    """Each parameter is in the optimizer once: no head holds a module the denoiser or another head holds."""
+def check_optimizer_coverage(optimizer: torch.optim.Optimizer, modules: list[nn.Module]) -> None:
+    """Every trainable parameter of the denoiser and heads is in the optimizer exactly once."""
     ids = [id(p) for g in optimizer.param_groups for p in g["params"]]
     if len(ids) != len(set(ids)):
         raise RuntimeError("a parameter appears twice in the optimizer")
+    expected = {id(p) for m in modules for p in m.parameters() if p.requires_grad}
+    if set(ids) != expected:
+        raise RuntimeError(f"optimizer covers {len(set(ids) & expected)} of {len(expected)} trainable parameters "
+                           f"and {len(set(ids) - expected)} foreign ones")  # fmt: skip
 
 
 def check_fp32_master(modules: list[nn.Module]) -> None:

@@ -80,7 +80,7 @@ class Trainer:
         params = [p for m in (self.model, *self.heads.values()) for p in m.parameters() if p.requires_grad]
         self.optimizer = optim.build_optimizer(self.track, params, self.device)
         self.scheduler = optim.schedule(self.optimizer, self.track)
-        optim.check_distinct_parameters(self.optimizer)
+        optim.check_optimizer_coverage(self.optimizer, [self.model, *self.heads.values()])
 
     def _step(self, step: int, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         x0, text, mask = (x.to(self.device, non_blocking=True) for x in (batch.x, batch.text, batch.text_mask))

@@ -23,7 +23,7 @@ from speedrun.components import Component, ComponentContext, Params, StepState, 
 from speedrun.data.source import TrainData
 from speedrun.errors import SpeedrunError
 from speedrun.flow import RectifiedFlowObjective
-from speedrun.optim import build_optimizer, check_distinct_parameters, check_fp32_master, clip_gradients
+from speedrun.optim import build_optimizer, check_fp32_master, check_optimizer_coverage, clip_gradients
 from speedrun.parallel import Parallel
 from speedrun.runlog import RunLog
 from speedrun.train import Trainer, TrainOptions
@@ -531,11 +531,16 @@ def test_flops_count_the_grid_the_model_sees(tmp_path, track_variant):
     assert summary.flops_per_step < trainer.model.flops_per_step(batch, (64, 64), tokens) / 10
 
 
-def test_a_parameter_twice_in_the_optimizer_is_refused():
+def test_optimizer_coverage_checks():
     a, b = nn.Linear(2, 2), nn.Linear(2, 2)
-    check_distinct_parameters(torch.optim.AdamW([*a.parameters(), *b.parameters()]))
+    ok = torch.optim.AdamW([*a.parameters(), *b.parameters()])
+    check_optimizer_coverage(ok, [a, b])
+    with pytest.raises(RuntimeError, match="covers 2 of 4"):
+        check_optimizer_coverage(torch.optim.AdamW(a.parameters()), [a, b])
     with pytest.raises(RuntimeError, match="twice"):
-        check_distinct_parameters(torch.optim.AdamW([a.weight, a.weight, a.bias]))
+        check_optimizer_coverage(torch.optim.AdamW([a.weight, a.weight, a.bias]), [a])
+    frozen = nn.Linear(2, 2).requires_grad_(False)
+    check_optimizer_coverage(torch.optim.AdamW(a.parameters()), [a, frozen])
 
 
 def test_trainer_optimizer_covers_model_and_heads(smoke_data_root, tmp_path, track_variant):
