@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "Ak+SpSpc7kISKh3WkBIvQVFvDgd2BRY9CTCXRXil23WFkW/QKxU0Mqak+sLFpEV6hq2g6JbyjEGC4kUmmcnnDw=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "ndTMqivB8CSIztv32DbJCoqS1EN2KKdTTHRnRzjsN03vD2T8MYSTU6W56SzQLxaQz70rI8KX3kx/fCIpGOCGAQ=="
 }

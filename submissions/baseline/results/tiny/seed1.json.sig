@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "69Lt8jHtQWgKM+REvtZLWU7dyaGM9f+irPXhoUqEXXvSNprIxoLx5kcY3euHk5jPLoRYvhXArc9dPPTXyVGFAg=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "u64wfRiygh9dY+RfcgwQvgm+HA6Z+DZjbCbtsLflGAa6AtUkTxMoegx4DOcsIBptNNCUD+WvhnyGYpbwn3bgDA=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "nSW5ISqLjp1i9RHfENEGiGi1iDKsesizU4wSTXVcoZwgQWhcB4G7Wu7xSSFs+GEgE1stR/oHbqqtgXczIKEFDw=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "2R9ckPRtRI4iMWUlmbaT207CEl2JrG011E3eZy1U7Bh55Ve5o6zWCBBDgBNGdlN93T3e6of9K3Gf4LVhSAysDA=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "HRYt0YbmaAPGw8pKttEOYg3/DPm0a84V6mkz1zNETyyiDCqMUnFEuc5iXWw0ThSJuZ/sGJpk0YsFJFHAuUbyCw=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "bM59F4QKxD09m7LwnFTWYqzhD8xzlvHHaJ36/XhNtFkNZhso97bJfb7QhHcg7g5Bh+OLuGRXXwkxOcB/t8BRBg=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "FEwKFgjigPnkdf1H5MHYEY4mj69I8k0J7qSinCl3YWmBArjkIKvJXmziTC8ivCAfCGBBAxMmvsJju9DKySuOCQ=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "vRUrlrGG6lcc+8qAPYvBNW7Lcazm9ZZRNJ8I6AxVqSpTn2kWYWBxkefptkw3Tu3WeXgL9+1AqELspaCvO4E6BQ=="
 }

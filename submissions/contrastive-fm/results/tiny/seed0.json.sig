@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "5bt0lm8CqnU3wXJDJG4TNeaVhakFaSjF6GphVNT1JVqI1gVnOeLQHvWYqvgr4O5wNzuhsUn9XvHI/tHpld4zCA=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "rhAi8UrONAVvG4zuIo5IZbMPdi4ikJ7zugl2yazCkePL5twe3iC4dETZ2uXAOnLd45/XB2w/4zin99T9FTf3Bw=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "nnaOYXqJX8ykWzZSeO333U2yi33mP/ta0S8BRPiKW2vEccLrtSPCGnDu7G/HAyF6th3CvHZtWhhQqB58jhtQBQ=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "FANqU2GfY91yBUaBhpDT6X9vyIKIjh01MJ4/cfqs4pi7M6RAORm5AR1uUfz8DmWGmqma3uRYxACRStj8ewYODg=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "gXxWpGVTm5fNW88dgVnv5x4YxMwEuV/KynCSpCUkMxE4poOWvZYhy8ssFjLAMuLFMdtL9P0BWVYLS7cP9n8qAA=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "PsGkTeNag0ly8cj14Dx0agCkiumk4NCuTr+aojj7YdbLVyAcsTifY0F+tdqhVkYhpIovzR0gvksdXkdskG2IDA=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "3iMdjiZJJ/nhixWwnBa3D6KARo+FCyyiY8V2HLQLhaZbZ7pAihWARNKOZuGyKcREuvORKsQzqsNnD822MOjzBw=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "r4IZnrW8XhF/p36BSPcnhX/i2aNBKCryhqS04qzPLbGdcEleC1CrRkRlh3F+QxyWuhUxFvy2hCnT5SWkz3JbCA=="
 }

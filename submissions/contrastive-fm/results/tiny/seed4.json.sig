@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "ojHUTDj5Zgz+ytHUuC9qmFWCky4oz28br8tifLXLQwZcECQKplJWJkqCmdtxwLZ3xHnOjmofpmlqJYtp85zODg=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "71yCxbLM2E+RgskWodEyGbaVF/dwKQsoMIyhnnKpCxsY9f1Jjyya4MYdK9y/z6xeuUzpPonbvYUl+eD7r4WdAg=="
 }

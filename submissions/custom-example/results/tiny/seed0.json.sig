@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "dyxa3722FhpQz8UlLX9VRn+IRUMUmpg/wAyENo/BcPrkhy5mTUGUElpWAM0ATRP7WILY2UFJ4SuXsnHeo3yTDw=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "9VF3WVj0CUTYsspL/YJwjuY8DGI5gKBF93RbfPLuMoEyxm+jssa5+Uz0I9oasqmtezghxiiLNo3Ji+XOZQgaBw=="
 }

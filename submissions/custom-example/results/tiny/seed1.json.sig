@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "AcBGuBsb+2bBenz3a8aNvvNiVfxGmcdPgy6iRTr/Xe/hkOHuwNbrbS8425Vv/RoqE10ySB4Y9uqkGWsB+33oCQ=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "C1JrS6CRQYpmA0H6ZjchdOgb+NcxSlWuVSLLER5CmtF2wPItjdaiyZugbI8guFlc8GH+QRcT+uiOqLtBxIHFDg=="
 }

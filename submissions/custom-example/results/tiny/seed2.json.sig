@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "M+MT80hMyAyJq8z9E0v/UMTSEEhXmhZ66MtsHETtr044NrPqx82jf4EBZ/7MjY4GZ1mPH+0eSlwfA926rm5rBQ=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "hljY8vfgZBaAsDZWYRtelXccUH9dWOMWZcbdYdMwYzTMilCHJx+9BGGL77d35kIxf3dpfVILOrwKfWhhowI4AQ=="
 }

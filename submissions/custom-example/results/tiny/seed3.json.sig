@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "1qtoiXPZZzynn1RbslXUDPuleo+fjGj+h+oXBC3eTLxkwZW6MnH6WC/1NUv9qgAMCHjWdXeulayTCWqxDb/ABg=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "VLXVWLbSk7ZlzedPsNTffXJmdBVbv/4ZO1osg0wY+9JvUYH7kVqwV6cxpkiFrUDiJK07MdQ8kdETbvN6BUowCg=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "RzBycQYl4Hm/drE9Y/kfyFBrOvMkld6wsWZGpYEPCpf+GcG/ffbp4xhN8GQwM8fTmuya5w2QYJg/TUtP+A9jDw=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "V2BCbYxSgjg3EIU4iQcxjHi7fLbvR06oAsWwFjS1SD7/5lgfAQMsVvzJQJ0SKqTzTC5wwplBka62gpvEBq9PBw=="
 }

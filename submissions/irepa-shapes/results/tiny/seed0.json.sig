@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "aDhwDpO1iPntnMpmoBJrRpU+UG4XJsMtigK4ZCIRpwsF9Jh0YlpkDKuooCwURWr0NCForgQYquhqrTo7CGEPBg=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "TpHgQRq2mpoEw2S8GERkZUzGZ55ffKNMqUOGkWOS6rULnMx9pGyH603dhelXKr6+n42rxkZpDCuIHI/CWArvBQ=="
 }

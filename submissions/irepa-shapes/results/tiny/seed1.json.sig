@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "wKRtR8QK6PZY7DqVb8XtEJ3NdjJ/c7oxn78xym7pyhZX/rd6SEBfLOAyUANYJXwINcp9WDV4i8RR8hmKHDXzDA=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "N2mPCcNXKi/uQ1BpNt0BtpREp3CIH4oLy26WfRt2jYpAtBwe1WiP48TLWb/ez0Wuu2CbS92W4u+LY6qX5996BQ=="
 }

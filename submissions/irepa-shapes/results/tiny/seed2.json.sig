@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "d0MCVwXvqqIWJRT6mAksNAmaa1RRHQJJegOdpySAjk8yQ8KpoEtFRYoOP8r6389C2RkqVyvxK7eT5AuqpwV3CA=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "5yZkvg9sf/YpJjagLqc7PHkLqS/QUKRS3PKPxIM88cyeNrpAHRmlZndDPbyR4LodzDV+ZD7RSfHrYggmFI/WBw=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "9/m/Saw93dg9N+37Hu7sVjrWKUTA9M/atchIwqDD4GXwUEEx7L+Yzq4wfUKeavJmhbmtj8QE/Nzn3ysBOo/iAg=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "VR2lQuiPXEspLO1f+hbsdhQq7v00dcts8Ulb2fMn7yNbDroEQTGNgWbsBnC/8M1HdMEnDkA+j7ErcqSCgjsSCQ=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "7q2rk/4fEmCZm+0ILoX1WxiNnzCJRVwEHS8/dj0ofx4ikIHU/MhTL6ddFenWTzDmtsno23JYwJd6UdrVA1FtDA=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "PxQcpmtxWu84ZV8tpPvIw/QQbfR5bzL7VEaQNStJGzBZ2Zx+xNRNcxnGBoL5fk2AYjLW5epPkyt2wCdWIHmlCw=="
 }

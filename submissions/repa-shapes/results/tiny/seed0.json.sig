@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "f2RTJQ6puRtViVnMGmZabm9thKpYs544Y6tk9VeNMjKEYv2paOTXew1Nbm0jlXFR6I91Qnzq3uNPu9IUy9rcBA=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "RjlAz53NxB695M07yk353TPMfF2QNwWkGMpJ+z1R5djEv3l/hzHqnOTArQPZHZ7hwp7M4yX6iPIrIpAoVFlSAQ=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "Dmjre4ge0As8khgAdUrphABvlPJQAEHaZFmeaCBkC+anBHDZWV5g+dr7ELOgyGSjWPT6xdAYYsmjs5/jSQvpCg=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "DTHG4eBXak0jLDGUyLNaagaI4rc+2MbzGT0cW/1GVi2tq+SruOay0H+P9Yfm1qCFqgbkmiNSBPVBoBA5FsqtAQ=="
 }

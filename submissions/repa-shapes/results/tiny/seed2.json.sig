@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "qdbXlVAnJfZr5VY9TWf7wGAJ3jrx6ydOi8c8/suLuuZilFrQA5cqtujg0jFSX4qfMKfmw+n/sU5ocfbIeLW0Ag=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "HDLoqwUTEdQFB0IDxU1FGwxeWhUJnnQdH/fqSMdraM4x+FWPlobolIz5E4obGlwwS+12ehrzViCdD0PzdIPhBA=="
 }

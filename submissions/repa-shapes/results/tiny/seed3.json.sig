@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "GMJC6XRAFCP7WkAscDx9ZfLupLnECM1Ha64/dWRoVhrAoxo00PjbLN2x8Ltn+SQw6AOigwRJayxBEB8/YcRRDg=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "LVR6ed8amiupj8zMAeb3PFRSUvh2eiQF38KZ+040NH/siL0E03pM0eROHSUaBw+IQ91e0EAd+64/H/ojtY0TCg=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "oi/R/m6LLT9tpsiqC9vFNX3s9hsHuyLi5vOBFMkhg39LuLgxxSu08Saw9ButO2+NU93DHFuRLyM/TF3/sXO+Cg=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "GH3k8yUqM1Lb1+mEu+bld9zgN8cZ4PeuAHOkBUwqFyZJfCv88cCiUmf1dOI3QLxwcf5TWBZ0eqx9Xbj+zwwlCQ=="
 }

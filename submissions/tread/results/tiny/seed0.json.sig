@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "YQ4S3Fqlc/7azais1JbKOgBIbgYOPr8ENWXdlaGBcBszwz3E9fGQfVyCGpmsafd72IqxaiTr8XCNs6GtqDdACA=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "CMjVfAKjj5i8G7jdzPvssqOeQLJXzWfU9rZCSCGHJF5LOZ56tzhoSbZsqOejjPrX0BcgSzygMZBZQ3Zm+CJmAQ=="
 }

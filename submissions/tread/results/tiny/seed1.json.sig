@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "GhBEQ/q1/rM78OsMysqoN01SJ8fNxizfmuST+DWP/o70MrbiId+5hKRz3rSa5Os9CaiLqG2yKQ0lf6u0Laf3AA=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "GA3E5KoiuUVYgUihMfl+xRo3DEZIYg/T6YAyrJmhdAmXoDgqKtdyXpSV2aJ5oO3J2+pXd/PxZONz6H3fIvX5Aw=="
 }

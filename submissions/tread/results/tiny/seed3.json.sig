@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "98ei9amXixo4hjC9Iabe+q31v6gXAuYpkpPvq4dqhQDAKclZRammK6aTWvb2nLTWmZxG/dykzKVeyU+QF08yCg=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "c28BSdG9BsMyMNZPckuUDzhfFFkNbK02j2Fb0xE0Ki4VwJGOWIx8ofGZslDVJaoYCRBnKFtTH3du0WzIBK1cBw=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "xBv/aOiJLteseM62pFoR7vESWbM2bRXsRA76YsiEHB0lwLQi0KZmSx1uWfECqS0AAzxKLoRIVg66mEWw8s2gAQ=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "Io7WFjzSxFIRZ0Cb2oGeeKKuWT9L4B7MEn+OFe0O0P7zkbO31nj31gJ5YHLCBsdPvQwqoxr0mY3SQc7N22KYCA=="
 }

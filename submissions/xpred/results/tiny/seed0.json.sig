@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "VugRE1X6CTH/9c8+U9NzoBuRFEa5FI6XOGI5C+ZJJj1N3o4pPQU+p6LZQdfTY3gRvjb40fXMp0PYaRaL8nJKDA=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "do5v8xwVdMbksh85T1heECKQIui1nl/p6dnAGNAeB11HCbK0NdmQz4cBfmjmOakLku+wxqV7wus6UgF6LYx0Cw=="
 }

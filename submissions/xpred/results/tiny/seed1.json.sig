@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "Ap4Sa1ZPgy8xJ4w/DqLZCQ5rm1e7oidT5ec0CSkWy/+jRHmRuorZKR609APt5XSneYUfsRmHejps4RjVz413Cw=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "dP7zzenO7Pjw8fyv6P+0HeHQqwGz9e+Mp0sTU6nFsw9xIQKtuNdDu13LSVvAqeVNacSECGHnl3TPyVFo62bBDA=="
 }

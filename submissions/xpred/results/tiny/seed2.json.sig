@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "8GfDqnp3In3sQuJGpwGhYMB5/rHvaXYJGSenzjHKVAEhaY0AsIZ+0CGNw4mIPZdWvfd3juwKFroFSRQWKl4hBg=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "JmG4XZ7qwItu+kL/NdolvJxEAatn6G58O1wOhVnzHXtWUGdJSpe1eQo96ixlP1fDSGaAFP3nWuHECnKLW3R7AQ=="
 }

@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "vEeXzdRlefwYjRviqCk2nYP9upKEMqo91ZdS130GgWe9mC4Yh0Akp/goKmcYgUU4TXDyqV86Kp4WGAYSm6/6AA=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "5VpN3YRVjEqz44LShp4mImDXqxLxv61v+xISchmetafoPdHGDmYFP1FPUvxwHUxSHp4RQviL6eQLo3UcPhNSAA=="
 }

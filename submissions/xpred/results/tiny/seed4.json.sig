@@ -1,4 +1,4 @@
 {
- "key": "0551c8948f5b38e6",
- "signature": "FfZXfkDjvwNhOhC7P7/QHNAq5yoSTcXDx+ZOyrDfzH5rhH8ogwiz2GJ120OClAOq8CDdvQjp4WxzzBVcjCO0Dw=="
+ "key": "8c406635d5fd3ff6",
+ "signature": "k9dwUavV9dJGUItLpx3iZfQsuOo6wiejE9RnnCi2B/R4vNd9mV5aumyULnmwEOZw3bYnET5KRejSo/rvsaxkDw=="
 }
