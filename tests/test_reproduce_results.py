@@ -118,3 +118,22 @@ def test_differences_block_replace_and_bad_arguments_exit_2(tool, tmp_path: Path
     assert "only makes sense with --replace" in capsys.readouterr().err
     assert tool.main(["--track", "smoke", "--root", str(tmp_path), "--work", str(tmp_path / "w1")]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_replacing_results_another_cpu_model_made_is_refused_before_any_run(tool, tmp_path, monkeypatch, capsys):
+    from speedrun.provenance import cpu_model
+
+    other = {"device_type": "cpu", "cpu": "Example CPU 9000 (x86_64)"}  # no machine's name
+    _layout(tmp_path, {"a": {0: {"hardware": other}}, "b": {0: {"hardware": {**other, "cpu": cpu_model()}}}})
+    runs = []
+    monkeypatch.setattr(tool, "reproduce", lambda target, work, env: runs.append(str(target)) or target.result)
+    args = ["--track", "smoke", "--root", str(tmp_path), "--replace"]
+    assert tool.main([*args, "--work", str(tmp_path / "w")]) == 2 and runs == [] and not (tmp_path / "w").exists()
+    assert capsys.readouterr().err == (
+        f"error: the committed results were made on {other['cpu']}, and this machine is {cpu_model()}: scores are "
+        "bit-identical only on the CPU model that made them, so --replace would run every seed and replace none; "
+        "run it on that model, or add --allow-changes to replace them with this machine's\n"
+    )
+    assert tool.main([*args, "--submission", "b", "--work", str(tmp_path / "w1")]) == 0  # made here: it runs
+    assert tool.main([*args, "--allow-changes", "--work", str(tmp_path / "w2")]) == 0
+    assert runs == ["b seed 0", "a seed 0", "b seed 0"]

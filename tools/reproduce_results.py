@@ -126,6 +126,23 @@ def _machine(result: dict[str, Any]) -> str:
     return ", ".join(hardware.get("device_names") or []) or "?"
 
 
+def refuse_other_cpus(targets: list[Target]) -> None:
+    """Refuse, before any run, to replace results that another CPU model made: none would be replaced."""
+    from speedrun.provenance import cpu_model
+
+    here, others = cpu_model(), set()
+    for target in targets:
+        hardware = json.loads(target.result.read_text()).get("hardware") or {}
+        if hardware.get("device_type") == "cpu" and hardware.get("cpu", here) != here:
+            others.add(hardware["cpu"])
+    if others:
+        raise ToolError(
+            f"the committed results were made on {' and '.join(sorted(others))}, and this machine is {here}: "
+            "scores are bit-identical only on the CPU model that made them, so --replace would run every seed and "
+            "replace none; run it on that model, or add --allow-changes to replace them with this machine's"
+        )
+
+
 def reproduce(target: Target, work: Path, env: dict[str, str]) -> Path:
     """Run ``target`` again from a copy of its submission folder; the new results file's path."""
     copy = work / "submissions" / target.submission.name
@@ -196,17 +213,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.allow_changes and not args.replace:
             raise ToolError("--allow-changes only makes sense with --replace")
         targets = find_targets(args.root, args.track, args.submission, args.seed)
+        skipped = [t for t in targets if args.only_stale and is_current(t)]
+        targets = [t for t in targets if t not in skipped]
+        if args.replace and not args.allow_changes:
+            refuse_other_cpus(targets)
         work = args.work or args.root / "runs" / time.strftime("reproduce-%Y%m%dT%H%M%SZ", time.gmtime())
         if work.exists() and any(work.iterdir()):
             raise ToolError(f"--work {work}: not empty; name a new folder")
         work.mkdir(parents=True, exist_ok=True)
         print(f"{len(targets)} seeds of track '{args.track}', one after another; work folder {work}", flush=True)
+        for target in skipped:
+            print(f"{target}: current, skipped", flush=True)
         env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
         changed = []
         for target in targets:
-            if args.only_stale and is_current(target):
-                print(f"{target}: current, skipped", flush=True)
-                continue
             t0 = time.perf_counter()
             new = reproduce(target, work, env)
             diffs, speed = compare(target, new)
