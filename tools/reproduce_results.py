@@ -137,9 +137,9 @@ def refuse_other_cpus(targets: list[Target]) -> None:
             others.add(hardware["cpu"])
     if others:
         raise ToolError(
-            f"the committed results were made on {' and '.join(sorted(others))}, and this machine is {here}: "
-            "scores are bit-identical only on the CPU model that made them, so --replace would run every seed and "
-            "replace none; run it on that model, or add --allow-changes to replace them with this machine's"
+            f"committed results were made on {' and '.join(sorted(others))}, and this machine is {here}: scores "
+            "are bit-identical only on the CPU model that made them, so --replace would run those seeds and "
+            "replace none of them; run it on that model, or add --allow-changes to replace them with this machine's"
         )
 
 
