@@ -16,7 +16,15 @@ from rich.console import Console
 from scipy import ndimage, stats
 
 from speedrun.errors import SpeedrunError
-from speedrun.leaderboard import HEADER, README, SELF_REPORTED, build_board, leaderboard_command, render_markdown
+from speedrun.leaderboard import (
+    HEADER,
+    README,
+    SELF_REPORTED,
+    build_board,
+    detectable_change,
+    leaderboard_command,
+    render_markdown,
+)
 from speedrun.paths import data_root
 from speedrun.results import finalize, write_result
 from speedrun.tracks import TRACKS_DIR, load_track
@@ -25,13 +33,14 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 
 SMOKE_SEEDS = 3  # the fixture's smoke track requires 3 seeds (the real one: 1), so that statistics exist
+H100, H200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
 
 
 def add_result(
     root: Path, name: str, seed: int, fid: float | None, *, track_id: str = "smoke", status: str = "ok",
-    bps: float = 4.0, clock_s: float = 3600.0, signed: bool = True, evals: int = 2,
+    bps: float = 4.0, clock_s: float = 3600.0, signed: bool = True, evals: int = 2, card: str = H100,
 ) -> Path:
-    """A results file verify accepts (real hashes; on one H100), signed by the reproduction unless ``signed``
+    """A results file verify accepts (real hashes; on one ``card``), signed by the reproduction unless ``signed``
     is False, with the last ``evals`` of its two evaluations; ``fid`` None: the metric was unavailable."""
     folder = root / "submissions" / name
     if not (folder / "submission.toml").exists():
@@ -56,7 +65,7 @@ def add_result(
     }  # fmt: skip
     path = seal(
         folder, track_id, seed, tracks_dir=root / "tracks", data_dir=data_root(None), bps=bps, clock_s=clock_s,
-        card="NVIDIA H100 80GB HBM3", fid=fid, **fields,
+        card=card, fid=fid, **fields,
     )  # fmt: skip
     if signed:
         sign_result(root, path, KEY)
@@ -145,6 +154,50 @@ def test_only_a_significant_paired_difference_opens_a_rank(filled: Path) -> None
     assert far["metric:fid:p"] < 0.01 and far["metric:fid:delta"] == pytest.approx(50 + 0.1 / SMOKE_SEEDS)
     far_line = next(line for line in render_markdown(build_board(filled)).splitlines() if "[far]" in line)
     assert "| +50* (p " in far_line
+
+
+@pytest.mark.parametrize("card", [H100, H200])
+def test_an_entry_pairs_with_the_baseline_only_on_its_machine_model(filled: Path, card: str) -> None:
+    """'near' is the baseline minus 5 on each seed, give or take 0.1. On the baseline's card that is a starred
+    difference and a rank of its own; on another card its seeds do not pair with the baseline's (a change of
+    machine model moves a seed's scores like a change of seed): no Δ, no speedup, not ranked, and its
+    differences do not enter the smallest change the track detects."""
+    shutil.rmtree(filled / "submissions" / "solo")
+    smoke = load_track("smoke", filled / "tracks")
+    detectable = detectable_change(build_board(filled).frame, smoke)
+    for seed, fid in enumerate(FIDS["baseline"][:SMOKE_SEEDS]):
+        add_result(filled, "near", seed, fid - 5 + 0.1 * (-1) ** seed, bps=9.0, card=card)
+    board = build_board(filled)
+    table, near = board.tables["smoke"], row(board.tables["smoke"], "near")
+    if card == H100:
+        assert near["status"] == "ok" and near["rank"] == 1 and near["metric:fid:p"] < 0.01
+        assert row(table, "alpha")["rank"] == 2 and near["speedup"].steps[0] > 1
+        assert detectable_change(board.frame, smoke) != detectable
+        return
+    assert near["status"] == (
+        f"not paired: made on '{H200}' (cuda) with CPU 'x86_64', the baseline on '{H100}' (cuda) with CPU 'x86_64'"
+    )
+    assert math.isnan(near["rank"]) and near.isna()["speedup"]
+    for q in ("metric:fid", "batches_per_second"):
+        assert math.isnan(near[f"{q}:delta"]) and math.isnan(near[f"{q}:p"])
+    assert near["metric:fid:n"] == SMOKE_SEEDS  # its own mean and interval stay
+    assert table["rank"].tolist()[:2] == [1, 1] and table["submission"].tolist()[:2] == ["alpha", "baseline"]
+    assert detectable_change(board.frame, smoke) == detectable
+    line = next(line for line in render_markdown(board).splitlines() if "[near]" in line)
+    assert line.split(" | ")[5:8] == ["–", "–", f"{near['metric:fid:mean']:.4g} ± {near['metric:fid:ci']:.2g}"]
+    assert line.split(" | ")[8] == "–"
+
+
+def test_entries_made_on_two_machine_models_are_never_told_apart(root: Path) -> None:
+    """With no baseline to pair with, 'far' (50 worse on every seed, give or take 0.1) ranks apart from 'alpha'
+    on alpha's card, and shares its rank on another: a paired test across machine models is no evidence."""
+    for card, ranks in ((H100, [1, 2]), (H200, [1, 1])):
+        shutil.rmtree(root / "submissions", ignore_errors=True)
+        for seed, fid in enumerate(FIDS["alpha"]):
+            add_result(root, "alpha", seed, fid)
+            add_result(root, "far", seed, fid + 50 + 0.1 * (-1) ** seed, card=card)
+        table = build_board(root).tables["smoke"]
+        assert table["submission"].tolist() == ["alpha", "far"] and table["rank"].tolist() == ranks, card
 
 
 def test_diverged_and_incomplete_entries_are_listed_not_ranked(filled: Path) -> None:
