@@ -226,11 +226,12 @@ def reproduce_cmd(
 ) -> None:
     """Run the track's required seeds from step 0 with this harness, replacing the entry's results files
     (the maintainers' reproduction; `speedrun sign` then signs what it wrote)."""
-    from speedrun.run import RunOptions, run_submission
+    from speedrun.run import RunOptions, refuse_unpaired_reproduction, run_submission
     from speedrun.tracks import load_track
 
-    seeds = load_track(track).rules.seeds_required
+    seeds = (chosen := load_track(track)).rules.seeds_required
     options = RunOptions(track=track, seeds=seeds, force=True, data_dir=data_dir, runs_dir=runs_dir)
+    refuse_unpaired_reproduction(submission, chosen, options)
     run_submission(submission, options, console=console)
     console.print(
         f"reproduced {seeds} seed(s); to sign them: speedrun sign {submission} --track {track}",

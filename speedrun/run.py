@@ -307,6 +307,29 @@ def _train_evaluate_record(
         console.print(f"seed {seed}: {result.status}; results -> {results_path}")
 
 
+def _device(o: RunOptions) -> torch.device:
+    return torch.device(o.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def refuse_unpaired_reproduction(folder: Path, track: Track, o: RunOptions) -> None:
+    """Refuse, before any seed runs, to reproduce an entry on another machine model than the one the baseline's
+    results on ``track`` were made on: the leaderboard pairs seeds on one machine model only."""
+    from speedrun.verify import BASELINE, machine_model
+
+    baseline = folder.parent / BASELINE
+    if folder.resolve() == baseline.resolve():
+        return
+    made_in = baseline / "results" / track.id
+    made = {machine_model(r.hardware) for p in sorted(made_in.glob("seed*.json")) if (r := _read(p)) is not None}
+    here = machine_model(hardware_info(_device(o), o.nproc * o.nnodes, o.nproc))
+    if made and made != {here}:
+        raise SpeedrunError(
+            f"{made_in}: the baseline's results were made on {', '.join(sorted(made))}, and this machine is {here}: "
+            "the leaderboard pairs an entry's seeds with the baseline's only on one machine model, so results made "
+            "here would never be ranked; reproduce the entry on a machine of the baseline's model"
+        )
+
+
 def assemble_result(
     submission: Submission, track: Track, seed: int, summary: TrainSummary, evals: list[EvalReport], eval_s: float,
     wall_s: float, o: RunOptions,
@@ -314,7 +337,7 @@ def assemble_result(
     from speedrun.data.source import dataset_manifest_sha256
 
     s = summary
-    device = torch.device(o.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(o)
     final = evals[-1] if evals else None
     return results.finalize({
         "run_id": f"seed{seed}", "submission": submission.name, "track": track.id, "track_version": track.version,
@@ -382,7 +405,7 @@ def compare_with_committed(new: RunResult, old: RunResult, old_path: Path, track
 
     if new.metrics == old.metrics:
         console.print(f"seed {new.seed}: [green]identical to the committed result[/]")
-    elif machine_model(new) == machine_model(old) and new.hardware.device_type == "cpu":
+    elif machine_model(new.hardware) == machine_model(old.hardware) and new.hardware.device_type == "cpu":
         console.print(f"seed {new.seed}: [red]differs from the committed result, made on this CPU model "
                       f"({new.hardware.cpu})[/]: a CPU seed reproduces bit for bit on one model, so the code, packages "
                       "or data differ; report it with both results files")
@@ -391,7 +414,8 @@ def compare_with_committed(new: RunResult, old: RunResult, old_path: Path, track
         found = [_read(f) for f in sorted(old_path.parent.glob("seed*.json"))]
         values = [r.metrics[ranked] for r in found if r and r.status == "ok" and r.metrics.get(ranked) is not None]
         spread = f" (the committed seeds' {ranked} has sd {statistics.stdev(values):.4g})" if len(values) > 1 else ""
-        console.print(f"seed {new.seed}: made on {machine_model(new)}, the committed one on {machine_model(old)}: "
+        made, committed = machine_model(new.hardware), machine_model(old.hardware)
+        console.print(f"seed {new.seed}: made on {made}, the committed one on {committed}: "
                       f"across machine models a seed's scores move about as much as a change of seed{spread}")
 
 

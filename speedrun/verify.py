@@ -25,11 +25,12 @@ from speedrun.devices import model_flops_utilisation
 from speedrun.errors import SpeedrunError
 from speedrun.paths import data_root
 from speedrun.provenance import code_changes, code_record, harness_sha256
-from speedrun.results import RunResult, identity_problems, load_result, missing_seeds
+from speedrun.results import Hardware, RunResult, identity_problems, load_result, missing_seeds
 from speedrun.submission import MANIFEST, Submission, discover_submissions, load_submission
 from speedrun.tracks import REPO_ROOT, Track, load_track_file
 from speedrun.trust import KEYS_FILE, load_trust, sign, signer
 
+BASELINE = "baseline"  # the submission every entry is compared with
 _FIELD = re.compile(r"field '([^']+)'")
 _SEED_FILE = re.compile(r"seed(\d+)")
 
@@ -198,9 +199,8 @@ def _by_seed(results: list[RunResult], label: Callable[[RunResult], str | None],
     return ", ".join(f"seed {', '.join(map(str, seeds))} {how} {value}" for value, seeds in groups.items())
 
 
-def machine_model(r: RunResult) -> str:
+def machine_model(h: Hardware) -> str:
     """The machine model, devices and CPU; not cpu_count or driver, which vary between machines of one model."""
-    h = r.hardware
     if h.device_type == "cpu" and set(h.device_names) == {h.cpu}:
         return f"'{h.cpu}'"
     devices = " + ".join(f"{n} x {name}" if n > 1 else name for name, n in sorted(Counter(h.device_names).items()))
@@ -227,7 +227,7 @@ def _mixed_setups(results: list[RunResult]) -> Iterable[tuple[str, str]]:
     if seeds := _by_seed(results, teachers, "with"):
         message = f"seeds trained with different teachers: {seeds}; {paired} train them all with the same teachers"
         yield "provenance.teachers", message
-    if seeds := _by_seed(results, machine_model, "on"):
+    if seeds := _by_seed(results, lambda r: machine_model(r.hardware), "on"):
         yield "hardware", f"seeds scored on different hardware: {seeds}; {paired} run them all on one machine model"
 
 

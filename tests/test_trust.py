@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from speedrun.cli import app
 from speedrun.errors import SpeedrunError
 from speedrun.leaderboard import build_board
-from speedrun.provenance import code_record
+from speedrun.provenance import code_record, cpu_model
 from speedrun.results import MAX_RESULT_BYTES, compute_digest, load_result
 from speedrun.run import RunOptions, run_submission
 from speedrun.tracks import TRACKS_DIR
@@ -258,6 +258,9 @@ def test_reproduce_then_sign_matches_a_plain_run(tmp_path: Path, smoke_data_root
     [path] = run_submission(folder, options, Console(file=io.StringIO()))
     plain = load_result(path)
     assert "self-reported" in problems_of(root, path)[0]
+    # A baseline made on this machine model: the reproduction's seeds pair with its seeds.
+    seal(entry(root, "baseline"), "smoke", 0, tracks_dir=root / "tracks", data_dir=smoke_data_root,
+         hardware=plain.hardware.model_dump())  # fmt: skip
     args = ["reproduce", str(folder), "--track", "smoke", "--data-dir", str(smoke_data_root)]
     result = CliRunner().invoke(app, [*args, "--runs-dir", str(tmp_path / "again")])
     assert result.exit_code == 0, result.output
@@ -267,3 +270,23 @@ def test_reproduce_then_sign_matches_a_plain_run(tmp_path: Path, smoke_data_root
     assert reproduced.created_at != plain.created_at
     assert reproduced.metrics == plain.metrics and reproduced.val_loss_curve == plain.val_loss_curve
     assert problems_of(root, path) == [] and ranked(root) == ["plain"]
+
+
+def test_reproduce_refuses_another_machine_model_than_the_baselines_before_any_run(
+    tmp_path: Path, smoke_data_root: Path
+) -> None:
+    """An entry's seeds pair with the baseline's only on one machine model: reproduced on another, they would
+    never be ranked, so nothing runs and nothing is written."""
+    root = tmp_path / "repo"
+    shutil.copytree(TRACKS_DIR, root / "tracks")
+    made_in = seal(entry(root, "baseline"), "smoke", 0, tracks_dir=root / "tracks", data_dir=smoke_data_root,
+                   card="NVIDIA H100 80GB HBM3").parent  # fmt: skip
+    folder = entry(root, "plain")
+    args = ["reproduce", str(folder), "--track", "smoke", "--data-dir", str(smoke_data_root)]
+    result = CliRunner().invoke(app, [*args, "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert f"{made_in}: the baseline's results were made on 'NVIDIA H100 80GB HBM3' (cuda) with CPU 'x86_64', and " \
+        f"this machine is '{cpu_model()}':" in message  # fmt: skip
+    assert "reproduce the entry on a machine of the baseline's model" in message
+    assert not (tmp_path / "runs").exists() and not (folder / "results").exists()
