@@ -200,11 +200,14 @@ def _by_seed(results: list[RunResult], label: Callable[[RunResult], str | None],
 
 
 def machine_model(h: Hardware) -> str:
-    """The machine model, devices and CPU; not cpu_count or driver, which vary between machines of one model."""
+    """The machine model, devices and CPU, and the processes where they outnumber the devices named (a CPU run
+    under torchrun, several nodes), as they split the arithmetic; not cpu_count or driver, which vary between
+    machines of one model."""
+    processes = f", {h.device_count} processes" if h.device_count > len(h.device_names) else ""
     if h.device_type == "cpu" and set(h.device_names) == {h.cpu}:
-        return f"'{h.cpu}'"
+        return f"'{h.cpu}'{processes}"
     devices = " + ".join(f"{n} x {name}" if n > 1 else name for name, n in sorted(Counter(h.device_names).items()))
-    return f"'{devices}' ({h.device_type}) with CPU '{h.cpu}'"
+    return f"'{devices}' ({h.device_type}) with CPU '{h.cpu}'{processes}"
 
 
 def _mixed_setups(results: list[RunResult]) -> Iterable[tuple[str, str]]:

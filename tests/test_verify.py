@@ -262,10 +262,12 @@ def test_entry_seeds_run_from_0_without_a_gap(repo: Repo) -> None:
     assert repo.verify() == []  # the diverged seed stays: leaving it out is what the rule forbids
 
 
-def machine(cpu: str, cards: list[str] | None = None, cpu_count: int = 2, driver: str | None = None) -> dict:
-    """The ``hardware`` record of a run on ``cards`` (CUDA), or on the CPU ``cpu`` alone."""
+def machine(
+    cpu: str, cards: list[str] | None = None, cpu_count: int = 2, driver: str | None = None, processes: int = 1
+) -> dict:
+    """The ``hardware`` record of a run on ``cards`` (CUDA), or on the CPU ``cpu`` alone, in ``processes``."""
     device = {"device_type": "cuda", "device_names": cards} if cards else {"device_type": "cpu", "device_names": [cpu]}
-    return {**device, "device_count": 1, "driver": driver, "cpu": cpu, "cpu_count": cpu_count}
+    return {**device, "device_count": processes, "driver": driver, "cpu": cpu, "cpu_count": cpu_count}
 
 
 PAIRED = "an entry's seeds are compared with the baseline's seed by seed, so"
@@ -298,6 +300,19 @@ def test_entry_seeds_on_different_hardware(repo: Repo) -> None:
         f"seeds scored on different hardware: seed 0 on '{rtx3090}' (cuda) with CPU '{intel}', "
         f"seed 1, 2{others} on '2 x {rtx4090}' (cuda) with CPU '{intel}'; {PAIRED} run them all on one machine model"
     )
+
+
+def test_entry_seeds_run_in_more_processes_than_devices_are_another_setup(repo: Repo) -> None:
+    """Two processes on one CPU (torchrun) split the arithmetic otherwise than one: like another machine model."""
+    intel = "Intel Xeon (x86_64)"
+    n = load_track("tiny").rules.seeds_required
+    for seed in range(n):
+        repo.seal("tiny", seed, hardware=machine(intel, processes=2 if seed == 1 else 1), world_size=1 + (seed == 1))
+    others = "".join(f", {s}" for s in range(2, n))
+    assert [p.message for p in repo.verify()] == [
+        f"seeds scored on different hardware: seed 0{others} on '{intel}', seed 1 on '{intel}', 2 processes; "
+        f"{PAIRED} run them all on one machine model"
+    ]
 
 
 def test_entry_seeds_scored_with_different_evaluator_weights(repo: Repo) -> None:
