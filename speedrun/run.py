@@ -312,21 +312,21 @@ def _device(o: RunOptions) -> torch.device:
 
 
 def refuse_unpaired_reproduction(folder: Path, track: Track, o: RunOptions) -> None:
-    """Refuse, before any seed runs, to reproduce an entry on another machine model than the one the baseline's
-    results on ``track`` were made on: the leaderboard pairs seeds on one machine model only."""
-    from speedrun.verify import BASELINE, machine_model
+    """Refuse, before any seed runs, to reproduce an entry in another setup (machine model, torch build) than
+    the one the baseline's results on ``track`` were made in: the leaderboard pairs seeds within one only."""
+    from speedrun.verify import BASELINE, setup
 
     baseline = folder.parent / BASELINE
     if folder.resolve() == baseline.resolve():
         return
     made_in = baseline / "results" / track.id
-    made = {machine_model(r.hardware) for p in sorted(made_in.glob("seed*.json")) if (r := _read(p)) is not None}
-    here = machine_model(hardware_info(_device(o), o.nproc * o.nnodes, o.nproc))
+    made = {setup(r.hardware, r.software.torch) for p in sorted(made_in.glob("seed*.json")) if (r := _read(p))}
+    here = setup(hardware_info(_device(o), o.nproc * o.nnodes, o.nproc), torch.__version__)
     if made and made != {here}:
         raise SpeedrunError(
-            f"{made_in}: the baseline's results were made on {', '.join(sorted(made))}, and this machine is {here}: "
-            "the leaderboard pairs an entry's seeds with the baseline's only on one machine model, so results made "
-            "here would never be ranked; reproduce the entry on a machine of the baseline's model"
+            f"{made_in}: the baseline's results were made on {'; '.join(sorted(made))}, and this run would be made "
+            f"on {here}: the leaderboard pairs an entry's seeds with the baseline's only on one machine model with one "
+            "torch build, so these would never be ranked; reproduce the entry where the baseline's were made"
         )
 
 

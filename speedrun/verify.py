@@ -210,9 +210,15 @@ def machine_model(h: Hardware) -> str:
     return f"'{devices}' ({h.device_type}) with CPU '{h.cpu}'{processes}"
 
 
+def setup(h: Hardware, torch_version: str) -> str:
+    """What a seed's numbers depend on besides the recipe and the seed: the machine model and the torch build.
+    Seeds pair only within one setup: across two, a seed's scores move about as much as a change of seed."""
+    return f"{machine_model(h)}, torch {torch_version}"
+
+
 def _mixed_setups(results: list[RunResult]) -> Iterable[tuple[str, str]]:
-    """An entry's seeds must share evaluator weights, teachers and machine model: the leaderboard pairs each
-    seed with the baseline's same seed, so a difference between them must come from the recipe alone."""
+    """An entry's seeds must share evaluator weights, teachers, machine model and torch build: the leaderboard
+    pairs each seed with the baseline's same seed, so a difference between them must come from the recipe alone."""
     paired = "an entry's seeds are compared with the baseline's seed by seed, so"
     split = []
     for extractor in sorted({e for r in results for e in r.provenance.extractor_weights}):
@@ -232,6 +238,8 @@ def _mixed_setups(results: list[RunResult]) -> Iterable[tuple[str, str]]:
         yield "provenance.teachers", message
     if seeds := _by_seed(results, lambda r: machine_model(r.hardware), "on"):
         yield "hardware", f"seeds scored on different hardware: {seeds}; {paired} run them all on one machine model"
+    if seeds := _by_seed(results, lambda r: r.software.torch, "with torch"):
+        yield "software.torch", f"seeds run with different torch builds: {seeds}; {paired} run them all with one"
 
 
 def _close(a: float, b: float) -> bool:

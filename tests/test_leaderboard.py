@@ -34,14 +34,16 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 SMOKE_SEEDS = 3  # the fixture's smoke track requires 3 seeds (the real one: 1), so that statistics exist
 H100, H200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
+SOFTWARE = {"python": "3.11", "torch": "2", "triton": None, "cuda": None, "packages_sha256": "0" * 64}
 
 
 def add_result(
     root: Path, name: str, seed: int, fid: float | None, *, track_id: str = "smoke", status: str = "ok",
-    bps: float = 4.0, clock_s: float = 3600.0, signed: bool = True, evals: int = 2, card: str = H100,
+    bps: float = 4.0, clock_s: float = 3600.0, signed: bool = True, evals: int = 2, card: str = H100, torch: str = "2",
 ) -> Path:
-    """A results file verify accepts (real hashes; on one ``card``), signed by the reproduction unless ``signed``
-    is False, with the last ``evals`` of its two evaluations; ``fid`` None: the metric was unavailable."""
+    """A results file verify accepts (real hashes; on one ``card``, with ``torch``), signed by the reproduction
+    unless ``signed`` is False, with the last ``evals`` of its two evaluations; ``fid`` None: the metric was
+    unavailable."""
     folder = root / "submissions" / name
     if not (folder / "submission.toml").exists():
         folder.mkdir(parents=True, exist_ok=True)
@@ -65,7 +67,7 @@ def add_result(
     }  # fmt: skip
     path = seal(
         folder, track_id, seed, tracks_dir=root / "tracks", data_dir=data_root(None), bps=bps, clock_s=clock_s,
-        card=card, fid=fid, **fields,
+        card=card, fid=fid, software=SOFTWARE | {"torch": torch}, **fields,
     )  # fmt: skip
     if signed:
         sign_result(root, path, KEY)
@@ -156,26 +158,27 @@ def test_only_a_significant_paired_difference_opens_a_rank(filled: Path) -> None
     assert "| +50* (p " in far_line
 
 
-@pytest.mark.parametrize("card", [H100, H200])
-def test_an_entry_pairs_with_the_baseline_only_on_its_machine_model(filled: Path, card: str) -> None:
-    """'near' is the baseline minus 5 on each seed, give or take 0.1. On the baseline's card that is a starred
-    difference and a rank of its own; on another card its seeds do not pair with the baseline's (a change of
-    machine model moves a seed's scores like a change of seed): no Δ, no speedup, not ranked, and its
-    differences do not enter the smallest change the track detects."""
+@pytest.mark.parametrize("card, torch", [(H100, "2"), (H200, "2"), (H100, "2.1")])
+def test_an_entry_pairs_with_the_baseline_only_in_its_setup(filled: Path, card: str, torch: str) -> None:
+    """'near' is the baseline minus 5 on each seed, give or take 0.1. On the baseline's card and torch that is a
+    starred difference and a rank of its own; on another card or torch its seeds do not pair with the baseline's
+    (either moves a seed's scores like a change of seed): no Δ, no speedup, not ranked, and its differences do
+    not enter the smallest change the track detects."""
     shutil.rmtree(filled / "submissions" / "solo")
     smoke = load_track("smoke", filled / "tracks")
     detectable = detectable_change(build_board(filled).frame, smoke)
     for seed, fid in enumerate(FIDS["baseline"][:SMOKE_SEEDS]):
-        add_result(filled, "near", seed, fid - 5 + 0.1 * (-1) ** seed, bps=9.0, card=card)
+        add_result(filled, "near", seed, fid - 5 + 0.1 * (-1) ** seed, bps=9.0, card=card, torch=torch)
     board = build_board(filled)
     table, near = board.tables["smoke"], row(board.tables["smoke"], "near")
-    if card == H100:
+    if (card, torch) == (H100, "2"):
         assert near["status"] == "ok" and near["rank"] == 1 and near["metric:fid:p"] < 0.01
         assert row(table, "alpha")["rank"] == 2 and near["speedup"].steps[0] > 1
         assert detectable_change(board.frame, smoke) != detectable
         return
     assert near["status"] == (
-        f"not paired: made on '{H200}' (cuda) with CPU 'x86_64', the baseline on '{H100}' (cuda) with CPU 'x86_64'"
+        f"not paired: made on '{card}' (cuda) with CPU 'x86_64', torch {torch}, "
+        f"the baseline on '{H100}' (cuda) with CPU 'x86_64', torch 2"
     )
     assert math.isnan(near["rank"]) and near.isna()["speedup"]
     for q in ("metric:fid", "batches_per_second"):

@@ -12,6 +12,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from results_helpers import KEY, seal, sign_result, write_keys
 from rich.console import Console
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 from speedrun.cli import app
 from speedrun.errors import SpeedrunError
 from speedrun.leaderboard import build_board
-from speedrun.provenance import code_record, cpu_model
+from speedrun.provenance import code_record, hardware_info
 from speedrun.results import MAX_RESULT_BYTES, compute_digest, load_result
 from speedrun.run import RunOptions, run_submission
 from speedrun.tracks import TRACKS_DIR
@@ -260,7 +261,7 @@ def test_reproduce_then_sign_matches_a_plain_run(tmp_path: Path, smoke_data_root
     assert "self-reported" in problems_of(root, path)[0]
     # A baseline made on this machine model: the reproduction's seeds pair with its seeds.
     seal(entry(root, "baseline"), "smoke", 0, tracks_dir=root / "tracks", data_dir=smoke_data_root,
-         hardware=plain.hardware.model_dump())  # fmt: skip
+         hardware=plain.hardware.model_dump(), software=plain.software.model_dump())  # fmt: skip
     args = ["reproduce", str(folder), "--track", "smoke", "--data-dir", str(smoke_data_root)]
     result = CliRunner().invoke(app, [*args, "--runs-dir", str(tmp_path / "again")])
     assert result.exit_code == 0, result.output
@@ -272,21 +273,27 @@ def test_reproduce_then_sign_matches_a_plain_run(tmp_path: Path, smoke_data_root
     assert problems_of(root, path) == [] and ranked(root) == ["plain"]
 
 
-def test_reproduce_refuses_another_machine_model_than_the_baselines_before_any_run(
-    tmp_path: Path, smoke_data_root: Path
+@pytest.mark.parametrize("card, version", [("NVIDIA H100 80GB HBM3", torch.__version__), (None, "1.0")])
+def test_reproduce_refuses_another_setup_than_the_baselines_before_any_run(
+    tmp_path: Path, smoke_data_root: Path, card: str | None, version: str
 ) -> None:
-    """An entry's seeds pair with the baseline's only on one machine model: reproduced on another, they would
-    never be ranked, so nothing runs and nothing is written."""
+    """An entry's seeds pair with the baseline's only on one machine model with one torch build: reproduced in
+    another setup (a baseline on a card, or here with another torch), they would never be ranked, so nothing
+    runs and nothing is written."""
     root = tmp_path / "repo"
     shutil.copytree(TRACKS_DIR, root / "tracks")
+    here = hardware_info(torch.device("cpu"), 1, 1)
+    software = {"python": "3.11", "torch": version, "triton": None, "cuda": None, "packages_sha256": "0" * 64}
+    hardware = {} if card else {"hardware": here.model_dump()}
     made_in = seal(entry(root, "baseline"), "smoke", 0, tracks_dir=root / "tracks", data_dir=smoke_data_root,
-                   card="NVIDIA H100 80GB HBM3").parent  # fmt: skip
+                   card=card, software=software, **hardware).parent  # fmt: skip
+    made = f"'{card}' (cuda) with CPU 'x86_64'" if card else f"'{here.cpu}'"
     folder = entry(root, "plain")
     args = ["reproduce", str(folder), "--track", "smoke", "--data-dir", str(smoke_data_root)]
     result = CliRunner().invoke(app, [*args, "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 2, result.output
     message = " ".join(result.output.split())
-    assert f"{made_in}: the baseline's results were made on 'NVIDIA H100 80GB HBM3' (cuda) with CPU 'x86_64', and " \
-        f"this machine is '{cpu_model()}':" in message  # fmt: skip
-    assert "reproduce the entry on a machine of the baseline's model" in message
+    assert f"{made_in}: the baseline's results were made on {made}, torch {version}, and this run would be " \
+        f"made on '{here.cpu}', torch {torch.__version__}:" in message  # fmt: skip
+    assert "reproduce the entry where the baseline's were made" in message
     assert not (tmp_path / "runs").exists() and not (folder / "results").exists()

@@ -315,6 +315,20 @@ def test_entry_seeds_run_in_more_processes_than_devices_are_another_setup(repo: 
     ]
 
 
+def test_entry_seeds_run_with_different_torch_builds(repo: Repo) -> None:
+    n = load_track("tiny").rules.seeds_required
+    for seed in range(n):
+        software = {"python": "3.11", "torch": "2.15.0" if seed == 2 else "2.14.1", "triton": None, "cuda": None,
+                    "packages_sha256": "0" * 64}  # fmt: skip
+        repo.seal("tiny", seed, software=software)
+    others = "".join(f", {s}" for s in range(3, n))
+    problems = repo.verify()
+    assert [(p.field, p.message) for p in problems] == [("software.torch", (
+        f"seeds run with different torch builds: seed 0, 1{others} with torch 2.14.1, seed 2 with torch 2.15.0; "
+        f"{PAIRED} run them all with one"
+    ))]  # fmt: skip
+
+
 def test_entry_seeds_scored_with_different_evaluator_weights(repo: Repo) -> None:
     pinned, other = "1a2b3c4d5e6f" + "0" * 52, "9f8e7d6c5b4a" + "0" * 52
     n = load_track("tiny").rules.seeds_required
