@@ -189,6 +189,9 @@ def test_an_entry_pairs_with_the_baseline_only_in_its_setup(filled: Path, card: 
     line = next(line for line in render_markdown(board).splitlines() if "[near]" in line)
     assert line.split(" | ")[5:8] == ["–", "–", f"{near['metric:fid:mean']:.4g} ± {near['metric:fid:ci']:.2g}"]
     assert line.split(" | ")[8] == "–"
+    out = io.StringIO()  # the terminal wraps the long status rather than leave it out
+    leaderboard_command(track="smoke", console=Console(file=out, width=100), repo_root=filled)
+    assert "not paired: made on" in out.getvalue() and max(map(len, out.getvalue().splitlines())) <= 100
 
 
 def test_entries_made_on_two_machine_models_are_never_told_apart(root: Path) -> None:
