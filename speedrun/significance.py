@@ -1,7 +1,7 @@
 """What the leaderboard may call a difference. Seed ``s`` of every entry shares data order, initial weights,
-training noise and evaluation noise with seed ``s`` of the baseline, so entries made on one machine model are
-compared on per-seed differences (a paired t-test), which cancels the noise they share; a difference counts at
-p < ``ALPHA``.
+training noise and evaluation noise with seed ``s`` of the baseline, so entries made in one setup (machine model,
+torch build) are compared on per-seed differences (a paired t-test), which cancels the noise they share; a
+difference counts at p < ``ALPHA``.
 """
 
 from __future__ import annotations
