@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from speedrun import advice, results
 from speedrun.checkpoint import discard_checkpoints, read_meta
@@ -401,22 +402,24 @@ def compare_with_committed(new: RunResult, old: RunResult, old_path: Path, track
             diff = "identical" if a == b else f"{a - b:+.4g}" + (f" ({(a - b) / abs(b):+.1%})" if b else "")
         table.add_row(name, _number(a), _number(b), diff)
     console.print(table)
-    from speedrun.verify import machine_model
+    from speedrun.verify import setup
 
+    made, committed = setup(new.hardware, new.software.torch), setup(old.hardware, old.software.torch)
     if new.metrics == old.metrics:
         console.print(f"seed {new.seed}: [green]identical to the committed result[/]")
-    elif machine_model(new.hardware) == machine_model(old.hardware) and new.hardware.device_type == "cpu":
-        console.print(f"seed {new.seed}: [red]differs from the committed result, made on this CPU model "
-                      f"({new.hardware.cpu})[/]: a CPU seed reproduces bit for bit on one model, so the code, packages "
-                      "or data differ; report it with both results files")
+    elif made == committed and new.hardware.device_type == "cpu":
+        console.print(Text.assemble(
+            (f"seed {new.seed}: differs from the committed result, made in this setup ({made})", "red"),
+            ": a CPU seed reproduces bit for bit in one setup, so the code, other packages or data differ; report it "
+            "with both results files",
+        ))  # fmt: skip
     else:
         ranked = track.ranking.metric
         found = [_read(f) for f in sorted(old_path.parent.glob("seed*.json"))]
         values = [r.metrics[ranked] for r in found if r and r.status == "ok" and r.metrics.get(ranked) is not None]
         spread = f" (the committed seeds' {ranked} has sd {statistics.stdev(values):.4g})" if len(values) > 1 else ""
-        made, committed = machine_model(new.hardware), machine_model(old.hardware)
-        console.print(f"seed {new.seed}: made on {made}, the committed one on {committed}: "
-                      f"across machine models a seed's scores move about as much as a change of seed{spread}")
+        console.print(Text(f"seed {new.seed}: made on {made}, the committed one on {committed}: across setups (machine "
+                           f"model, torch build) a seed's scores move about as much as a change of seed{spread}"))
 
 
 def _number(value: float | None) -> str:

@@ -7,10 +7,15 @@ import io
 import shutil
 from pathlib import Path
 
+import pytest
+import torch
+from results_helpers import seal
 from rich.console import Console
 
+from speedrun.provenance import hardware_info
 from speedrun.results import load_result
-from speedrun.run import LOCAL_RESULT, RunOptions, run_submission
+from speedrun.run import LOCAL_RESULT, RunOptions, compare_with_committed, run_submission
+from speedrun.tracks import TRACKS_DIR, load_track
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,3 +65,31 @@ def test_the_run_table_keeps_seed_status_and_fid_at_80_columns(smoke_data_root, 
     assert max(map(len, table.splitlines())) <= 80
     row = next(line for line in table.splitlines() if line.lstrip("│ ").startswith("0 "))
     assert "ok" in row and "fid" in table and "…" not in table
+
+
+@pytest.mark.parametrize("committed_torch", [torch.__version__, "2.0.0"])
+def test_a_seed_that_differs_is_a_bug_to_report_only_in_one_setup(smoke_data_root, tmp_path, committed_torch):
+    """A CPU seed reproduces bit for bit on one CPU model with one torch build: a difference there is reported as
+    a bug; across setups it is about a change of seed's worth, and says so."""
+    folder = tmp_path / "baseline"
+    shutil.copytree(REPO / "submissions" / "baseline", folder, ignore=shutil.ignore_patterns("results"))
+    hardware = hardware_info(torch.device("cpu"), 1, 1).model_dump()
+    software = {"python": "3.11", "triton": None, "cuda": None, "packages_sha256": "0" * 64}
+
+    def result(fid: float, version: str):
+        path = seal(folder, "smoke", 0, tracks_dir=TRACKS_DIR, data_dir=smoke_data_root, fid=fid, hardware=hardware,
+                    software=software | {"torch": version})  # fmt: skip
+        return load_result(path), path
+
+    old, path = result(10.0, committed_torch)
+    new, _ = result(10.5, torch.__version__)
+    out = io.StringIO()
+    compare_with_committed(new, old, path, load_track("smoke"), Console(file=out, width=400))
+    text = " ".join(out.getvalue().split())
+    here = f"'{hardware['cpu']}', torch {torch.__version__}"
+    if committed_torch == torch.__version__:
+        assert f"seed 0: differs from the committed result, made in this setup ({here}): " in text
+        assert "report it with both results files" in text
+    else:
+        assert f"seed 0: made on {here}, the committed one on '{hardware['cpu']}', torch 2.0.0: across setups" in text
+        assert "report" not in text
