@@ -130,9 +130,9 @@ def test_replacing_results_another_cpu_model_made_is_refused_before_any_run(tool
     args = ["--track", "smoke", "--root", str(tmp_path), "--replace"]
     assert tool.main([*args, "--work", str(tmp_path / "w")]) == 2 and runs == [] and not (tmp_path / "w").exists()
     assert capsys.readouterr().err == (
-        f"error: committed results were made on {other['cpu']}, and this machine is {cpu_model()}: scores are "
-        "bit-identical only on the CPU model that made them, so --replace would run those seeds and replace none of "
-        "them; run it on that model, or add --allow-changes to replace them with this machine's\n"
+        f"error: committed results were made on {other['cpu']}, and this machine is {cpu_model()}: a replaced seed "
+        "would carry this machine's speed, and scores may move too, while the leaderboard pairs seeds only within one "
+        "CPU model; run it on that model, or add --allow-changes to replace them all with this machine's\n"
     )
     assert tool.main([*args, "--submission", "b", "--work", str(tmp_path / "w1")]) == 0  # made here: it runs
     assert tool.main([*args, "--allow-changes", "--work", str(tmp_path / "w2")]) == 0

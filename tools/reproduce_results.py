@@ -23,10 +23,11 @@ and track. Then sign them (``speedrun sign``, each entry and track: the replaced
 ``speedrun leaderboard --md`` and ``speedrun verify``. Exit status: 0 when every score matched, 1 when one
 differs, 2 for bad arguments or a failed run (the seeds replaced before it stay replaced).
 
-Scores are bit-identical only on one CPU model: between an Intel Xeon and an AMD EPYC the same code
-moved the tiny track's per-seed FIDs by -13 to +43, like a change of seed (BENCHMARKS.md,
-2026-11-27), so a regeneration on another machine needs ``--allow-changes``; the printed
-differences say how far each seed moved.
+``--replace`` refuses to run on another CPU model than the one that made the committed results, because a
+replaced seed carries this machine's speed and the leaderboard pairs seeds only within one setup. Scores may move
+as well: between an Intel Xeon and an AMD EPYC the same code moved the tiny track's per-seed FIDs by -13 to +43,
+like a change of seed, while two Xeon models gave identical scores at a third of the speed (BENCHMARKS.md).
+A regeneration on another model therefore needs ``--allow-changes`` and every seed of the track.
 """
 
 from __future__ import annotations
@@ -137,9 +138,10 @@ def refuse_other_cpus(targets: list[Target]) -> None:
             others.add(hardware["cpu"])
     if others:
         raise ToolError(
-            f"committed results were made on {' and '.join(sorted(others))}, and this machine is {here}: scores "
-            "are bit-identical only on the CPU model that made them, so --replace would run those seeds and "
-            "replace none of them; run it on that model, or add --allow-changes to replace them with this machine's"
+            f"committed results were made on {' and '.join(sorted(others))}, and this machine is {here}: a "
+            "replaced seed would carry this machine's speed, and scores may move too, while the leaderboard pairs "
+            "seeds only within one CPU model; run it on that model, or add --allow-changes to replace them all "
+            "with this machine's"
         )
 
 
