@@ -3,6 +3,7 @@ reproduced, signed result verifies; keys rotate without voiding older signatures
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from results_helpers import KEY, seal, sign_result, write_keys
 from rich.console import Console
@@ -244,6 +247,63 @@ def test_a_new_key_is_private_to_its_owner_and_its_entry_lists_it(tmp_path: Path
     assert trust.key[0].holder == 'the "reproduce" workflow'
     with pytest.raises(SpeedrunError, match="already exists"):
         new_key(out, holder="x")
+
+
+def _pem(key, encryption=serialization.NoEncryption()) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption).decode()
+
+
+def _sign_cli(repo: Path, monkeypatch: pytest.MonkeyPatch, folder: Path, *args: str, env: dict) -> tuple[int, str]:
+    """``speedrun sign`` on an entry of ``repo``, whose keys file it reads instead of this checkout's; its exit
+    code and output without whitespace (the console folds a long path)."""
+    monkeypatch.setattr("speedrun.verify.sign_entry", functools.partial(sign_entry, repo_root=repo))
+    result = CliRunner().invoke(app, ["sign", str(folder), "--track", "smoke", *args], env=env)
+    return result.exit_code, "".join(result.output.split())
+
+
+def test_keygen_then_sign_from_the_cli_as_the_reproduce_workflow_does(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry `speedrun keygen` prints, pasted into the keys file, lets its key sign through `speedrun sign`,
+    read from --key-file or from $SPEEDRUN_SIGNING_KEY (the reproduce workflow's secret): the entry verifies and
+    ranks, signed by that key."""
+    pem = tmp_path / "repro.pem"
+    made = CliRunner().invoke(app, ["keygen", str(pem), "--holder", "the reproduce workflow"])
+    assert made.exit_code == 0, made.output
+    listed = made.output.split(":\n", 1)[1]
+    (repo / KEYS_FILE).write_text((repo / KEYS_FILE).read_text() + "\n" + listed)
+    folder = entry(repo, "plain")
+    path = seal(folder, "smoke", 0, tracks_dir=repo / "tracks", data_dir=repo, fid=15.0)
+    for args, env in ((["--key-file", str(pem)], {}), ([], {"SPEEDRUN_SIGNING_KEY": pem.read_text()})):
+        signature_path(path).unlink(missing_ok=True)
+        code, output = _sign_cli(repo, monkeypatch, folder, *args, env=env)
+        assert code == 0 and f"signed{signature_path(path)}" in output, output
+        assert problems_of(repo, path) == []
+        found = verify_paths([folder], repo_root=repo, info=lambda _: None)
+        assert [a.signed_by for a in found.accepted] == [listed.split('"')[1]]  # the id on the entry's first line
+    assert sorted(ranked(repo)) == ["baseline", "plain"]
+
+
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        (None, "no signing key: pass --key-file or set $SPEEDRUN_SIGNING_KEY"),
+        ("-----BEGIN PRIVATE KEY-----\nnot base64\n", "$SPEEDRUN_SIGNING_KEY: not an unencrypted PEM private key"),
+        (_pem(KEY, serialization.BestAvailableEncryption(b"pw")),
+         "$SPEEDRUN_SIGNING_KEY: not an unencrypted PEM private key"),
+        (_pem(ec.generate_private_key(ec.SECP256R1())), "$SPEEDRUN_SIGNING_KEY: not an Ed25519 key"),
+        (_pem(Ed25519PrivateKey.generate()), "is not listed in keys/reproduction.toml: only an active key signs"),
+    ],
+    ids=["none", "not-pem", "encrypted", "not-ed25519", "not-listed"],
+)
+def test_sign_refuses_a_missing_malformed_or_unlisted_key_and_writes_nothing(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, key: str | None, message: str
+) -> None:
+    folder = entry(repo, "plain")
+    path = seal(folder, "smoke", 0, tracks_dir=repo / "tracks", data_dir=repo)
+    code, output = _sign_cli(repo, monkeypatch, folder, env={"SPEEDRUN_SIGNING_KEY": key})
+    assert code == 2 and "".join(message.split()) in output, output
+    assert not signature_path(path).exists()
 
 
 def test_reproduce_then_sign_matches_a_plain_run(tmp_path: Path, smoke_data_root: Path) -> None:
