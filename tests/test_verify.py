@@ -397,6 +397,11 @@ def test_invalid_manifest_and_track_name_file_and_field(repo: Repo) -> None:
     assert ("submissions/alpha/submission.toml", "colour") in found
 
 
+# The evaluation a smoke results file ends with (``seal``'s), to repeat out of order.
+EVAL = {"step": 20, "metrics": {"fid": 10.0, "cmmd": 0.2, "dino_mmd": 0.3, "val_loss": 0.5, "prompt_adherence": None},
+        "unavailable": {}, "samples": 32}
+
+
 @pytest.mark.parametrize(
     "change, field",
     [
@@ -405,9 +410,14 @@ def test_invalid_manifest_and_track_name_file_and_field(repo: Repo) -> None:
         ({"timing": {"train_clock_s": 5.0, "warmup_s": 1.0, "data_s": 0.5, "checkpoint_s": 0.1,
                      "validation_s": 0.2, "eval_s": 2.0, "wall_s": 9.0, "gpu_hours": 1.0}}, "timing.gpu_hours"),
         ({"status": "diverged"}, "failure"),
+        ({"failure": {"step": 3, "reason": "diverged"}}, "failure"),
+        ({"evals": [EVAL, EVAL]}, "evals"),
+        ({"val_loss_curve": [{"step": 20.0, "val_loss": 0.5}, {"step": 10.0, "val_loss": 0.7}]}, "val_loss_curve"),
+        ({"speed": {"batches_per_second": 4.0, "images_per_second": 4.0, "flops_per_step": 1, "mfu": None,
+                    "peak_memory_bytes": None}}, "speed.images_per_second"),
     ],
-    ids=["metrics", "steps", "gpu_hours", "failure"],
-)
+    ids=["metrics", "steps", "gpu_hours", "failure", "ok-with-failure", "evals-order", "curve-order", "images/s"],
+)  # fmt: skip
 def test_derived_fields_are_recomputed(repo: Repo, change: dict, field: str) -> None:
     repo.seal(**change)
     assert field in fields(repo.verify())
