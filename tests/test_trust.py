@@ -289,8 +289,10 @@ def test_keygen_then_sign_from_the_cli_as_the_reproduce_workflow_does(
     [
         (None, "no signing key: pass --key-file or set $SPEEDRUN_SIGNING_KEY"),
         ("-----BEGIN PRIVATE KEY-----\nnot base64\n", "$SPEEDRUN_SIGNING_KEY: not an unencrypted PEM private key"),
-        (_pem(KEY, serialization.BestAvailableEncryption(b"pw")),
-         "$SPEEDRUN_SIGNING_KEY: not an unencrypted PEM private key"),
+        (
+            _pem(KEY, serialization.BestAvailableEncryption(b"pw")),
+            "$SPEEDRUN_SIGNING_KEY: not an unencrypted PEM private key",
+        ),
         (_pem(ec.generate_private_key(ec.SECP256R1())), "$SPEEDRUN_SIGNING_KEY: not an Ed25519 key"),
         (_pem(Ed25519PrivateKey.generate()), "is not listed in keys/reproduction.toml: only an active key signs"),
     ],

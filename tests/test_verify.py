@@ -398,8 +398,12 @@ def test_invalid_manifest_and_track_name_file_and_field(repo: Repo) -> None:
 
 
 # The evaluation a smoke results file ends with (``seal``'s), to repeat out of order.
-EVAL = {"step": 20, "metrics": {"fid": 10.0, "cmmd": 0.2, "dino_mmd": 0.3, "val_loss": 0.5, "prompt_adherence": None},
-        "unavailable": {}, "samples": 32}
+EVAL = {
+    "step": 20,
+    "metrics": {"fid": 10.0, "cmmd": 0.2, "dino_mmd": 0.3, "val_loss": 0.5, "prompt_adherence": None},
+    "unavailable": {},
+    "samples": 32,
+}
 
 
 @pytest.mark.parametrize(
