@@ -10,6 +10,7 @@ import pytest
 from rich.console import Console
 
 from speedrun.checkpoint import load_denoiser_strict
+from speedrun.errors import SpeedrunError
 from speedrun.model import build_model
 from speedrun.results import load_result
 from speedrun.run import RunOptions, run_submission
@@ -91,3 +92,21 @@ def test_speedrun_run_end_to_end_offline(smoke_data_root, tmp_path):
     result = load_result(path)
     assert result.status == "ok" and result.steps == 20 and result.submission == "xpred"
     assert result.metrics["val_loss"] is not None and result.metrics["fid"] is not None
+
+
+def test_a_custom_components_bad_params_are_named_when_run_imports_it(smoke_data_root, tmp_path):
+    """A custom component's Params are checked only once `speedrun run` imports components.py (validate leaves
+    them, submission code is not imported there): the run stops there, naming the field, and writes no result."""
+    folder = tmp_path / "custom-example"
+    shutil.copytree(REPO / "submissions" / "custom-example", folder, ignore=shutil.ignore_patterns("results"))
+    manifest = folder / "submission.toml"
+    manifest.write_text(manifest.read_text().replace("weight = 0.1", "weight = -1"))
+    load_submission(folder)
+    options = RunOptions(track="smoke", data_dir=smoke_data_root, runs_dir=tmp_path / "runs", device="cpu")
+    with pytest.raises(SpeedrunError) as refused:
+        run_submission(folder, options, Console(quiet=True))
+    assert str(refused.value) == (
+        f"{manifest}: components.0 (deep-supervision).params: field 'weight': Input should be greater than or "
+        "equal to 0 (got -1)"
+    )
+    assert not (folder / "results").exists()
