@@ -393,6 +393,24 @@ def test_the_written_file_is_named_as_it_opens_from_the_current_folder(filled: P
         assert out.getvalue().splitlines()[-1] == f"wrote {shown}"
 
 
+def test_a_track_with_only_self_reported_results_says_none_is_reproduced(root: Path, tmp_path: Path) -> None:
+    """A track no maintainer has re-run an entry of yet (prx-256 today): each rendering says that nothing is
+    reproduced, then lists the self-reported entries."""
+    write_keys(root, {KEY: "active"}, reproduces=("tiny",))
+    for seed in range(SMOKE_SEEDS):
+        add_result(root, "mine", seed, 5.0 + seed, signed=False)
+    board = build_board(root)
+    assert board.tables["smoke"].empty and row(board.self_reported["smoke"], "mine")["status"] == "ok"
+    md = render_markdown(board, ["smoke"])
+    out, site = io.StringIO(), tmp_path / "site"
+    assert leaderboard_command(track="smoke", console=Console(file=out, width=120), repo_root=root) == 0
+    assert leaderboard_command(track="smoke", html=site, console=Console(file=io.StringIO()), repo_root=root) == 0
+    page = (site / "index.html").read_text()
+    for text, none, mine in ((md, "No reproduced results yet.", "[mine]"), (out.getvalue(), "No reproduced", " mine "),
+                             (page, "<p>No reproduced results yet.</p>", ">mine</a>")):  # fmt: skip
+        assert text.index(none) < text.index(mine)
+
+
 def test_self_reported_results_are_listed_apart_and_never_ranked(root: Path) -> None:
     """On a track no maintainer re-runs (here smoke, as prx-256 for now), unsigned results are shown below the
     ranking, compared with the baseline, never ranked, however good."""
