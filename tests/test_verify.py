@@ -427,6 +427,22 @@ def test_derived_fields_are_recomputed(repo: Repo, change: dict, field: str) -> 
     assert field in fields(repo.verify())
 
 
+def test_results_for_a_track_the_manifest_no_longer_targets_are_named(repo: Repo) -> None:
+    repo.seal("smoke")
+    manifest = repo.sub / "submission.toml"
+    manifest.write_text(manifest.read_text().replace('tracks = ["smoke", "tiny"]', 'tracks = ["tiny"]'))
+    found = {(p.field, p.message) for p in repo.verify()}
+    assert ("tracks", "results for track 'smoke', which submission.toml does not target") in found
+
+
+def test_results_for_a_track_that_does_not_exist_are_named(repo: Repo) -> None:
+    path = repo.seal("smoke")
+    (repo.tracks / "smoke.toml").unlink()  # a track renamed or removed after the run
+    [problem] = [p for p in repo.verify() if p.field == "track"]
+    assert problem.file == path.relative_to(repo.root).as_posix()
+    assert problem.message.startswith("no valid track 'smoke' in tracks (a track file of one's own is named with")
+
+
 def cuda_record(mfu: float | None, card: str = "NVIDIA H100 80GB HBM3") -> dict:
     """The fields of a one-card CUDA run at 4 batches/s of 1e12 FLOPs, with ``mfu`` as recorded."""
     return {
