@@ -359,3 +359,16 @@ def test_reproduce_refuses_another_setup_than_the_baselines_before_any_run(
         f"made on '{here.cpu}', torch {torch.__version__}:" in message  # fmt: skip
     assert "reproduce the entry where the baseline's were made" in message
     assert not (tmp_path / "runs").exists() and not (folder / "results").exists()
+
+
+def test_the_baseline_itself_is_reproduced_in_any_setup(tmp_path: Path, smoke_data_root: Path) -> None:
+    """Moving the baseline to another machine model (a new reproduction runner) is how a track changes setup:
+    its own reproduction is never refused for the setup of its earlier results, and replaces them."""
+    root = tmp_path / "repo"
+    shutil.copytree(TRACKS_DIR, root / "tracks")
+    folder = entry(root, "baseline")
+    path = seal(folder, "smoke", 0, tracks_dir=root / "tracks", data_dir=smoke_data_root, card="NVIDIA H100 80GB HBM3")
+    args = ["reproduce", str(folder), "--track", "smoke", "--data-dir", str(smoke_data_root)]
+    result = CliRunner().invoke(app, [*args, "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert load_result(path).hardware == hardware_info(torch.device("cpu"), 1, 1)
