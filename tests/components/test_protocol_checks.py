@@ -10,7 +10,7 @@ from component_helpers import make_batch, make_ctx, step_rows, train
 from speedrun.components import Component, Params
 from speedrun.components.tread import TREAD, TREADParams
 from speedrun.data.source import TrainData
-from speedrun.protocol import ContractError, StepState, collect_hooks
+from speedrun.protocol import ContractError, StepState, collect_hooks, collect_losses, replacing_objective
 from speedrun.runlog import STEP_LOG_KEYS
 from speedrun.train import Trainer, TrainOptions
 
@@ -158,6 +158,27 @@ def test_a_loss_term_named_like_a_log_column_is_refused(smoke_data_root, tmp_pat
         f"component 'fake' (Fake): loss term {shown} cannot name a column of the training log: names are strings "
         f"other than the trainer's own {sorted(STEP_LOG_KEYS)}"
     )
+
+
+class Other(Fake):
+    """A second component, for what two components may not both do."""
+
+    name = "other"
+    replaced_by = object()  # stands for an Objective: which one a component replaces it with
+
+    def objective(self):
+        return self.replaced_by
+
+
+def test_two_components_may_not_return_one_loss_term():
+    with pytest.raises(ContractError, match="component 'other' returns loss term 'aux' twice"):
+        collect_losses([Fake(terms=["aux"]), Other(terms=["aux"])], None, torch.zeros(2), None, frozenset())
+
+
+def test_two_components_may_not_both_replace_the_objective():
+    assert replacing_objective([Fake(), Other()]) is Other.replaced_by and replacing_objective([Fake()]) is None
+    with pytest.raises(ContractError, match=r"components \['other', 'other'\] each replace the objective; at most one"):
+        replacing_objective([Other(), Fake(), Other()])
 
 
 def test_a_correct_component_trains_and_its_term_is_a_column_of_its_own(smoke_data_root, tmp_path, short_smoke):
