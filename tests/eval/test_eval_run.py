@@ -324,3 +324,26 @@ def test_fid_with_one_side_fewer_samples_than_dimensions(track_variant, tmp_path
     cross = scipy.linalg.sqrtm(s_a @ s_b)
     expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(cross).real
     assert report["metrics"]["fid"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_metric_whose_weights_are_missing_is_reported_unavailable_with_why(track_variant, tmp_path, monkeypatch):
+    """An evaluation without CLIP's weights here still ends: CMMD is None, with the reason, and neither reference
+    statistics nor extractor weights are recorded for it."""
+    import huggingface_hub.constants
+
+    from speedrun.eval.scores import EvalInputs, feature_distance
+
+    monkeypatch.setenv("SPEEDRUN_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    track = track_variant(eval={"metrics": ["fid", "cmmd"], "extractors": "pretrained"})
+    images = np.zeros((4, 32, 32, 3), np.uint8)
+    report = {k: {} for k in ("metrics", "unavailable", "reference_stats_sha256", "extractor_weights", "seconds")}
+    inputs = EvalInputs(
+        track=track, images=images, captions=[], reference=_Images(images), reference_hash="test-images",
+        sampler=None, data=None, device=torch.device("cpu"), cache=tmp_path, protocol_hash="test",
+    )  # fmt: skip
+    feature_distance(inputs, report, "cmmd")
+    assert report["metrics"] == {"cmmd": None}
+    assert report["unavailable"]["cmmd"].startswith("metric unavailable: cmmd needs openai/clip-vit-large-patch14-336")
+    assert not report["reference_stats_sha256"] and not report["extractor_weights"]
