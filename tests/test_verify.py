@@ -435,6 +435,15 @@ def test_results_for_a_track_the_manifest_no_longer_targets_are_named(repo: Repo
     assert ("tracks", "results for track 'smoke', which submission.toml does not target") in found
 
 
+def test_a_results_file_moved_to_another_tracks_folder_is_named(repo: Repo) -> None:
+    path = repo.seal("smoke")
+    moved = path.parents[1] / "tiny" / path.name
+    moved.parent.mkdir()
+    path.rename(moved)
+    found = {(p.file, p.field, p.message) for p in repo.verify()}
+    assert (moved.relative_to(repo.root).as_posix(), "track", "is 'smoke' but the file lies in results/tiny/") in found
+
+
 def test_results_for_a_track_that_does_not_exist_are_named(repo: Repo) -> None:
     path = repo.seal("smoke")
     (repo.tracks / "smoke.toml").unlink()  # a track renamed or removed after the run

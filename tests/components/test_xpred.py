@@ -8,7 +8,7 @@ import pytest
 import torch
 from component_helpers import make_ctx, train
 
-from speedrun.components.xpred import XPrediction, XPredObjective, XPredParams
+from speedrun.components.xpred import EVAL_T_CLAMP, XPrediction, XPredObjective, XPredParams
 from speedrun.flow import RectifiedFlowObjective, velocity_from_prediction
 from speedrun.protocol import replacing_objective
 from speedrun.tracks import load_track
@@ -54,3 +54,13 @@ def test_checkpoint_meta_says_x0(smoke_data_root, tmp_path, short_smoke):
     meta = json.loads((tmp_path / "run" / "checkpoints" / "step-00000002" / "meta.json").read_text())
     assert meta["prediction"] == "x0" and meta["component_keys"] == []
     assert isinstance(trainer.objective, XPredObjective)
+
+
+def test_a_t_clamp_other_than_the_evaluators_is_refused():
+    """The evaluator converts x0 predictions with its own t_clamp and records none: training with another value
+    would score a conversion it never trained."""
+    from pydantic import ValidationError
+
+    assert XPredParams.model_validate({"t_clamp": EVAL_T_CLAMP}).t_clamp == EVAL_T_CLAMP
+    with pytest.raises(ValidationError, match=f"the evaluator converts x0 predictions with t_clamp = {EVAL_T_CLAMP}"):
+        XPredParams.model_validate({"t_clamp": EVAL_T_CLAMP / 2})
