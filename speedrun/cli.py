@@ -114,7 +114,7 @@ def validate_cmd(
 
 @_command("schema")
 def schema_cmd(out: Path = typer.Option(Path("schemas"), "--out", help="Folder for the JSON Schema files.")) -> None:
-    """Write the JSON Schemas of the track and submission manifest models (and results, when built)."""
+    """Write the JSON Schemas of the track, submission manifest and results file formats."""
     from speedrun.schemas import write_schemas
 
     for path in write_schemas(out):
@@ -226,17 +226,9 @@ def reproduce_cmd(
 ) -> None:
     """Run the track's required seeds from step 0 with this harness, replacing the entry's results files
     (the maintainers' reproduction; `speedrun sign` then signs what it wrote)."""
-    from speedrun.run import RunOptions, refuse_unpaired_reproduction, run_submission
-    from speedrun.tracks import load_track
+    from speedrun.run import reproduce
 
-    seeds = (chosen := load_track(track)).rules.seeds_required
-    options = RunOptions(track=track, seeds=seeds, force=True, data_dir=data_dir, runs_dir=runs_dir)
-    refuse_unpaired_reproduction(submission, chosen, options)
-    run_submission(submission, options, console=console)
-    console.print(
-        f"reproduced {seeds} seed(s); to sign them: speedrun sign {submission} --track {track}",
-        highlight=False, soft_wrap=True,
-    )
+    reproduce(submission, track, data_dir=data_dir, runs_dir=runs_dir, console=console)
 
 
 @_command("sign")

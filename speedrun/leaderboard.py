@@ -128,8 +128,8 @@ def track_table(frame: pd.DataFrame, track: Track, reproduced: bool = True) -> p
     for name, group in groups.items():
         if (name in signed) != reproduced:
             continue
-        extra = int((group["seed"] >= need).sum())
-        seeds = len(group) - extra
+        seeds = len(counted[name])
+        extra = len(group) - seeds
         entry: dict[str, object] = {"submission": name, "folder": group["folder"].iloc[0]}
         entry["seeds"] = f"{seeds} + {extra} extra" if extra else str(seeds)
         # Which frozen teacher the entry aligned to, as its results name it (weights included).
@@ -151,8 +151,8 @@ def track_table(frame: pd.DataFrame, track: Track, reproduced: bool = True) -> p
         entries.append(entry)
     table = pd.DataFrame(entries, columns=None if entries else ["submission", "folder", "seeds", "status"])
     table["rank"] = math.nan
-    ranked = table[table["status"] == "ok"] if reproduced else table.iloc[:0]
-    if len(ranked):
+    ranked = table[table["status"] == "ok"]
+    if reproduced and len(ranked):
         lower = track.ranking.direction == "min"
         order = ranked.sort_values([f"{metric}:mean", "submission"], ascending=[lower, True], kind="mergesort")
 
@@ -236,20 +236,19 @@ def headers(track: Track) -> list[str]:
     return ["rank", "submission", "status", "seeds", "teacher", "× sooner (steps)", "× sooner (wall-clock)", *shown]
 
 
-def _ratio(mean_low_high: tuple[float, float, float], at_least: bool) -> str:
-    mean, low, high = mean_low_high
-    if at_least:  # reached by the first evaluation on some seed: no interval below a bound
-        return f"≥ {mean:.2f}×"
-    return f"{mean:.2f}×" + (f" ({low:.2f}–{high:.2f})" if math.isfinite(low) else "")
-
-
 def _speedups(found: Speedup | None) -> list[str]:
+    """The × sooner cells, in steps then wall-clock: geometric mean (interval), or why there is none."""
     if not isinstance(found, Speedup):
         return [DASH, DASH]
     if found.unreached:
         never = f"not reached (seed {', '.join(map(str, found.unreached))})"
         return [never, never]
-    return [_ratio(found.steps, found.at_least), _ratio(found.wall, found.at_least)]
+    if found.at_least:  # reached by the first evaluation on some seed: no interval below a bound
+        return [f"≥ {mean:.2f}×" for mean, _, _ in (found.steps, found.wall)]
+    return [
+        f"{mean:.2f}×" + (f" ({low:.2f}–{high:.2f})" if math.isfinite(low) else "")
+        for mean, low, high in (found.steps, found.wall)
+    ]
 
 
 def cells(row: pd.Series, track: Track, name: str) -> list[str]:
@@ -365,21 +364,19 @@ def _curves_svg(rows: pd.DataFrame, track: Track) -> str:
         if curve:
             axes[0].plot(*zip(*curve), label=r.submission, color=colours[r.submission], lw=1, alpha=0.8)
     for ax, metric in zip(axes[1:], track.eval.metrics):
-        curves = [
-            (r.submission, [(e.step, e.metrics[metric]) for e in r.evals if e.metrics.get(metric) is not None])
-            for r in rows["result"]
-        ]
+        curves = []  # (entry, its (step, value) points) of every seed that has the metric
+        for r in rows["result"]:
+            if curve := [(e.step, e.metrics[metric]) for e in r.evals if e.metrics.get(metric) is not None]:
+                curves.append((r.submission, curve))
         steps = {step for _, curve in curves for step, _ in curve}
         if len(steps) != 1:
             for name, curve in curves:
-                if curve:
-                    ax.plot(*zip(*curve), marker="o", ms=3, label=name, color=colours[name], lw=1, alpha=0.8)
+                ax.plot(*zip(*curve), marker="o", ms=3, label=name, color=colours[name], lw=1, alpha=0.8)
             continue
         # Every seed evaluated at one step: a column of dots would hide how entries differ, so per entry.
         by_entry: dict[str, list[float]] = {}
         for name, curve in curves:
-            if curve:
-                by_entry.setdefault(name, []).extend(value for _, value in curve)
+            by_entry.setdefault(name, []).extend(value for _, value in curve)
         for i, (name, values) in enumerate(by_entry.items()):
             ax.plot([i] * len(values), values, "o", ms=3, label=name, color=colours[name])
             ax.hlines(np.mean(values), i - 0.3, i + 0.3, color=colours[name])
@@ -501,7 +498,9 @@ def leaderboard_command(
         page = html / "index.html"
         atomic_write_text(page, render_html(board, html, repo_root, shown))
         console.print(f"wrote {page}", highlight=False)
-    for tid in shown if not md and html is None else []:
+    if md or html is not None:
+        return 0
+    for tid in shown:
         track = board.tracks[tid]
         if not (board.frame["track"] == tid).any():
             console.print(f"{tid}: no results yet")

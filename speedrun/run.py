@@ -1,5 +1,5 @@
-"""``speedrun run``: check the options, prepare, then train each seed, evaluate it in a separate process and
-write its result, with its run folder locked."""
+"""``speedrun run`` and ``speedrun reproduce``: check the options, prepare, then train each seed, evaluate it in a
+separate process and write its result, with its run folder locked."""
 
 from __future__ import annotations
 
@@ -312,7 +312,17 @@ def _device(o: RunOptions) -> torch.device:
     return torch.device(o.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def refuse_unpaired_reproduction(folder: Path, track: Track, o: RunOptions) -> None:
+def reproduce(folder: Path, track_ref: str, data_dir: Path | None, runs_dir: Path | None, console: Console) -> None:
+    """``speedrun reproduce``: run the track's required seeds from step 0, replacing the entry's results files."""
+    track = load_track(track_ref)
+    o = RunOptions(track=track_ref, seeds=track.rules.seeds_required, force=True, data_dir=data_dir, runs_dir=runs_dir)
+    _refuse_unpaired_reproduction(folder, track, o)
+    run_submission(folder, o, console=console)
+    console.print(f"reproduced {o.seeds} seed(s); to sign them: speedrun sign {folder} --track {track_ref}",
+                  highlight=False, soft_wrap=True)
+
+
+def _refuse_unpaired_reproduction(folder: Path, track: Track, o: RunOptions) -> None:
     """Refuse, before any seed runs, to reproduce an entry in another setup (machine model, torch build) than
     the one the baseline's results on ``track`` were made in: the leaderboard pairs seeds within one only."""
     from speedrun.verify import BASELINE, setup

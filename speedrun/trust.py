@@ -11,7 +11,6 @@ evaluates imports this one, so a change here stales no result.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import os
@@ -58,7 +57,7 @@ class ReproductionKey(BaseModel):
     def _is_a_key(cls, value: str) -> str:
         try:
             Ed25519PublicKey.from_public_bytes(base64.b64decode(value, validate=True))
-        except (binascii.Error, ValueError):
+        except ValueError:  # not base64 (binascii.Error), or not 32 bytes
             raise ValueError("not a base64 raw Ed25519 public key (32 bytes)") from None
         return value
 
@@ -130,7 +129,7 @@ def signer(path: Path, digest: str, keys: dict[str, ReproductionKey]) -> str | N
         raw = base64.b64decode(signature.signature, validate=True)
     except FileNotFoundError:  # no signature: a self-reported result
         return None
-    except (OSError, ValueError, ValidationError, binascii.Error):
+    except (OSError, ValueError):  # ValueError: not JSON, not base64, or not the schema (a ValidationError)
         raise SpeedrunError(f"{sig_path}: not a signature file") from None
     key = keys.get(signature.key)
     if key is None:

@@ -14,7 +14,6 @@ import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -92,14 +91,17 @@ def verify_paths(
     for folder, (files, whole) in sorted(targets.items()):
         problems += verifier.check_submission(folder, files, whole)
     return Verification(
-        problems=problems, accepted=verifier.accepted, rejected=verifier.rejected, submissions=len(targets),
-        results=sum(len(files) for files, _ in targets.values()), tracks=len(verifier.tracks),
-    )  # fmt: skip
+        problems=problems,
+        accepted=verifier.accepted,
+        rejected=verifier.rejected,
+        submissions=len(targets),
+        results=sum(len(files) for files, _ in targets.values()),
+        tracks=len(verifier.tracks),
+    )
 
 
 def sign_entry(
-    folder: Path, track: str, key: Ed25519PrivateKey, repo_root: Path = REPO_ROOT,
-    report: Callable[[str], None] = print,
+    folder: Path, track: str, key: Ed25519PrivateKey, repo_root: Path = REPO_ROOT, report: Callable[[str], None] = print
 ) -> list[Path]:
     """Sign the results of one entry on ``track`` (what the reproduction does after re-running it): each
     problem verify finds in the entry is reported, and any makes it sign nothing. Returns the signatures."""
@@ -135,7 +137,7 @@ def _targets(paths: list[Path], repo_root: Path, problems: list[Problem]) -> dic
                 field, message = "(path)", "a hidden folder holding results: neither verified nor ranked; remove it"
             else:
                 continue
-            # _rel would resolve a link: name the entry itself
+            # _Verifier.rel would resolve a link: name the entry itself
             problems.append(Problem(file=d.relative_to(repo_root).as_posix(), field=field, message=message))
         return {f: (sorted(f.glob("results/*/*.json")), True) for f in folders}
     targets: dict[Path, tuple[list[Path], bool]] = {}
@@ -151,14 +153,6 @@ def _targets(paths: list[Path], repo_root: Path, problems: list[Problem]) -> dic
             message = "not a submission folder nor a results file submissions/<name>/results/<track>/<run>.json"
             problems.append(Problem(file=str(p), field="(path)", message=message))
     return targets
-
-
-def _rel(path: Path, repo_root: Path) -> str:
-    """``path`` below ``repo_root``, its folders resolved but not its own name (a link is named as itself)."""
-    try:
-        return (path.parent.resolve() / path.name).relative_to(repo_root.resolve()).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def _field_of(exc: SpeedrunError) -> str:
@@ -250,7 +244,12 @@ class _Verifier:
     """Holds what every check compares against, computed once per ``verify_paths`` call."""
 
     def __init__(
-        self, repo_root: Path, data_dir: Path | None, info: Callable[[str], None], *, unsigned_ok: bool,
+        self,
+        repo_root: Path,
+        data_dir: Path | None,
+        info: Callable[[str], None],
+        *,
+        unsigned_ok: bool,
         local_data: bool,
     ) -> None:
         self.repo_root = repo_root
@@ -265,8 +264,15 @@ class _Verifier:
         self.unsigned_ok, self.local_data = unsigned_ok, local_data
         self._noted: set[str] = set()
 
+    def rel(self, path: Path) -> str:
+        """``path`` below the repository, its folders resolved but not its own name (a link is named as itself)."""
+        try:
+            return (path.parent.resolve() / path.name).relative_to(self.repo_root.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
     def problem(self, path: Path, field: str, message: str) -> Problem:
-        return Problem(file=_rel(path, self.repo_root), field=field, message=message)
+        return Problem(file=self.rel(path), field=field, message=message)
 
     def note(self, message: str) -> None:
         if message not in self._noted:
@@ -301,11 +307,10 @@ class _Verifier:
             else:
                 failing[path.parent.name].append(path)
         for track_id, results in sorted(valid.items()) if whole else []:
-            found = [self.problem(folder / "results" / track_id, f, m) for f, m in self.check_entry(
-                folder, track_id, results, failing[track_id], sub
-            )]  # fmt: skip
-            problems += found
-            if found:
+            entry = folder / "results" / track_id
+            rule = self.check_entry(folder, track_id, results, failing[track_id], sub)
+            if found := [self.problem(entry, f, m) for f, m in rule]:
+                problems += found
                 self.rejected[found[0].file] = found[0].field
         return problems
 
@@ -320,7 +325,7 @@ class _Verifier:
             return
         if track is None:
             return  # the unknown track is already reported on each of its results files
-        run = f"speedrun run {_rel(folder, self.repo_root)} --track {track.ref}"
+        run = f"speedrun run {self.rel(folder)} --track {track.ref}"
         have = sorted(r.seed for r in results if r.status == "ok")
         need, finished = track.rules.seeds_required, {r.seed for r in results}
         if len(have) < need:
@@ -358,46 +363,43 @@ class _Verifier:
             result = load_result(path)
         except SpeedrunError as exc:
             return None, [self.problem(path, _field_of(exc), f"{exc}; {rerun_hint}")]
-        found: Iterable[tuple[str, str]] = identity_problems(path, folder, result)
+        found = identity_problems(path, folder, result)
         track = self.tracks.get(result.track)
         if track is None:
             own = "a track file of one's own is named with --track path/to/track.toml"
-            found = [*found, ("track", f"no valid track '{result.track}' in tracks ({own})")]
+            found.append(("track", f"no valid track '{result.track}' in tracks ({own})"))
         else:
             # The effective track (overrides applied), unless the manifest's problem is reported instead.
             targets = sub and (track.file or result.track in sub.manifest.tracks)
             effective = sub.track(track.ref, self.tracks_dir) if targets else None
-            found = chain(
-                found,
-                self._provenance(result, folder, code, track, rerun_hint),
-                self._effective(result, effective, rerun_hint),
-                self._recompute(result, track),
+            found += self._provenance(result, folder, code, track, rerun_hint)
+            found += self._effective(result, effective, rerun_hint)
+            found += self._recompute(result, track)
+        if problems := [self.problem(path, f, m) for f, m in found]:
+            return result, problems
+        try:
+            signed_by = signer(path, result.digest, self.trust.keys)
+        except SpeedrunError as exc:
+            return result, [self.problem(path, "signature", f"{exc}; restore both files, or reproduce the entry")]
+        if signed_by is None and result.track in self.trust.reproduces and not self.unsigned_ok:
+            message = (
+                f"self-reported: on track '{result.track}' a result counts only once the maintainers' "
+                f"reproduction has signed it ({KEYS_FILE}); leave results out of the pull request, or ask a "
+                f"maintainer to run `speedrun reproduce {self.rel(folder)} --track {result.track}`"
             )
-        problems = [self.problem(path, f, m) for f, m in found]
-        if not problems:
-            try:
-                signed_by = signer(path, result.digest, self.trust.keys)
-            except SpeedrunError as exc:
-                return result, [self.problem(path, "signature", f"{exc}; restore both files, or reproduce the entry")]
-            if signed_by is None and result.track in self.trust.reproduces and not self.unsigned_ok:
-                message = (
-                    f"self-reported: on track '{result.track}' a result counts only once the maintainers' "
-                    f"reproduction has signed it ({KEYS_FILE}); leave results out of the pull request, or ask a "
-                    f"maintainer to run `speedrun reproduce {_rel(folder, self.repo_root)} --track {result.track}`"
-                )
-                return result, [self.problem(path, "signature", message)]
-            self.accepted.append(Accepted(path=path, result=result, signed_by=signed_by))
-        return result, problems
+            return result, [self.problem(path, "signature", message)]
+        self.accepted.append(Accepted(path=path, result=result, signed_by=signed_by))
+        return result, []
 
     def rerun_hint(self, path: Path, folder: Path) -> str:
         """How to replace ``path`` by a fresh run of its seed (``--no-resume``: else its checkpoint resumes)."""
-        move = f"move {_rel(path, self.repo_root)} out of the submission folder"
+        move = f"move {self.rel(path)} out of the submission folder"
         seed = _SEED_FILE.fullmatch(path.stem)
         if seed is None:
             return move  # its name is no seed's (a problem of its own); `speedrun run` never reads it
         track = self.tracks.get(path.parent.name)
         return (
-            f"to re-run it, {move}, then run `speedrun run {_rel(folder, self.repo_root)} "
+            f"to re-run it, {move}, then run `speedrun run {self.rel(folder)} "
             f"--track {track.ref if track else path.parent.name} --seed {seed.group(1)} --no-resume`"
         )
 
@@ -409,10 +411,9 @@ class _Verifier:
             yield "provenance.manifest_sha256", f"{MANIFEST} changed after this run; {rerun_hint}"
         for change in code_changes(p.code, code):
             if change.file is None:
-                message = (
-                    "the harness code that trains and evaluates (speedrun/) changed since this run, so its numbers "
-                    f"came from different code (recorded {p.harness_sha256[:12]}, now {self.harness[:12]}); "
-                    f"maintainers: {rerun_hint}"
+                message = (  # str(change): "the harness code that trains and evaluates (speedrun/) changed"
+                    f"{change} since this run, so its numbers came from different code "
+                    f"(recorded {p.harness_sha256[:12]}, now {self.harness[:12]}); maintainers: {rerun_hint}"
                 )
                 yield "provenance.harness_sha256", message
             elif change.file != MANIFEST:  # submission.toml has its own check above

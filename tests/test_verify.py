@@ -382,6 +382,17 @@ def test_links_and_hidden_folders_with_results_are_not_submissions(repo: Repo) -
     assert problems[1].message.startswith(f"a symbolic link (to {repo.sub}), not a submission folder")
 
 
+def test_a_folder_without_a_manifest_is_named(repo: Repo) -> None:
+    """A folder under submissions/ that is no entry (a forgotten or misnamed manifest) is a problem; a file is not."""
+    repo.seal("smoke", 0)
+    (repo.root / "submissions" / "drafts").mkdir()
+    (repo.root / "submissions" / "NOTES.md").write_text("not an entry\n")
+    problems = repo.verify()
+    assert [(p.file, p.field, p.message) for p in problems] == [
+        ("submissions/drafts", "submission.toml", "no submission.toml here")
+    ]
+
+
 def test_a_result_must_sit_at_its_own_path(repo: Repo) -> None:
     path = repo.seal("smoke", 1)
     path.rename(path.with_name("seed0.json"))
