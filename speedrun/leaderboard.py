@@ -361,8 +361,8 @@ def _curves_svg(rows: pd.DataFrame, track: Track) -> str:
         ax.set_axis_off()
     colours = {name: f"C{i % 10}" for i, name in enumerate(sorted(rows["submission"].unique()))}
     for r in rows["result"]:
-        curve = [(p["step"], p["val_loss"]) for p in r.val_loss_curve if "step" in p and "val_loss" in p]
-        if curve:
+        if r.val_loss_curve:
+            curve = [(p.step, p.val_loss) for p in r.val_loss_curve]
             axes[0].plot(*zip(*curve), label=r.submission, color=colours[r.submission], lw=1, alpha=0.8)
     for ax, metric in zip(axes[1:], track.eval.metrics):
         curves = [

@@ -38,6 +38,13 @@ MetricValues = Annotated[dict[str, float | None], AfterValidator(_within_bounds)
 NonNegative = Annotated[float, Field(ge=0)]
 
 
+class CurvePoint(_Model):
+    """One validation: the plain flow-matching mean squared error after ``step`` optimizer steps."""
+
+    step: int = Field(ge=0)
+    val_loss: NonNegative
+
+
 class TrainSummary(_Model):
     """How one seed's training ended, from the trainer (``train_summary.json``) to the launcher."""
 
@@ -62,7 +69,7 @@ class TrainSummary(_Model):
     kernels: str
     world_size: int
     eval_checkpoints: list[str] = []
-    val_loss_curve: list[dict[str, float]] = []
+    val_loss_curve: list[CurvePoint] = []
     teachers: dict[str, str] = {}
     code: dict[str, Any] = Field(default_factory=dict, description="The code_record hashed before training.")
 
@@ -122,7 +129,7 @@ class CheckpointMeta(BaseModel):
     clock_seconds: float = 0.0
     warmup_seconds: float = 0.0
     loader: dict[str, Any] = {}
-    val_loss_curve: list[dict[str, float]] = []
+    val_loss_curve: list[CurvePoint] = []
     eval_checkpoints: list[str] = []
     times: CheckpointTimes = Field(default_factory=CheckpointTimes)
     log_bytes: int | None = Field(None, description="Size of train.jsonl at the checkpoint: a resume cuts it there.")
@@ -213,7 +220,7 @@ class RunResult(_Model):
     unavailable: dict[str, str] = Field(default_factory=dict, description="Metric -> why it is unavailable.")
     evals: list[EvalPoint] = Field(description="Every evaluation, in step order.")
     # The validation loss is the plain flow-matching mean squared error, whatever the submission trains on.
-    val_loss_curve: list[dict[str, NonNegative]] = Field(description="[{step, val_loss}] from the trainer.")
+    val_loss_curve: list[CurvePoint] = Field(description="Every validation, from the trainer.")
     speed: Speed
     timing: Timing
     kernels: str = Field(description="Attention/RoPE dispatch used: torch or triton.")

@@ -22,7 +22,7 @@ from speedrun.kernels import dispatch
 from speedrun.model import build_model
 from speedrun.parallel import Parallel
 from speedrun.protocol import Component, ComponentContext, StepState, TrainBatch
-from speedrun.results import CheckpointMeta, TrainSummary
+from speedrun.results import CheckpointMeta, CurvePoint, TrainSummary
 from speedrun.runlog import STEP_LOG_KEYS, RunLog
 from speedrun.stops import StopRequest
 from speedrun.tracks import Track
@@ -138,7 +138,7 @@ class Trainer:
                 )  # fmt: skip
             self.model.train()
             record.times.validation_seconds += time.perf_counter() - v0
-            record.val_loss_curve.append({"step": done, "val_loss": result["overall"]})
+            record.val_loss_curve.append(CurvePoint(step=done, val_loss=result["overall"]))
             log.val_loss(done, result)
 
     def run(self) -> TrainSummary:

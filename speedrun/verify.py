@@ -502,9 +502,9 @@ class _Verifier:
         evals = [e.step for e in r.evals]
         if evals != sorted(set(evals)):
             yield "evals", "evaluations are not in strictly increasing step order"
-        curve = [point.get("step") for point in r.val_loss_curve]
-        if None in curve or curve != sorted(set(curve)):
-            yield "val_loss_curve", "each point needs a step, in strictly increasing step order"
+        curve = [point.step for point in r.val_loss_curve]
+        if curve != sorted(set(curve)):
+            yield "val_loss_curve", "validations are not in strictly increasing step order"
         bps, ips, batch = r.speed.batches_per_second, r.speed.images_per_second, track.train.global_batch
         if bps is not None and ips is not None and not _close(ips, bps * batch):
             yield "speed.images_per_second", f"is {ips}, batches/s x global batch is {bps * batch}"

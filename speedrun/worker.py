@@ -191,4 +191,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    distributed.exit_if_launched(code)
+    sys.exit(code)

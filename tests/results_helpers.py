@@ -41,7 +41,7 @@ def seal(
         "metrics": metrics,
         "unavailable": {"prompt_adherence": "no CLIP weights offline"},
         "evals": evals,
-        "val_loss_curve": [{"step": 10.0, "val_loss": 0.7}, {"step": 20.0, "val_loss": 0.5}],
+        "val_loss_curve": [{"step": 10, "val_loss": 0.7}, {"step": 20, "val_loss": 0.5}],
         "speed": {
             "batches_per_second": bps,
             "images_per_second": bps * track.train.global_batch,

@@ -218,7 +218,7 @@ def test_a_timed_budget_ends_on_an_evaluated_step_and_stays_spent(smoke_data_roo
     track = track_variant(train={"steps": 20, "checkpoint_every": 10, "max_seconds": 1e-9})
     _, spent = train(track, smoke_data_root, tmp_path / "run")
     assert (spent.status, spent.steps, spent.eval_checkpoints) == ("ok", 1, ["step-00000001"])
-    assert [v["step"] for v in spent.val_loss_curve] == [1]
+    assert [v.step for v in spent.val_loss_curve] == [1]
     _, again = train(track, smoke_data_root, tmp_path / "run")
     assert (again.steps, again.eval_checkpoints, again.val_loss_curve) == (1, ["step-00000001"], spent.val_loss_curve)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*")) == ["step-00000001"]
@@ -249,7 +249,7 @@ def test_a_checkpoint_whose_clock_passed_the_budget_after_the_decision_takes_one
     monkeypatch.setattr(Budget, "run_clock", real)
     _, rest = train(track, smoke_data_root, tmp_path / "run")
     assert (rest.status, rest.steps) == ("ok", 11) and rest.eval_checkpoints[-1] == "step-00000011"
-    assert rest.val_loss_curve[-1]["step"] == 11 and rest.clock_seconds >= 1e3
+    assert rest.val_loss_curve[-1].step == 11 and rest.clock_seconds >= 1e3
 
 
 class DrawParams(Params):
@@ -346,7 +346,7 @@ def test_loss_decreases_on_smoke(smoke_data_root, tmp_path, track_variant):
     val_loss = {"samples": 16, "timesteps": 8, "seed": 0, "interval": 5}
     track = track_variant(train={"steps": 40, "checkpoint_every": 40}, eval={"val_loss": val_loss})
     _, summary = train(track, smoke_data_root, tmp_path / "run")
-    curve = [p["val_loss"] for p in summary.val_loss_curve]
+    curve = [p.val_loss for p in summary.val_loss_curve]
     assert summary.status == "ok" and len(curve) == 8
     assert curve[-1] < 0.8 * curve[0], curve
 

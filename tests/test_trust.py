@@ -125,6 +125,10 @@ def stepless_point(data: dict) -> None:
     data["val_loss_curve"].append({"val_loss": 0.1})
 
 
+def curve_out_of_order(data: dict) -> None:
+    data["val_loss_curve"].reverse()
+
+
 def faster(data: dict) -> None:
     data["speed"] |= {"batches_per_second": 400.0, "images_per_second": 400.0 * 8}
 
@@ -140,9 +144,11 @@ SIGNATURE = ("signature", "does not match")
         (fid(math.inf), ("metrics.fid", "Input should be a finite number (got inf)")),  # before the signature
         (flip_to_ok, SIGNATURE),
         (faster, SIGNATURE),
-        (stepless_point, ("val_loss_curve", "each point needs a step")),  # once a crash of verify
+        (stepless_point, ("val_loss_curve.2.step", "Field required")),  # once a crash of verify
+        (curve_out_of_order, ("val_loss_curve", "not in strictly increasing step order")),
     ],
-    ids=["better-fid", "negative-fid", "infinite-fid", "diverged-flipped-to-ok", "faster", "stepless-curve-point"],
+    ids=["better-fid", "negative-fid", "infinite-fid", "diverged-flipped-to-ok", "faster", "stepless-curve-point",
+         "unordered-curve"],
 )
 def test_an_edited_signed_result_with_its_digest_recomputed_is_refused(repo: Path, edit, refused) -> None:
     path = repo / "submissions" / "baseline" / SMOKE
