@@ -649,11 +649,10 @@ def torchrun(worker_and_args: list[str], env: dict[str, str], timeout: float | N
 
 # The worker with the fused AdamW the trainer takes on CUDA (torch has it on the CPU too).
 FUSED_WORKER = """
-import sys, torch, speedrun.optim as t
+import runpy, torch, speedrun.optim as t
 cuda_choice = t.build_optimizer
 t.build_optimizer = lambda track, params, device: cuda_choice(track, params, torch.device("cuda"))
-from speedrun.worker import main
-sys.exit(main())
+runpy.run_module("speedrun.worker", run_name="__main__")  # its exit, as torchrun runs it
 """
 
 
@@ -688,7 +687,7 @@ def test_two_process_gloo_matches_one_process(smoke_data_root, tmp_path, paralle
 
 # A worker on the smoke track with a one-hour budget whose rank 1 reads its clock an hour late.
 SKEWED_CLOCK_WORKER = """
-import os, sys
+import os, runpy
 import speedrun.clock, speedrun.submission
 from speedrun.tracks import Track
 base_track = speedrun.submission.Submission.track
@@ -700,8 +699,7 @@ speedrun.submission.Submission.track = timed
 if os.environ["RANK"] == "1":
     elapsed = speedrun.clock.Clock.elapsed
     speedrun.clock.Clock.elapsed = property(lambda self: elapsed.fget(self) + 3600.0)
-from speedrun.worker import main
-sys.exit(main())
+runpy.run_module("speedrun.worker", run_name="__main__")  # its exit, as torchrun runs it
 """
 
 
