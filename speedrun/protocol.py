@@ -223,6 +223,7 @@ def collect_losses(
 ) -> dict[str, torch.Tensor]:
     """Every component's loss terms as float tensors, by name; one named twice or in ``reserved`` is refused."""
     terms: dict[str, torch.Tensor] = {}
+    owners: dict[str, str] = {}
     for comp in components:
         for name, value in comp.losses(batch, prediction, state).items():
             if not isinstance(name, str) or name in reserved:
@@ -231,8 +232,8 @@ def collect_losses(
                     f"names are strings other than the trainer's own {sorted(reserved)}"
                 )
             if name in terms:
-                raise ContractError(f"component '{comp.name}' returns loss term '{name}' twice")
-            terms[name] = value.float()
+                raise ContractError(f"components '{owners[name]}' and '{comp.name}' both return loss term '{name}'")
+            terms[name], owners[name] = value.float(), comp.name
     return terms
 
 

@@ -70,7 +70,7 @@ class DataSpec(_Frozen):
     vae: str | None = Field(None, description="HF repo@revision of the VAE for latent tracks.")
     train_examples: int = Field(gt=0)
     validation_examples: int = Field(gt=0)
-    reference_examples: int = Field(gt=0, description="Held-out real images for metric statistics.")
+    reference_examples: int = Field(ge=2, description="Held-out real images for metric statistics; two for a covariance.")
     text_encoder: str = Field(description="Text encoder key in speedrun.data.text.")
     text_max_tokens: int = Field(gt=0)
     train_images: bool = Field(False, description="Latent tracks: keep each train image for pixel teachers (REPA).")

@@ -233,6 +233,13 @@ TRACK_CASES: list[tuple[str, Any, str, tuple[str, ...]]] = [
     ("negative-lr", _set("optim.lr", -1e-4), "prx-256", ("field 'optim.lr'", "greater than 0", "-0.0001")),
     # One generated image has no covariance: FID would fail after all the training.
     ("one-eval-sample", _set("eval.samples", 1), "prx-256", ("field 'eval.samples'", "greater than or equal to 2")),
+    # Likewise one reference image, found only when the reference statistics are computed.
+    (
+        "one-reference-image",
+        _set("data.reference_examples", 1),
+        "prx-256",
+        ("field 'data.reference_examples'", "greater than or equal to 2"),
+    ),
     ("beta-of-one", _set("optim.betas", [0.9, 1.0]), "prx-256", ("field 'optim.betas.1'", "less than 1")),
     ("three-betas", _set("optim.betas", [0.9, 0.95, 0.99]), "prx-256", ("field 'optim.betas'",)),
     ("t-min-one", _set("train.timesteps.t_min", 1.0), "prx-256", ("field 'train.timesteps.t_min'", "less than 1")),

@@ -171,7 +171,7 @@ class Other(Fake):
 
 
 def test_two_components_may_not_return_one_loss_term():
-    with pytest.raises(ContractError, match="component 'other' returns loss term 'aux' twice"):
+    with pytest.raises(ContractError, match="components 'fake' and 'other' both return loss term 'aux'"):
         collect_losses([Fake(terms=["aux"]), Other(terms=["aux"])], None, torch.zeros(2), None, frozenset())
 
 
