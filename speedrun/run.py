@@ -33,6 +33,7 @@ from speedrun.results import EvalReport, RunResult, TrainSummary, load_result, w
 from speedrun.submission import MANIFEST, Submission, load_submission
 from speedrun.tracks import REPO_ROOT, Track, canonical_hash, load_track
 from speedrun.trust import signature_path
+from speedrun.verify import BASELINE, setup
 from speedrun.worker import SUMMARY, cli_flags, train_seed
 
 
@@ -325,8 +326,6 @@ def reproduce(folder: Path, track_ref: str, data_dir: Path | None, runs_dir: Pat
 def _refuse_unpaired_reproduction(folder: Path, track: Track, o: RunOptions) -> None:
     """Refuse, before any seed runs, to reproduce an entry in another setup (machine model, torch build) than
     the one the baseline's results on ``track`` were made in: the leaderboard pairs seeds within one only."""
-    from speedrun.verify import BASELINE, setup
-
     baseline = folder.parent / BASELINE
     if folder.resolve() == baseline.resolve():
         return
@@ -412,8 +411,6 @@ def compare_with_committed(new: RunResult, old: RunResult, old_path: Path, track
             diff = "identical" if a == b else f"{a - b:+.4g}" + (f" ({(a - b) / abs(b):+.1%})" if b else "")
         table.add_row(name, _number(a), _number(b), diff)
     console.print(table)
-    from speedrun.verify import setup
-
     made, committed = setup(new.hardware, new.software.torch), setup(old.hardware, old.software.torch)
     if new.metrics == old.metrics:
         console.print(f"seed {new.seed}: [green]identical to the committed result[/]")
